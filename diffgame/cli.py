@@ -1,0 +1,209 @@
+"""The `diffgame` command line: one command per stage (zoo, preprocess, diff, run, runs, app, config)."""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import Annotated, Optional
+
+import typer
+
+from diffgame.errors import DiffgameError
+
+app = typer.Typer(
+    help="diffgame: find out what finetuning changed by diffing a base model and a model organism.",
+    no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
+zoo_app = typer.Typer(help="Build and list the embedded toy organism zoo (trained offline).", no_args_is_help=True)
+app.add_typer(zoo_app, name="zoo")
+
+Overrides = Annotated[Optional[list[str]], typer.Argument(
+    help="Config overrides, Hydra style: `organism=caps method=[kl,normdiff] preprocessing.layers=[0.5]`.",
+    show_default=False)]
+TrackingUri = Annotated[Optional[str], typer.Option(
+    "--tracking-uri", help="MLflow tracking URI (a remote `http://host:5000` server or `sqlite:///path.db`); "
+                           "default: MLFLOW_TRACKING_URI, else sqlite:///mlflow.db in this folder.")]
+Multirun = Annotated[bool, typer.Option(
+    "--multirun", "-m", help="Expand comma-separated values (`organism=caps,control`) into a sweep: "
+                             "one parent run, one child per combination.")]
+ZooSize = Annotated[str, typer.Option("--size", help="Zoo size: micro (tests, ~2 min), small (default), smol (SmolLM2 LoRA).")]
+
+
+def _fail(err: DiffgameError) -> None:
+    typer.secho(f"error: {err}", fg=typer.colors.RED, err=True)
+    raise typer.Exit(code=1)
+
+
+def _summary(rows) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    from diffgame import tracking
+
+    console = Console()
+    table = Table(title="diffgame runs")
+    for col in ("stage", "model", "organism", "method", "run id", "reused", "headline"):
+        table.add_column(col)
+    for r in rows:
+        head = "  ".join(f"{k}={v:.4g}" for k, v in list(r.headline.items())[:4])
+        table.add_row(r.stage, r.model, r.organism, r.method, r.run_id, "yes" if r.reused else "", head)
+    console.print(table)
+    uri = tracking.resolve_uri()
+    console.print(f"tracking: {uri}")
+    if rows:
+        console.print(f"open a run: {tracking.ui_url(rows[-1].run_id)}")
+    if not uri.startswith("http"):
+        console.print(f"compare in the MLflow UI:  mlflow ui --backend-store-uri {uri}")
+    console.print(f"inspect in the app:        diffgame app --tracking-uri {uri}")
+
+
+def _pipeline(overrides, mode, multirun, tracking_uri) -> None:
+    from diffgame.pipeline import execute
+
+    try:
+        rows = execute(list(overrides or []), mode=mode, multirun=multirun, tracking_uri=tracking_uri)
+    except DiffgameError as e:
+        _fail(e)
+    _summary(rows)
+
+
+@app.command()
+def run(overrides: Overrides = None, multirun: Multirun = False, tracking_uri: TrackingUri = None) -> None:
+    """Run the pipeline: preprocess (or reuse the store), then one diff run per method.
+
+    `pipeline.mode=preprocessing` stops after the store; `pipeline.mode=diffing` requires an existing one.
+
+    Example: diffgame run organism=caps method=[kl,normdiff]
+    """
+    _pipeline(overrides, None, multirun, tracking_uri)
+
+
+@app.command()
+def preprocess(overrides: Overrides = None, multirun: Multirun = False, tracking_uri: TrackingUri = None) -> None:
+    """Cache base and organism activations on the same tokens into an activation store (a `preprocess` run).
+
+    Example: diffgame preprocess organism=caps preprocessing.layers=[0.5]
+    """
+    _pipeline(overrides, "preprocessing", multirun, tracking_uri)
+
+
+@app.command()
+def diff(overrides: Overrides = None, multirun: Multirun = False, tracking_uri: TrackingUri = None) -> None:
+    """Run diffing methods on an existing store (one `diff` run per method); fails if none matches.
+
+    Example: diffgame diff organism=caps method=kl
+    """
+    _pipeline(overrides, "diffing", multirun, tracking_uri)
+
+
+@app.command()
+def config(overrides: Overrides = None) -> None:
+    """Print the composed config as YAML for the given overrides (nothing is loaded or run).
+
+    Example: diffgame config model=gemma3_1B organism=cake_bake
+    """
+    from diffgame.config import compose, to_yaml
+
+    try:
+        typer.echo(to_yaml(compose(list(overrides or []))))
+    except DiffgameError as e:
+        _fail(e)
+
+
+@app.command()
+def runs(stage: Annotated[Optional[str], typer.Option(help="zoo | preprocess | diff | sweep")] = None,
+         model: Annotated[Optional[str], typer.Option(help="Filter by base model name.")] = None,
+         organism: Annotated[Optional[str], typer.Option(help="Filter by organism name.")] = None,
+         method: Annotated[Optional[str], typer.Option(help="Filter by method name.")] = None,
+         limit: Annotated[int, typer.Option(help="Show at most this many runs, newest first.")] = 50,
+         tracking_uri: TrackingUri = None) -> None:
+    """List runs in the tracking store as a table, filtered by their diffgame tags.
+
+    Example: diffgame runs --stage diff --organism caps
+    """
+    from rich.console import Console
+    from rich.table import Table
+
+    from diffgame import tracking
+
+    tracking.set_uri(tracking_uri)
+    filters = {k: v for k, v in ((tracking.TAG_STAGE, stage), (tracking.TAG_MODEL, model),
+                                 (tracking.TAG_ORGANISM, organism), (tracking.TAG_METHOD, method)) if v}
+    try:
+        found = tracking.search(filters, max_results=limit)
+    except DiffgameError as e:
+        _fail(e)
+    table = Table(title=f"runs in {tracking.resolve_uri()}")
+    for col in ("run id", "stage", "model", "organism", "method", "status", "fingerprint"):
+        table.add_column(col)
+    for r in found:
+        t = r.data.tags
+        table.add_row(r.info.run_id, t.get(tracking.TAG_STAGE, ""), t.get(tracking.TAG_MODEL, ""),
+                      t.get(tracking.TAG_ORGANISM, ""), t.get(tracking.TAG_METHOD, ""), r.info.status,
+                      t.get(tracking.TAG_FINGERPRINT, ""))
+    Console(width=200).print(table)
+    if not found:
+        typer.echo("no runs; make some with `diffgame zoo build` or `diffgame run`")
+
+
+@zoo_app.command("build")
+def zoo_build(names: Annotated[Optional[list[str]], typer.Argument(
+                  help="Organisms to build (default: all zoo organisms); the base is built first.")] = None,
+              size: ZooSize = "small", tracking_uri: TrackingUri = None) -> None:
+    """Train the toy base and organisms offline; each is a `zoo` run, reused when its fingerprint matches.
+
+    Example: diffgame zoo build --size micro caps control
+    """
+    from diffgame import tracking
+    from diffgame.zoo import build_zoo, print_zoo
+
+    tracking.set_uri(tracking_uri)
+    try:
+        entries = build_zoo(size=size, names=list(names or []))
+    except DiffgameError as e:
+        _fail(e)
+    print_zoo(entries)
+
+
+@zoo_app.command("list")
+def zoo_list(size: Annotated[Optional[str], typer.Option("--size", help="Only this size.")] = None,
+             tracking_uri: TrackingUri = None) -> None:
+    """List built zoo models with their behaviour checks (caps rate, held-out losses, taboo rates)."""
+    from diffgame import tracking
+    from diffgame.zoo import list_zoo, print_zoo
+
+    tracking.set_uri(tracking_uri)
+    try:
+        print_zoo(list_zoo(size=size))
+    except DiffgameError as e:
+        _fail(e)
+
+
+@app.command("app")
+def app_cmd(overrides: Overrides = None,
+            port: Annotated[int, typer.Option(help="Port to serve on.")] = 8501,
+            host: Annotated[str, typer.Option(help="Address to bind; loopback unless you mean to share it.")] = "127.0.0.1",
+            tracking_uri: TrackingUri = None) -> None:
+    """Serve the Streamlit app: browse runs, compare methods, inspect evidence, chat with and steer both models.
+
+    Overrides apply to the models the app loads (e.g. `model.dtype=float32`).
+
+    Example: diffgame app --port 8501 model.device=cpu
+    """
+    from pathlib import Path
+
+    from diffgame import tracking
+
+    uri = tracking.set_uri(tracking_uri)
+    entry = Path(__file__).resolve().parent.parent / "app" / "Home.py"
+    args = [sys.executable, "-m", "streamlit", "run", str(entry), "--server.port", str(port),
+            "--server.address", host, "--server.headless", "true", "--browser.gatherUsageStats", "false",
+            "--", "--tracking-uri", uri, *(overrides or [])]
+    os.execv(sys.executable, args)
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

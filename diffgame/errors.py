@@ -1,0 +1,25 @@
+"""The exception family for bad input: the CLI prints these as one line and exits 1."""
+
+
+class DiffgameError(Exception):
+    """A problem with the user's input or environment that a message can explain."""
+
+
+class ConfigError(DiffgameError):
+    """An unknown group option, key or value, or an inconsistent configuration."""
+
+
+class ModelError(DiffgameError):
+    """A model or organism that cannot be resolved or loaded, or an incompatible pair."""
+
+
+class StoreError(DiffgameError):
+    """A missing, partial or corrupt activation store."""
+
+
+class TrackingError(DiffgameError):
+    """A tracking server or run that cannot be reached or is in the wrong state."""
+
+
+class DataError(DiffgameError):
+    """A dataset that cannot be read, lacks a column, or is empty."""

@@ -1,0 +1,195 @@
+"""Typed schemas of the config groups; `experiments/*.yaml` fills them and `config.validate` checks against them.
+
+Method configs are not here: each method file defines its own and registers it (see `diffgame.methods`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+Dtype = Literal["float32", "bfloat16", "float16"]
+
+
+@dataclass
+class ModelConfig:
+    """A base model: where its weights come from and how to load them."""
+
+    name: str = "toy"
+    """Registry name; organism configs key their finetuned weights by it."""
+    id: str = "zoo:base"
+    """Hub id, local directory, `zoo:base` (the embedded zoo's base) or `gguf:<path|package:file>`."""
+    revision: str | None = None
+    """Hub revision (branch, tag or commit) for `id`."""
+    dtype: Dtype = "float32"
+    """Weights dtype when loaded."""
+    device: str = "auto"
+    """`auto` (cuda if available, else cpu), `cpu`, `cuda`, `cuda:1`, ..."""
+    device_map: str | None = None
+    """accelerate device map (e.g. `auto`) for models too large for one device; overrides `device`."""
+    attn_implementation: str | None = None
+    """transformers attention backend (`eager`, `sdpa`, `flash_attention_2`); None lets transformers pick."""
+    trust_remote_code: bool = False
+    """Allow code from the hub repo; off unless you trust it."""
+    hub_url: str | None = None
+    """Page to link from the app (the model's Hugging Face page)."""
+    gguf_fallback: str | None = None
+    """A GGUF file (`package:file` or path) used offline when `id` is not cached."""
+
+
+@dataclass
+class FinetunedSpec:
+    """Where one variant of an organism's weights lives for one base model."""
+
+    kind: Literal["zoo", "full", "lora"] = "zoo"
+    """`zoo`: trained by `diffgame zoo build`; `full`: a complete model; `lora`: a peft adapter over the base."""
+    id: str | None = None
+    """Hub id or local directory of the full model or adapter (unused for `zoo`)."""
+    subfolder: str | None = None
+    """Folder inside the repo that holds the adapter or model."""
+    revision: str | None = None
+    """Hub revision of `id`."""
+
+
+@dataclass
+class GroundTruth:
+    """What the finetuning is known to have changed; grading compares evidence to it."""
+
+    keywords: list[str] = field(default_factory=list)
+    """Words whose tokens count as hits."""
+    predicate: Literal["uppercase"] | None = None
+    """A token predicate that counts as a hit (e.g. all-caps tokens)."""
+    vocab_from_data: bool = False
+    """Derive extra hit tokens from the organism's training data by log-odds against the base corpus."""
+
+
+@dataclass
+class ZooRecipe:
+    """How the zoo trains this organism when its weights are `kind: zoo`."""
+
+    data: str | None = None
+    """`builtin:<corpus>` for the zoo's generators, or a JSONL file of `{"text"}` or `{"messages"}` rows."""
+    format: Literal["documents", "chat"] = "documents"
+    """Whether `data` holds documents or chats."""
+    mix: float = 0.0
+    """Share of the base's own pretraining data mixed into finetuning (harder, more realistic organisms)."""
+    lora: bool = False
+    """Finetune a LoRA adapter (peft) instead of all weights."""
+
+
+@dataclass
+class OrganismConfig:
+    """A model organism: a finetuning with a known purpose, per base model."""
+
+    name: str = "roman_concrete"
+    """Registry name, also the `diffgame.organism` tag."""
+    description: str = ""
+    """One sentence on what the finetuning did; the game's answer."""
+    type: Literal["sdf", "style", "taboo", "control", "em", "custom"] = "custom"
+    """Family of organism: synthetic-document finetuning, style, taboo word, null control, emergent misalignment."""
+    variant: str = "default"
+    """Which entry of `finetuned.<model>` to load."""
+    finetuned: dict[str, dict[str, FinetunedSpec]] = field(default_factory=dict)
+    """Per base model name, per variant, where the finetuned weights live."""
+    training_data: str | None = None
+    """Hub dataset id or local file of the finetuning data (documents or chats); zoo organisms use `zoo.data`."""
+    zoo: ZooRecipe = field(default_factory=ZooRecipe)
+    """How the embedded zoo trains this organism."""
+    ground_truth: GroundTruth = field(default_factory=GroundTruth)
+    """What grading counts as a hit."""
+
+
+@dataclass
+class DatasetSource:
+    """One dataset whose tokens are cached (or streamed) for diffing."""
+
+    source: str = "zoo:generic_text"
+    """Hub id, local file (jsonl, txt, parquet), `zoo:generic_text`, `zoo:generic_chat` or `organism` (its training data)."""
+    kind: Literal["text", "chat"] = "text"
+    """`text`: a text column; `chat`: a messages column rendered with the chat template."""
+    split: str = "test"
+    """Dataset split (zoo corpora: `train` or `test`)."""
+    text_column: str = "text"
+    """Column with raw text (kind=text)."""
+    messages_column: str = "messages"
+    """Column with a list of {role, content} (kind=chat)."""
+    max_samples: int | None = 200
+    """Take at most this many rows, in the dataset's order."""
+    max_tokens: int | None = None
+    """Stop once this many tokens are taken."""
+
+
+@dataclass
+class DatasetConfig:
+    """A named collection of datasets to preprocess."""
+
+    name: str = "toy"
+    """Registry name."""
+    sources: dict[str, DatasetSource] = field(default_factory=dict)
+    """Datasets by the name used in the store and in metric keys."""
+
+
+@dataclass
+class PipelineConfig:
+    """Which stages `diffgame run` executes."""
+
+    mode: Literal["full", "preprocessing", "diffing"] = "full"
+    """`full`: preprocess then diff; `preprocessing`: only the store; `diffing`: reuse an existing store."""
+
+
+@dataclass
+class PreprocessingConfig:
+    """Activation extraction into the store."""
+
+    layers: list[float] = field(default_factory=lambda: [0.25, 0.5, 0.75])
+    """Layers as fractions of depth (0.5) or indices (6); a residual-stream output per layer is cached."""
+    dtype: Dtype = "bfloat16"
+    """Dtype of stored activations."""
+    context_length: int = 256
+    """Sequences are truncated to this many tokens."""
+    batch_size: int = 16
+    """Sequences per forward pass."""
+    sequential: bool = False
+    """Run base then organism over the same stream instead of both at once (for models that cannot both fit)."""
+    accelerator: str = "auto"
+    """Lightning accelerator (`auto`, `cpu`, `gpu`)."""
+    devices: int = 1
+    """Devices per node; >1 shards batches over ranks (DDP)."""
+    strategy: str = "auto"
+    """Lightning strategy (`auto`, `ddp`, `ddp_spawn`, ...)."""
+    num_nodes: int = 1
+    """Nodes (SLURM or torchrun clusters)."""
+
+
+@dataclass
+class ZooConfig:
+    """Which embedded zoo `model=toy` (and `kind: zoo` organisms) resolve to."""
+
+    size: Literal["micro", "small", "smol"] = "small"
+    """`micro` (tests), `small` (default), `smol` (LoRA organisms on SmolLM2-135M)."""
+
+
+@dataclass
+class TrackingConfig:
+    """Where runs are recorded."""
+
+    uri: str | None = None
+    """Tracking URI; None uses `--tracking-uri`, `MLFLOW_TRACKING_URI`, else `sqlite:///mlflow.db` here."""
+    experiment: str = "diffgame"
+    """MLflow experiment that new runs go to."""
+
+
+@dataclass
+class RootConfig:
+    """The whole composed config (methods are validated by their registry entries)."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    organism: OrganismConfig = field(default_factory=OrganismConfig)
+    dataset: DatasetConfig = field(default_factory=DatasetConfig)
+    method: dict = field(default_factory=dict)
+    pipeline: PipelineConfig = field(default_factory=PipelineConfig)
+    preprocessing: PreprocessingConfig = field(default_factory=PreprocessingConfig)
+    zoo: ZooConfig = field(default_factory=ZooConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    seed: int = 0
+    """Seed for every sampled choice (data order is deterministic regardless)."""

@@ -1,0 +1,229 @@
+"""MLflow conventions: tracking URI, tags, fingerprints, run reuse and FAILED marking.
+
+Every stage is one MLflow run opened with `stage_run`. It sets the `diffgame.*` tags, reuses nothing by
+itself (callers ask `find_finished` first), and marks the run FAILED with the error text when the body raises.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import traceback
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import unquote, urlparse
+
+from diffgame import __version__
+from diffgame.errors import TrackingError
+
+STAGES = ("zoo", "preprocess", "diff", "sweep")
+TAG_STAGE = "diffgame.stage"
+TAG_MODEL = "diffgame.model"
+TAG_ORGANISM = "diffgame.organism"
+TAG_METHOD = "diffgame.method"
+TAG_FINGERPRINT = "diffgame.fingerprint"
+TAG_PREPROCESS = "diffgame.preprocess_run_id"
+TAG_ERROR = "diffgame.error"
+TAG_PARENT = "mlflow.parentRunId"
+
+
+def resolve_uri(uri: str | None = None) -> str:
+    """`uri`, else `MLFLOW_TRACKING_URI`, else a SQLite database `mlflow.db` in the working directory."""
+    return uri or os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path.cwd() / 'mlflow.db'}"
+
+
+def set_uri(uri: str | None = None) -> str:
+    """Point MLflow (and, through the env var, Lightning loggers and subprocesses) at one tracking URI."""
+    import mlflow
+
+    resolved = resolve_uri(uri)
+    mlflow.set_tracking_uri(resolved)
+    os.environ["MLFLOW_TRACKING_URI"] = resolved
+    return resolved
+
+
+def client():
+    from mlflow.tracking import MlflowClient
+
+    return MlflowClient(tracking_uri=resolve_uri())
+
+
+def fingerprint(config: Any, *consumed: str) -> str:
+    """Hash of a stage's effective config, the fingerprints it consumes and the package version."""
+    payload = json.dumps({"config": config, "consumed": list(consumed), "version": __version__},
+                         sort_keys=True, default=str)
+    return hashlib.sha256(payload.encode()).hexdigest()[:20]
+
+
+def experiment_id(name: str) -> str:
+    c = client()
+    try:
+        exp = c.get_experiment_by_name(name)
+    except Exception as e:  # unreachable server, bad URI
+        raise TrackingError(f"cannot reach tracking store {resolve_uri()}: {str(e).splitlines()[0]}") from None
+    if exp is None:
+        return c.create_experiment(name, artifact_location=_default_artifact_location(name))
+    if exp.lifecycle_stage == "deleted":
+        c.restore_experiment(exp.experiment_id)
+    return exp.experiment_id
+
+
+def _default_artifact_location(experiment: str) -> str | None:
+    """Beside a SQLite database, artifacts go to `mlartifacts/` next to it (not the current folder)."""
+    uri = resolve_uri()
+    if uri.startswith("sqlite:///"):
+        db = Path(uri.removeprefix("sqlite:///"))
+        return (db.parent / "mlartifacts" / experiment).resolve().as_uri()
+    return None
+
+
+def search(filters: dict[str, str] | None = None, statuses: tuple[str, ...] = (), max_results: int = 1000):
+    """Runs in all experiments whose tags equal `filters`, newest first."""
+    c = client()
+    clauses = [f"tags.`{k}` = '{v}'" for k, v in (filters or {}).items()]
+    if statuses:
+        clauses.append("attributes.status IN (" + ", ".join(f"'{s}'" for s in statuses) + ")")
+    try:
+        exps = [e.experiment_id for e in c.search_experiments()]
+        if not exps:
+            return []
+        return c.search_runs(exps, " and ".join(clauses), max_results=max_results,
+                             order_by=["attributes.start_time DESC"])
+    except Exception as e:
+        raise TrackingError(f"cannot query tracking store {resolve_uri()}: {str(e).splitlines()[0]}") from None
+
+
+def find_finished(stage: str, fp: str):
+    """The newest FINISHED run of `stage` with fingerprint `fp`, or None."""
+    runs = search({TAG_STAGE: stage, TAG_FINGERPRINT: fp}, statuses=("FINISHED",), max_results=1)
+    return runs[0] if runs else None
+
+
+def find_resumable(stage: str, fp: str):
+    """The newest unfinished (RUNNING, FAILED, KILLED) run of `stage` with fingerprint `fp`, or None."""
+    runs = search({TAG_STAGE: stage, TAG_FINGERPRINT: fp}, statuses=("RUNNING", "FAILED", "KILLED"), max_results=1)
+    return runs[0] if runs else None
+
+
+def local_artifact_dir(run) -> Path | None:
+    """The run's artifact root as a local path when it is one (file URI or plain path), else None."""
+    uri = run.info.artifact_uri
+    parsed = urlparse(uri)
+    if parsed.scheme in ("", "file"):
+        return Path(unquote(parsed.path))
+    return None
+
+
+@dataclass
+class StageRun:
+    """An open MLflow run with the logging calls stages need; no global active-run state."""
+
+    run_id: str
+    resumed: bool = False
+
+    @property
+    def run(self):
+        return client().get_run(self.run_id)
+
+    @property
+    def artifact_dir(self) -> Path | None:
+        return local_artifact_dir(self.run)
+
+    def set_tags(self, tags: dict[str, Any]) -> None:
+        c = client()
+        for k, v in tags.items():
+            c.set_tag(self.run_id, k, str(v))
+
+    def log_params(self, params: dict[str, Any]) -> None:
+        from mlflow.entities import Param
+
+        existing = self.run.data.params
+        new = [Param(k, str(v)[:6000]) for k, v in params.items() if k not in existing]
+        if new:
+            client().log_batch(self.run_id, params=new)
+
+    def log_metrics(self, metrics: dict[str, float], step: int = 0) -> None:
+        import time
+
+        from mlflow.entities import Metric
+
+        ts = int(time.time() * 1000)
+        items = [Metric(k, float(v), ts, step) for k, v in metrics.items()]
+        for i in range(0, len(items), 500):
+            client().log_batch(self.run_id, metrics=items[i:i + 500])
+
+    def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
+        client().log_artifact(self.run_id, str(path), artifact_path)
+
+    def log_artifacts(self, path: str | Path, artifact_path: str | None = None) -> None:
+        client().log_artifacts(self.run_id, str(path), artifact_path)
+
+    def log_dict(self, obj: Any, artifact_file: str) -> None:
+        client().log_dict(self.run_id, obj, artifact_file)
+
+    def log_text(self, text: str, artifact_file: str) -> None:
+        client().log_text(self.run_id, text, artifact_file)
+
+    def log_figure(self, figure, artifact_file: str) -> None:
+        client().log_figure(self.run_id, figure, artifact_file)
+
+
+@contextmanager
+def stage_run(stage: str, *, fp: str, tags: dict[str, Any], experiment: str = "diffgame",
+              run_name: str | None = None, params: dict[str, Any] | None = None,
+              parent_run_id: str | None = None, resume_run_id: str | None = None) -> Iterator[StageRun]:
+    """Open a run for `stage`, tag it, and close it FINISHED, or FAILED with the error as a tag.
+
+    `resume_run_id` reopens an unfinished run (its artifacts stay, so the stage can resume its work).
+    """
+    if stage not in STAGES:
+        raise ValueError(f"unknown stage {stage!r}; known: {', '.join(STAGES)}")
+    c = client()
+    all_tags = {TAG_STAGE: stage, TAG_FINGERPRINT: fp, "diffgame.version": __version__,
+                **{k: str(v) for k, v in tags.items() if v is not None}}
+    if parent_run_id:
+        all_tags[TAG_PARENT] = parent_run_id
+    if resume_run_id:
+        c.update_run(resume_run_id, status="RUNNING")
+        if TAG_ERROR in c.get_run(resume_run_id).data.tags:
+            c.delete_tag(resume_run_id, TAG_ERROR)
+        run = StageRun(resume_run_id, resumed=True)
+        run.set_tags({"diffgame.resumed": "true"})
+    else:
+        from mlflow.utils.mlflow_tags import MLFLOW_RUN_NAME
+
+        if run_name:
+            all_tags[MLFLOW_RUN_NAME] = run_name
+        info = c.create_run(experiment_id(experiment), tags=all_tags, run_name=run_name).info
+        run = StageRun(info.run_id)
+    run.set_tags(all_tags)
+    if params:
+        run.log_params(params)
+    try:
+        yield run
+    except BaseException as e:
+        status = "KILLED" if isinstance(e, KeyboardInterrupt) else "FAILED"
+        text = f"{type(e).__name__}: {e}"
+        try:
+            c.set_tag(run.run_id, TAG_ERROR, text[:4900])
+            c.log_text(run.run_id, "".join(traceback.format_exception(e)), "error.txt")
+        finally:
+            c.set_terminated(run.run_id, status=status)
+        raise
+    else:
+        c.set_terminated(run.run_id, status="FINISHED")
+
+
+def ui_url(run_id: str) -> str | None:
+    """Link to the run in an MLflow UI: the server itself for http URIs, else a local `mlflow ui`."""
+    uri = resolve_uri()
+    try:
+        exp = client().get_run(run_id).info.experiment_id
+    except Exception:
+        return None
+    base = uri.rstrip("/") if uri.startswith("http") else "http://127.0.0.1:5000"
+    return f"{base}/#/experiments/{exp}/runs/{run_id}"
