@@ -101,10 +101,12 @@ def config(overrides: Overrides = None) -> None:
 
     Example: diffgame config model=gemma3_1B organism=cake_bake
     """
-    from diffgame.config import compose, to_yaml
+    from diffgame.config import compose, describe_weights, to_yaml
 
     try:
-        typer.echo(to_yaml(compose(list(overrides or []))))
+        cfg = compose(list(overrides or []))
+        typer.echo(to_yaml(cfg))
+        typer.echo(f"# organism weights: {describe_weights(cfg)}")
     except DiffgameError as e:
         _fail(e)
 

@@ -89,13 +89,27 @@ def compose(overrides: list[str] | tuple[str, ...] = ()) -> DictConfig:
             raise ConfigError(f"'{o.input_line}' is a sweep; pass --multirun to expand it")
     try:
         with initialize_config_dir(config_dir=str(experiments_dir()), version_base=None):
-            cfg = hydra_compose(config_name="config", overrides=overrides)
+            cfg = hydra_compose(config_name="config", overrides=_allow_new_keys(overrides))
     except (HydraException, OmegaConfBaseException) as e:
         raise ConfigError(_explain_compose_error(e, overrides)) from None
     OmegaConf.set_struct(cfg, False)
     OmegaConf.resolve(cfg)
     validate(cfg)
     return cfg
+
+
+def _allow_new_keys(overrides: list[str]) -> list[str]:
+    """Turn `key=value` into `++key=value` so Hydra accepts keys its YAML lacks (`organism.finetuned.toy.default.id`).
+
+    Unknown keys are still refused, by `validate` against the schemas, with the list of known keys.
+    """
+    from hydra.core.override_parser.types import OverrideType
+
+    out = []
+    for raw, o in zip(overrides, _parse(overrides)):
+        is_group = o.key_or_group in GROUPS or "/" in o.key_or_group or o.package is not None
+        out.append(f"++{raw}" if o.type == OverrideType.CHANGE and not is_group else raw)
+    return out
 
 
 def _explain_compose_error(err: Exception, overrides: list[str]) -> str:
@@ -136,6 +150,26 @@ def validate(cfg: DictConfig) -> None:
         raise ConfigError("no method selected; pass method=<name> or method=[a,b]")
     for name in list(cfg.method.keys()):
         validate_method_config(str(name), cfg.method[name])
+    weights_spec(cfg)
+
+
+def weights_spec(cfg: DictConfig) -> DictConfig:
+    """The organism's weights entry for the selected base model and variant; a ConfigError lists what exists."""
+    org, model_name = cfg.organism, cfg.model.name
+    per_model = org.finetuned.get(model_name)
+    if per_model is None:
+        known = ", ".join(sorted(map(str, org.finetuned.keys()))) or "none"
+        raise ConfigError(f"organism '{org.name}' has no weights for model '{model_name}'; models with weights: "
+                          f"{known}; pick one of those (model=<name>) or add "
+                          f"'organism.finetuned.{model_name}.default={{kind:full,id:<hub id or path>}}'")
+    spec = per_model.get(org.variant)
+    if spec is None:
+        raise ConfigError(f"unknown variant '{org.variant}' of organism '{org.name}' for model '{model_name}'; "
+                          f"known: {', '.join(sorted(map(str, per_model.keys())))}")
+    if spec.kind in ("full", "lora") and not spec.id:
+        raise ConfigError(f"organism '{org.name}' variant '{org.variant}' for model '{model_name}' is kind "
+                          f"'{spec.kind}' but has no id; set organism.finetuned.{model_name}.{org.variant}.id")
+    return spec
 
 
 def _validate_node(node: Any, cls: type, path: str) -> None:
@@ -151,8 +185,9 @@ def _validate_node(node: Any, cls: type, path: str) -> None:
             if f.default is not dataclasses.MISSING:
                 node[name] = f.default
             elif f.default_factory is not dataclasses.MISSING:  # type: ignore[misc]
-                node[name] = OmegaConf.structured(f.default_factory()) if dataclasses.is_dataclass(
-                    hints[name]) else f.default_factory()  # type: ignore[misc]
+                value = f.default_factory()  # type: ignore[misc]
+                # plain containers: OmegaConf's structured configs reject Literal annotations
+                node[name] = dataclasses.asdict(value) if dataclasses.is_dataclass(value) else value
         _validate_value(node[name], hints[name], _join(path, name))
 
 
@@ -205,6 +240,15 @@ def _validate_value(value: Any, tp: Any, path: str) -> None:
 
 def _join(path: str, key: Any) -> str:
     return f"{path}.{key}" if path else str(key)
+
+
+def describe_weights(cfg: DictConfig) -> str:
+    """One line naming the organism weights this config resolves to (no download, nothing loaded)."""
+    spec = weights_spec(cfg)
+    where = "built by `diffgame zoo build`" if spec.kind == "zoo" else spec.id
+    extra = "".join(f", {k}={spec[k]}" for k in ("subfolder", "revision") if spec.get(k))
+    return (f"organism '{cfg.organism.name}' variant '{cfg.organism.variant}' on base '{cfg.model.name}' "
+            f"({cfg.model.id}): {spec.kind} {where}{extra}")
 
 
 def method_names(cfg: DictConfig) -> list[str]:

@@ -14,7 +14,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
-from diffgame.errors import ConfigError, ModelError
+from diffgame.errors import ModelError
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -178,16 +178,9 @@ def _hub_cached(repo_id: str, revision: str | None) -> bool:
 
 def finetuned_spec(cfg: DictConfig) -> DictConfig:
     """The organism's weights entry for this base model and variant, or a ConfigError listing what exists."""
-    org, model_name = cfg.organism, cfg.model.name
-    per_model = org.finetuned.get(model_name)
-    if per_model is None:
-        known = ", ".join(sorted(org.finetuned.keys())) or "none"
-        raise ConfigError(f"organism '{org.name}' has no weights for model '{model_name}'; models with weights: {known}")
-    spec = per_model.get(org.variant)
-    if spec is None:
-        raise ConfigError(f"unknown variant '{org.variant}' of organism '{org.name}' for model '{model_name}'; "
-                          f"known: {', '.join(sorted(per_model.keys()))}")
-    return spec
+    from diffgame.config import weights_spec
+
+    return weights_spec(cfg)
 
 
 def organism_identity(cfg: DictConfig) -> dict:
