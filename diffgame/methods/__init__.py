@@ -66,20 +66,8 @@ def validate_method_config(name: str, node: Any) -> None:
 
 
 # --- built-in methods -------------------------------------------------------------------------------
-def _register_builtins() -> None:
-    import importlib
+from diffgame.methods.kl import KLConfig, KLMethod  # noqa: E402
+from diffgame.methods.normdiff import NormDiffConfig, NormDiffMethod  # noqa: E402
 
-    for module, name, method, config, aliases in (
-        ("kl", "kl", "KLMethod", "KLConfig", ()),
-        ("normdiff", "normdiff", "NormDiffMethod", "NormDiffConfig", ("activation_analysis",)),
-    ):
-        try:
-            mod = importlib.import_module(f"diffgame.methods.{module}")
-        except ModuleNotFoundError as e:
-            if e.name == f"diffgame.methods.{module}":
-                continue  # not written yet
-            raise
-        register(name, getattr(mod, method), getattr(mod, config), aliases)
-
-
-_register_builtins()
+register("kl", KLMethod, KLConfig)
+register("normdiff", NormDiffMethod, NormDiffConfig, aliases=("activation_analysis",))

@@ -1,15 +1,163 @@
-"""KL divergence between organism and base next-token distributions (placeholder until the method lands)."""
-from dataclasses import dataclass
-from typing import Literal
+"""Per-token divergence between the organism's and the base's next-token distributions.
 
-from diffgame.methods.base import Method
+Both models re-run the store's token sequences (batched by similar length, no padding counted). The LM
+head and the divergence are computed in fp32 over chunks of tokens, so memory stays bounded even for
+262k-token vocabularies: a chunk holds at most `chunk_elements` logits per model.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import ClassVar, Literal
+
+import pandas as pd
+import torch
+import torch.nn.functional as F
+
+from diffgame import plots, stats
+from diffgame.errors import ConfigError
+from diffgame.evidence import RankedTokens
+from diffgame.examples import TopKSequences, token_decoder
+from diffgame.methods.base import Method, MethodContext, MethodResult
+from diffgame.models import unembedding
 
 
 @dataclass
 class KLConfig:
+    """Which divergence, at what temperature, and how much to compute at once."""
+
     divergence: Literal["kl", "reverse_kl", "js"] = "kl"
+    """`kl` = KL(P_org || P_base); `reverse_kl` = KL(P_base || P_org); `js` = Jensen-Shannon (nats)."""
     temperature: float = 1.0
+    """Both models' logits are divided by this before the softmax."""
+    batch_tokens: int = 8192
+    """Padded tokens per forward pass (sequences are batched by similar length)."""
+    chunk_elements: int = 2 ** 25
+    """Logits per fp32 chunk per model (tokens per chunk = this // vocab size); bounds memory."""
+    top_k_examples: int = 20
+    """Max-activating examples kept per ranking (max and mean per-token divergence)."""
+    min_token_count: int = 5
+    """Tokens seen fewer times are left out of the tokens-by-mean-divergence table."""
+
+    def __post_init__(self):
+        for name in ("temperature", "batch_tokens", "chunk_elements"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"method.kl.{name} must be > 0, got {getattr(self, name)}")
+
+
+def token_divergence(logits_org: torch.Tensor, logits_base: torch.Tensor, kind: str = "kl",
+                     temperature: float = 1.0) -> torch.Tensor:
+    """Divergence per row of two [n, V] logit tensors, in fp32 nats -> [n]."""
+    lp_org = F.log_softmax(logits_org.float() / temperature, dim=-1)
+    lp_base = F.log_softmax(logits_base.float() / temperature, dim=-1)
+    if kind == "kl":
+        return F.kl_div(lp_base, lp_org, log_target=True, reduction="none").sum(-1)
+    if kind == "reverse_kl":
+        return F.kl_div(lp_org, lp_base, log_target=True, reduction="none").sum(-1)
+    if kind == "js":
+        lp_mix = torch.logaddexp(lp_org, lp_base) - math.log(2.0)
+        return 0.5 * (F.kl_div(lp_mix, lp_org, log_target=True, reduction="none").sum(-1)
+                      + F.kl_div(lp_mix, lp_base, log_target=True, reduction="none").sum(-1))
+    raise ValueError(f"unknown divergence {kind!r}; known: kl, reverse_kl, js")
+
+
+def lm_logits(model, hidden: torch.Tensor) -> torch.Tensor:
+    """LM head on final (already normed) hidden states [n, D] -> [n, V], with Gemma's soft-capping if set."""
+    logits = unembedding(model)(hidden)
+    cap = getattr(getattr(model, "config", None), "final_logit_softcapping", None)
+    return torch.tanh(logits / cap) * cap if cap else logits
+
+
+def length_batches(lengths: list[int], batch_tokens: int) -> list[list[int]]:
+    """Sequence indices grouped longest first so that batch size x longest length <= `batch_tokens`."""
+    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+    batches: list[list[int]] = []
+    for i in order:
+        if batches and (len(batches[-1]) + 1) * lengths[batches[-1][0]] <= batch_tokens:
+            batches[-1].append(i)
+        else:
+            batches.append([i])
+    return batches
+
+
+@torch.inference_mode()
+def per_token_divergence(base_model, org_model, input_ids: torch.Tensor, seq_offsets: torch.Tensor,
+                         config: KLConfig) -> torch.Tensor:
+    """Divergence of the next-token distributions at every token of a flat stream -> [N] fp32 (CPU).
+
+    `input_ids` [N] holds sequences back to back; `seq_offsets` [S+1] marks where each starts and ends.
+    """
+    device = next(base_model.parameters()).device
+    offsets = seq_offsets.tolist()
+    lengths = [b - a for a, b in zip(offsets[:-1], offsets[1:])]
+    out = torch.zeros(len(input_ids), dtype=torch.float32)
+    vocab = unembedding(base_model).weight.shape[0]
+    chunk = max(1, config.chunk_elements // vocab)
+    for batch in length_batches(lengths, config.batch_tokens):
+        width = lengths[batch[0]]
+        ids = torch.full((len(batch), width), 0, dtype=torch.long)
+        mask = torch.zeros((len(batch), width), dtype=torch.long)
+        for row, s in enumerate(batch):
+            ids[row, :lengths[s]] = input_ids[offsets[s]:offsets[s + 1]]
+            mask[row, :lengths[s]] = 1
+        ids, mask = ids.to(device), mask.to(device)
+        # final hidden states of the valid tokens, row-major: [n, D]
+        h_base = base_model.get_decoder()(input_ids=ids, attention_mask=mask).last_hidden_state[mask.bool()]
+        h_org = org_model.get_decoder()(input_ids=ids, attention_mask=mask).last_hidden_state[mask.bool()]
+        div = torch.cat([token_divergence(lm_logits(org_model, h_org[i:i + chunk]),
+                                          lm_logits(base_model, h_base[i:i + chunk]),
+                                          config.divergence, config.temperature)
+                         for i in range(0, len(h_base), chunk)])
+        where = torch.cat([torch.arange(offsets[s], offsets[s + 1]) for s in batch])
+        out[where] = div.float().cpu()
+    return out
 
 
 class KLMethod(Method):
+    """Where do the organism's next-token predictions diverge from the base's, and on which tokens?"""
+
+    needs_store = True
     needs_models = True
+    headline: ClassVar[tuple[str, ...]] = ("kl/all/mean", "kl/*/role/assistant/mean", "kl/*/role/user/mean",
+                                           "kl/organism/mean")
+
+    def run(self, ctx: MethodContext) -> MethodResult:
+        from diffgame.data import ROLES
+
+        cfg, store = self.config, ctx.store
+        scores, roles, positions, token_ids = {}, {}, {}, {}
+        top = TopKSequences(cfg.top_k_examples)
+        for dataset in store.datasets:
+            ts = store.tokens(dataset)
+            kl = per_token_divergence(ctx.base.model, ctx.organism.model, ts.input_ids, ts.seq_offsets, cfg)
+            offsets = ts.seq_offsets.tolist()
+            for s, (a, b) in enumerate(zip(offsets[:-1], offsets[1:])):
+                top.offer(dataset, int(ts.sequence_ids[s]), ts.input_ids[a:b], ts.roles[a:b], kl[a:b])
+            scores[dataset], roles[dataset] = kl, torch.as_tensor(ts.roles)
+            positions[dataset], token_ids[dataset] = torch.as_tensor(ts.positions), torch.as_tensor(ts.input_ids)
+        decode = token_decoder(ctx.base.tokenizer)
+        table = stats.stats_table(scores, roles, positions, ROLES)
+        tokens = stats.by_token(torch.cat(list(scores.values())), torch.cat(list(token_ids.values())),
+                                cfg.min_token_count).head(1000)
+        tokens.insert(1, "token", decode(tokens["token_id"].tolist()))
+        by_pos = stats.by_position(scores, positions)
+        examples = top.examples(decode, ROLES)
+        name = cfg.divergence
+        return MethodResult(
+            metrics=stats.metrics_from_table(table, "kl"),
+            tables={"stats": table, "tokens": tokens, "positions": by_pos},
+            examples={"max_kl": examples["max"], "mean_kl": examples["mean"]},
+            figures={
+                "distribution": plots.distribution(scores, f"per-token {name} (nats)", f"{name} by dataset", log_x=True),
+                "positions": plots.profile(by_pos, "position", "mean", "dataset", f"mean {name}",
+                                           f"{name} by position"),
+                "roles": plots.role_comparison(table, f"mean {name}", f"{name} by token role", log_y=True),
+            },
+            ranked_tokens={"tokens_by_mean_kl": _ranked(tokens.head(100))},
+        )
+
+
+def _ranked(tokens: pd.DataFrame) -> RankedTokens:
+    return RankedTokens(tokens["token_id"].astype(int).tolist(), tokens["token"].tolist(),
+                        tokens["mean"].astype(float).tolist())

@@ -1,0 +1,132 @@
+"""Run the selected diffing methods: one `diff` run each, on one shared preprocess run and one model load.
+
+The runner owns MLflow: it fingerprints each method's run, reuses a FINISHED match, makes or finds the
+store, loads the models once, calls `Method.run`, and logs the `MethodResult` with `log_result`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import fnmatch
+import json
+import tempfile
+from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf
+
+from diffgame import tracking
+from diffgame.config import method_names
+from diffgame.methods import MethodContext, MethodResult, build_config, canonical_name, get_method
+from diffgame.pipeline import StageSummary
+
+
+def run_methods(cfg: DictConfig, parent_run_id: str | None = None) -> list[StageSummary]:
+    """One `diff` run per method in `cfg.method`; `full` mode makes the store if needed, `diffing` requires it."""
+    from diffgame.extract import preprocess_fingerprint
+    from diffgame.models import organism_identity, resolve_base_source
+
+    planned = []
+    for name in method_names(cfg):
+        canonical = canonical_name(name)
+        method_cls, _ = get_method(name)
+        planned.append((canonical, method_cls, build_config(name, cfg.method[name])))
+    identity = {"model": resolve_base_source(cfg)[1], "organism": organism_identity(cfg),
+                "dataset": OmegaConf.to_container(cfg.dataset, resolve=True)}
+    needs_store = any(cls.needs_store for _, cls, _ in planned)
+    pre_fp = preprocess_fingerprint(cfg) if needs_store else ""
+
+    summaries: list[StageSummary] = []
+    todo = []
+    for name, cls, config in planned:
+        fp = tracking.fingerprint({"method": name, "config": dataclasses.asdict(config), **identity}, pre_fp)
+        done = tracking.find_finished("diff", fp)
+        if done is not None:
+            summaries.append(_summary(cfg, name, cls, done.info.run_id, done.data.metrics, reused=True))
+        else:
+            todo.append((name, cls, config, fp))
+    if not todo:
+        return summaries
+
+    store, pre_run_id = None, None
+    if any(cls.needs_store for _, cls, _, _ in todo):
+        store, pre_run_id = _open_store(cfg, parent_run_id)
+    base = organism = None
+    if any(cls.needs_models for _, cls, _, _ in todo):
+        from diffgame.models import load_pair
+
+        base, organism = load_pair(cfg)
+    for name, cls, config, fp in todo:
+        tags = {tracking.TAG_MODEL: cfg.model.name, tracking.TAG_ORGANISM: cfg.organism.name,
+                tracking.TAG_METHOD: name, tracking.TAG_PREPROCESS: pre_run_id}
+        params = {f"method.{k}": v for k, v in dataclasses.asdict(config).items()}
+        params.update({"dataset": cfg.dataset.name, "layers": list(store.layers) if store is not None else None})
+        with tracking.stage_run("diff", fp=fp, tags=tags, experiment=cfg.tracking.experiment,
+                                run_name=f"{name}-{cfg.organism.name}", params=params,
+                                parent_run_id=parent_run_id) as run:
+            ctx = MethodContext(config=config, cfg=cfg, store=store if cls.needs_store else None,
+                                base=base, organism=organism)
+            result = cls(config).run(ctx)
+            log_result(run, result)
+        summaries.append(_summary(cfg, name, cls, run.run_id, result.metrics, reused=False))
+    return summaries
+
+
+def _open_store(cfg: DictConfig, parent_run_id: str | None):
+    """The store of the matching preprocess run: made or reused in `full` mode, required in `diffing` mode."""
+    from diffgame.extract import find_store, preprocess
+    from diffgame.store import ActivationStore
+
+    if cfg.pipeline.mode == "diffing":
+        run_id, store = find_store(cfg)
+        return store, run_id
+    result = preprocess(cfg, parent_run_id=parent_run_id)
+    return ActivationStore.open(result.store_path), result.run_id
+
+
+def _summary(cfg, name, cls, run_id, metrics, reused) -> StageSummary:
+    return StageSummary("diff", run_id, cfg.model.name, cfg.organism.name, method=name, reused=reused,
+                        headline=headline(metrics, getattr(cls, "headline", ())))
+
+
+def headline(metrics: dict[str, float], patterns: tuple[str, ...], limit: int = 4) -> dict[str, float]:
+    """Up to `limit` metrics matching `patterns` (glob, in pattern order); the first keys when none match."""
+    keys: list[str] = []
+    for pattern in patterns:
+        keys += [k for k in sorted(metrics) if fnmatch.fnmatchcase(k, pattern) and k not in keys]
+    keys = keys or sorted(metrics)
+    return {k: float(metrics[k]) for k in keys[:limit]}
+
+
+def log_result(run: tracking.StageRun, result: MethodResult) -> None:
+    """Log every field of `result` under `run` (file layout: see `MethodResult`), in one artifact upload."""
+    import matplotlib.pyplot as plt
+    from safetensors.torch import save_file
+
+    from diffgame import examples as examples_mod
+
+    if result.metrics:
+        run.log_metrics(result.metrics)
+    with tempfile.TemporaryDirectory(prefix="diffgame-result-") as tmp:
+        root = Path(tmp)
+        for name, table in result.tables.items():
+            table.to_parquet(_mkdir(root / "tables") / f"{name}.parquet", index=False)
+        for name, found in result.examples.items():
+            examples_mod.save(found, root / "examples" / f"{name}.json")
+        if result.vectors:
+            save_file({k: v.detach().float().cpu().contiguous() for k, v in result.vectors.items()},
+                      str(root / "vectors.safetensors"))
+        for name, fig in result.figures.items():
+            fig.savefig(_mkdir(root / "plots") / f"{name}.png", dpi=110)
+            plt.close(fig)
+        if result.ranked_tokens:
+            (_mkdir(root / "evidence") / "ranked_tokens.json").write_text(
+                json.dumps({k: v.to_dict() for k, v in result.ranked_tokens.items()}))
+        for name, rows in result.samples.items():
+            (_mkdir(root / "samples") / f"{name}.json").write_text(json.dumps(rows))
+        if any(root.iterdir()):
+            run.log_artifacts(root)
+
+
+def _mkdir(path: Path) -> Path:
+    path.mkdir(parents=True, exist_ok=True)
+    return path
