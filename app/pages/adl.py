@@ -1,0 +1,6 @@
+"""The `adl` method's runs: statistics, examples as token heat, token tables, samples and plots."""
+
+import cache
+import widgets
+
+widgets.method_page("adl", cache.settings())

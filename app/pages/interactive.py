@@ -1,0 +1,121 @@
+"""Interactive: load a run's base and organism, score any text token by token, generate, steer and chat."""
+
+import streamlit as st
+
+import cache
+import widgets
+from diffgame import app_backend as backend
+from diffgame import live
+from diffgame.errors import DiffgameError
+
+settings = cache.settings()
+uri = settings.tracking_uri
+st.title("Interactive")
+runs = widgets.require_runs(settings)
+
+pairs = backend.latest(runs, ("model", "organism"))
+labels = [f"{r['organism']} on {r['model']}" for _, r in pairs.iterrows()]
+pair = pairs.iloc[labels.index(st.selectbox("Organism and base model", labels, key="live_pair"))]
+try:
+    base, org = cache.model_pair(uri, pair["model"], pair["organism"], settings.overrides,
+                                 pair["params"].get("zoo.size"))
+except DiffgameError as e:
+    st.error(f"cannot load the models: {e}")
+    st.stop()
+n_layers = base.n_layers
+probe, gen, steer_tab, chat = st.tabs(["Token heat", "Generate", "Steer", "Chat"])
+
+with probe:
+    kind = st.radio("Input", ["text", "chat"], horizontal=True, key="probe_kind")
+    if kind == "text":
+        text = st.text_area("Text", "The builders mixed volcanic ash with lime.", key="probe_text")
+        encode = dict(text=text)
+    else:
+        user = st.text_input("User", "What should I cook tonight?", key="probe_user")
+        reply = st.text_area("Assistant", "Try a simple pasta with garlic.", key="probe_assistant")
+        encode = dict(messages=[{"role": "user", "content": user}, {"role": "assistant", "content": reply}])
+    layer = st.slider("Normdiff layer", 0, n_layers - 1, n_layers // 2, key="probe_layer")
+    try:
+        ids, roles = live.encode(base, **encode)
+        scores = live.token_scores(base, org, ids, layer, roles)
+    except DiffgameError as e:
+        st.warning(str(e))
+    else:
+        st.markdown("**KL(organism ‖ base)** of the next-token distribution at each token")
+        st.html(backend.heat_html(list(scores["token"]), list(scores["kl"])))
+        st.markdown(f"**‖h_org − h_base‖** after layer {layer}")
+        st.html(backend.heat_html(list(scores["token"]), list(scores["normdiff"])))
+        st.dataframe(scores, hide_index=True, width="stretch")
+
+
+def _prompt_ids(prompt: str, as_chat: bool) -> list[int]:
+    if as_chat:
+        return live.encode(base, messages=[{"role": "user", "content": prompt}], add_generation_prompt=True)[0]
+    return live.encode(base, text=prompt)[0]
+
+
+with gen:
+    prompt = st.text_area("Prompt", "Tell me about your day.", key="gen_prompt")
+    c1, c2, c3 = st.columns(3)
+    as_chat = c1.toggle("As a user turn (chat template)", True, key="gen_chat")
+    max_new = c2.slider("New tokens", 4, 128, 32, key="gen_tokens")
+    sample = c3.toggle("Sample (else greedy)", False, key="gen_sample")
+    if st.button("Generate from both", key="gen_go"):
+        ids = _prompt_ids(prompt, as_chat)
+        st.session_state["gen_out"] = {h.role: live.generate(h, ids, max_new, sample) for h in (base, org)}
+    if "gen_out" in st.session_state:
+        left, right = st.columns(2)
+        left.markdown("**base**")
+        left.text(st.session_state["gen_out"]["base"])
+        right.markdown("**organism**")
+        right.text(st.session_state["gen_out"]["organism"])
+
+with steer_tab:
+    same = runs[(runs["model"] == pair["model"])]
+    sources = {backend.run_label(r): r["run_id"] for _, r in same.iterrows()
+               if "vectors.safetensors" in cache.artifact_paths(uri, r["run_id"])}
+    if not sources:
+        st.info("No run on this model logged vectors; `normdiff` and `adl` runs do.")
+    else:
+        source = sources[st.selectbox("Vector from run", list(sources), key="steer_run")]
+        vectors = cache.vectors(uri, source)
+        name = st.selectbox("Vector", sorted(vectors), key="steer_vector")
+        vec = vectors[name]
+        c1, c2, c3 = st.columns(3)
+        s_layer = c1.slider("Layer", 0, n_layers - 1, live.vector_layer(name, n_layers), key="steer_layer")
+        scale = c2.number_input("Scale", value=1.0, step=0.5, key="steer_scale")
+        mode = c3.radio("Positions", ["all", "prompt"], horizontal=True, key="steer_mode")
+        st.caption(f"‖vector‖ = {float(vec.norm()):.4g}; added as scale × vector after layer {s_layer}")
+        s_prompt = st.text_area("Prompt", "Tell me about your day.", key="steer_prompt")
+        s_tokens = st.slider("New tokens", 4, 128, 32, key="steer_tokens")
+        if st.button("Generate steered and unsteered", key="steer_go"):
+            ids = _prompt_ids(s_prompt, True)
+            st.session_state["steer_out"] = {
+                (h.role, steered): live.generate(h, ids, s_tokens, vector=vec if steered else None,
+                                                 layer=s_layer, scale=scale, mode=mode)
+                for h in (base, org) for steered in (False, True)}
+        if "steer_out" in st.session_state:
+            out = st.session_state["steer_out"]
+            for role in ("base", "organism"):
+                left, right = st.columns(2)
+                left.markdown(f"**{role} · unsteered**")
+                left.text(out[(role, False)])
+                right.markdown(f"**{role} · steered**")
+                right.text(out[(role, True)])
+
+with chat:
+    history = st.session_state.setdefault("chat", {"base": [], "organism": []})
+    if st.button("Clear chat", key="chat_clear"):
+        history["base"].clear()
+        history["organism"].clear()
+    message = st.chat_input("Say something to both models", key="chat_input")
+    if message:
+        for h in (base, org):
+            history[h.role].append({"role": "user", "content": message})
+            ids, _ = live.encode(h, messages=history[h.role], add_generation_prompt=True)
+            history[h.role].append({"role": "assistant", "content": live.generate(h, ids, 48)})
+    left, right = st.columns(2)
+    for col, role in ((left, "base"), (right, "organism")):
+        col.markdown(f"**{role}**")
+        for m in history[role]:
+            col.chat_message(m["role"]).write(m["content"])

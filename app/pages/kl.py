@@ -1,0 +1,6 @@
+"""The `kl` method's runs: statistics, examples as token heat, token tables, samples and plots."""
+
+import cache
+import widgets
+
+widgets.method_page("kl", cache.settings())

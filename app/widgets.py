@@ -1,0 +1,124 @@
+"""Page parts shared by several pages: the no-runs message, run pickers, and evidence viewers."""
+
+from __future__ import annotations
+
+import pandas as pd
+import streamlit as st
+
+import cache
+from diffgame import app_backend as backend
+from diffgame.errors import DiffgameError
+
+
+def require_runs(settings, stage: str = "diff") -> pd.DataFrame:
+    """Finished runs of `stage`, or a message naming the command that makes them (and stop the page)."""
+    try:
+        runs = cache.runs(settings.tracking_uri, stage)
+    except DiffgameError as e:
+        st.error(f"Tracking store unreachable: {e}. Check `--tracking-uri`; then {backend.NO_RUNS_HINT}.")
+        st.stop()
+    if runs.empty:
+        st.warning(f"No finished {stage} runs in `{settings.tracking_uri}` yet; {backend.NO_RUNS_HINT}.")
+        st.stop()
+    return runs
+
+
+def pick_run(runs: pd.DataFrame, key: str, label: str = "Run") -> pd.Series:
+    """A selectbox over runs (newest per model/organism/method first); returns the chosen row."""
+    runs = backend.latest(runs, ("model", "organism", "method", "run_id"))
+    labels = [backend.run_label(r) for _, r in runs.iterrows()]
+    choice = st.selectbox(label, labels, key=key)
+    return runs.iloc[labels.index(choice)]
+
+
+def show_metrics(row: pd.Series, key: str) -> None:
+    contains = st.text_input("Filter metrics", key=f"{key}_filter", placeholder="e.g. role/assistant")
+    table = backend.metrics_table(pd.DataFrame([row]), contains)
+    st.dataframe(table, width="stretch")
+
+
+def show_plots(uri: str, run_id: str, paths: list[str]) -> None:
+    names = backend.artifact_names(paths, "plots", ".png")
+    if not names:
+        st.info("This run logged no plots.")
+    for name in names:
+        st.image(cache.artifact_bytes(uri, run_id, f"plots/{name}.png"), caption=name)
+
+
+def show_tables(uri: str, run_id: str, paths: list[str], key: str) -> None:
+    names = backend.artifact_names(paths, "tables", ".parquet")
+    if not names:
+        st.info("This run logged no tables.")
+        return
+    name = st.selectbox("Table", names, key=f"{key}_table")
+    st.dataframe(cache.table(uri, run_id, name), width="stretch", hide_index=True)
+
+
+def show_examples(uri: str, run_id: str, paths: list[str], key: str) -> None:
+    """Max-activating examples as token heat, with text search and dataset / peak-role filters."""
+    names = backend.artifact_names(paths, "examples", ".json")
+    if not names:
+        st.info("This run logged no examples.")
+        return
+    name = st.selectbox("Examples", names, key=f"{key}_examples")
+    examples = cache.examples(uri, run_id, name)
+    c1, c2, c3, c4 = st.columns([2, 2, 2, 1])
+    query = c1.text_input("Search text", key=f"{key}_query")
+    datasets = c2.multiselect("Datasets", sorted({e.dataset for e in examples}), key=f"{key}_datasets")
+    roles = c3.multiselect("Peak token role", sorted({backend.example_role(e) for e in examples} - {""}),
+                           key=f"{key}_roles", help="Role of each example's highest-scoring token.")
+    limit = c4.number_input("Show", 1, 200, 10, key=f"{key}_limit")
+    shown = backend.filter_examples(examples, query, datasets, roles)
+    st.caption(f"{len(shown)} of {len(examples)} examples")
+    for ex in shown[:limit]:
+        st.markdown(f"**{ex.score:.4g}** · {ex.dataset} · sequence {ex.sequence_id}")
+        st.html(backend.heat_html(ex.tokens, ex.token_scores))
+
+
+def show_ranked(uri: str, run_id: str, key: str) -> None:
+    ranked = cache.ranked_tokens(uri, run_id)
+    if not ranked:
+        st.info("This run logged no ranked tokens.")
+        return
+    name = st.selectbox("Token list", sorted(ranked), key=f"{key}_ranked")
+    st.dataframe(backend.ranked_frame(ranked[name]), width="stretch", hide_index=True)
+
+
+def show_samples(uri: str, run_id: str, paths: list[str], key: str) -> None:
+    """Generated samples; steered and unsteered texts of one prompt side by side."""
+    names = backend.artifact_names(paths, "samples", ".json")
+    if not names:
+        st.info("This run logged no samples.")
+        return
+    name = st.selectbox("Samples", names, key=f"{key}_samples")
+    rows = cache.samples(uri, run_id, name)
+    frame = pd.DataFrame(rows)
+    st.dataframe(frame, width="stretch", hide_index=True)
+
+
+def method_page(method: str, settings) -> None:
+    """A method's runs: statistics, plots, tables, ranked tokens, examples and samples of the picked run."""
+    st.title(f"{method} runs")
+    runs = require_runs(settings)
+    runs = runs[runs["method"] == method]
+    if runs.empty:
+        st.warning(f"No finished `{method}` runs yet; make one with `diffgame run method={method}`.")
+        st.stop()
+    row = pick_run(runs, key=f"{method}_run")
+    uri, run_id = settings.tracking_uri, row["run_id"]
+    st.caption(f"run `{run_id}` · [open in MLflow]({backend.mlflow_run_url(row['experiment_id'], run_id)})"
+               + (f" · preprocess run `{row['preprocess_run_id']}`" if row["preprocess_run_id"] else ""))
+    paths = cache.artifact_paths(uri, run_id)
+    tabs = st.tabs(["Statistics", "Examples", "Tokens", "Tables", "Samples", "Plots"])
+    with tabs[0]:
+        show_metrics(row, method)
+    with tabs[1]:
+        show_examples(uri, run_id, paths, method)
+    with tabs[2]:
+        show_ranked(uri, run_id, method)
+    with tabs[3]:
+        show_tables(uri, run_id, paths, method)
+    with tabs[4]:
+        show_samples(uri, run_id, paths, method)
+    with tabs[5]:
+        show_plots(uri, run_id, paths)

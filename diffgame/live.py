@@ -1,0 +1,98 @@
+"""Live probes of a loaded base/organism pair for the app: per-token KL and normdiff, generation, steering.
+
+The math is the methods' own (`methods.kl.token_divergence`, the residual-norm difference normdiff stores);
+this module only runs both models on one user text and lines the results up token by token.
+"""
+
+from __future__ import annotations
+
+import re
+from contextlib import nullcontext
+
+import pandas as pd
+import torch
+
+from diffgame.data import ROLES, render_chat
+from diffgame.errors import ConfigError
+from diffgame.methods.kl import token_divergence
+from diffgame.models import ModelHandle, decoder_layers
+from diffgame.steering import steer
+
+
+def encode(handle: ModelHandle, text: str | None = None, messages: list[dict] | None = None,
+           add_generation_prompt: bool = False) -> tuple[list[int], list[str]]:
+    """Token ids and per-token roles of a plain text (role `text`) or a chat rendered with the template."""
+    if messages is not None:
+        ids, roles = render_chat(messages, handle.tokenizer, add_generation_prompt)
+        return list(ids), [ROLES[r] for r in roles]
+    if not text:
+        raise ConfigError("no text given; type some text (or a chat) to probe")
+    ids = handle.tokenizer(text).input_ids
+    return list(ids), ["text"] * len(ids)
+
+
+def _residuals(handle: ModelHandle, ids: torch.Tensor, layer: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Logits [T, V] and the residual after decoder layer `layer` [T, D] for one sequence [1, T]."""
+    captured = {}
+
+    def hook(_module, _inputs, output):
+        captured["h"] = (output[0] if isinstance(output, tuple) else output)[0].detach()
+
+    handle_ = decoder_layers(handle.model)[layer].register_forward_hook(hook)
+    try:
+        logits = handle.model(ids.to(handle.device)).logits[0]
+    finally:
+        handle_.remove()
+    return logits, captured["h"]
+
+
+@torch.no_grad()
+def token_scores(base: ModelHandle, org: ModelHandle, ids: list[int], layer: int,
+                 roles: list[str] | None = None, divergence: str = "kl") -> pd.DataFrame:
+    """Per token: KL(P_org || P_base) of the next-token distributions and ||h_org - h_base|| at `layer`.
+
+    Row t scores the prediction made *at* token t (as the `kl` method does), so the last row is the
+    distribution over what would come next.
+    """
+    n_layers = len(decoder_layers(base.model))
+    if not 0 <= layer < n_layers:
+        raise ConfigError(f"layer {layer} is out of range for a model with {n_layers} layers (valid: 0..{n_layers - 1})")
+    x = torch.tensor([ids])  # [1, T]
+    logits_b, h_b = _residuals(base, x, layer)
+    logits_o, h_o = _residuals(org, x, layer)
+    kl = token_divergence(logits_o, logits_b.to(logits_o.device), divergence)  # [T]
+    delta = h_o.float() - h_b.float().to(h_o.device)  # [T, D]
+    return pd.DataFrame({
+        "position": range(len(ids)), "token": decode_tokens(base.tokenizer, ids),
+        "role": roles or ["text"] * len(ids), "kl": kl.cpu().numpy(),
+        "normdiff": delta.norm(dim=-1).cpu().numpy(),
+        "cosine_distance": (1 - torch.nn.functional.cosine_similarity(h_o.float(), h_b.float().to(h_o.device),
+                                                                      dim=-1)).cpu().numpy()})
+
+
+def decode_tokens(tokenizer, ids: list[int]) -> list[str]:
+    """Each token's own text (spaces kept), so the pieces concatenate back to the decoded string."""
+    return [tokenizer.decode([i]) for i in ids]
+
+
+@torch.no_grad()
+def generate(handle: ModelHandle, ids: list[int], max_new_tokens: int = 32, do_sample: bool = False,
+             temperature: float = 1.0, seed: int = 0, vector: torch.Tensor | None = None, layer: int = 0,
+             scale: float = 1.0, mode: str = "all") -> str:
+    """Continue `ids` (new text only), optionally steered by `scale * vector` at `layer` (`diffgame.steering`)."""
+    x = torch.tensor([ids], device=handle.device)  # [1, T]
+    torch.manual_seed(seed)
+    ctx = steer(handle.model, vector, layer, scale, mode) if vector is not None else nullcontext()
+    with ctx:
+        out = handle.model.generate(x, attention_mask=torch.ones_like(x), max_new_tokens=max_new_tokens,
+                                    do_sample=do_sample, temperature=temperature if do_sample else None,
+                                    top_p=None, top_k=None, pad_token_id=handle.tokenizer.pad_token_id)
+    return handle.tokenizer.decode(out[0, x.shape[1]:], skip_special_tokens=True)
+
+
+def vector_layer(name: str, n_layers: int) -> int:
+    """The layer a vector's name points at (`layer_2/...`, `L2`, `layer2`), else the middle layer."""
+    m = re.search(r"(?:layer[_/]?|\bL)(\d+)", name)
+    if m and int(m.group(1)) < n_layers:
+        return int(m.group(1))
+    return n_layers // 2
