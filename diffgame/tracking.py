@@ -85,14 +85,14 @@ def search(filters: dict[str, str] | None = None, statuses: tuple[str, ...] = ()
     """Runs in all experiments whose tags equal `filters`, newest first."""
     c = client()
     clauses = [f"tags.`{k}` = '{v}'" for k, v in (filters or {}).items()]
-    if statuses:
-        clauses.append("attributes.status IN (" + ", ".join(f"'{s}'" for s in statuses) + ")")
     try:
         exps = [e.experiment_id for e in c.search_experiments()]
         if not exps:
             return []
-        return c.search_runs(exps, " and ".join(clauses), max_results=max_results,
+        # MLflow's filter grammar has no `status IN (...)`, so statuses are filtered here
+        runs = c.search_runs(exps, " and ".join(clauses), max_results=max(max_results, 1000) if statuses else max_results,
                              order_by=["attributes.start_time DESC"])
+        return [r for r in runs if r.info.status in statuses][:max_results] if statuses else runs
     except Exception as e:
         raise TrackingError(f"cannot query tracking store {resolve_uri()}: {str(e).splitlines()[0]}") from None
 
