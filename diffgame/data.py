@@ -1,0 +1,206 @@
+"""Read the configured datasets and tokenize them into sequences with a role per token (text, user, assistant, template).
+
+Sources: hub ids and local files (jsonl/json, txt, parquet) through `datasets`, the zoo's corpora
+(`zoo:generic_text`, `zoo:generic_chat`) and the organism's own training data (`organism`). Chats are
+rendered with the tokenizer's chat template; message contents are mapped to tokens through the fast
+tokenizer's character offsets, so every other token of the rendering is `template`.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from diffgame.errors import DataError
+
+ROLES = ("text", "user", "assistant", "template")
+"""Role codes 0..3 stored per token in the activation store."""
+TEXT, USER, ASSISTANT, TEMPLATE = range(4)
+_MESSAGE_ROLES = {"user": USER, "assistant": ASSISTANT, "system": USER, "model": ASSISTANT}
+"""Chat message roles -> role codes (a system prompt is input, like a user turn)."""
+_LOCAL_BUILDERS = {".jsonl": "json", ".json": "json", ".txt": "text", ".parquet": "parquet"}
+
+
+@dataclass
+class TokenizedSequence:
+    """One row of a dataset, tokenized and truncated."""
+
+    dataset: str
+    """Name of the source in `cfg.dataset.sources`."""
+    sequence_id: int
+    """Row index in the source (after skipping nothing; rows are taken in order)."""
+    input_ids: list[int]
+    roles: list[int]
+    """Role code per token, indexing `ROLES`."""
+
+
+# --- chat rendering --------------------------------------------------------------------------------
+def render_chat(messages: list[dict], tokenizer, add_generation_prompt: bool = False) -> tuple[list[int], list[int]]:
+    """Render `messages` with the tokenizer's chat template; return (ids, roles), roles per `ROLES`."""
+    if not getattr(tokenizer, "chat_template", None):
+        raise DataError(f"tokenizer {type(tokenizer).__name__} ({getattr(tokenizer, 'name_or_path', '?')}) has no chat "
+                        f"template; chat data needs one: use a chat model or set the dataset's kind=text")
+    if not getattr(tokenizer, "is_fast", False):
+        raise DataError(f"tokenizer {type(tokenizer).__name__} is not a fast tokenizer; per-token roles need "
+                        f"character offsets (load it with use_fast=True)")
+    messages = [{"role": str(m["role"]), "content": str(m["content"])} for m in messages]
+    text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt)
+    spans, cursor = [], 0  # (start, end, role) of each message's content in the rendered text
+    for m in messages:
+        content = m["content"].strip()
+        if not content:
+            continue
+        at = text.find(content, cursor)
+        if at < 0:  # the template rewrote the content; its tokens stay `template`
+            continue
+        spans.append((at, at + len(content), _MESSAGE_ROLES.get(m["role"], USER)))
+        cursor = at + len(content)
+    enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+    ids, offsets = list(enc["input_ids"]), enc["offset_mapping"]
+    roles, k = [], 0
+    for start, end in offsets:
+        while k < len(spans) and start >= spans[k][1]:
+            k += 1
+        inside = k < len(spans) and spans[k][0] <= start < spans[k][1] and end > start
+        roles.append(spans[k][2] if inside else TEMPLATE)
+    return ids, roles
+
+
+# --- reading rows ----------------------------------------------------------------------------------
+def _read_rows(source: str, split: str) -> list[dict[str, Any]]:
+    """Rows of a hub dataset or local file, in order."""
+    path = Path(source).expanduser()
+    if path.suffix in _LOCAL_BUILDERS or path.exists():
+        if not path.is_file():
+            raise DataError(f"dataset file {path} does not exist; fix the dataset's `source` (a hub id or a "
+                            f"jsonl/json/txt/parquet file)")
+        builder = _LOCAL_BUILDERS.get(path.suffix)
+        if builder is None:
+            raise DataError(f"cannot read {path}: unknown file type '{path.suffix}'; "
+                            f"supported: {', '.join(sorted(_LOCAL_BUILDERS))}")
+        return _load_dataset(builder, split="train", data_files=str(path), where=str(path))
+    return _load_dataset(source, split=split, where=f"{source} (split {split})")
+
+
+def _load_dataset(name: str, split: str, where: str, **kw) -> list[dict[str, Any]]:
+    import datasets
+
+    try:
+        ds = datasets.load_dataset(name, split=split, **kw)
+    except (ValueError, KeyError) as e:
+        raise DataError(f"cannot read dataset {where}: {str(e).splitlines()[0]}") from None
+    except Exception as e:  # unreachable hub, malformed file, unknown split
+        raise DataError(f"cannot read dataset {where}: {type(e).__name__}: {str(e).splitlines()[0][:300]}; "
+                        f"check the path or hub id (offline? then use a local file)") from None
+    return ds.to_list()
+
+
+def _read_jsonl(path: Path) -> list[dict[str, Any]]:
+    try:
+        return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    except (OSError, json.JSONDecodeError) as e:
+        raise DataError(f"cannot read {path}: {e}") from None
+
+
+def _zoo_corpus(name: str, split: str) -> list[dict[str, Any]]:
+    from diffgame import zoo
+
+    return list(zoo.corpus(name, split))
+
+
+def source_rows(cfg: DictConfig, src: DictConfig) -> tuple[list[dict[str, Any]], str]:
+    """Rows of one dataset source and the kind (`text` or `chat`) to read them as."""
+    source, kind = str(src.source), str(src.kind)
+    if source.startswith("zoo:"):
+        rows = _zoo_corpus(source.removeprefix("zoo:"), src.split)
+    elif source == "organism":
+        rows, kind = _organism_rows(cfg, src)
+    else:
+        rows = _read_rows(source, src.split)
+    return rows, kind
+
+
+def _organism_rows(cfg: DictConfig, src: DictConfig) -> tuple[list[dict[str, Any]], str]:
+    """The organism's finetuning data: its zoo recipe's data, else `training_data`."""
+    org = cfg.organism
+    data = org.zoo.data or org.training_data
+    if not data:
+        raise DataError(f"organism '{org.name}' declares no training data (zoo.data or training_data); "
+                        f"drop the `organism` source from dataset '{cfg.dataset.name}' or set organism.training_data")
+    if data.startswith("builtin:"):
+        rows = _zoo_corpus(data.removeprefix("builtin:"), src.split)
+    elif data.endswith(".jsonl") and Path(data).is_file():
+        rows = _read_jsonl(Path(data))
+    else:
+        rows = _read_rows(data, src.split)
+    chat = org.zoo.format == "chat" or (rows and src.messages_column in rows[0])
+    return rows, "chat" if chat else str(src.kind)
+
+
+# --- tokenization ----------------------------------------------------------------------------------
+def _tokenize_rows(name: str, rows: list[dict], kind: str, src: DictConfig, tokenizer,
+                   context_length: int) -> list[TokenizedSequence]:
+    column = src.messages_column if kind == "chat" else src.text_column
+    if rows and column not in rows[0]:
+        raise DataError(f"dataset '{name}' ({src.source}) has no column '{column}'; columns: "
+                        f"{', '.join(sorted(rows[0]))}; set dataset.sources.{name}."
+                        f"{'messages_column' if kind == 'chat' else 'text_column'} or kind")
+    out: list[TokenizedSequence] = []
+    budget = src.max_tokens
+    for i, row in enumerate(rows):
+        if src.max_samples is not None and len(out) >= src.max_samples:
+            break
+        value = row.get(column)
+        if kind == "chat":
+            if not value:
+                continue
+            ids, roles = render_chat(list(value), tokenizer)
+        else:
+            if not value or not str(value).strip():
+                continue
+            ids = list(tokenizer(str(value), add_special_tokens=True)["input_ids"])
+            roles = [TEXT] * len(ids)
+        ids, roles = ids[:context_length], roles[:context_length]
+        if budget is not None:
+            ids, roles = ids[:budget], roles[:budget]
+            budget -= len(ids)
+        if ids:
+            out.append(TokenizedSequence(name, i, ids, roles))
+        if budget is not None and budget <= 0:
+            break
+    if not out:
+        raise DataError(f"dataset '{name}' ({src.source}, split {src.split}) yielded no sequences "
+                        f"({len(rows)} rows); check the source, split and column '{column}'")
+    return out
+
+
+def load_sequences(cfg: DictConfig, tokenizer) -> dict[str, list[TokenizedSequence]]:
+    """Every source in `cfg.dataset.sources`, tokenized, truncated and limited, in a deterministic order."""
+    sources = cfg.dataset.sources
+    if not sources:
+        raise DataError(f"dataset '{cfg.dataset.name}' has no sources; add some under dataset.sources")
+    out = {}
+    for name in sources:
+        src = sources[name]
+        rows, kind = source_rows(cfg, src)
+        out[str(name)] = _tokenize_rows(str(name), rows, kind, src, tokenizer, int(cfg.preprocessing.context_length))
+    return out
+
+
+def data_identity(cfg: DictConfig) -> dict:
+    """What the fingerprint covers about the data: sources, limits, and local files' size and mtime."""
+    ident: dict[str, Any] = {"sources": OmegaConf.to_container(cfg.dataset.sources, resolve=True),
+                             "organism_data": [cfg.organism.zoo.data, cfg.organism.zoo.format,
+                                               cfg.organism.training_data]}
+    files = [str(s.source) for s in cfg.dataset.sources.values()]
+    files += [d for d in (cfg.organism.zoo.data, cfg.organism.training_data) if d]
+    for f in files:
+        p = Path(f).expanduser()
+        if p.is_file():
+            st = p.stat()
+            ident[f"file:{f}"] = [st.st_size, st.st_mtime_ns]
+    return ident

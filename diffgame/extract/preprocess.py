@@ -1,0 +1,342 @@
+"""The `preprocess` stage: tokenize the datasets, run base and organism, and write the activation store.
+
+One MLflow run per fingerprint (models, data, limits, layers, dtype, context length, chat template).
+A FINISHED match is reused; an unfinished one is resumed from its completed shards, which gives the
+same bytes as an uninterrupted run because the shard plan (batches, shard boundaries) is fixed first.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import lightning as L
+import torch
+from lightning.pytorch.callbacks import Callback
+from omegaconf import DictConfig
+
+from diffgame import tracking
+from diffgame.config import resolve_layers
+from diffgame.data import data_identity, load_sequences
+from diffgame.errors import ModelError, StoreError
+from diffgame.extract.module import PairedExtraction, PlannedBatches, world
+from diffgame.extract.writer import ShardWriter
+from diffgame.models import (DTYPES, _load_tokenizer, finetuned_spec, load_base, load_organism, organism_identity,
+                             resolve_base_source, unembedding)
+from diffgame.store import MODEL_ROLES, PARTS, ActivationStore, StoreWriter, shard_name
+
+STAGE = "preprocess"
+SHARD_BYTES = 64 << 20
+"""Target size of one activation shard file; sets how many tokens a shard holds for a given d_model."""
+_ENV_RUN, _ENV_STORE = "DIFFGAME_PREPROCESS_RUN", "DIFFGAME_PREPROCESS_STORE"
+
+
+@dataclass
+class PreprocessResult:
+    """What `preprocess` made or reused."""
+
+    run_id: str
+    store_path: str
+    n_tokens: int
+    reused: bool
+    fingerprint: str
+    n_bytes: int = 0
+
+
+# --- identity ----------------------------------------------------------------------------------------
+def command(cfg: DictConfig) -> str:
+    """The command that (re)builds this store, quoted in error messages."""
+    return (f"diffgame preprocess model={cfg.model.name} organism={cfg.organism.name} dataset={cfg.dataset.name} "
+            f"preprocessing.layers=[{','.join(str(x) for x in cfg.preprocessing.layers)}]")
+
+
+def _tokenizer(cfg: DictConfig):
+    source, _ = resolve_base_source(cfg)
+    return _load_tokenizer(source, cfg.model, revision=cfg.model.revision if source == cfg.model.id else None)
+
+
+def preprocess_fingerprint(cfg: DictConfig, tokenizer=None) -> str:
+    """Fingerprint of the store `cfg` asks for."""
+    template = getattr(tokenizer or _tokenizer(cfg), "chat_template", None) or ""
+    pp = cfg.preprocessing
+    return tracking.fingerprint({
+        "base": resolve_base_source(cfg)[1], "organism": organism_identity(cfg), "model_dtype": cfg.model.dtype,
+        "data": data_identity(cfg), "layers": [float(x) if isinstance(x, float) else int(x) for x in pp.layers],
+        "dtype": pp.dtype, "context_length": int(pp.context_length),
+        "template": hashlib.sha256(str(template).encode()).hexdigest()})
+
+
+def store_dir(run_id: str) -> Path:
+    """The store of a FINISHED preprocess run: in place when local, else downloaded once to a cache."""
+    run = tracking.client().get_run(run_id)
+    local = tracking.local_artifact_dir(run)
+    if local is not None:
+        return local / "store"
+    import mlflow
+
+    cache = Path(os.environ.get("DIFFGAME_CACHE", Path.home() / ".cache" / "diffgame")) / "stores" / run_id
+    if not (cache / "store" / "manifest.json").is_file():
+        mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path="store", dst_path=str(cache),
+                                            tracking_uri=tracking.resolve_uri())
+    return cache / "store"
+
+
+def find_store(cfg: DictConfig) -> tuple[str, ActivationStore]:
+    """Run id and opened store of the FINISHED preprocess run matching `cfg`, else a StoreError naming the command."""
+    fp = preprocess_fingerprint(cfg)
+    run = tracking.find_finished(STAGE, fp)
+    if run is None:
+        raise StoreError(f"no preprocess run for model={cfg.model.name} organism={cfg.organism.name} "
+                         f"dataset={cfg.dataset.name} (fingerprint {fp}) in {tracking.resolve_uri()}; "
+                         f"run `{command(cfg)}`")
+    return run.info.run_id, ActivationStore.open(store_dir(run.info.run_id))
+
+
+# --- plan --------------------------------------------------------------------------------------------
+def plan_shards(sequences: dict, batch_size: int, shard_tokens: int) -> dict[str, list[dict]]:
+    """Per dataset, shards of batches of similar-length sequences (longest first); fixed before any work."""
+    out, index = {}, 0
+    for name, seqs in sequences.items():
+        order = sorted(range(len(seqs)), key=lambda i: -len(seqs[i].input_ids))  # stable: ties keep row order
+        batches = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+        shards, current, n = [], [], 0
+        for b in batches:
+            current.append(b)
+            n += sum(len(seqs[i].input_ids) for i in b)
+            if n >= shard_tokens:
+                shards.append((current, n))
+                current, n = [], 0
+        if current:
+            shards.append((current, n))
+        out[name] = []
+        for batches_, n_tok in shards:
+            out[name].append({"name": shard_name(index), "index": index, "n_tokens": n_tok,
+                              "n_sequences": sum(len(b) for b in batches_), "batches": batches_})
+            index += 1
+    return out
+
+
+# --- progress ----------------------------------------------------------------------------------------
+class TokenProgress(Callback):
+    """A tqdm bar in tokens (so it shows tokens/s) on rank 0."""
+
+    def __init__(self, batches: PlannedBatches, desc: str):
+        self.batches, self.desc, self.bar = batches, desc, None
+
+    def on_predict_start(self, trainer, pl_module) -> None:
+        if trainer.global_rank == 0:
+            from tqdm.auto import tqdm
+
+            total = sum(s["n_tokens"] for s in self.batches.shards(0, trainer.world_size))
+            self.bar = tqdm(total=total, desc=self.desc, unit="tok", unit_scale=True, dynamic_ncols=True)
+
+    def on_predict_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
+        if self.bar is not None:
+            self.bar.update(int(batch["attention_mask"].sum()))
+
+    def on_predict_end(self, trainer, pl_module) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+# --- the stage ---------------------------------------------------------------------------------------
+def _n_layers_and_width(source: str, cfg: DictConfig) -> tuple[int, int]:
+    from transformers import AutoConfig
+
+    try:
+        conf = AutoConfig.from_pretrained(source, trust_remote_code=bool(cfg.model.trust_remote_code)).get_text_config()
+    except OSError as e:
+        raise ModelError(f"cannot read the config of model {source}: {str(e).splitlines()[0]}") from None
+    return int(conf.num_hidden_layers), int(conf.hidden_size)
+
+
+def _check_organism_tokenizer(cfg: DictConfig, tokenizer) -> None:
+    """A full organism shipping its own tokenizer must share the base's vocabulary."""
+    spec = finetuned_spec(cfg)
+    if spec.kind != "full" or not spec.id or not Path(spec.id).is_dir():
+        return
+    if not any((Path(spec.id) / f).is_file() for f in ("tokenizer.json", "tokenizer_config.json")):
+        return
+    from transformers import AutoTokenizer
+
+    other = AutoTokenizer.from_pretrained(spec.id)
+    if other.get_vocab() != tokenizer.get_vocab():
+        raise ModelError(f"tokenizer mismatch: organism '{cfg.organism.name}' ({spec.id}, {len(other)} tokens) and "
+                         f"base '{cfg.model.name}' ({len(tokenizer)} tokens) tokenize differently; diffing needs one "
+                         f"token stream: pick an organism finetuned from this base model")
+
+
+def _trainer(cfg: DictConfig, callbacks: list) -> L.Trainer:
+    pp = cfg.preprocessing
+    return L.Trainer(accelerator=pp.accelerator, devices=pp.devices, strategy=pp.strategy, num_nodes=pp.num_nodes,
+                     logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                     enable_model_summary=False, use_distributed_sampler=False, callbacks=callbacks)
+
+
+def preprocess(cfg: DictConfig, parent_run_id: str | None = None, *, shard_tokens: int | None = None,
+               upload: bool | None = None) -> PreprocessResult:
+    """Build (or reuse, or resume) the activation store for `cfg`; one `preprocess` run.
+
+    `shard_tokens` overrides the shard size (tests); `upload` forces uploading shards as artifacts even
+    when the artifact store is local (default: upload only when it is remote).
+    """
+    tokenizer = _tokenizer(cfg)
+    fp = preprocess_fingerprint(cfg, tokenizer)
+    if os.environ.get(_ENV_RUN) and world_rank_from_env() > 0:  # a re-launched DDP rank: extract only
+        return _extract_only(cfg, fp, tokenizer)
+    done = tracking.find_finished(STAGE, fp)
+    if done is not None:
+        store = ActivationStore.open(store_dir(done.info.run_id))
+        return PreprocessResult(done.info.run_id, str(store.root), sum(store.n_tokens(d) for d in store.datasets),
+                                True, fp, _store_bytes(store.manifest))
+    source, _ = resolve_base_source(cfg)
+    n_layers, d_model = _n_layers_and_width(source, cfg)
+    layers = resolve_layers(list(cfg.preprocessing.layers), n_layers)  # ConfigError before any work
+    _check_organism_tokenizer(cfg, tokenizer)
+    sequences = load_sequences(cfg, tokenizer)
+    resumable = tracking.find_resumable(STAGE, fp)
+    tags = {tracking.TAG_MODEL: cfg.model.name, tracking.TAG_ORGANISM: cfg.organism.name}
+    params = {"layers": layers, "dtype": cfg.preprocessing.dtype, "context_length": cfg.preprocessing.context_length,
+              "batch_size": cfg.preprocessing.batch_size, "datasets": ",".join(sequences),
+              "sequential": cfg.preprocessing.sequential, "devices": cfg.preprocessing.devices}
+    with tracking.stage_run(STAGE, fp=fp, tags=tags, experiment=cfg.tracking.experiment,
+                            run_name=f"preprocess-{cfg.model.name}-{cfg.organism.name}", params=params,
+                            parent_run_id=parent_run_id,
+                            resume_run_id=resumable.info.run_id if resumable else None) as run:
+        local = run.artifact_dir
+        upload = local is None if upload is None else upload
+        root = _working_root(run, local, upload)
+        itemsize = torch.finfo(DTYPES[cfg.preprocessing.dtype]).bits // 8
+        plan = _plan(cfg, root, sequences, layers, d_model, fp,
+                     shard_tokens or max(256, SHARD_BYTES // (d_model * itemsize)))
+        uploader = _uploader(run, root) if upload else None
+        t0 = time.perf_counter()
+        _run_passes(cfg, plan, sequences, root, layers, tokenizer, uploader, run.run_id)
+        seconds = time.perf_counter() - t0
+        manifest = StoreWriter(root).finalize(plan, {"run_id": run.run_id})
+        if uploader is not None:
+            uploader(["plan.json", "manifest.json"])  # the manifest goes last
+        n_tokens = sum(d["n_tokens"] for d in manifest["datasets"].values())
+        n_bytes = _store_bytes(manifest)
+        metrics = {"preprocess/tokens": n_tokens, "preprocess/bytes": n_bytes, "preprocess/seconds": seconds,
+                   "preprocess/tokens_per_s": n_tokens / max(seconds, 1e-9)}
+        for name, d in manifest["datasets"].items():
+            metrics[f"preprocess/{name}/tokens"] = d["n_tokens"]
+            metrics[f"preprocess/{name}/sequences"] = d["n_sequences"]
+        run.log_metrics(metrics)
+        run.log_params({"store": str(root) if not upload else "artifacts:store"})
+        store_path = str(root) if not upload or local is None else str(local / "store")
+    return PreprocessResult(run.run_id, store_path, n_tokens, False, fp, n_bytes)
+
+
+def world_rank_from_env() -> int:
+    for var in ("RANK", "SLURM_PROCID", "LOCAL_RANK"):
+        if os.environ.get(var):
+            return int(os.environ[var])
+    return 0
+
+
+def _store_bytes(manifest: dict) -> int:
+    return sum(f["bytes"] for d in manifest["datasets"].values() for s in d["shards"] for f in s["files"].values())
+
+
+def _working_root(run, local: Path | None, upload: bool) -> Path:
+    """Where shards are written: the run's artifact dir in place, or a staging dir that is uploaded."""
+    if not upload:
+        return local / "store"
+    root = Path(tempfile.mkdtemp(prefix="diffgame-store-")) / "store"
+    if run.resumed:  # bring back the shards an interrupted run already uploaded
+        import mlflow
+
+        try:
+            mlflow.artifacts.download_artifacts(run_id=run.run_id, artifact_path="store", dst_path=str(root.parent),
+                                                tracking_uri=tracking.resolve_uri())
+        except Exception:
+            pass  # nothing uploaded yet
+    root.mkdir(parents=True, exist_ok=True)
+    return root
+
+
+def _uploader(run, root: Path):
+    def upload(rels: list[str]) -> None:
+        for rel in rels:
+            parent = str(Path("store", rel).parent)
+            run.log_artifact(root / rel, parent)
+
+    return upload
+
+
+def _plan(cfg, root: Path, sequences, layers, d_model, fp, shard_tokens) -> dict:
+    """The shard plan: recorded in the store on first use, and re-used as recorded when resuming."""
+    writer = StoreWriter(root)
+    old = writer.read_plan()
+    batch_size = int(old["batch_size"]) if old else int(cfg.preprocessing.batch_size)
+    shard_tokens = int(old["shard_tokens"]) if old else int(shard_tokens)
+    plan = {"fingerprint": fp, "layers": layers, "d_model": d_model, "dtype": cfg.preprocessing.dtype,
+            "roles": list(MODEL_ROLES), "model": cfg.model.name, "organism": cfg.organism.name,
+            "context_length": int(cfg.preprocessing.context_length), "batch_size": batch_size,
+            "shard_tokens": shard_tokens, "command": command(cfg),
+            "shards": plan_shards(sequences, batch_size, shard_tokens)}
+    if old is not None and old["shards"] != plan["shards"]:
+        raise StoreError(f"the partial store at {root} was planned for different data; delete it (or its run) "
+                         f"and rerun `{command(cfg)}`")
+    if old is None:
+        root.mkdir(parents=True, exist_ok=True)
+        writer.write_plan(plan)
+    return plan
+
+
+def _run_passes(cfg, plan, sequences, root: Path, layers, tokenizer, uploader, run_id: str) -> None:
+    """Paired: one pass with both models. Sequential: base (and tokens) first, then organism."""
+    os.environ[_ENV_RUN], os.environ[_ENV_STORE] = run_id, str(root)  # for ranks Lightning re-launches
+    try:
+        if cfg.preprocessing.sequential:
+            base = load_base(cfg)
+            rows = unembedding(base.model).weight.shape[0]
+            _extract(cfg, plan, sequences, root, layers, tokenizer, {"base": base.model}, ["tokens", "base"], uploader)
+            del base
+            org = load_organism(cfg)
+            if unembedding(org.model).weight.shape[0] != rows:
+                raise ModelError(f"vocabulary sizes differ: base {rows} vs organism "
+                                 f"{unembedding(org.model).weight.shape[0]} output rows")
+            _extract(cfg, plan, sequences, root, layers, tokenizer, {"organism": org.model}, ["organism"], uploader)
+        else:
+            from diffgame.models import load_pair
+
+            base, org = load_pair(cfg)
+            _extract(cfg, plan, sequences, root, layers, tokenizer, {"base": base.model, "organism": org.model},
+                     list(PARTS), uploader)
+    finally:
+        os.environ.pop(_ENV_RUN, None)
+        os.environ.pop(_ENV_STORE, None)
+
+
+def _extract(cfg, plan, sequences, root: Path, layers, tokenizer, models: dict, parts: list[str], uploader) -> None:
+    store = StoreWriter(root)
+
+    def pending_parts(dataset: str, shard: str) -> list[str]:
+        return [p for p in parts if not store.part_done(dataset, shard, p)]
+
+    batches = PlannedBatches(plan, sequences, tokenizer.pad_token_id or 0, lambda d, s: bool(pending_parts(d, s)))
+    writer = ShardWriter(root, pending_parts, uploader, command=command(cfg))
+    progress = TokenProgress(batches, desc=f"preprocess {'+'.join(models)}")
+    module = PairedExtraction(models, layers, DTYPES[cfg.preprocessing.dtype],
+                              move_models=not cfg.model.device_map)
+    loader = torch.utils.data.DataLoader(batches, batch_size=None, num_workers=0)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*(infer the batch indices|LeafSpec|litlogger).*")
+        _trainer(cfg, [writer, progress]).predict(module, dataloaders=loader, return_predictions=False)
+
+
+def _extract_only(cfg: DictConfig, fp: str, tokenizer) -> PreprocessResult:
+    """A DDP rank that Lightning re-launched: write this rank's shards into the store rank 0 planned."""
+    root = Path(os.environ[_ENV_STORE])
+    plan = StoreWriter(root).read_plan()
+    sequences = load_sequences(cfg, tokenizer)
+    _run_passes(cfg, plan, sequences, root, plan["layers"], tokenizer, None, os.environ[_ENV_RUN])
+    return PreprocessResult(os.environ[_ENV_RUN], str(root), 0, False, fp)

@@ -1,0 +1,318 @@
+"""The activation store: a flat token stream plus per-(role, layer) `[N, D]` safetensors shards and a manifest.
+
+Layout under the store root (DESIGN.md §3):
+  plan.json                                the shard plan, written first (a store without a manifest is partial)
+  <dataset>/tokens/<shard>.safetensors     input_ids, positions, roles, seq_offsets, sequence_ids of the shard
+  <dataset>/<role>/L<layer>/<shard>.safetensors   `act` [n, D] for role base|organism
+  _parts/<dataset>.<shard>.<part>.json     completion marker of one part (tokens|base|organism), with checksums
+  manifest.json                            written last: datasets, shards, counts, dtype, layers, checksums
+Reads are memory-mapped (no copies) from the safetensors files in place.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import struct
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from diffgame.errors import StoreError
+
+FORMAT = 1
+MODEL_ROLES = ("base", "organism")
+PARTS = ("tokens", *MODEL_ROLES)
+_ST_DTYPES = {"BF16": torch.bfloat16, "F16": torch.float16, "F32": torch.float32, "I64": torch.int64,
+              "I32": torch.int32, "U8": torch.uint8, "I16": torch.int16}
+
+
+def shard_name(index: int) -> str:
+    return f"s{index:05d}"
+
+
+def tokens_file(dataset: str, shard: str) -> str:
+    return f"{dataset}/tokens/{shard}.safetensors"
+
+
+def act_file(dataset: str, role: str, layer: int, shard: str) -> str:
+    return f"{dataset}/{role}/L{layer:03d}/{shard}.safetensors"
+
+
+def rebuild_hint(manifest_or_plan: dict) -> str:
+    return manifest_or_plan.get("command") or "diffgame preprocess <the same overrides>"
+
+
+# --- writing ---------------------------------------------------------------------------------------
+def write_file(path: Path, tensors: dict[str, torch.Tensor]) -> dict:
+    """Write one safetensors file atomically (tmp + rename); return its sha256 and size."""
+    from safetensors.torch import save
+
+    data = save({k: v.contiguous() for k, v in tensors.items()})
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as f:
+        f.write(data)
+    os.replace(tmp, path)
+    return {"sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data)}
+
+
+def _write_json(path: Path, obj: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=1))
+    os.replace(tmp, path)
+
+
+class StoreWriter:
+    """Writes a store part by part; each part is marked complete only after its files are on disk."""
+
+    def __init__(self, root: str | Path):
+        self.root = Path(root)
+
+    def marker(self, dataset: str, shard: str, part: str) -> Path:
+        return self.root / "_parts" / f"{dataset}.{shard}.{part}.json"
+
+    def part_done(self, dataset: str, shard: str, part: str) -> bool:
+        """Marker present and every file it lists present with its recorded size."""
+        m = self.marker(dataset, shard, part)
+        if not m.is_file():
+            return False
+        files = json.loads(m.read_text())["files"]
+        return all((self.root / f).is_file() and (self.root / f).stat().st_size == info["bytes"]
+                   for f, info in files.items())
+
+    def write_part(self, dataset: str, shard: str, part: str, files: dict[str, dict[str, torch.Tensor]],
+                   meta: dict) -> list[str]:
+        """Write `files` (relpath -> tensors) then the part's marker; returns the relpaths written."""
+        infos = {rel: write_file(self.root / rel, tensors) for rel, tensors in files.items()}
+        _write_json(self.marker(dataset, shard, part), {**meta, "files": infos})
+        return [*infos, str(self.marker(dataset, shard, part).relative_to(self.root))]
+
+    def write_plan(self, plan: dict) -> None:
+        _write_json(self.root / "plan.json", plan)
+
+    def read_plan(self) -> dict | None:
+        p = self.root / "plan.json"
+        return json.loads(p.read_text()) if p.is_file() else None
+
+    def finalize(self, plan: dict, extra: dict) -> dict:
+        """Merge every rank's part markers into `manifest.json` (written last) and return it."""
+        datasets = {}
+        for name, shards in plan["shards"].items():
+            entries = []
+            for sh in shards:
+                files, rank = {}, None
+                for part in PARTS:
+                    m = self.marker(name, sh["name"], part)
+                    if not self.part_done(name, sh["name"], part):
+                        raise StoreError(f"store {self.root} is incomplete: part {part} of shard {sh['name']} of "
+                                         f"'{name}' is missing; rerun `{rebuild_hint(plan)}` to resume it")
+                    info = json.loads(m.read_text())
+                    files.update(info["files"])
+                    rank = info.get("rank", rank) if part == "tokens" else rank
+                entries.append({**sh, "rank": rank, "files": files})
+            datasets[name] = {"n_tokens": sum(s["n_tokens"] for s in shards),
+                              "n_sequences": sum(s["n_sequences"] for s in shards), "shards": entries}
+        manifest = {k: v for k, v in plan.items() if k != "shards"}
+        manifest.update({"format": FORMAT, "datasets": datasets, **extra})
+        _write_json(self.root / "manifest.json", manifest)
+        return manifest
+
+
+# --- reading ---------------------------------------------------------------------------------------
+def mmap_tensors(path: Path) -> dict[str, torch.Tensor]:
+    """All tensors of a safetensors file as copy-on-write memory maps (nothing is read until touched)."""
+    with open(path, "rb") as f:
+        (n,) = struct.unpack("<Q", f.read(8))
+        header = json.loads(f.read(n))
+    out = {}
+    for name, info in header.items():
+        if name == "__metadata__":
+            continue
+        start, end = info["data_offsets"]
+        dtype = _ST_DTYPES[info["dtype"]]
+        if end == start:
+            out[name] = torch.empty(info["shape"], dtype=dtype)
+            continue
+        raw = np.memmap(path, dtype=np.uint8, mode="c", offset=8 + n + start, shape=(end - start,))
+        out[name] = torch.from_numpy(raw).view(dtype).reshape(info["shape"])
+    return out
+
+
+@dataclass
+class TokenStream:
+    """The flat token stream of one dataset: N tokens in S sequences, no padding."""
+
+    input_ids: torch.Tensor  # [N] int64
+    positions: torch.Tensor  # [N] int64, position inside its sequence
+    roles: torch.Tensor  # [N] int64, indexes diffgame.data.ROLES
+    seq_offsets: torch.Tensor  # [S+1] int64, sequence s spans seq_offsets[s]:seq_offsets[s+1]
+    sequence_ids: torch.Tensor  # [S] int64, row index in the source dataset
+
+    def __len__(self) -> int:
+        return int(self.input_ids.shape[0])
+
+
+@dataclass
+class SequenceView:
+    """One stored sequence: its tokens and where it sits in the flat stream."""
+
+    index: int
+    sequence_id: int
+    input_ids: torch.Tensor
+    roles: torch.Tensor
+    positions: torch.Tensor
+    start: int
+    end: int
+
+
+class ActivationStore:
+    """Read access to a complete store; open with `ActivationStore.open(path)`."""
+
+    def __init__(self, root: Path, manifest: dict):
+        self.root, self.manifest = root, manifest
+        self._tokens: dict[str, TokenStream] = {}
+
+    @classmethod
+    def open(cls, path: str | Path, verify: bool = True) -> "ActivationStore":
+        """Open a store, refusing a partial one; `verify` checks every file's sha256 against the manifest."""
+        root = Path(path)
+        mpath = root / "manifest.json"
+        if not mpath.is_file():
+            plan = StoreWriter(root).read_plan()
+            if plan is not None:
+                raise StoreError(f"store {root} is partial (no manifest: its preprocess run did not finish); "
+                                 f"rerun `{rebuild_hint(plan)}` to resume it")
+            raise StoreError(f"no activation store at {root} (manifest.json missing); "
+                             f"build one with `diffgame preprocess ...`")
+        try:
+            manifest = json.loads(mpath.read_text())
+        except (OSError, json.JSONDecodeError) as e:
+            raise StoreError(f"unreadable manifest {mpath}: {e}; rebuild with `diffgame preprocess ...`") from None
+        store = cls(root, manifest)
+        store.check_files(checksums=verify)
+        return store
+
+    def check_files(self, checksums: bool = True) -> None:
+        """Every listed file exists with its recorded size (and sha256)."""
+        for ds in self.manifest["datasets"].values():
+            for sh in ds["shards"]:
+                for rel, info in sh["files"].items():
+                    f = self.root / rel
+                    why = None
+                    if not f.is_file():
+                        why = "is missing"
+                    elif f.stat().st_size != info["bytes"]:
+                        why = f"has {f.stat().st_size} bytes, manifest says {info['bytes']}"
+                    elif checksums and _sha256(f) != info["sha256"]:
+                        why = "fails its sha256 checksum"
+                    if why:
+                        raise StoreError(f"corrupt store: shard file {f} {why}; rebuild it with "
+                                         f"`{rebuild_hint(self.manifest)}` (after deleting the run or its store)")
+
+    # metadata
+    @property
+    def datasets(self) -> list[str]:
+        return list(self.manifest["datasets"])
+
+    @property
+    def layers(self) -> list[int]:
+        return [int(x) for x in self.manifest["layers"]]
+
+    @property
+    def d_model(self) -> int:
+        return int(self.manifest["d_model"])
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return getattr(torch, self.manifest["dtype"])
+
+    def n_tokens(self, dataset: str) -> int:
+        return int(self._ds(dataset)["n_tokens"])
+
+    def _ds(self, dataset: str) -> dict:
+        if dataset not in self.manifest["datasets"]:
+            raise StoreError(f"dataset '{dataset}' is not in store {self.root}; stored: {', '.join(self.datasets)}")
+        return self.manifest["datasets"][dataset]
+
+    def _check(self, role: str, layer: int) -> None:
+        if role not in MODEL_ROLES:
+            raise StoreError(f"unknown role '{role}'; valid: {', '.join(MODEL_ROLES)}")
+        if layer not in self.layers:
+            raise StoreError(f"layer {layer} is not in store {self.root}; stored layers: {self.layers}")
+
+    # tokens
+    def tokens(self, dataset: str) -> TokenStream:
+        if dataset not in self._tokens:
+            parts = [mmap_tensors(self.root / tokens_file(dataset, sh["name"])) for sh in self._ds(dataset)["shards"]]
+            offsets, base = [torch.zeros(1, dtype=torch.int64)], 0
+            for p in parts:
+                offsets.append(p["seq_offsets"][1:].long() + base)
+                base += int(p["input_ids"].shape[0])
+            self._tokens[dataset] = TokenStream(
+                input_ids=torch.cat([p["input_ids"].long() for p in parts]),
+                positions=torch.cat([p["positions"].long() for p in parts]),
+                roles=torch.cat([p["roles"].long() for p in parts]),
+                seq_offsets=torch.cat(offsets),
+                sequence_ids=torch.cat([p["sequence_ids"].long() for p in parts]))
+        return self._tokens[dataset]
+
+    # activations
+    def shard_activations(self, dataset: str, role: str, layer: int) -> list[torch.Tensor]:
+        """Per shard, the memory-mapped `[n, D]` activations, in stream order."""
+        self._check(role, layer)
+        return [mmap_tensors(self.root / act_file(dataset, role, layer, sh["name"]))["act"]
+                for sh in self._ds(dataset)["shards"]]
+
+    def activations(self, dataset: str, role: str, layer: int) -> torch.Tensor:
+        """`[N, D]` activations of one role and layer; a zero-copy map for a one-shard store, else concatenated."""
+        shards = self.shard_activations(dataset, role, layer)
+        return shards[0] if len(shards) == 1 else torch.cat(shards)
+
+    def iter_batches(self, dataset: str, layer: int, batch_tokens: int = 4096
+                     ) -> Iterator[tuple[int, torch.Tensor, torch.Tensor]]:
+        """Token-aligned `(start, base [n, D], organism [n, D])` slices in stream order (never across shards)."""
+        start = 0
+        for b, o in zip(self.shard_activations(dataset, "base", layer),
+                        self.shard_activations(dataset, "organism", layer)):
+            for i in range(0, b.shape[0], batch_tokens):
+                yield start + i, b[i:i + batch_tokens], o[i:i + batch_tokens]
+            start += b.shape[0]
+
+    def sequences(self, dataset: str) -> Iterator[SequenceView]:
+        ts = self.tokens(dataset)
+        off = ts.seq_offsets.tolist()
+        for s in range(len(off) - 1):
+            a, e = off[s], off[s + 1]
+            yield SequenceView(s, int(ts.sequence_ids[s]), ts.input_ids[a:e], ts.roles[a:e], ts.positions[a:e], a, e)
+
+    def shuffled_batches(self, dataset: str, layer: int, batch_size: int, seed: int = 0
+                         ) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+        """`(token_index [n], base [n, D], organism [n, D])` over a seeded permutation of all tokens (one epoch)."""
+        base = self.shard_activations(dataset, "base", layer)
+        org = self.shard_activations(dataset, "organism", layer)
+        bounds = torch.tensor([0] + [t.shape[0] for t in base]).cumsum(0)
+        perm = torch.randperm(int(bounds[-1]), generator=torch.Generator().manual_seed(seed))
+        for i in range(0, perm.shape[0], batch_size):
+            idx = perm[i:i + batch_size]
+            shard = torch.searchsorted(bounds, idx, right=True) - 1
+            out_b = torch.empty(idx.shape[0], self.d_model, dtype=base[0].dtype)
+            out_o = torch.empty_like(out_b)
+            for s in shard.unique().tolist():
+                sel = (shard == s).nonzero().squeeze(1)
+                local = idx[sel] - bounds[s]
+                out_b[sel], out_o[sel] = base[s][local], org[s][local]
+            yield idx, out_b, out_o
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 24), b""):
+            h.update(chunk)
+    return h.hexdigest()
