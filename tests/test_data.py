@@ -1,0 +1,146 @@
+"""Data loading: chat rendering with per-token roles, text/chat/organism sources, limits, and bad-input errors."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from _tiny_models import CHAT_TEMPLATE, chats, make_tokenizer, texts, tiny_cfg, write_data
+
+from diffgame.data import ASSISTANT, ROLES, TEMPLATE, TEXT, USER, TokenizedSequence, load_sequences, render_chat
+from diffgame.errors import DataError
+
+
+@pytest.fixture(scope="module")
+def tok():
+    return make_tokenizer(200)
+
+
+@pytest.fixture
+def cfg(tmp_path):
+    data = write_data(tmp_path / "data")
+    return tiny_cfg(tmp_path / "base", tmp_path / "org", data, tmp_path / "mlflow.db")
+
+
+def test_roles_constant():
+    assert ROLES == ("text", "user", "assistant", "template") and (TEXT, USER, ASSISTANT, TEMPLATE) == (0, 1, 2, 3)
+
+
+def test_render_chat_roles_follow_message_contents(tok):
+    messages = [{"role": "user", "content": "the cat sat on a mat"},
+                {"role": "assistant", "content": "hello there how are you"},
+                {"role": "user", "content": "i am fine"}]
+    ids, roles = render_chat(messages, tok)
+    assert ids == tok(tok.apply_chat_template(messages, tokenize=False), add_special_tokens=False)["input_ids"]
+    assert len(roles) == len(ids)
+
+    def text_of(code):  # the decoded tokens of one role, joined
+        return tok.decode([i for i, r in zip(ids, roles) if r == code])
+
+    assert text_of(USER) == "the cat sat on a matI am fine".replace("I", "i")
+    assert text_of(ASSISTANT) == "hello there how are you"
+    assert text_of(TEMPLATE) == "<bos><|user|>\n<|end|>\n<|assistant|>\n<|end|>\n<|user|>\n<|end|>\n"
+    assert ids[0] == tok.bos_token_id and roles[0] == TEMPLATE
+
+
+def test_render_chat_generation_prompt_is_template(tok):
+    messages = [{"role": "user", "content": "hello"}]
+    ids, roles = render_chat(messages, tok, add_generation_prompt=True)
+    plain, _ = render_chat(messages, tok)
+    assert ids[:len(plain)] == plain and len(ids) > len(plain)
+    assert set(roles[len(plain):]) == {TEMPLATE}
+    assert tok.decode(ids[len(plain):]) == "<|assistant|>\n"
+
+
+def test_render_chat_without_template_is_a_data_error(tok):
+    bare = make_tokenizer(200)
+    bare.chat_template = None
+    with pytest.raises(DataError, match="no chat template"):
+        render_chat([{"role": "user", "content": "hi"}], bare)
+
+
+def test_load_sequences_text_chat_and_organism(cfg, tok):
+    seqs = load_sequences(cfg, tok)
+    assert list(seqs) == ["text", "chat", "organism"]
+    rows = [json.loads(x) for x in open(cfg.dataset.sources.text.source)]
+    for s in seqs["text"]:
+        assert isinstance(s, TokenizedSequence) and s.dataset == "text"
+        assert s.input_ids == tok(rows[s.sequence_id]["text"])["input_ids"][:64]
+        assert s.roles == [TEXT] * len(s.input_ids)
+    assert [s.sequence_id for s in seqs["text"]] == list(range(len(rows)))
+    chat_rows = [json.loads(x) for x in open(cfg.dataset.sources.chat.source)]
+    for s in seqs["chat"]:
+        ids, roles = render_chat(chat_rows[s.sequence_id]["messages"], tok)
+        assert s.input_ids == ids[:64] and s.roles == roles[:64]
+    # the organism's data has messages, so it is read as chat although its source says kind=text
+    org_rows = [json.loads(x) for x in open(cfg.organism.training_data)]
+    for s in seqs["organism"]:
+        assert (s.input_ids, s.roles) == tuple(x[:64] for x in render_chat(org_rows[s.sequence_id]["messages"], tok))
+    assert any(ASSISTANT in s.roles for s in seqs["organism"])
+    assert max(len(s.input_ids) for s in seqs["text"]) == 64  # truncated to context_length
+    assert load_sequences(cfg, tok)["chat"] == seqs["chat"]  # deterministic
+
+
+def test_max_samples_and_max_tokens(cfg, tok):
+    cfg.dataset.sources.text.max_samples = 3
+    cfg.dataset.sources.chat.max_tokens = 100
+    seqs = load_sequences(cfg, tok)
+    assert [s.sequence_id for s in seqs["text"]] == [0, 1, 2]
+    assert sum(len(s.input_ids) for s in seqs["chat"]) == 100
+
+
+def test_txt_and_parquet_files(cfg, tok, tmp_path):
+    import pandas as pd
+
+    lines = texts(5, seed=9)
+    (tmp_path / "a.txt").write_text("\n".join(lines) + "\n")
+    pd.DataFrame({"body": lines}).to_parquet(tmp_path / "a.parquet")
+    cfg.dataset.sources = {"txt": {**cfg.dataset.sources.text, "source": str(tmp_path / "a.txt")},
+                           "pq": {**cfg.dataset.sources.text, "source": str(tmp_path / "a.parquet"),
+                                  "text_column": "body"}}
+    seqs = load_sequences(cfg, tok)
+    expected = [tok(t)["input_ids"][:64] for t in lines]
+    assert [s.input_ids for s in seqs["txt"]] == expected
+    assert [s.input_ids for s in seqs["pq"]] == expected
+
+
+def test_missing_column(cfg, tok):
+    cfg.dataset.sources.text.text_column = "body"
+    with pytest.raises(DataError, match="no column 'body'.*columns: text"):
+        load_sequences(cfg, tok)
+
+
+def test_empty_dataset(cfg, tok, tmp_path):
+    (tmp_path / "empty.jsonl").write_text(json.dumps({"text": ""}) + "\n")
+    cfg.dataset.sources.text.source = str(tmp_path / "empty.jsonl")
+    with pytest.raises(DataError, match="'text'.*yielded no sequences"):
+        load_sequences(cfg, tok)
+
+
+def test_unreadable_and_missing_files(cfg, tok, tmp_path):
+    (tmp_path / "bad.jsonl").write_text("{not json\n")
+    cfg.dataset.sources.text.source = str(tmp_path / "bad.jsonl")
+    with pytest.raises(DataError, match="cannot read dataset .*bad.jsonl"):
+        load_sequences(cfg, tok)
+    cfg.dataset.sources.text.source = str(tmp_path / "nope.jsonl")
+    with pytest.raises(DataError, match="nope.jsonl does not exist"):
+        load_sequences(cfg, tok)
+
+
+def test_zoo_corpora(cfg, tok):
+    zoo = pytest.importorskip("diffgame.zoo")
+    if not hasattr(zoo, "corpus"):
+        pytest.skip("diffgame.zoo.corpus not available yet")
+    cfg.dataset.sources = {"generic_text": {**cfg.dataset.sources.text, "source": "zoo:generic_text", "split": "test",
+                                            "max_samples": 5},
+                           "generic_chat": {**cfg.dataset.sources.chat, "source": "zoo:generic_chat", "split": "test",
+                                            "max_samples": 5}}
+    seqs = load_sequences(cfg, tok)
+    rows = zoo.corpus("generic_text", "test")
+    assert [s.input_ids for s in seqs["generic_text"]] == [tok(r["text"])["input_ids"][:64] for r in rows[:5]]
+    assert all(ASSISTANT in s.roles and USER in s.roles for s in seqs["generic_chat"])
+
+
+def test_chat_template_constant_renders_as_expected(tok):
+    assert tok.chat_template == CHAT_TEMPLATE
+    assert len(chats(2)) == 2
