@@ -47,12 +47,21 @@ def _parse(overrides: list[str]):
         raise ConfigError(f"cannot parse overrides {list(overrides)}: {str(e).splitlines()[0]}") from None
 
 
+def _sweep_values(o) -> list[str]:
+    from hydra.errors import HydraException
+
+    try:
+        return list(o.sweep_string_iterator())
+    except HydraException as e:
+        raise ConfigError(f"cannot expand sweep '{o.input_line}' ({e}); list the values: key=a,b,c") from None
+
+
 def _check_group_choices(overrides: list[str]) -> None:
     for o in _parse(overrides):
         group = o.key_or_group
         if group not in GROUPS:
             continue
-        values = list(o.sweep_string_iterator()) if o.is_sweep_override() else [o.value()]
+        values = _sweep_values(o) if o.is_sweep_override() else [o.value()]
         names: list[str] = []
         for v in values:
             names.extend(str(x) for x in v) if isinstance(v, (list, tuple)) else names.append(str(v))
@@ -69,7 +78,7 @@ def expand_sweep(overrides: list[str]) -> list[list[str]]:
     for raw, o in zip(overrides, _parse(overrides)):
         if o.is_sweep_override():
             key = o.get_key_element()
-            axes.append([f"{key}={v}" for v in o.sweep_string_iterator()])
+            axes.append([f"{key}={v}" for v in _sweep_values(o)])
         else:
             axes.append([raw])
     return [list(combo) for combo in itertools.product(*axes)]

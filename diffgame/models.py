@@ -127,16 +127,21 @@ def _from_pretrained(source: str, mcfg: DictConfig, revision: str | None = None,
 def _not_found_message(source: str, err: Exception) -> str:
     if Path(source).exists():
         return f"cannot load model from {source}: {str(err).splitlines()[0]}"
+    if source.startswith(("/", ".", "~")) or source.count("/") > 1:
+        return (f"model path '{source}' does not exist; set model.id (or the organism's "
+                f"finetuned.<model>.<variant>.id) to an existing directory or a hub id like owner/name")
     return (f"model '{source}' is not a local directory and is not in the Hugging Face cache (offline?); "
             f"download it where the hub is reachable, or set model.id=/path/to/local/dir "
             f"(or the organism's finetuned.<model>.<variant>.id)")
 
 
-def _load_tokenizer(source: str, mcfg: DictConfig, revision: str | None = None):
+def _load_tokenizer(source: str, mcfg: DictConfig, revision: str | None = None, subfolder: str | None = None):
     from transformers import AutoTokenizer
 
+    kw = {"subfolder": subfolder} if subfolder else {}
     try:
-        tok = AutoTokenizer.from_pretrained(source, revision=revision, trust_remote_code=bool(mcfg.trust_remote_code))
+        tok = AutoTokenizer.from_pretrained(source, revision=revision, trust_remote_code=bool(mcfg.trust_remote_code),
+                                            **kw)
     except OSError as e:
         raise ModelError(_not_found_message(source, e)) from None
     if tok.pad_token is None:
@@ -214,7 +219,10 @@ def load_organism(cfg: DictConfig, base_source: str | None = None) -> ModelHandl
         tok = _load_tokenizer(str(path), cfg.model)
     elif spec.kind == "full":
         model = _from_pretrained(spec.id, cfg.model, revision=spec.revision, subfolder=spec.subfolder)
-        tok = _load_tokenizer(base_source or resolve_base_source(cfg)[0], cfg.model)
+        try:  # its own tokenizer, so `check_compatible` can refuse a model finetuned from another base
+            tok = _load_tokenizer(spec.id, cfg.model, revision=spec.revision, subfolder=spec.subfolder)
+        except (ModelError, ValueError):  # a checkpoint saved without tokenizer files
+            tok = _load_tokenizer(base_source or resolve_base_source(cfg)[0], cfg.model)
     else:  # lora
         from peft import PeftModel
 
@@ -250,4 +258,5 @@ def check_compatible(base: ModelHandle, org: ModelHandle) -> None:
     eb = unembedding(base.model).weight.shape[0]
     eo = unembedding(org.model).weight.shape[0]
     if eb != eo:
-        raise ModelError(f"vocabulary sizes differ: base {eb} vs organism {eo} output rows")
+        raise ModelError(f"vocabulary sizes differ between base '{base.name}' ({eb} output rows) and organism "
+                         f"'{org.name}' ({eo} output rows); pick an organism finetuned from this base model")
