@@ -66,11 +66,13 @@ def locate(spec: str) -> tuple[Path, str | None]:
 
 
 def _package_version(top: str) -> str | None:
+    """The installed version of the distribution providing `top` (tries the same name first: the full scan is slow)."""
+    try:
+        return importlib.metadata.version(top)
+    except importlib.metadata.PackageNotFoundError:
+        pass
     for dist in importlib.metadata.packages_distributions().get(top, []):
-        try:
-            return importlib.metadata.version(dist)
-        except importlib.metadata.PackageNotFoundError:
-            continue
+        return importlib.metadata.version(dist)
     return None
 
 
