@@ -1,0 +1,105 @@
+"""The runner: `method=[kl,normdiff]` on one preprocess run, artifacts read back by `diffgame.results` equal a direct
+two-model computation, a finished diff run is reused, and `diffing` mode without a store is a one-line error."""
+
+import pytest
+import torch
+
+from _tiny_models import make_pair, tiny_cfg, write_data
+from diffgame import results, tracking
+from diffgame.errors import StoreError
+from diffgame.runner import headline, run_methods
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    root = tmp_path_factory.mktemp("runner")
+    base, org = make_pair(root / "models", noise=0.2)
+    data = write_data(root / "data", n_text=12, n_chat=8)
+    return root, base, org, data
+
+
+def _cfg(tiny, db="mlflow.db", **pp):
+    root, base, org, data = tiny
+    cfg = tiny_cfg(base, org, data, root / db, dtype="float32", **pp)
+    cfg.method = {"kl": {"top_k_examples": 5}, "normdiff": {"top_k_examples": 5}}
+    return cfg
+
+
+def test_run_log_read_back_and_reuse(tiny):
+    from transformers import AutoModelForCausalLM
+
+    cfg = _cfg(tiny)
+    rows = run_methods(cfg)
+    assert [(r.stage, r.method, r.reused) for r in rows] == [("diff", "kl", False), ("diff", "normdiff", False)]
+    kl_id, nd_id = rows[0].run_id, rows[1].run_id
+    runs = {r: tracking.client().get_run(r) for r in (kl_id, nd_id)}
+    pre_ids = {runs[r].data.tags[tracking.TAG_PREPROCESS] for r in runs}
+    assert len(pre_ids) == 1  # both methods on one preprocess run
+    assert runs[kl_id].data.tags[tracking.TAG_METHOD] == "kl"
+    assert runs[kl_id].data.tags[tracking.TAG_ORGANISM] == cfg.organism.name
+    assert 10 <= len(runs[kl_id].data.metrics) <= 60 and 10 <= len(runs[nd_id].data.metrics) <= 60
+    assert rows[0].headline["kl/all/mean"] == runs[kl_id].data.metrics["kl/all/mean"]
+
+    arts = set(results.list_artifacts(kl_id))
+    assert {"tables/stats.parquet", "tables/tokens.parquet", "examples/max_kl.json", "examples/mean_kl.json",
+            "plots/distribution.png", "evidence/ranked_tokens.json"} <= arts
+    assert "vectors.safetensors" in results.list_artifacts(nd_id)
+
+    # KL: the logged per-token scores of the top examples equal full forwards of both models on those tokens
+    base = AutoModelForCausalLM.from_pretrained(cfg.model.id).eval()
+    org = AutoModelForCausalLM.from_pretrained(cfg.organism.finetuned.tiny.default.id).eval()
+    max_kl = results.load_examples(kl_id, "max_kl")
+    assert len(max_kl) == 5 and max_kl[0].score == max(e.score for e in max_kl)
+    with torch.no_grad():
+        for ex in max_kl[:3]:
+            ids = torch.tensor([ex.token_ids])
+            lp_o, lp_b = org(ids).logits[0].log_softmax(-1), base(ids).logits[0].log_softmax(-1)
+            direct = (lp_o.exp() * (lp_o - lp_b)).sum(-1)
+            assert ex.token_scores == pytest.approx(direct.tolist(), abs=1e-4, rel=1e-4)
+            assert ex.score == pytest.approx(float(direct.max()), abs=1e-4)
+    table = results.load_table(kl_id, "stats")
+    overall = table[(table.dataset == "all") & (table.group == "all")]
+    assert float(overall["mean"].iloc[0]) == pytest.approx(runs[kl_id].data.metrics["kl/all/mean"])
+
+    # normdiff: per-token ||h_org - h_base|| at layer 1 equals the hidden states of direct forwards
+    # (hidden_states[i + 1] is block i's output; the last entry would be after the final norm, so not layer 3)
+    top = results.load_examples(nd_id, "layer1_max_norm")
+    with torch.no_grad():
+        for ex in top[:3]:
+            ids = torch.tensor([ex.token_ids])
+            hb = base(ids, output_hidden_states=True).hidden_states[2][0]
+            ho = org(ids, output_hidden_states=True).hidden_states[2][0]
+            assert ex.token_scores == pytest.approx((ho - hb).norm(dim=-1).tolist(), abs=1e-4, rel=1e-4)
+    vectors = results.load_vectors(nd_id)
+    assert {"normdiff/layer1/mean", "normdiff/layer3/mean", "normdiff/layer3/pos0"} <= set(vectors)
+    assert vectors["normdiff/layer3/mean"].shape == (32,)
+    assert results.load_ranked_tokens(kl_id)["tokens_by_mean_kl"].scores[0] > 0
+
+    # a second run with the same config reuses both finished runs
+    again = run_methods(_cfg(tiny))
+    assert [(r.run_id, r.reused) for r in again] == [(kl_id, True), (nd_id, True)]
+    assert again[0].headline == rows[0].headline
+
+
+def test_diffing_mode_without_store_names_the_command(tiny):
+    cfg = _cfg(tiny, db="empty.db")
+    cfg.pipeline.mode = "diffing"
+    with pytest.raises(StoreError, match=r"diffgame preprocess"):
+        run_methods(cfg)
+
+
+def test_missing_artifact_lists_what_exists(tiny):
+    from diffgame.errors import TrackingError
+
+    rows = run_methods(_cfg(tiny))
+    with pytest.raises(TrackingError, match=r"has no artifact 'examples/nope.json'; it has: .*examples/max_kl.json"):
+        results.load_examples(rows[0].run_id, "nope")
+
+
+def test_headline_picks_patterns_in_order():
+    metrics = {"kl/all/mean": 1.0, "kl/chat/role/user/mean": 0.1, "kl/chat/role/assistant/mean": 2.0, "kl/x/max": 3}
+    assert list(headline(metrics, ("kl/all/mean", "kl/*/role/assistant/mean", "kl/*/role/user/mean"))) == [
+        "kl/all/mean", "kl/chat/role/assistant/mean", "kl/chat/role/user/mean"]
+    assert list(headline(metrics, ("nothing",), limit=2)) == ["kl/all/mean", "kl/chat/role/assistant/mean"]
