@@ -66,8 +66,10 @@ def validate_method_config(name: str, node: Any) -> None:
 
 
 # --- built-in methods -------------------------------------------------------------------------------
+from diffgame.methods.adl import ADLConfig, ADLMethod  # noqa: E402
 from diffgame.methods.kl import KLConfig, KLMethod  # noqa: E402
 from diffgame.methods.normdiff import NormDiffConfig, NormDiffMethod  # noqa: E402
 
+register("adl", ADLMethod, ADLConfig)
 register("kl", KLMethod, KLConfig)
 register("normdiff", NormDiffMethod, NormDiffConfig, aliases=("activation_analysis",))

@@ -1,0 +1,187 @@
+"""Activation Difference Lens (Minder et al., arXiv 2510.13900): read the mean activation difference as tokens.
+
+On text unrelated to the organism, the mean of h_org - h_base at the first few positions (and around the
+assistant turn of chats) carries the finetuning objective. Each mean delta is read with the logit lens and
+patchscope, and used to steer generation; steered samples are kept next to unsteered ones.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import pandas as pd
+import torch
+
+from diffgame.evidence import RankedTokens
+from diffgame.lens import logit_lens, patchscope, top_tokens
+from diffgame.methods.adl_means import DeltaMeans, delta_means
+from diffgame.methods.base import Method, MethodContext, MethodResult
+from diffgame.steering import generate, perplexity, steer
+
+
+@dataclass
+class ADLConfig:
+    """Activation Difference Lens settings."""
+
+    dataset: str = "zoo:generic_text"
+    """Text the deltas are averaged over, unrelated to the organism: a zoo corpus, hub id or local file."""
+    chat_dataset: str | None = "zoo:generic_chat"
+    """Chats for the assistant-turn positions; null skips them (base models without a chat template)."""
+    split: str = "test"
+    """Split of both datasets."""
+    max_samples: int = 200
+    """Documents (and chats) averaged over."""
+    context_length: int = 64
+    """Tokens kept per document; only the first positions matter."""
+    batch_size: int = 16
+    """Sequences per forward pass."""
+    layers: list | None = None
+    """Layers (fractions of depth or indices); null uses `preprocessing.layers`."""
+    positions: int = 5
+    """First k token positions averaged per document; position 0 is reported but not used for evidence."""
+    pre_reply: int = 2
+    """Template tokens before the assistant's reply read out (`assistant-2`, `assistant-1`)."""
+    reply: int = 3
+    """First reply tokens read out (`assistant0` ...)."""
+    top_k: int = 20
+    """Tokens kept per readout."""
+    patchscope_scales: list = field(default_factory=lambda: [0.5, 1.0, 2.0, 4.0, 8.0])
+    """Patched norm as multiples of the layer's mean activation norm."""
+    steering_layer: float = 0.5
+    """Layer steered (fraction of depth or index); its mean delta over positions 1..k-1 is the vector."""
+    steering_alphas: list = field(default_factory=lambda: [0.25, 0.5, 1.0, 2.0, 4.0])
+    """Steering strengths tried, in units of the layer's mean activation norm."""
+    steering_prompts: int = 6
+    """Generic prompts (first words of held-out documents) continued per strength."""
+    steering_tokens: int = 24
+    """New tokens per steered sample."""
+    coherence_factor: float = 2.0
+    """A strength is coherent while its samples' perplexity under the base stays within this factor of the unsteered samples'."""
+
+
+class ADLMethod(Method):
+    """Mean activation differences on unrelated text, read with logit lens and patchscope, and steered."""
+
+    needs_store = False
+    needs_models = True
+    headline = ("grade/relative/precision@*", "grade/precision@*", "grade/control/precision@*", "adl/steering/alpha")
+
+    def run(self, ctx: MethodContext) -> MethodResult:
+        from diffgame.config import resolve_layers
+
+        c, base, org = self.config, ctx.base, ctx.organism
+        n_layers = org.n_layers
+        layers = resolve_layers(list(c.layers if c.layers is not None else ctx.cfg.preprocessing.layers), n_layers)
+        steer_layer = resolve_layers([c.steering_layer], n_layers)[0]
+        capture = sorted(set(layers) | {steer_layer})
+        means = delta_means(ctx.cfg, c, base, org, capture)
+        result = MethodResult()
+        result.metrics.update({"adl/n_documents": float(means.n_documents), "adl/n_chats": float(means.n_chats)})
+        lens_rows, ps_rows, norm_rows = [], [], []
+        text_slots = [s for s in means.slots if s.startswith("pos") and s != "pos0"]
+        for layer in layers:
+            norm = means.mean_norm[layer]
+            for slot in means.slots:
+                delta = means.delta[layer][slot]
+                result.vectors[f"layer{layer}/{slot}"] = delta
+                norm_rows.append({"layer": layer, "slot": slot, "delta_norm": float(delta.norm()),
+                                  "relative_norm": float(delta.norm()) / norm, "count": means.counts[slot]})
+                lens_rows += self._lens_rows(layer, slot, means, base, org)
+                if slot == "pos0":
+                    continue  # dominated by the attention sink; reported, never used as evidence
+                probs = logit_lens(org.model, delta[None])[0]
+                result.ranked_tokens[f"layer{layer}/{slot}"] = top_tokens(probs, org.tokenizer, c.top_k)
+                sweep = patchscope(org.model, org.tokenizer, delta, layer, norm, c.patchscope_scales, c.top_k)
+                result.ranked_tokens[f"layer{layer}/{slot}/patchscope"] = sweep.best
+                for s, read, stab in zip(sweep.scales, sweep.readouts, sweep.stability):
+                    ps_rows.append({"layer": layer, "slot": slot, "scale": s, "stability": stab,
+                                    "chosen": s == sweep.scales[sweep.chosen], "tokens": read.tokens,
+                                    "probs": read.scores})
+            mean_delta = torch.stack([means.delta[layer][s] for s in text_slots]).mean(0)  # [D]
+            result.vectors[f"layer{layer}/mean"] = mean_delta
+            layer_norms = [r for r in norm_rows if r["layer"] == layer]
+            text = [r["delta_norm"] for r in layer_norms if r["slot"] in text_slots]
+            chat = [r["delta_norm"] for r in layer_norms if r["slot"].startswith("assistant")]
+            result.metrics[f"adl/layer{layer}/delta_norm"] = sum(text) / len(text)
+            result.metrics[f"adl/layer{layer}/relative_norm"] = sum(text) / len(text) / norm
+            result.metrics[f"adl/layer{layer}/pos0_delta_norm"] = next(
+                r["delta_norm"] for r in layer_norms if r["slot"] == "pos0")
+            if chat:
+                result.metrics[f"adl/layer{layer}/assistant_delta_norm"] = sum(chat) / len(chat)
+            chosen = [r["scale"] for r in ps_rows if r["layer"] == layer and r["chosen"]]
+            result.metrics[f"adl/layer{layer}/patchscope_scale"] = float(torch.tensor(chosen).median())
+        result.tables.update({"lens": pd.DataFrame(lens_rows), "patchscope": pd.DataFrame(ps_rows),
+                              "delta_norms": pd.DataFrame(norm_rows)})
+        result.figures["delta_norm"] = _norm_heatmap(result.tables["delta_norms"])
+        self._steer(ctx, means, text_slots, steer_layer, result)
+        return result
+
+    def _lens_rows(self, layer: int, slot: str, means: DeltaMeans, base, org) -> list[dict]:
+        """Token table: +delta and -delta through both models' lens; base and organism means as controls."""
+        delta = means.delta[layer][slot]
+        reads = [("delta", "organism", org, delta), ("-delta", "organism", org, -delta),
+                 ("delta", "base", base, delta), ("-delta", "base", base, -delta),
+                 ("base_mean", "base", base, means.base_mean[layer][slot]),
+                 ("organism_mean", "organism", org, means.org_mean[layer][slot])]
+        rows = []
+        for kind, lens, handle, vec in reads:
+            top: RankedTokens = top_tokens(logit_lens(handle.model, vec[None])[0], handle.tokenizer, self.config.top_k)
+            rows += [{"layer": layer, "slot": slot, "vector": kind, "lens": lens, "rank": i, "token_id": t,
+                      "token": s, "prob": p} for i, (t, s, p) in enumerate(zip(top.token_ids, top.tokens, top.scores))]
+        return rows
+
+    def _steer(self, ctx: MethodContext, means: DeltaMeans, text_slots: list[str], layer: int,
+               result: MethodResult) -> None:
+        """Sweep strengths on the organism, keep the largest coherent one, and sample both models with it."""
+        c, base, org = self.config, ctx.base, ctx.organism
+        delta = torch.stack([means.delta[layer][s] for s in text_slots]).mean(0)  # [D]
+        vector = delta / delta.norm().clamp_min(1e-12) * means.mean_norm[layer]
+        prompts = means.prompts[: c.steering_prompts]
+        seed = int(ctx.cfg.seed)
+
+        def samples(handle, alpha: float | None) -> list[str]:
+            if alpha is None:
+                return generate(handle.model, handle.tokenizer, prompts, c.steering_tokens, seed=seed)
+            with steer(handle.model, vector, layer, scale=alpha):
+                return generate(handle.model, handle.tokenizer, prompts, c.steering_tokens, seed=seed)
+
+        def ppl(texts: list[str]) -> float:
+            values = [v for v in perplexity(base.model, base.tokenizer, prompts, texts) if v == v]
+            return sum(values) / max(len(values), 1)
+
+        plain = samples(org, None)
+        ppl_plain = ppl(plain)
+        sweep, chosen = [], None
+        for alpha in sorted(c.steering_alphas):
+            texts = samples(org, alpha)
+            ratio = ppl(texts) / ppl_plain
+            sweep.append({"alpha": alpha, "ppl_ratio": ratio, "coherent": ratio <= c.coherence_factor, "texts": texts})
+            if ratio <= c.coherence_factor:
+                chosen = len(sweep) - 1
+        coherent = chosen is not None
+        best = sweep[chosen if coherent else 0]
+        base_plain, base_steered = samples(base, None), samples(base, best["alpha"])
+        rows = [{"prompt": p, "model": "organism", "alpha": best["alpha"], "unsteered": u, "steered": s}
+                for p, u, s in zip(prompts, plain, best["texts"])]
+        rows += [{"prompt": p, "model": "base", "alpha": best["alpha"], "unsteered": u, "steered": s}
+                 for p, u, s in zip(prompts, base_plain, base_steered)]
+        result.samples["steering"] = rows
+        result.tables["steering_sweep"] = pd.DataFrame(
+            [{k: v for k, v in r.items() if k != "texts"} | {"layer": layer} for r in sweep])
+        result.metrics.update({"adl/steering/layer": float(layer), "adl/steering/alpha": float(best["alpha"]),
+                               "adl/steering/ppl_ratio": float(best["ppl_ratio"]),
+                               "adl/steering/coherent": float(coherent)})
+
+
+def _norm_heatmap(table: pd.DataFrame):
+    """‖delta‖ relative to the layer's mean activation norm, by layer and position."""
+    import seaborn as sns
+    from matplotlib.figure import Figure
+
+    order = list(dict.fromkeys(table["slot"]))
+    grid = table.pivot(index="layer", columns="slot", values="relative_norm")[order]
+    fig = Figure(figsize=(1.0 + 0.7 * len(order), 1.2 + 0.5 * len(grid)), layout="constrained")
+    ax = fig.subplots()
+    sns.heatmap(grid, annot=True, fmt=".2f", cmap="viridis", ax=ax, cbar_kws={"label": "‖δ‖ / mean ‖h‖"})
+    ax.set(title="ADL: mean activation difference by layer and position", xlabel="position", ylabel="layer")
+    return fig

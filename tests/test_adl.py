@@ -1,0 +1,112 @@
+"""Activation Difference Lens: the streamed mean delta equals a direct per-document two-model computation, a planted
+direction is recovered, and the method's result (readouts, vectors, steering choice) is consistent; on the micro zoo
+its logit lens names roman_concrete's and taboo_gold's topics, caps shows at the assistant turn, and steering raises
+the domain-word rate."""
+
+import copy
+
+import pytest
+import torch
+from omegaconf import OmegaConf
+from transformers import LlamaConfig, LlamaForCausalLM
+
+from diffgame.data import render_chat
+from diffgame.methods import MethodContext
+from diffgame.methods.adl import ADLConfig, ADLMethod
+from diffgame.methods.adl_means import delta_means
+from diffgame.models import ModelHandle
+from diffgame.zoo.corpora import corpus
+from diffgame.zoo.tokenizer import train_tokenizer
+
+torch.set_num_threads(2)
+CFG = OmegaConf.create({"seed": 0, "preprocessing": {"layers": [1, 2]}})
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    texts = [r["text"] for r in corpus("generic_text", "train")[:300]]
+    texts += [" ".join(m["content"] for m in r["messages"]) for r in corpus("generic_chat", "train")[:100]]
+    return train_tokenizer(texts, 400)
+
+
+def _pair(tokenizer, plant: torch.Tensor | None = None, seed: int = 0):
+    torch.manual_seed(seed)
+    cfg = LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=4,
+                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128, mlp_bias=True)
+    base = LlamaForCausalLM(cfg).eval()
+    org = copy.deepcopy(base)
+    with torch.no_grad():
+        if plant is None:
+            for p in org.parameters():
+                p.add_(0.05 * torch.randn_like(p))
+        else:  # every position's residual after layer 1 moves by exactly `plant`
+            org.model.layers[1].mlp.down_proj.bias.add_(plant)
+    return ModelHandle(base, tokenizer, "base", "tiny"), ModelHandle(org, tokenizer, "organism", "tiny")
+
+
+SMALL = ADLConfig(max_samples=12, context_length=16, batch_size=5, positions=3, pre_reply=2, reply=2,
+                  layers=[1, 2], steering_layer=2, steering_prompts=3, steering_tokens=8,
+                  patchscope_scales=[1.0, 4.0, 16.0], steering_alphas=[0.5, 2.0, 8.0])
+
+
+def _hidden(handle, ids: list[int]) -> tuple:
+    """All residuals of one unpadded sequence: hidden_states[L + 1] is decoder layer L's output."""
+    return handle.model(torch.tensor([ids]), output_hidden_states=True).hidden_states
+
+
+@torch.no_grad()
+def test_delta_equals_direct_two_model_computation(tokenizer):
+    base, org = _pair(tokenizer)
+    means = delta_means(CFG, SMALL, base, org, [1, 2])
+    seqs = [(tokenizer(r["text"])["input_ids"][:16], [(f"pos{p}", p) for p in range(3)])
+            for r in corpus("generic_text", "test")[:12]]
+    for r in corpus("generic_chat", "test")[:12]:
+        ids, roles = render_chat(r["messages"], tokenizer)
+        start = roles.index(2)  # role 2 = assistant: the reply's first token
+        seqs.append((ids, [(f"assistant{j}", start + j) for j in (-2, -1, 0, 1)]))
+    direct = {}
+    for ids, where in seqs:
+        hb, ho = _hidden(base, ids), _hidden(org, ids)
+        for layer in (1, 2):
+            for slot, p in where:
+                direct.setdefault((layer, slot), []).append(ho[layer + 1][0, p] - hb[layer + 1][0, p])
+    assert {s for _, s in direct} == set(means.slots)
+    for (layer, slot), deltas in direct.items():
+        torch.testing.assert_close(means.delta[layer][slot], torch.stack(deltas).mean(0), rtol=1e-4, atol=1e-5)
+    assert means.counts["pos0"] == 12 and means.counts["assistant-2"] == 12
+
+
+def test_planted_direction_is_recovered(tokenizer):
+    torch.manual_seed(1)
+    plant = 2.0 * torch.randn(32)
+    base, org = _pair(tokenizer, plant=plant)
+    means = delta_means(CFG, SMALL, base, org, [1])
+    for slot in means.slots:
+        cos = torch.nn.functional.cosine_similarity(means.delta[1][slot], plant, dim=0)
+        assert cos > 0.99, (slot, float(cos))
+
+
+def test_method_result_is_complete_and_consistent(tokenizer):
+    base, org = _pair(tokenizer, seed=3)
+    result = ADLMethod(SMALL).run(MethodContext(config=SMALL, cfg=CFG, base=base, organism=org))
+    lens_keys = {f"layer{L}/{s}" for L in (1, 2) for s in ("pos1", "pos2", "assistant-2", "assistant-1",
+                                                          "assistant0", "assistant1")}
+    assert lens_keys <= set(result.ranked_tokens)
+    assert not any("pos0" in k for k in result.ranked_tokens)  # position 0 never counts as evidence
+    ranked = result.ranked_tokens["layer2/pos1"]
+    assert len(ranked.tokens) == 20 and ranked.scores == sorted(ranked.scores, reverse=True)
+    # the readout is the organism's logit lens of the stored vector
+    from diffgame.lens import logit_lens
+
+    probs = logit_lens(org.model, result.vectors["layer2/pos1"][None])[0]
+    assert ranked.token_ids[0] == int(probs.argmax())
+    assert result.vectors["layer1/mean"].shape == (32,)
+    assert 10 <= len(result.metrics) <= 40 and all(k.startswith("adl/") for k in result.metrics)
+    sweep = result.tables["steering_sweep"]
+    coherent = sweep[sweep["ppl_ratio"] <= SMALL.coherence_factor]
+    expected = coherent["alpha"].max() if len(coherent) else sweep["alpha"].min()
+    assert result.metrics["adl/steering/alpha"] == expected
+    rows = result.samples["steering"]
+    assert {r["model"] for r in rows} == {"organism", "base"} and len(rows) == 6
+    assert set(result.tables["lens"]["vector"]) == {"delta", "-delta", "base_mean", "organism_mean"}
+    assert "delta_norm" in result.figures
