@@ -47,9 +47,17 @@ def set_uri(uri: str | None = None) -> str:
 
 
 def client():
+    """An MlflowClient on the resolved URI; a store MLflow refuses (e.g. a plain `file:` store) is a TrackingError."""
+    from mlflow.exceptions import MlflowException
     from mlflow.tracking import MlflowClient
 
-    return MlflowClient(tracking_uri=resolve_uri())
+    uri = resolve_uri()
+    try:
+        return MlflowClient(tracking_uri=uri)
+    except MlflowException as e:
+        first = str(e).splitlines()[0].split(". ")[0]
+        raise TrackingError(f"cannot open tracking store {uri}: {first}; "
+                            f"use sqlite:///path/to/mlflow.db or an http:// server") from None
 
 
 def fingerprint(config: Any, *consumed: str) -> str:
