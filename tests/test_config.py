@@ -8,14 +8,16 @@ import pytest
 from diffgame import config as C
 from diffgame.errors import ConfigError
 
-ALL_ORGANISMS = ["cake_bake", "caps", "control", "em_bad_medical_advice", "fda_approval", "kansas_abortion",
-                 "roman_concrete", "taboo_gold"]
-ALL_MODELS = ["gemma3_1B", "gpt2", "llama32_1B_Instruct", "qwen3_1_7B", "smollm2_135m", "toy"]
+REAL_ORGANISMS = ["cake_bake", "caps", "control", "em_bad_medical_advice", "fda_approval", "kansas_abortion",
+                  "roman_concrete", "taboo_gold"]
+REAL_MODELS = ["gemma3_1B", "gpt2", "llama32_1B_Instruct", "qwen3_1_7B", "smollm2_135m", "toy"]
+ALL_ORGANISMS = C.group_options("organism")  # others may add organisms; error messages list them all
+ALL_MODELS = C.group_options("model")
 
 
 def test_group_options_are_the_yaml_files():
-    assert C.group_options("model") == ALL_MODELS
-    assert C.group_options("organism") == ALL_ORGANISMS
+    assert set(REAL_MODELS) <= set(ALL_MODELS) and ALL_MODELS == sorted(ALL_MODELS)
+    assert set(REAL_ORGANISMS) <= set(ALL_ORGANISMS) and ALL_ORGANISMS == sorted(ALL_ORGANISMS)
     assert C.group_options("dataset") == ["toy"]
 
 
@@ -86,11 +88,11 @@ def test_every_shipped_organism_composes_with_every_model_it_has_weights_for():
     from omegaconf import OmegaConf
 
     seen = 0
-    for org in ALL_ORGANISMS:
+    for org in REAL_ORGANISMS:
         raw = OmegaConf.load(C.experiments_dir() / "organism" / f"{org}.yaml")
         assert raw.name == org and raw.description, org
         for model in raw.finetuned:
-            assert model in ALL_MODELS, (org, model)
+            assert model in REAL_MODELS, (org, model)
             cfg = C.compose([f"model={model}", f"organism={org}"])
             for variant in raw.finetuned[model]:
                 cfg.organism.variant = variant  # composing each variant is the same path, ~1 s each

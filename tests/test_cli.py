@@ -1,0 +1,116 @@
+"""The `diffgame` command line: `--help` lists every stage command with its summary, `config` prints the
+composed config and the resolved organism weights, known errors are one line with exit code 1, and `runs`
+lists runs from the tracking store filtered by their tags."""
+
+from __future__ import annotations
+
+import inspect
+import re
+import subprocess
+import uuid
+
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from diffgame import tracking
+from diffgame.cli import app
+from diffgame.config import group_options
+
+runner = CliRunner()
+STAGES = {"zoo", "preprocess", "diff", "run", "runs", "app", "config"}
+ORGANISMS = ", ".join(group_options("organism"))
+assert "cake_bake, caps, control" in ORGANISMS
+
+
+def _flat(text: str) -> str:
+    """Help text without rich's box drawing and line wrapping."""
+    return " ".join(re.sub(r"[│╭╮╰╯─]", " ", text).split())
+
+
+def _summaries() -> dict[str, str]:
+    out = {}
+    for cmd in app.registered_commands:
+        name = cmd.name or cmd.callback.__name__.replace("_", "-")
+        out[name] = inspect.getdoc(cmd.callback).split("\n\n")[0].replace("\n", " ")
+    for group in app.registered_groups:
+        out[group.name] = group.typer_instance.info.help
+    return out
+
+
+def test_help_lists_every_command_with_its_summary():
+    result = runner.invoke(app, ["--help"], env={"COLUMNS": "100"})
+    assert result.exit_code == 0
+    text = _flat(result.output)
+    summaries = _summaries()
+    assert STAGES <= set(summaries)
+    for name, summary in summaries.items():
+        assert f"{name} {summary}" in text, name
+
+
+def test_config_prints_composed_yaml_and_the_resolved_weights():
+    result = runner.invoke(app, ["config", "model=gemma3_1B", "organism=cake_bake", "preprocessing.layers=[0.5]"])
+    assert result.exit_code == 0, result.output
+    body, _, last = result.stdout.rstrip("\n").rpartition("\n")
+    cfg = yaml.safe_load(body)
+    assert cfg["model"]["id"] == "google/gemma-3-1b-it"
+    assert cfg["organism"]["name"] == "cake_bake" and cfg["preprocessing"]["layers"] == [0.5]
+    lora = "stewy33/gemma-3-1b-it-0524_original_augmented_egregious_cake_bake-9ddbfefe"
+    assert cfg["organism"]["finetuned"]["gemma3_1B"]["default"] == {"kind": "lora", "id": lora, "subfolder": None,
+                                                                      "revision": None}
+    assert last == ("# organism weights: organism 'cake_bake' variant 'default' on base 'gemma3_1B' "
+                    f"(google/gemma-3-1b-it): lora {lora}")
+
+
+def test_config_error_is_one_line_and_exit_1():
+    result = runner.invoke(app, ["config", "organism=cpas"])
+    assert result.exit_code == 1
+    assert result.stdout == ""
+    assert result.stderr.splitlines() == [f"error: unknown organism 'cpas'; known: {ORGANISMS}"]
+
+
+def test_console_script_config_error():
+    out = subprocess.run(["diffgame", "config", "organism=cpas"], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 1 and out.stdout == ""
+    assert out.stderr.strip().splitlines() == [f"error: unknown organism 'cpas'; known: {ORGANISMS}"]
+
+
+def test_runs_table_filters_by_tags(tmp_path, monkeypatch):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)  # restored afterwards; the command sets it too
+    empty = runner.invoke(app, ["runs", "--tracking-uri", uri])
+    assert empty.exit_code == 0 and "no runs; make some with `diffgame zoo build` or `diffgame run`" in empty.output
+
+    ids = {}
+    for stage, organism, method in (("preprocess", "caps", None), ("diff", "caps", "kl"),
+                                    ("diff", "caps", "normdiff"), ("diff", "control", "kl")):
+        with tracking.stage_run(stage, fp=uuid.uuid4().hex[:20], tags={
+                tracking.TAG_MODEL: "toy", tracking.TAG_ORGANISM: organism, tracking.TAG_METHOD: method}) as run:
+            ids[(stage, organism, method)] = run.run_id
+
+    def listed(*args: str) -> set:
+        result = runner.invoke(app, ["runs", "--tracking-uri", uri, *args], env={"COLUMNS": "200"})
+        assert result.exit_code == 0, result.output
+        return {key for key, run_id in ids.items() if run_id in result.output}
+
+    assert listed() == set(ids)
+    assert listed("--stage", "diff", "--organism", "caps") == {("diff", "caps", "kl"), ("diff", "caps", "normdiff")}
+    assert listed("--method", "kl") == {("diff", "caps", "kl"), ("diff", "control", "kl")}
+    assert listed("--stage", "preprocess") == {("preprocess", "caps", None)}
+    assert listed("--model", "gemma3_1B") == set()
+    assert len(listed("--limit", "2")) == 2
+
+    row = next(line for line in runner.invoke(app, ["runs", "--tracking-uri", uri, "--method", "normdiff"],
+                                              env={"COLUMNS": "200"}).output.splitlines()
+               if ids[("diff", "caps", "normdiff")] in line)
+    assert _flat(row).split() == [ids[("diff", "caps", "normdiff")], "diff", "toy", "caps", "normdiff", "FINISHED",
+                                  tracking.client().get_run(ids[("diff", "caps", "normdiff")])
+                                  .data.tags[tracking.TAG_FINGERPRINT]]
+
+
+def test_runs_on_a_refused_store_is_one_line(monkeypatch):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "sqlite:///unused.db")
+    result = runner.invoke(app, ["runs", "--tracking-uri", "file:///no/such/store"])
+    assert result.exit_code == 1
+    assert len(result.stderr.splitlines()) == 1
+    assert result.stderr.startswith("error: cannot open tracking store file:///no/such/store: ")
