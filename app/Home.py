@@ -13,17 +13,17 @@ import streamlit as st  # noqa: E402
 
 import cache  # noqa: E402
 
-st.set_page_config(page_title="diffgame", page_icon="🧬", layout="wide")
+st.set_page_config(page_title="diffgame", page_icon=":material/difference:", layout="wide")
 settings = cache.settings()
 
 pages = {
-    "Runs": [st.Page("pages/overview.py", title="Overview", icon="🗂️", default=True),
-             st.Page("pages/compare.py", title="Compare", icon="📊")],
-    "Methods": [st.Page("pages/kl.py", title="KL", icon="🔥"),
-                st.Page("pages/normdiff.py", title="Normdiff", icon="📐"),
-                st.Page("pages/adl.py", title="ADL", icon="🔎")],
-    "Models": [st.Page("pages/interactive.py", title="Interactive", icon="💬"),
-               st.Page("pages/game.py", title="Game", icon="🎲")],
+    "Runs": [st.Page("pages/overview.py", title="Overview", icon=":material/dashboard:", default=True),
+             st.Page("pages/compare.py", title="Compare", icon=":material/compare:")],
+    "Methods": [st.Page("pages/kl.py", title="KL", icon=":material/local_fire_department:"),
+                st.Page("pages/normdiff.py", title="Normdiff", icon=":material/straighten:"),
+                st.Page("pages/adl.py", title="ADL", icon=":material/manage_search:")],
+    "Models": [st.Page("pages/interactive.py", title="Interactive", icon=":material/chat:"),
+               st.Page("pages/game.py", title="Game", icon=":material/casino:")],
 }
 page = st.navigation(pages)
 

@@ -47,8 +47,11 @@ def table(uri: str, run_id: str, name: str) -> pd.DataFrame:
 
 @st.cache_data(show_spinner=False)
 def ranked_tokens(uri: str, run_id: str) -> dict:
+    """{name: RankedTokens}, empty when the run logged none."""
     from diffgame import results
 
+    if "evidence/ranked_tokens.json" not in artifact_paths(uri, run_id):
+        return {}
     return results.load_ranked_tokens(run_id)
 
 
@@ -68,7 +71,9 @@ def vectors(uri: str, run_id: str) -> dict:
 
 @st.cache_data(show_spinner=False)
 def artifact_bytes(uri: str, run_id: str, path: str) -> bytes:
-    return backend.artifact_file(run_id, path).read_bytes()
+    from diffgame import results
+
+    return results.artifact_file(run_id, path).read_bytes()
 
 
 @st.cache_data(show_spinner=False)

@@ -1,0 +1,22 @@
+"""The tracking store the app tests browse: the micro zoo plus diff runs made by the real pipeline.
+
+`execute` reuses finished runs by fingerprint, so the app and browser tests share one set of runs.
+"""
+
+from diffgame import tracking
+from diffgame.methods import known_methods
+
+ORGANISMS = ("caps", "control")
+APP_OVERRIDES = ("zoo.size=micro", "model.device=cpu")
+"""What the app needs to load the micro zoo's models (tags name the model and organism, not the zoo size)."""
+
+
+def fill_store(zoo_uri: str) -> str:
+    """Diff runs of every registered store/stream method on the micro zoo for `ORGANISMS`; returns the URI."""
+    from diffgame.pipeline import execute
+
+    methods = [m for m in ("kl", "normdiff", "adl") if m in known_methods()]
+    execute([*APP_OVERRIDES, f"organism={','.join(ORGANISMS)}", f"method=[{','.join(methods)}]"],
+            multirun=True, tracking_uri=zoo_uri)
+    tracking.set_uri(zoo_uri)
+    return zoo_uri

@@ -1,0 +1,140 @@
+"""Browser test: the app served on loopback, driven by Playwright with Debian's chromium, every page's key text
+asserted and screenshotted; then an `mlflow server` over the same store lists the diff runs, tags and metrics."""
+
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from _app_store import APP_OVERRIDES, fill_store
+
+pytestmark = [pytest.mark.slow, pytest.mark.browser]
+CHROMIUM = "/usr/bin/chromium"
+ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+        "--disable-component-update", "--disable-sync", "--no-first-run"]
+REPO = Path(__file__).resolve().parent.parent
+SHOTS = REPO / "test-artifacts" / "screenshots"
+# page url path -> text that only shows once the page has rendered its data
+PAGES = {"": "Runs by model, organism and method", "compare": "Chart metric", "kl": "kl runs",
+         "normdiff": "normdiff runs", "adl": "adl runs", "interactive": "Normdiff layer",
+         "game": "has been drawn"}
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _wait_http(url: str, proc: subprocess.Popen, timeout: float = 180) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"server exited with {proc.returncode}: {proc.stdout.read()[-2000:]}")
+        try:
+            urllib.request.urlopen(url, timeout=2)
+            return
+        except OSError:
+            time.sleep(0.5)
+    raise TimeoutError(f"{url} did not answer in {timeout} s")
+
+
+def _serve(cmd: list[str], url: str, log: Path):
+    proc = subprocess.Popen(cmd, cwd=REPO, stdout=log.open("w"), stderr=subprocess.STDOUT, text=True)
+    try:
+        _wait_http(url, proc)
+    except BaseException:
+        proc.kill()
+        raise
+    return proc
+
+
+@pytest.fixture(scope="module")
+def browser():
+    if not Path(CHROMIUM).exists():
+        pytest.fail(f"{CHROMIUM} missing; run scripts/install_browser.sh")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        yield b
+        b.close()
+
+
+def _shot(page, tmp_path: Path, name: str) -> Path:
+    path = tmp_path / f"{name}.png"
+    page.screenshot(path=str(path), full_page=True)
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    shutil.copy(path, SHOTS / path.name)
+    return path
+
+
+def test_app_pages_render(zoo_uri, browser, tmp_path):
+    uri = fill_store(zoo_uri)
+    port = _free_port()
+    cmd = [sys.executable, "-m", "streamlit", "run", str(REPO / "app" / "Home.py"), "--server.port", str(port),
+           "--server.address", "127.0.0.1", "--server.headless", "true", "--browser.gatherUsageStats", "false",
+           "--", "--tracking-uri", uri, *APP_OVERRIDES]
+    server = _serve(cmd, f"http://127.0.0.1:{port}/_stcore/health", tmp_path / "streamlit.log")
+    try:
+        page = browser.new_page(viewport={"width": 1400, "height": 1000})
+        for path, text in PAGES.items():
+            page.goto(f"http://127.0.0.1:{port}/{path}")
+            page.get_by_text(text).first.wait_for(timeout=180_000)
+            page.wait_for_function("!document.querySelector('[data-testid=\"stStatusWidget\"]')",
+                                   timeout=180_000)  # the "Running..." widget is gone: the script finished
+            assert not page.locator("[data-testid='stException']").count(), f"/{path} raised"
+            assert _shot(page, tmp_path, path or "overview").stat().st_size > 10_000
+        page.goto(f"http://127.0.0.1:{port}/kl")
+        page.get_by_text("kl runs").wait_for(timeout=60_000)
+        page.get_by_role("tab", name="Examples").click()
+        page.locator(".heat").first.wait_for(timeout=60_000)
+        assert page.locator(".heat .tok").count() > 0
+        assert page.locator(".heat .tok[style*=',1)']").count() > 0  # each example's peak token at full colour
+        _shot(page, tmp_path, "kl_examples")
+    finally:
+        server.kill()
+        server.wait()
+
+
+def test_mlflow_ui_lists_diff_runs(zoo_uri, browser, tmp_path):
+    from diffgame import tracking
+
+    uri = tracking.set_uri(fill_store(zoo_uri))
+    runs = [r for r in tracking.search({tracking.TAG_STAGE: "diff"}, statuses=("FINISHED",))
+            if r.data.tags.get(tracking.TAG_ORGANISM) == "caps"]
+    assert runs
+    port = _free_port()
+    cmd = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", uri, "--host", "127.0.0.1",
+           "--port", str(port), "--workers", "1"]
+    server = _serve(cmd, f"http://127.0.0.1:{port}/health", tmp_path / "mlflow.log")
+    try:
+        page = browser.new_page(viewport={"width": 1600, "height": 1000})
+        exp = runs[0].info.experiment_id
+        page.goto(f"http://127.0.0.1:{port}/#/experiments/{exp}/runs")
+        search = page.get_by_placeholder(re.compile(r"metrics\.rmse"))
+        search.wait_for(timeout=120_000)
+        search.fill(f"tags.`{tracking.TAG_STAGE}` = 'diff' and tags.`{tracking.TAG_ORGANISM}` = 'caps'")
+        search.press("Enter")  # filter the way a user narrows the list to one organism's diff runs
+        for r in runs:
+            page.get_by_text(r.info.run_name, exact=True).first.wait_for(timeout=120_000)
+        page.get_by_text(f"{len(runs)} matching runs").wait_for(timeout=60_000)
+        _shot(page, tmp_path, "mlflow_runs")
+        run = runs[0]
+        page.goto(f"http://127.0.0.1:{port}/#/experiments/{exp}/runs/{run.info.run_id}")
+        page.get_by_text(tracking.TAG_PREPROCESS).first.wait_for(timeout=120_000)
+        body = page.locator("body").inner_text()
+        for tag in (tracking.TAG_ORGANISM, tracking.TAG_METHOD, tracking.TAG_PREPROCESS):
+            assert tag in body and run.data.tags[tag] in body
+        shown = [k for k in run.data.metrics if k in body]
+        assert shown, f"no metric of {sorted(run.data.metrics)[:5]} on the run page"
+        _shot(page, tmp_path, "mlflow_run")
+    finally:
+        server.kill()
+        server.wait()
