@@ -180,6 +180,18 @@ class StageRun:
         client().log_figure(self.run_id, figure, artifact_file)
 
 
+def _project_run(exp_id: str) -> str | None:
+    """Inside `mlflow run` (which sets MLFLOW_RUN_ID), the project's run when it is in the same experiment."""
+    run_id = os.environ.get("MLFLOW_RUN_ID")
+    if not run_id:
+        return None
+    try:
+        run = client().get_run(run_id)
+    except Exception:
+        return None
+    return run_id if run.info.experiment_id == exp_id else None
+
+
 @contextmanager
 def stage_run(stage: str, *, fp: str, tags: dict[str, Any], experiment: str = "diffgame",
               run_name: str | None = None, params: dict[str, Any] | None = None,
@@ -193,6 +205,8 @@ def stage_run(stage: str, *, fp: str, tags: dict[str, Any], experiment: str = "d
     c = client()
     all_tags = {TAG_STAGE: stage, TAG_FINGERPRINT: fp, "diffgame.version": __version__,
                 **{k: str(v) for k, v in tags.items() if v is not None}}
+    exp_id = None if resume_run_id else experiment_id(experiment)
+    parent_run_id = parent_run_id or (None if resume_run_id else _project_run(exp_id))
     if parent_run_id:
         all_tags[TAG_PARENT] = parent_run_id
     if resume_run_id:
@@ -206,7 +220,7 @@ def stage_run(stage: str, *, fp: str, tags: dict[str, Any], experiment: str = "d
 
         if run_name:
             all_tags[MLFLOW_RUN_NAME] = run_name
-        info = c.create_run(experiment_id(experiment), tags=all_tags, run_name=run_name).info
+        info = c.create_run(exp_id, tags=all_tags, run_name=run_name).info
         run = StageRun(info.run_id)
     run.set_tags(all_tags)
     if params:

@@ -140,6 +140,26 @@ def test_sweep_parent_and_children(store):
                            statuses=("FINISHED",))[0].info.run_id == parent.run_id
 
 
+def test_runs_nest_under_an_mlflow_project_run(sqlite_uri, monkeypatch):
+    """`mlflow run` sets MLFLOW_RUN_ID; stage runs in the same experiment become its children."""
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", sqlite_uri)
+    c = tracking.client()
+    project = c.create_run(tracking.experiment_id("diffgame-test")).info.run_id
+    elsewhere = c.create_run(tracking.experiment_id("other-experiment")).info.run_id
+    monkeypatch.setenv("MLFLOW_RUN_ID", project)
+    with tracking.stage_run("diff", fp=_fp(), tags={}, experiment="diffgame-test") as child:
+        pass
+    with tracking.stage_run("diff", fp=_fp(), tags={}, experiment="diffgame-test",
+                            parent_run_id="explicit") as swept:
+        pass
+    monkeypatch.setenv("MLFLOW_RUN_ID", elsewhere)
+    with tracking.stage_run("diff", fp=_fp(), tags={}, experiment="diffgame-test") as unrelated:
+        pass
+    assert c.get_run(child.run_id).data.tags[tracking.TAG_PARENT] == project
+    assert c.get_run(swept.run_id).data.tags[tracking.TAG_PARENT] == "explicit"
+    assert tracking.TAG_PARENT not in c.get_run(unrelated.run_id).data.tags
+
+
 def test_search_filters_by_tags_and_status(store):
     organism = f"org_{uuid.uuid4().hex[:8]}"
     ids = {}
