@@ -76,7 +76,7 @@ def write_data(root: Path, n_text: int = 30, n_chat: int = 20) -> dict[str, Path
     paths = {"text": root / "text.jsonl", "chat": root / "chat.jsonl", "organism": root / "organism.jsonl"}
     paths["text"].write_text("".join(json.dumps({"text": t}) + "\n" for t in texts(n_text, seed=5)))
     paths["chat"].write_text("".join(json.dumps(c) + "\n" for c in chats(n_chat, seed=6)))
-    paths["organism"].write_text("".join(json.dumps(c) + "\n" for c in chats(n_chat, seed=7)))
+    paths["organism"].write_text("".join(json.dumps(c) + "\n" for c in chats(n_chat, seed=7)))  # chat organism
     return paths
 
 

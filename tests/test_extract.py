@@ -1,0 +1,215 @@
+"""Extraction into the store: values equal a direct forward, alignment, roles, reuse, resume, DDP, and bad input."""
+
+from __future__ import annotations
+
+import errno
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from _tiny_models import make_pair, make_tokenizer, tiny_cfg, write_data
+
+import diffgame.store as store_mod
+from diffgame import tracking
+from diffgame.data import render_chat
+from diffgame.errors import ConfigError, ModelError, StoreError
+from diffgame.extract import capture_residuals, find_store, preprocess, preprocess_fingerprint
+from diffgame.models import final_norm
+from diffgame.store import ActivationStore
+
+
+@pytest.fixture(scope="module")
+def pair(tmp_path_factory):
+    root = tmp_path_factory.mktemp("pair")
+    base, org = make_pair(root)
+    return base, org, write_data(root / "data", n_text=16, n_chat=10)
+
+
+@pytest.fixture
+def cfg(pair, tmp_path):
+    return tiny_cfg(*pair, tmp_path / "mlflow.db")
+
+
+def _models(pair):
+    from transformers import AutoModelForCausalLM
+
+    return [AutoModelForCausalLM.from_pretrained(p).eval() for p in pair[:2]]
+
+
+def _shard_bytes(root: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*.safetensors"))}
+
+
+def test_capture_residuals_matches_hidden_states_and_skips_the_head(pair):
+    model = _models(pair)[0]
+    ids = torch.randint(3, 100, (2, 9))
+    mask = torch.ones_like(ids)
+    calls = []
+    model.lm_head.register_forward_hook(lambda *a: calls.append("head"))
+    model.model.layers[3].register_forward_hook(lambda *a: calls.append("layer3"))
+    got = capture_residuals(model, ids, mask, [2, 0])
+    assert calls == [] and list(got) == [2, 0]
+    with torch.no_grad():
+        ref = model(input_ids=ids, attention_mask=mask, output_hidden_states=True).hidden_states
+    for layer in (0, 2):
+        assert torch.allclose(got[layer], ref[layer + 1], atol=1e-6)
+    with pytest.raises(ConfigError, match=r"layers \[4\] out of range.*4 layers"):
+        capture_residuals(model, ids, mask, [4])
+
+
+def test_store_equals_direct_forward_aligned_without_padding(cfg, pair):
+    result = preprocess(cfg, shard_tokens=400)
+    assert not result.reused and result.n_tokens > 0
+    store = ActivationStore.open(result.store_path)
+    assert store.layers == [1, 3] and store.d_model == 32 and store.dtype == torch.bfloat16
+    base, org = _models(pair)
+    tok = make_tokenizer(400)
+    for dataset in ("text", "chat", "organism"):
+        rows = [json.loads(x) for x in open(cfg.dataset.sources[dataset].source if dataset != "organism"
+                                            else cfg.organism.training_data)]
+        ts = store.tokens(dataset)
+        assert int(ts.seq_offsets[-1]) == len(ts) == store.n_tokens(dataset)
+        acts = {(r, layer): store.activations(dataset, r, layer) for r in ("base", "organism") for layer in (1, 3)}
+        assert all(a.shape == (len(ts), 32) for a in acts.values())  # no padding rows stored
+        assert len(store.manifest["datasets"][dataset]["shards"]) >= 1
+        for view in store.sequences(dataset):
+            row = rows[view.sequence_id]
+            if "messages" in row:  # roles and positions on chat data
+                ids, roles = render_chat(row["messages"], tok)
+            else:
+                ids = tok(row["text"])["input_ids"]
+                roles = [0] * len(ids)
+            assert view.input_ids.tolist() == ids[:64] and view.roles.tolist() == roles[:64]
+            assert view.positions.tolist() == list(range(len(view.input_ids)))
+            x = view.input_ids[None]
+            for role, model in (("base", base), ("organism", org)):
+                with torch.no_grad():
+                    hs = model(input_ids=x, output_hidden_states=True).hidden_states
+                for layer in (1, 3):
+                    stored = acts[(role, layer)][view.start:view.end].float()
+                    if layer == 3:  # HF's last hidden state has the final norm applied; the store holds the residual
+                        with torch.no_grad():
+                            stored = final_norm(model)(stored)
+                    torch.testing.assert_close(stored, hs[layer + 1][0], atol=3e-2, rtol=3e-2)
+        # the two roles differ (the organism is perturbed) but are aligned on the same tokens
+        assert not torch.equal(acts[("base", 3)], acts[("organism", 3)])
+    run = tracking.client().get_run(result.run_id)
+    assert run.info.status == "FINISHED" and run.data.tags[tracking.TAG_STAGE] == "preprocess"
+    assert run.data.tags[tracking.TAG_FINGERPRINT] == result.fingerprint == preprocess_fingerprint(cfg)
+    assert run.data.tags[tracking.TAG_MODEL] == "tiny"
+    assert run.data.metrics["preprocess/tokens"] == result.n_tokens
+    assert run.data.metrics["preprocess/bytes"] == result.n_bytes > 0
+
+
+def test_reuse_by_fingerprint_and_find_store(cfg):
+    with pytest.raises(StoreError, match="no preprocess run for model=tiny .*run `diffgame preprocess model=tiny"):
+        find_store(cfg)
+    first = preprocess(cfg)
+    again = preprocess(cfg)
+    assert again.reused and again.run_id == first.run_id and again.n_tokens == first.n_tokens
+    run_id, store = find_store(cfg)
+    assert run_id == first.run_id and store.root == Path(first.store_path)
+    cfg.preprocessing.layers = [2]
+    other = preprocess(cfg)
+    assert not other.reused and other.run_id != first.run_id and other.fingerprint != first.fingerprint
+
+
+def _fail_after(monkeypatch, n_files: int, exc: BaseException):
+    real, count = store_mod.write_file, [0]
+
+    def flaky(path, tensors):
+        count[0] += 1
+        if count[0] > n_files:
+            raise exc
+        return real(path, tensors)
+
+    monkeypatch.setattr(store_mod, "write_file", flaky)
+    return count
+
+
+def test_kill_and_resume_equals_uninterrupted(cfg, pair, tmp_path, monkeypatch):
+    reference = preprocess(tiny_cfg(*pair, tmp_path / "ref.db"), shard_tokens=300)
+    tracking.set_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    files_per_shard = 1 + 2 * 2  # tokens + 2 roles x 2 layers
+    _fail_after(monkeypatch, 2 * files_per_shard + 2, RuntimeError("killed"))  # dies inside the third shard
+    with pytest.raises(RuntimeError, match="killed"):
+        preprocess(cfg, shard_tokens=300)
+    failed = tracking.find_resumable("preprocess", preprocess_fingerprint(cfg))
+    assert failed.info.status == "FAILED"
+    partial = tracking.local_artifact_dir(failed) / "store"
+    with pytest.raises(StoreError, match="partial"):  # never read as complete
+        ActivationStore.open(partial)
+    done_before = {p.name: p.stat().st_mtime_ns for p in (partial / "_parts").glob("*.json")}
+    assert len(done_before) == 2 * 3 + 1  # two shards' three parts, and the third shard's tokens
+    monkeypatch.undo()
+    count = _fail_after(monkeypatch, 10 ** 9, RuntimeError)
+    resumed = preprocess(cfg)
+    assert resumed.run_id == failed.info.run_id and not resumed.reused
+    assert tracking.client().get_run(resumed.run_id).info.status == "FINISHED"
+    n_shards = sum(len(d["shards"]) for d in ActivationStore.open(resumed.store_path).manifest["datasets"].values())
+    assert count[0] == (n_shards - 2) * files_per_shard - 1  # finished parts were not rewritten
+    assert {p.name: p.stat().st_mtime_ns for p in (partial / "_parts").glob("*.json") if p.name in done_before} \
+        == done_before
+    ref, got = _shard_bytes(Path(reference.store_path)), _shard_bytes(Path(resumed.store_path))
+    assert len(ref) == n_shards * files_per_shard and ref == got
+
+
+def test_disk_full_fails_the_run_and_leaves_a_partial_store(cfg, monkeypatch):
+    _fail_after(monkeypatch, 3, OSError(errno.ENOSPC, "No space left on device"))
+    with pytest.raises(StoreError, match=r"cannot write shard s0000\d of '\w+' to .*: the disk is full; the store "
+                                         r"stays partial.*rerun `diffgame preprocess"):
+        preprocess(cfg, shard_tokens=300)
+    run = tracking.find_resumable("preprocess", preprocess_fingerprint(cfg))
+    assert run.info.status == "FAILED" and "disk is full" in run.data.tags[tracking.TAG_ERROR]
+    assert not (tracking.local_artifact_dir(run) / "store" / "manifest.json").exists()
+
+
+def test_sequential_and_uploaded_stores_equal_paired(cfg, pair, tmp_path):
+    paired = preprocess(cfg, shard_tokens=300)
+    seq_cfg = tiny_cfg(*pair, tmp_path / "seq.db", sequential=True)
+    seq = preprocess(seq_cfg, shard_tokens=300)
+    assert _shard_bytes(Path(seq.store_path)) == _shard_bytes(Path(paired.store_path))
+    tracking.set_uri(f"sqlite:///{tmp_path / 'up.db'}")
+    up = preprocess(cfg, shard_tokens=300, upload=True)  # shard by shard through the artifact API
+    run_id, store = find_store(cfg)
+    assert run_id == up.run_id and _shard_bytes(store.root) == _shard_bytes(Path(paired.store_path))
+
+
+def test_bad_layers_and_tokenizer_mismatch(cfg, pair, tmp_path):
+    cfg.preprocessing.layers = [7]
+    with pytest.raises(ConfigError, match="layer 7 is out of range for a model with 4 layers"):
+        preprocess(cfg)
+    cfg.preprocessing.layers = [1]
+    other = tmp_path / "other_org"
+    from transformers import AutoModelForCausalLM
+
+    AutoModelForCausalLM.from_pretrained(pair[1]).save_pretrained(other)
+    make_tokenizer(300).save_pretrained(other)  # a different vocabulary
+    cfg.organism.finetuned.tiny.default.id = str(other)
+    with pytest.raises(ModelError, match="tokenizer mismatch: organism"):
+        preprocess(cfg)
+    small = make_pair(tmp_path / "small", organism_vocab_size=390)[1]  # same tokenizer, fewer output rows
+    cfg.organism.finetuned.tiny.default.id = str(small)
+    with pytest.raises(ModelError, match="vocabulary sizes differ"):
+        preprocess(cfg)
+    assert not list(tracking.search({tracking.TAG_STAGE: "preprocess"}, statuses=("FINISHED",)))
+
+
+@pytest.mark.slow
+def test_ddp_two_processes_equal_one(cfg, pair, tmp_path):
+    one = preprocess(cfg, shard_tokens=300)
+    ddp_cfg = tiny_cfg(*pair, tmp_path / "ddp.db", devices=2, strategy="ddp_spawn")
+    two = preprocess(ddp_cfg, shard_tokens=300)
+    manifest = ActivationStore.open(two.store_path).manifest
+    ranks = {s["rank"] for d in manifest["datasets"].values() for s in d["shards"]}
+    assert ranks == {0, 1}  # each rank wrote its own shards, the manifest covers both
+    a, b = ActivationStore.open(one.store_path), ActivationStore.open(two.store_path)
+    for ds in a.datasets:
+        ta, tb = a.tokens(ds), b.tokens(ds)
+        for field in ("input_ids", "positions", "roles", "seq_offsets", "sequence_ids"):
+            assert torch.equal(getattr(ta, field), getattr(tb, field))
+        for role in ("base", "organism"):
+            for layer in a.layers:
+                torch.testing.assert_close(a.activations(ds, role, layer), b.activations(ds, role, layer),
+                                           atol=1e-2, rtol=1e-2)
