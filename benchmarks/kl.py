@@ -1,0 +1,115 @@
+"""KL throughput vs two full forwards on the same batches (target: ratio >= 0.8).
+
+(a) `base(ids).logits` and `organism(ids).logits`: two plain full forwards, full [B, T, V] logits, nothing else.
+(b) `diffgame.methods.kl.per_token_divergence` on the same sequences: two body forwards, the LM head and
+    KL(P_org || P_base) in fp32 over token chunks (bounded memory), scores copied to the host.
+Shapes: the zoo's `small` toy Llama, and a random-initialised Gemma-3-1B shape (262k vocabulary; fewer layers on CPU).
+
+    python benchmarks/kl.py                      # both shapes, CPU defaults
+    python benchmarks/kl.py --shape gemma3 --layers 26 --batch 16 --seq 1024 --device cuda --dtype bfloat16
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import torch
+
+from diffgame.methods.kl import KLConfig, per_token_divergence
+
+
+def make_models(shape: str, layers: int | None, dtype: torch.dtype, device: str):
+    if shape == "toy":
+        from transformers import LlamaConfig, LlamaForCausalLM
+
+        from diffgame.zoo.sizes import SIZES
+
+        s = SIZES["small"]
+        conf = LlamaConfig(vocab_size=s.vocab_size, hidden_size=s.d_model, intermediate_size=s.d_ff,
+                           num_hidden_layers=layers or s.n_layers, num_attention_heads=s.n_heads,
+                           num_key_value_heads=s.n_heads, max_position_embeddings=4096, tie_word_embeddings=True)
+        cls = LlamaForCausalLM
+    else:
+        from transformers import Gemma3ForCausalLM, Gemma3TextConfig
+
+        conf = Gemma3TextConfig(vocab_size=262144, hidden_size=1152, intermediate_size=6912,
+                                num_hidden_layers=layers or 26, num_attention_heads=4, num_key_value_heads=1,
+                                head_dim=256, max_position_embeddings=32768, sliding_window=512)
+        cls = Gemma3ForCausalLM
+    out = []
+    for seed in (0, 1):
+        torch.manual_seed(seed)
+        out.append(cls(conf).to(device=device, dtype=dtype).eval())
+    return out
+
+
+def _sync(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def timed(fn, device: str, repeats: int) -> float:
+    """Median seconds of `repeats` calls after one warm-up call."""
+    fn()
+    times = []
+    for _ in range(repeats):
+        _sync(device)
+        t = time.perf_counter()
+        fn()
+        _sync(device)
+        times.append(time.perf_counter() - t)
+    return statistics.median(times)
+
+
+def bench(shape: str, layers: int | None, batch: int, seq: int, dtype: str, device: str, repeats: int) -> dict:
+    base, org = make_models(shape, layers, getattr(torch, dtype), device)
+    vocab = base.config.vocab_size
+    gen = torch.Generator().manual_seed(0)
+    ids = torch.randint(0, vocab, (batch, seq), generator=gen)
+    flat, offsets = ids.flatten(), torch.arange(0, batch * seq + 1, seq)
+    ids_dev, mask = ids.to(device), torch.ones_like(ids).to(device)
+
+    @torch.inference_mode()
+    def two_forwards():
+        base(input_ids=ids_dev, attention_mask=mask).logits
+        org(input_ids=ids_dev, attention_mask=mask).logits
+
+    cfg = KLConfig(batch_tokens=batch * seq)  # the same single batch as (a)
+    t_fwd = timed(two_forwards, device, repeats)
+    t_kl = timed(lambda: per_token_divergence(base, org, flat, offsets, cfg), device, repeats)
+    n = batch * seq
+    return {"shape": shape, "layers": base.config.num_hidden_layers, "vocab": vocab, "B": batch, "T": seq,
+            "dtype": dtype, "device": device, "fwd_tok_s": n / t_fwd, "kl_tok_s": n / t_kl, "ratio": t_fwd / t_kl,
+            "chunk_tokens": max(1, cfg.chunk_elements // vocab)}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--shape", choices=["toy", "gemma3", "all"], default="all")
+    p.add_argument("--layers", type=int, default=None, help="Decoder layers (default: toy 4, gemma3 2 on CPU, 26 on GPU).")
+    p.add_argument("--batch", type=int, default=None)
+    p.add_argument("--seq", type=int, default=None)
+    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads.")
+    a = p.parse_args()
+    if a.threads:
+        torch.set_num_threads(a.threads)
+    cpu = a.device == "cpu"
+    defaults = {"toy": (None, 16, 128), "gemma3": (2 if cpu else None, 2 if cpu else 16, 128 if cpu else 1024)}
+    rows = []
+    for shape in (["toy", "gemma3"] if a.shape == "all" else [a.shape]):
+        layers, batch, seq = defaults[shape]
+        rows.append(bench(shape, a.layers or layers, a.batch or batch, a.seq or seq, a.dtype, a.device, a.repeats))
+    print("| shape | layers | vocab | B x T | dtype | device | 2 forwards tok/s | KL tok/s | ratio |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        print(f"| {r['shape']} | {r['layers']} | {r['vocab']} | {r['B']}x{r['T']} | {r['dtype']} | {r['device']} | "
+              f"{r['fwd_tok_s']:,.0f} | {r['kl_tok_s']:,.0f} | {r['ratio']:.2f} |")
+
+
+if __name__ == "__main__":
+    main()
