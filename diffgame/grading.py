@@ -148,13 +148,13 @@ def data_vocab(organism: DictConfig, tokenizer, top_n: int = 50) -> frozenset[in
     """Token ids over-represented in the organism's training data vs the base corpus (`log_odds_vocab`)."""
     key = (str(organism.zoo.data or organism.training_data), getattr(tokenizer, "name_or_path", ""),
            len(tokenizer), top_n)
-    return _data_vocab_cached(key, organism, tokenizer)
+    return _data_vocab_cached(key, organism, tokenizer, top_n)
 
 
 _VOCAB_CACHE: dict[tuple, frozenset[int]] = {}
 
 
-def _data_vocab_cached(key: tuple, organism: DictConfig, tokenizer) -> frozenset[int]:
+def _data_vocab_cached(key: tuple, organism: DictConfig, tokenizer, top_n: int) -> frozenset[int]:
     if key not in _VOCAB_CACHE:
         from diffgame.data import source_rows
 
@@ -264,19 +264,19 @@ def grade_result(cfg: DictConfig, method: str, result, tokenizer=None,
     if tokenizer is None and (result.ranked_tokens or result.samples):
         tokenizer = _load_tokenizer(cfg)
     gt = ground_truth(cfg.organism, tokenizer)
-    if result.ranked_tokens and organism != CONTROL:
-        if control is None:
+    if result.ranked_tokens and organism != CONTROL and not gt.empty:
+        if control is None and str(cfg.model.name) in organism_node(CONTROL).finetuned:
             control = control_evidence(cfg, method)
         own = score_evidence(result.ranked_tokens, gt, k)
         if own is not None and not gt.empty:
-            metrics[f"grade/precision@{k}"] = own.precision
-            metrics[f"grade/wprecision@{k}"] = own.weighted
+            metrics[f"grade/precision_at_{k}"] = own.precision
+            metrics[f"grade/wprecision_at_{k}"] = own.weighted
             ctrl = score_evidence(control, gt, k) if control else None
             if ctrl is not None:
-                metrics[f"grade/control/precision@{k}"] = ctrl.precision
-                metrics[f"grade/control/wprecision@{k}"] = ctrl.weighted
-                metrics[f"grade/relative/precision@{k}"] = own.precision - ctrl.precision
-                metrics[f"grade/relative/wprecision@{k}"] = own.weighted - ctrl.weighted
+                metrics[f"grade/control/precision_at_{k}"] = ctrl.precision
+                metrics[f"grade/control/wprecision_at_{k}"] = ctrl.weighted
+                metrics[f"grade/relative/precision_at_{k}"] = own.precision - ctrl.precision
+                metrics[f"grade/relative/wprecision_at_{k}"] = own.weighted - ctrl.weighted
         candidates = candidate_organisms(cfg)
         if organism in candidates:
             scores = {}

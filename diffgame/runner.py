@@ -16,8 +16,13 @@ from omegaconf import DictConfig, OmegaConf
 
 from diffgame import tracking
 from diffgame.config import method_names
+from diffgame.grading import grade_result
 from diffgame.methods import MethodContext, MethodResult, build_config, canonical_name, get_method
 from diffgame.pipeline import StageSummary
+
+
+GRADE_HEADLINE = ("grade/relative/precision_at_*", "grade/precision_at_*", "grade/control/precision_at_*")
+"""Grades lead every method's summary line (see `diffgame.grading`)."""
 
 
 def run_methods(cfg: DictConfig, parent_run_id: str | None = None) -> list[StageSummary]:
@@ -67,7 +72,9 @@ def run_methods(cfg: DictConfig, parent_run_id: str | None = None) -> list[Stage
                                 base=base, organism=organism)
             result = cls(config).run(ctx)
             log_result(run, result)
-        summaries.append(_summary(cfg, name, cls, run.run_id, result.metrics, reused=False))
+            grades = grade_result(cfg, name, result, tokenizer=organism.tokenizer if organism else None)
+            run.log_metrics(grades)
+        summaries.append(_summary(cfg, name, cls, run.run_id, {**result.metrics, **grades}, reused=False))
     return summaries
 
 
@@ -85,7 +92,7 @@ def _open_store(cfg: DictConfig, parent_run_id: str | None):
 
 def _summary(cfg, name, cls, run_id, metrics, reused) -> StageSummary:
     return StageSummary("diff", run_id, cfg.model.name, cfg.organism.name, method=name, reused=reused,
-                        headline=headline(metrics, getattr(cls, "headline", ())))
+                        headline=headline(metrics, GRADE_HEADLINE + tuple(getattr(cls, "headline", ()))))
 
 
 def headline(metrics: dict[str, float], patterns: tuple[str, ...], limit: int = 4) -> dict[str, float]:

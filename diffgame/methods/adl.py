@@ -64,7 +64,7 @@ class ADLMethod(Method):
 
     needs_store = False
     needs_models = True
-    headline = ("grade/relative/precision@*", "grade/precision@*", "grade/control/precision@*", "adl/steering/alpha")
+    headline = ("adl/steering/alpha",)
 
     def run(self, ctx: MethodContext) -> MethodResult:
         from diffgame.config import resolve_layers
