@@ -1,0 +1,285 @@
+"""The Streamlit app under AppTest: backend pieces on hand-made inputs (heat colours, grade matrix, guesses, CLI
+args), the empty-store message, and every page against the micro zoo's real diff runs, with widgets set and what is
+shown compared with the tracking store, the run artifacts and a direct two-model computation."""
+
+import math
+import re
+import sys
+from collections import Counter
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+
+from _app_store import APP_OVERRIDES, ORGANISMS, fill_store
+from diffgame import app_backend as backend
+from diffgame import results, tracking
+from diffgame.errors import ConfigError
+
+HOME = str(Path(__file__).resolve().parent.parent / "app" / "Home.py")
+TIMEOUT = 600
+
+
+def _alphas(html: str) -> list[float]:
+    return [float(a) for a in re.findall(r"rgba\(\d+,\d+,\d+,([0-9.]+)\)", html)]
+
+
+# --- backend on hand-made inputs -------------------------------------------------------------------
+def test_heat_html_hand_computed():
+    html = backend.heat_html(["a", "<b>", "c\n"], [1.0, -2.0, 0.5])
+    assert _alphas(html) == [0.5, 1.0, 0.25]  # |score| / max |score|
+    assert re.findall(r"rgba\((\d+,\d+,\d+),", html) == ["220,38,38", "37,99,235", "220,38,38"]  # red, blue, red
+    assert "&lt;b&gt;" in html and "<b>" not in html and "c↵<br>" in html
+    assert _alphas(backend.heat_html(["x", "y"], [3.0, 9.0], vmax=6.0)) == [0.5, 1.0]  # clipped at vmax
+    assert _alphas(backend.heat_html(["x"], [0.0])) == [0.0]
+
+
+def test_parse_app_args():
+    s = backend.parse_app_args(["--tracking-uri", "sqlite:///x.db", "model.dtype=float32", "zoo.size=micro"])
+    assert (s.tracking_uri, s.overrides) == ("sqlite:///x.db", ("model.dtype=float32", "zoo.size=micro"))
+    with pytest.raises(ConfigError, match="unexpected app argument '--port'"):
+        backend.parse_app_args(["--port", "1"])
+
+
+def _frame(rows):
+    return pd.DataFrame([{"run_id": f"r{i}", "model": m, "organism": o, "method": me,
+                          "start_time": pd.Timestamp(2026, 1, 1, 0, 0, i), "metrics": met}
+                         for i, (m, o, me, met) in enumerate(rows)])
+
+
+def test_grade_matrix_newest_run_and_control():
+    runs = _frame([("toy", "caps", "adl", {"grade/p": 0.2}), ("toy", "caps", "adl", {"grade/p": 0.9}),
+                   ("toy", "control", "adl", {"grade/p": 0.1}), ("toy", "roman_concrete", "adl", {"grade/p": 0.7}),
+                   ("toy", "caps", "kl", {"kl/x": 1.0})])
+    m = backend.grade_matrix(runs, "grade/p")
+    assert list(m.index) == ["caps", "roman_concrete", "control"] and list(m.columns) == ["adl"]
+    assert m.loc["caps", "adl"] == 0.9  # the newer of the two caps runs
+    rel = backend.grade_matrix(runs, "grade/p", relative=True)
+    assert rel.loc["caps", "adl"] == pytest.approx(0.8) and rel.loc["roman_concrete", "adl"] == pytest.approx(0.6)
+    with pytest.raises(ConfigError, match="organism=control"):
+        backend.grade_matrix(runs[runs["organism"] != "control"], "grade/p", relative=True)
+    assert backend.coverage(runs).loc[("toy", "caps")].to_dict() == {"adl": 2, "kl": 1}
+
+
+def test_grade_guess_against_ground_truth():
+    candidates = {o: backend.organism_node("toy", o) for o in ("caps", "control", "roman_concrete", "taboo_gold")}
+    g = backend.grade_guess("It writes about volcanic ash and Roman harbors", "roman_concrete", candidates)
+    assert g.correct and {"volcanic", "ash", "roman"} <= set(g.hits)
+    assert g.ranking[0] == ("roman_concrete", len(g.hits))
+    assert backend.grade_guess("replies are all in CAPS", "caps", candidates).correct
+    assert not backend.grade_guess("talks about gold coins", "roman_concrete", candidates).correct
+    with pytest.raises(ConfigError, match="empty guess"):
+        backend.grade_guess("  ", "caps", candidates)
+
+
+# --- pages -------------------------------------------------------------------------------------
+def _app(monkeypatch, uri, page=None, session=None):
+    from streamlit.testing.v1 import AppTest
+
+    monkeypatch.setattr(sys, "argv", ["Home.py", "--tracking-uri", uri, *APP_OVERRIDES])
+    at = AppTest.from_file(HOME, default_timeout=TIMEOUT)
+    for k, v in (session or {}).items():
+        at.session_state[k] = v
+    at.run()
+    if page:
+        at.switch_page(f"pages/{page}.py").run()
+    assert not at.exception, [e.value for e in at.exception]
+    return at
+
+
+def _examples_caption(at) -> str:
+    return next(c.value for c in at.caption if re.fullmatch(r"\d+ of \d+ examples", c.value))
+
+
+@pytest.mark.slow
+def test_empty_store_names_the_command(monkeypatch, tmp_path):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    for page in (None, "interactive", "game"):
+        at = _app(monkeypatch, uri, page)
+        assert "diffgame run" in at.warning[0].value and "diffgame zoo build" in at.warning[0].value
+
+
+@pytest.fixture(scope="module")
+def store(zoo_uri):
+    uri = fill_store(zoo_uri)
+    runs = backend.latest(backend.runs_frame("diff"))
+    return uri, {(r["organism"], r["method"]): r for _, r in runs.iterrows() if r["model"] == "toy"}
+
+
+@pytest.mark.slow
+def test_overview_counts_links_and_grades(monkeypatch, store):
+    uri, latest = store
+    at = _app(monkeypatch, uri)
+    assert at.title[0].value == "diffgame overview"
+    finished = [r for r in tracking.search({tracking.TAG_STAGE: "diff"}) if r.info.status == "FINISHED"]
+    expected = Counter((r.data.tags[tracking.TAG_MODEL], r.data.tags[tracking.TAG_ORGANISM],
+                        r.data.tags[tracking.TAG_METHOD]) for r in finished)
+    cov = at.dataframe[0].value
+    shown = {(m, o, me): int(cov.loc[(m, o), me]) for (m, o) in cov.index for me in cov.columns if cov.loc[(m, o), me]}
+    assert shown == dict(expected)
+    runs_table = at.dataframe[-1].value
+    assert set(runs_table["run_id"]) == {r.info.run_id for r in finished}
+    assert all(u.endswith(f"/runs/{r}") for u, r in zip(runs_table["mlflow"], runs_table["run_id"]))
+    grade_keys = sorted({k for r in finished for k in r.data.metrics if k.startswith("grade/")})
+    if grade_keys:  # graded methods (adl) log grade/...; the matrix shows the newest run's value
+        at.selectbox(key="grade_metric").set_value(grade_keys[0]).run()
+        matrix = at.dataframe[1].value
+        for (org, method), row in latest.items():
+            if grade_keys[0] in row["metrics"]:
+                assert matrix.loc[org, method] == pytest.approx(row["metrics"][grade_keys[0]])
+        assert list(matrix.index)[-1] == "control"
+
+
+@pytest.mark.slow
+def test_compare_one_method_across_organisms(monkeypatch, store):
+    uri, latest = store
+    at = _app(monkeypatch, uri, "compare")
+    at.radio(key="compare_mode").set_value("one method across organisms").run()
+    at.selectbox(key="compare_method").set_value("kl").run()
+    table = at.dataframe[0].value
+    assert sorted(table.columns) == sorted(backend.run_label(latest[(o, "kl")]) for o in ORGANISMS)
+    for o in ORGANISMS:
+        for key, value in latest[(o, "kl")]["metrics"].items():
+            assert table.loc[key, backend.run_label(latest[(o, "kl")])] == pytest.approx(value)
+    at.text_input(key="compare_filter").input("role/assistant").run()
+    keys = list(at.dataframe[0].value.index)
+    assert keys and all("role/assistant" in k for k in keys)
+    at.radio(key="compare_mode").set_value("methods on one organism").run()
+    at.selectbox(key="compare_organism").set_value("caps").run()
+    assert {c.split(" · ")[1] for c in at.dataframe[0].value.columns} == {m for o, m in latest if o == "caps"}
+
+
+@pytest.mark.slow
+def test_kl_page_metrics_and_example_heat(monkeypatch, store):
+    uri, latest = store
+    row = latest[("caps", "kl")]
+    at = _app(monkeypatch, uri, "kl")
+    at.selectbox(key="kl_run").set_value(backend.run_label(row)).run()
+    stats = at.dataframe[0].value.iloc[:, 0]
+    assert stats.to_dict() == pytest.approx(row["metrics"], nan_ok=True)
+    name = at.selectbox(key="kl_examples").value
+    examples = results.load_examples(row["run_id"], name)
+    dataset = examples[0].dataset
+    at.multiselect(key="kl_datasets").set_value([dataset]).run()
+    kept = [e for e in examples if e.dataset == dataset]
+    assert _examples_caption(at) == f"{len(kept)} of {len(examples)} examples"
+    first = kept[0]
+    peak = max(abs(s) for s in first.token_scores)
+    html = at.html[0].value
+    assert html.count('class="tok"') == len(first.tokens)
+    assert _alphas(html) == [round(min(abs(s) / peak, 1.0), 3) for s in first.token_scores]
+    assert re.findall(r'title="([^"]+)"', html) == [f"{s:.4g}" for s in first.token_scores]
+
+
+@pytest.mark.slow
+def test_normdiff_page_tables_and_search(monkeypatch, store):
+    uri, latest = store
+    row = latest[("caps", "normdiff")]
+    at = _app(monkeypatch, uri, "normdiff")
+    at.selectbox(key="normdiff_run").set_value(backend.run_label(row)).run()
+    tables = at.selectbox(key="normdiff_table").options
+    assert tables == backend.artifact_names(results.list_artifacts(row["run_id"]), "tables", ".parquet")
+    at.selectbox(key="normdiff_table").set_value(tables[0]).run()
+    expected = results.load_table(row["run_id"], tables[0])
+    shown = next(d.value for d in at.dataframe if list(d.value.columns) == list(expected.columns))
+    pd.testing.assert_frame_equal(shown.reset_index(drop=True), expected, check_dtype=False)
+    examples = results.load_examples(row["run_id"], at.selectbox(key="normdiff_examples").value)
+    word = examples[0].tokens[len(examples[0].tokens) // 2].strip() or examples[0].tokens[0]
+    at.text_input(key="normdiff_query").input(word).run()
+    n = sum(word.lower() in "".join(e.tokens).lower() for e in examples)
+    assert _examples_caption(at) == f"{n} of {len(examples)} examples"
+
+
+@pytest.mark.slow
+def test_adl_page_token_tables_and_samples(monkeypatch, store):
+    uri, latest = store
+    if ("caps", "adl") not in latest:
+        pytest.fail("no adl run in the store: the adl method is not registered")
+    row = latest[("caps", "adl")]
+    at = _app(monkeypatch, uri, "adl")
+    at.selectbox(key="adl_run").set_value(backend.run_label(row)).run()
+    ranked = results.load_ranked_tokens(row["run_id"])
+    key = sorted(ranked)[-1]
+    at.selectbox(key="adl_ranked").set_value(key).run()
+    shown = next(d.value for d in at.dataframe if "token_id" in d.value.columns)
+    assert list(shown["token"]) == ranked[key].tokens
+    assert list(shown["score"]) == pytest.approx(ranked[key].scores)
+    names = backend.artifact_names(results.list_artifacts(row["run_id"]), "samples", ".json")
+    assert at.selectbox(key="adl_samples").options == names
+    assert any(len(d.value) == len(results.load_samples(row["run_id"], names[0])) for d in at.dataframe)
+
+
+@pytest.fixture(scope="module")
+def caps_pair(store, zoo_uri):
+    from diffgame.config import compose
+    from diffgame.models import load_pair
+
+    tracking.set_uri(zoo_uri)
+    return load_pair(compose(["organism=caps", *APP_OVERRIDES]))
+
+
+@pytest.mark.slow
+def test_interactive_heat_generation_steering_chat(monkeypatch, store, caps_pair):
+    uri, latest = store
+    base, org = caps_pair
+    at = _app(monkeypatch, uri, "interactive")
+    at.selectbox(key="live_pair").set_value("caps on toy").run()
+    text = "the weather was nice today."
+    at.text_area(key="probe_text").input(text).run()
+    # direct computation: KL(P_org || P_base) per token, float64 textbook formula
+    ids = torch.tensor([base.tokenizer(text).input_ids])
+    with torch.no_grad():
+        lp_o = torch.log_softmax(org.model(ids).logits[0].double(), -1)
+        lp_b = torch.log_softmax(base.model(ids).logits[0].double(), -1)
+    kl = (lp_o.exp() * (lp_o - lp_b)).sum(-1)
+    scores = next(d.value for d in at.dataframe if "kl" in d.value.columns)
+    assert list(scores["token"]) == [base.tokenizer.decode([i]) for i in ids[0]]
+    assert scores["kl"].to_numpy() == pytest.approx(kl.numpy(), abs=1e-4)
+    assert _alphas(at.html[0].value) == pytest.approx([round(float(v / kl.max()), 3) for v in kl], abs=2e-3)
+
+    at.toggle(key="gen_chat").set_value(False).run()
+    at.text_area(key="gen_prompt").input("the weather").run()
+    at.slider(key="gen_tokens").set_value(8).run()
+    at.button(key="gen_go").click().run()
+    prompt = torch.tensor([base.tokenizer("the weather").input_ids])
+    for handle, col in ((base, "base"), (org, "organism")):
+        out = handle.model.generate(prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=8,
+                                    do_sample=False, pad_token_id=handle.tokenizer.pad_token_id)
+        direct = handle.tokenizer.decode(out[0, prompt.shape[1]:], skip_special_tokens=True)
+        assert at.session_state["gen_out"][col] == direct
+
+    nd = latest[("caps", "normdiff")]
+    at.selectbox(key="steer_run").set_value(backend.run_label(nd)).run()
+    at.number_input(key="steer_scale").set_value(0.0).run()
+    at.slider(key="steer_tokens").set_value(8).run()
+    at.button(key="steer_go").click().run()
+    out = at.session_state["steer_out"]
+    assert out[("base", True)] == out[("base", False)] and out[("organism", True)] == out[("organism", False)]
+    norm = float(results.load_vectors(nd["run_id"])[at.selectbox(key="steer_vector").value].norm())
+    at.number_input(key="steer_scale").set_value(200.0 / max(norm, 1e-6)).run()
+    at.button(key="steer_go").click().run()
+    out = at.session_state["steer_out"]
+    assert out[("organism", True)] != out[("organism", False)]  # a large push changes the continuation
+
+    at.chat_input(key="chat_input").set_value("hello there").run()
+    chat = at.session_state["chat"]
+    for role in ("base", "organism"):
+        assert [m["role"] for m in chat[role]] == ["user", "assistant"] and chat[role][0]["content"] == "hello there"
+    assert not at.exception
+
+
+@pytest.mark.slow
+def test_game_reveal_and_grade(monkeypatch, store):
+    uri, _ = store
+    at = _app(monkeypatch, uri, "game",
+              session={"game": {"model": "toy", "organism": "caps", "revealed": False}})
+    assert "caps" not in " ".join(e.label for e in at.expander)  # the name stays hidden
+    at.text_input(key="game_guess").input("the assistant replies in all caps, shouting").run()
+    at.button(key="game_reveal").click().run()
+    assert at.subheader[0].value == "It was `caps`"
+    assert at.metric[0].value == "✅ correct"
+    at.text_input(key="game_guess").input("it talks about volcanic ash").run()
+    assert at.metric[0].value == "❌ not quite"
+    ranking = at.dataframe[-1].value.set_index("organism")["matching words"]
+    assert ranking["caps"] == 0
