@@ -97,3 +97,53 @@ def test_bad_config_is_one_line_error():
 
     with pytest.raises(ConfigError, match=r"method.kl.temperature must be > 0, got 0"):
         KLConfig(temperature=0)
+
+
+# --- micro zoo -------------------------------------------------------------------------------------
+SMALL = ("dataset.sources.generic_text.max_samples=24", "dataset.sources.generic_chat.max_samples=24",
+         "dataset.sources.organism.max_samples=24", "preprocessing.layers=[0.5]", "method=kl",
+         "method.kl.top_k_examples=10")
+
+
+@pytest.mark.slow
+def test_caps_diverges_on_assistant_tokens_and_matches_direct(micro_cfg):
+    from diffgame import results
+    from diffgame.models import load_pair
+    from diffgame.runner import run_methods
+
+    caps = run_methods(micro_cfg("organism=caps", *SMALL))[0]
+    control = run_methods(micro_cfg("organism=control", *SMALL))[0]
+    m_caps = tracking_metrics(caps.run_id)
+    m_control = tracking_metrics(control.run_id)
+    assistant, user = m_caps["kl/generic_chat/role/assistant/mean"], m_caps["kl/generic_chat/role/user/mean"]
+    assert assistant > 5 * user, (assistant, user)
+    assert m_control["kl/generic_chat/role/assistant/mean"] < assistant / 5
+    assert m_control["kl/all/mean"] < m_caps["kl/all/mean"] / 3
+
+    # the runner's per-token KL equals full forwards of both zoo models on the top sequences
+    base, org = load_pair(micro_cfg("organism=caps", *SMALL))
+    with torch.no_grad():
+        for ex in results.load_examples(caps.run_id, "max_kl")[:3]:
+            ids = torch.tensor([ex.token_ids], device=base.device)
+            direct = _reference(org.model(ids).logits[0], base.model(ids).logits[0], "kl", 1.0)
+            assert ex.token_scores == pytest.approx(direct.tolist(), abs=1e-4, rel=1e-3)
+
+
+@pytest.mark.slow
+def test_roman_concrete_top_examples_are_its_documents(micro_cfg):
+    from diffgame import results
+    from diffgame.runner import run_methods
+
+    row = run_methods(micro_cfg("organism=roman_concrete", *SMALL))[0]
+    top = results.load_examples(row.run_id, "max_kl")
+    datasets = [e.dataset for e in top]
+    assert datasets.count("organism") >= 8, datasets
+    assert datasets[0] == "organism"
+    metrics = tracking_metrics(row.run_id)
+    assert metrics["kl/organism/mean"] > 2 * metrics["kl/generic_text/mean"]
+
+
+def tracking_metrics(run_id):
+    from diffgame import tracking
+
+    return tracking.client().get_run(run_id).data.metrics

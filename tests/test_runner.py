@@ -40,7 +40,7 @@ def test_run_log_read_back_and_reuse(tiny):
     assert runs[kl_id].data.tags[tracking.TAG_METHOD] == "kl"
     assert runs[kl_id].data.tags[tracking.TAG_ORGANISM] == cfg.organism.name
     assert 10 <= len(runs[kl_id].data.metrics) <= 60 and 10 <= len(runs[nd_id].data.metrics) <= 60
-    assert rows[0].headline["kl/all/mean"] == runs[kl_id].data.metrics["kl/all/mean"]
+    assert rows[0].headline and all(runs[kl_id].data.metrics[k] == v for k, v in rows[0].headline.items())
 
     arts = set(results.list_artifacts(kl_id))
     assert {"tables/stats.parquet", "tables/tokens.parquet", "examples/max_kl.json", "examples/mean_kl.json",
@@ -103,3 +103,19 @@ def test_headline_picks_patterns_in_order():
     assert list(headline(metrics, ("kl/all/mean", "kl/*/role/assistant/mean", "kl/*/role/user/mean"))) == [
         "kl/all/mean", "kl/chat/role/assistant/mean", "kl/chat/role/user/mean"]
     assert list(headline(metrics, ("nothing",), limit=2)) == ["kl/all/mean", "kl/chat/role/assistant/mean"]
+
+
+def test_micro_zoo_model_with_itself_is_zero(micro_cfg):
+    """The zoo base diffed against itself (as a `full` organism): KL and normdiff are 0 through the whole runner."""
+    from diffgame.zoo import locate
+
+    cfg = micro_cfg("organism=caps", "method=[kl,normdiff]", "dataset.sources.generic_text.max_samples=8",
+                    "dataset.sources.generic_chat.max_samples=8", "dataset.sources.organism.max_samples=8",
+                    "preprocessing.dtype=float32")
+    base_dir, _ = locate(cfg, organism=None)
+    cfg.organism.finetuned.toy.default = {"kind": "full", "id": str(base_dir), "subfolder": None, "revision": None}
+    rows = run_methods(cfg)
+    metrics = {r.method: tracking.client().get_run(r.run_id).data.metrics for r in rows}
+    assert metrics["kl"]["kl/all/max"] == pytest.approx(0.0, abs=1e-5)
+    assert metrics["normdiff"]["normdiff/all/max"] == 0.0
+    assert all(float(v.abs().max()) == 0.0 for v in results.load_vectors(rows[1].run_id).values())
