@@ -212,17 +212,6 @@ def artifact_names(paths: list[str], folder: str, suffix: str) -> list[str]:
                   if p.startswith(folder + "/") and p.endswith(suffix))
 
 
-def artifact_file(run_id: str, path: str) -> Path:
-    """A local copy of one run artifact (in place for local stores, downloaded for remote ones)."""
-    import mlflow
-
-    try:
-        return Path(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=path,
-                                                        tracking_uri=tracking.resolve_uri()))
-    except Exception as e:
-        raise TrackingError(f"cannot read artifact {path!r} of run {run_id}: {str(e).splitlines()[0]}") from None
-
-
 # --- game ----------------------------------------------------------------------------------------
 def draw_organism(runs: pd.DataFrame, seed: int | None = None) -> tuple[str, str]:
     """A random (model, organism) among those with diff runs, for the blind game."""
@@ -295,3 +284,18 @@ def organism_node(model: str, organism: str):
     from diffgame.config import compose
 
     return compose([f"model={model}", f"organism={organism}"]).organism
+
+
+def select_rows(table: pd.DataFrame, **equal) -> pd.DataFrame:
+    """Rows of `table` whose columns equal the given values (None leaves a column unfiltered)."""
+    mask = pd.Series(True, index=table.index)
+    for col, value in equal.items():
+        if value is not None:
+            mask &= table[col] == value
+    return table[mask].reset_index(drop=True)
+
+
+def side_by_side(samples: list[dict], model: str) -> list[dict]:
+    """Steering samples of one model (`organism` or `base`) as {prompt, alpha, unsteered, steered} rows."""
+    return [{k: s.get(k) for k in ("prompt", "alpha", "unsteered", "steered")}
+            for s in samples if s.get("model", model) == model]

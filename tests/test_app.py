@@ -205,6 +205,17 @@ def test_adl_page_token_tables_and_samples(monkeypatch, store):
     shown = next(d.value for d in at.dataframe if "token_id" in d.value.columns)
     assert list(shown["token"]) == ranked[key].tokens
     assert list(shown["score"]) == pytest.approx(ranked[key].scores)
+    lens = results.load_table(row["run_id"], "lens")
+    pick = lens.iloc[len(lens) // 2]
+    for key, col in (("adl_layer", "layer"), ("adl_slot", "slot"), ("adl_vector", "vector"), ("adl_lens", "lens")):
+        at.selectbox(key=key).set_value(pick[col]).run()
+    expected = lens[(lens["layer"] == pick["layer"]) & (lens["slot"] == pick["slot"])
+                    & (lens["vector"] == pick["vector"]) & (lens["lens"] == pick["lens"])]
+    table = at.dataframe[0].value
+    assert list(table["token"]) == list(expected["token"]) and list(table["rank"]) == list(expected["rank"])
+    steering = [s for s in results.load_samples(row["run_id"], "steering") if s["model"] == "organism"]
+    shown = [t.value for t in at.text]
+    assert [f"steered: {s['steered']}" for s in steering] == [t for t in shown if t.startswith("steered: ")]
     names = backend.artifact_names(results.list_artifacts(row["run_id"]), "samples", ".json")
     assert at.selectbox(key="adl_samples").options == names
     assert any(len(d.value) == len(results.load_samples(row["run_id"], names[0])) for d in at.dataframe)

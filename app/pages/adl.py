@@ -1,6 +1,68 @@
-"""The `adl` method's runs: statistics, examples as token heat, token tables, samples and plots."""
+"""ADL runs: logit-lens token tables per layer and position, the patchscope sweep, steered vs unsteered samples."""
+
+import streamlit as st
 
 import cache
 import widgets
+from diffgame import app_backend as backend
 
-widgets.method_page("adl", cache.settings())
+settings = cache.settings()
+uri = settings.tracking_uri
+st.title("adl runs")
+runs = widgets.require_runs(settings)
+runs = runs[runs["method"] == "adl"]
+if runs.empty:
+    st.warning("No finished `adl` runs yet; make one with `diffgame run method=adl`.")
+    st.stop()
+row = widgets.pick_run(runs, key="adl_run")
+run_id = row["run_id"]
+st.caption(f"run `{run_id}` · [open in MLflow]({backend.mlflow_run_url(row['experiment_id'], run_id)})")
+paths = cache.artifact_paths(uri, run_id)
+lens_tab, ranked_tab, ps_tab, steer_tab, stats_tab, plots_tab = st.tabs(
+    ["Token tables", "Evidence lists", "Patchscope", "Steering", "Statistics", "Plots"])
+
+with lens_tab:
+    if "tables/lens.parquet" in paths:
+        lens = cache.table(uri, run_id, "lens")
+        c1, c2, c3, c4 = st.columns(4)
+        layer = c1.selectbox("Layer", sorted(lens["layer"].unique()), key="adl_layer")
+        slot = c2.selectbox("Position", sorted(lens["slot"].unique()), key="adl_slot",
+                            help="posN: N-th token of a document; assistant*: around the assistant turn.")
+        vector = c3.selectbox("Vector", sorted(lens["vector"].unique()), key="adl_vector")
+        lens_of = c4.selectbox("Lens", sorted(lens["lens"].unique()), key="adl_lens")
+        st.dataframe(backend.select_rows(lens, layer=layer, slot=slot, vector=vector, lens=lens_of),
+                     hide_index=True, width="stretch")
+    else:
+        st.info("This run logged no logit-lens table.")
+
+with ranked_tab:
+    widgets.show_ranked(uri, run_id, "adl")
+
+with ps_tab:
+    if "tables/patchscope.parquet" in paths:
+        ps = cache.table(uri, run_id, "patchscope")
+        c1, c2 = st.columns(2)
+        ps_layer = c1.selectbox("Layer", sorted(ps["layer"].unique()), key="adl_ps_layer")
+        ps_slot = c2.selectbox("Position", sorted(ps["slot"].unique()), key="adl_ps_slot")
+        st.dataframe(backend.select_rows(ps, layer=ps_layer, slot=ps_slot), hide_index=True, width="stretch")
+    else:
+        st.info("This run logged no patchscope sweep.")
+
+with steer_tab:
+    names = backend.artifact_names(paths, "samples", ".json")
+    if names:
+        samples = cache.samples(uri, run_id, "steering" if "steering" in names else names[0])
+        model = st.radio("Model", ["organism", "base"], horizontal=True, key="adl_steer_model")
+        for s in backend.side_by_side(samples, model):
+            st.markdown(f"**{s['prompt']}** · α = {s['alpha']}")
+            left, right = st.columns(2)
+            left.text(f"unsteered: {s['unsteered']}")
+            right.text(f"steered: {s['steered']}")
+    widgets.show_samples(uri, run_id, paths, "adl")
+    widgets.show_tables(uri, run_id, paths, "adl")
+
+with stats_tab:
+    widgets.show_metrics(row, "adl")
+
+with plots_tab:
+    widgets.show_plots(uri, run_id, paths)
