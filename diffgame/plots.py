@@ -32,8 +32,10 @@ def distribution(values: dict[str, torch.Tensor], xlabel: str, title: str, log_x
     frames = [pd.DataFrame({"value": _subsample(v.double().numpy()), "group": k}) for k, v in values.items()]
     df = pd.concat(frames, ignore_index=True)
     fig, ax = _figure()
-    if log_x:
+    if log_x and (df["value"] > 0).any():
         df = df[df["value"] > 0]
+    else:
+        log_x = False  # nothing positive to put on a log axis (e.g. a model diffed against itself)
     sns.histplot(df, x="value", hue="group", stat="density", common_norm=False, element="step", bins=60,
                  log_scale=log_x, ax=ax)
     ax.set(xlabel=xlabel, title=title)
