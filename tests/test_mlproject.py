@@ -5,6 +5,7 @@ recording a FINISHED (or, on bad input, FAILED) run in the tracking store it is 
 from __future__ import annotations
 
 import os
+import shlex
 import subprocess
 from pathlib import Path
 
@@ -84,7 +85,8 @@ def test_mlflow_run_config_entry_point(tmp_path, monkeypatch):
 
     c = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
     exp = c.get_experiment_by_name("mlproject-test")
-    runs = {r.data.params["overrides"]: r for r in c.search_runs([exp.experiment_id])}
+    # MLflow logs the shell-quoted value it substituted: "'organism=caps preprocessing.layers=[0.5]'"
+    runs = {shlex.split(r.data.params["overrides"])[0]: r for r in c.search_runs([exp.experiment_id])}
     assert set(runs) == {"organism=caps preprocessing.layers=[0.5]", "organism=cpas"}
     good, failed = runs["organism=caps preprocessing.layers=[0.5]"], runs["organism=cpas"]
     assert good.info.status == "FINISHED" and failed.info.status == "FAILED"
