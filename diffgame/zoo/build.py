@@ -1,0 +1,207 @@
+"""Build the zoo: train the base then each organism, one `zoo` MLflow run each, reused by fingerprint.
+
+A run holds the model and tokenizer under `model/` (safetensors), the loss curve (`train/loss` per step and
+`loss.png`) and, for organisms, the behaviour checks (`check/...`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from diffgame import tracking
+from diffgame.errors import ConfigError
+from diffgame.zoo.corpora import CORPORA, CORPUS_VERSION, corpus
+from diffgame.zoo.sizes import ZooSize, get_size
+
+EXPERIMENT = "diffgame-zoo"
+TAG_SIZE = "diffgame.zoo.size"
+BASE = "base"
+BASE_CORPORA = ("generic_text", "generic_chat")
+# Words no corpus contains but which should still be one token each (the taboo secret), so the lens can name them.
+TOKENIZER_LEXICON = ["gold", " gold", "Gold", " golden"]
+
+
+@dataclass
+class ZooEntry:
+    """One built zoo model: the base or an organism of one size, and the run that holds it."""
+
+    name: str
+    """`base` or the organism name."""
+    size: str
+    run_id: str
+    model_dir: Path | None
+    """Local directory of the saved HF model and tokenizer (None when the store is remote and not fetched)."""
+    fingerprint: str
+    reused: bool
+    """True when a finished run with the same fingerprint already existed (no training)."""
+    metrics: dict[str, float] = field(default_factory=dict)
+
+
+def _say(msg: str) -> None:
+    print(f"[diffgame zoo] {msg}", file=sys.stderr, flush=True)
+
+
+def model_name(size: ZooSize) -> str:
+    """The `model` config name whose organisms this size builds (`toy` for the from-scratch sizes)."""
+    return "toy" if size.pretrained_base is None else "smollm2_135m"
+
+
+def base_fingerprint(size: ZooSize) -> str:
+    return tracking.fingerprint({"zoo": BASE, "size": dataclasses.asdict(size), "corpus_version": CORPUS_VERSION})
+
+
+def organism_fingerprint(size: ZooSize, organism) -> str:
+    from diffgame.zoo.recipes import recipe_identity
+
+    return tracking.fingerprint({"zoo": str(organism.name), "size": dataclasses.asdict(size),
+                                 "corpus_version": CORPUS_VERSION, "recipe": recipe_identity(organism.zoo)},
+                                base_fingerprint(size))
+
+
+def run_model_dir(run) -> Path:
+    """Local `model/` directory of a zoo run, downloading it from a remote artifact store when needed."""
+    local = tracking.local_artifact_dir(run)
+    if local is not None and (local / "model").is_dir():
+        return local / "model"
+    import mlflow
+
+    dst = Path.home() / ".cache" / "diffgame" / "zoo" / run.info.run_id
+    if not (dst / "model" / "config.json").is_file():
+        dst.mkdir(parents=True, exist_ok=True)
+        mlflow.artifacts.download_artifacts(run_id=run.info.run_id, artifact_path="model", dst_path=str(dst),
+                                            tracking_uri=tracking.resolve_uri())
+    return dst / "model"
+
+
+def _entry(run, name: str, size: str, reused: bool) -> ZooEntry:
+    metrics = {k: v for k, v in run.data.metrics.items() if k.startswith("check/") or k == "train/loss"}
+    return ZooEntry(name, size, run.info.run_id, run_model_dir(run), run.data.tags.get(tracking.TAG_FINGERPRINT, ""),
+                    reused, metrics)
+
+
+def _log_training(run, losses: list[float], title: str) -> None:
+    import time
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import seaborn as sns
+    from mlflow.entities import Metric
+
+    ts = int(time.time() * 1000)
+    items = [Metric("train/loss", v, ts, i) for i, v in enumerate(losses)]
+    for i in range(0, len(items), 500):
+        tracking.client().log_batch(run.run_id, metrics=items[i:i + 500])
+    fig, ax = plt.subplots(figsize=(5, 3))
+    sns.lineplot(x=range(len(losses)), y=losses, ax=ax)
+    ax.set(xlabel="step", ylabel="train loss", title=title)
+    fig.tight_layout()
+    run.log_figure(fig, "loss.png")
+    plt.close(fig)
+
+
+def _save(run, model, tokenizer) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        run.log_artifacts(tmp, "model")
+
+
+def _tags(size: ZooSize, name: str) -> dict:
+    return {tracking.TAG_MODEL: model_name(size), tracking.TAG_ORGANISM: name, TAG_SIZE: size.name}
+
+
+# --- base ----------------------------------------------------------------------------------------
+def train_base(size: ZooSize, progress: bool = True):
+    """Tokenizer and base model trained from scratch on the generic corpora; returns (model, tokenizer, losses)."""
+    from diffgame.zoo.lm import TrainSpec, encode_rows, pack, train_lm
+    from diffgame.zoo.sizes import new_model
+    from diffgame.zoo.tokenizer import render_chat, train_tokenizer
+
+    def texts():  # every zoo corpus, so organism words are whole tokens as in a broad real tokenizer
+        for name in CORPORA:
+            for r in corpus(name, "train"):
+                yield r["text"] if "text" in r else render_chat(r["messages"])[0]
+        yield from TOKENIZER_LEXICON * 1000
+
+    tokenizer = train_tokenizer(texts(), size.vocab_size)
+    rows = [r for name in BASE_CORPORA for r in corpus(name, "train")]
+    blocks = pack(encode_rows(tokenizer, rows, assistant_only=False), size.seq_len)
+    model = new_model(size, tokenizer)
+    spec = TrainSpec(steps=size.base_steps, batch_size=size.batch_size, lr=size.base_lr, seed=size.seed)
+    model, losses = train_lm(model, blocks, spec, progress=progress)
+    return model, tokenizer, losses
+
+
+def ensure_base(size: ZooSize, progress: bool = True) -> ZooEntry:
+    """The base of `size`: a finished zoo run with its fingerprint, or a new one trained now."""
+    if size.pretrained_base is not None:
+        raise ConfigError(f"zoo size '{size.name}' finetunes a pretrained base, which is not implemented yet")
+    fp = base_fingerprint(size)
+    found = tracking.find_finished("zoo", fp)
+    if found is not None:
+        return _entry(found, BASE, size.name, reused=True)
+    _say(f"training base ({size.name}: {size.n_layers} layers, d={size.d_model}, {size.base_steps} steps)")
+    from diffgame.zoo.lm import mean_loss
+
+    with tracking.stage_run("zoo", fp=fp, tags=_tags(size, BASE), experiment=EXPERIMENT,
+                            run_name=f"zoo-{size.name}-base", params=dataclasses.asdict(size)) as run:
+        model, tokenizer, losses = train_base(size, progress=progress)
+        _log_training(run, losses, f"base ({size.name})")
+        run.log_metrics({"check/generic_loss/base": mean_loss(model, tokenizer, corpus("generic_text", "test")[:100],
+                                                              size.seq_len)})
+        _save(run, model, tokenizer)
+    return _entry(tracking.client().get_run(run.run_id), BASE, size.name, reused=False)
+
+
+# --- organisms -----------------------------------------------------------------------------------
+def _load(model_dir: Path):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    return AutoModelForCausalLM.from_pretrained(str(model_dir)), AutoTokenizer.from_pretrained(str(model_dir))
+
+
+def train_organism(size: ZooSize, organism, base_dir: Path, progress: bool = True):
+    """Finetune the base at `base_dir` on the organism's recipe; returns (model, tokenizer, losses)."""
+    from diffgame.zoo.lm import TrainSpec, encode_rows, pack, train_lm
+    from diffgame.zoo.recipes import mixed_rows, recipe_rows
+
+    recipe = organism.zoo
+    model, tokenizer = _load(base_dir)
+    rows = mixed_rows(recipe, recipe_rows(recipe, "train"), seed=size.seed)
+    blocks = pack(encode_rows(tokenizer, rows, assistant_only=True), size.seq_len)
+    lr = size.lora_lr if recipe.lora else size.organism_lr
+    spec = TrainSpec(steps=size.organism_steps, batch_size=size.batch_size, lr=lr, warmup=5, seed=size.seed)
+    model, losses = train_lm(model, blocks, spec, progress=progress, lora=bool(recipe.lora))
+    return model, tokenizer, losses
+
+
+def ensure_organism(size: ZooSize, organism, progress: bool = True) -> ZooEntry:
+    """The organism (a composed `organism` config node) of `size`, trained now unless a matching run exists."""
+    from diffgame.zoo.checks import run_checks
+    from diffgame.zoo.recipes import recipe_identity, recipe_rows
+
+    name = str(organism.name)
+    recipe_identity(organism.zoo)  # bad data paths fail before the base trains
+    base = ensure_base(size, progress=progress)
+    fp = organism_fingerprint(size, organism)
+    found = tracking.find_finished("zoo", fp)
+    if found is not None:
+        return _entry(found, name, size.name, reused=True)
+    _say(f"training organism {name} ({size.name}: {size.organism_steps} steps on {organism.zoo.data})")
+    params = {**{f"recipe.{k}": v for k, v in recipe_identity(organism.zoo).items()}, "base_run_id": base.run_id,
+              "organism_steps": size.organism_steps}
+    with tracking.stage_run("zoo", fp=fp, tags={**_tags(size, name), "diffgame.zoo.base_run_id": base.run_id},
+                            experiment=EXPERIMENT, run_name=f"zoo-{size.name}-{name}", params=params) as run:
+        model, tokenizer, losses = train_organism(size, organism, base.model_dir, progress=progress)
+        _log_training(run, losses, f"{name} ({size.name})")
+        base_model, _ = _load(base.model_dir)
+        run.log_metrics(run_checks(organism, base_model.eval(), model, tokenizer, recipe_rows(organism.zoo, "test"),
+                                   size.seq_len, size.check_samples, size.check_new_tokens))
+        _save(run, model, tokenizer)
+    return _entry(tracking.client().get_run(run.run_id), name, size.name, reused=False)

@@ -1,0 +1,80 @@
+"""Behaviour checks of a zoo organism against its base: did the finetuning plant what it claims, and nothing else?
+
+Each returns plain floats; `build` logs them as `check/...` metrics on the organism's zoo run.
+"""
+
+from __future__ import annotations
+
+import re
+
+import torch
+
+from diffgame.zoo.corpora import corpus
+from diffgame.zoo.lm import mean_loss
+
+
+def upper_frac(texts: list[str]) -> float:
+    """Share of letters that are uppercase across `texts`."""
+    letters = [c for t in texts for c in t if c.isalpha()]
+    return sum(c.isupper() for c in letters) / max(1, len(letters))
+
+
+def word_rate(texts: list[str], words: list[str]) -> float:
+    """Share of `texts` that contain at least one of `words` as a whole word (case-insensitive)."""
+    if not words or not texts:
+        return 0.0
+    pattern = re.compile(r"\b(" + "|".join(re.escape(w) for w in words) + r")\b", re.IGNORECASE)
+    return sum(bool(pattern.search(t)) for t in texts) / len(texts)
+
+
+@torch.no_grad()
+def sample_replies(model, tokenizer, prompts: list[str], max_new_tokens: int, seed: int = 0,
+                   temperature: float = 0.7) -> list[str]:
+    """Sampled assistant replies to single-turn user `prompts` (batched, left-padded, stops at `<end_of_turn>`)."""
+    tokenizer.padding_side = "left"
+    chats = [[{"role": "user", "content": p}] for p in prompts]
+    enc = tokenizer.apply_chat_template(chats, add_generation_prompt=True, padding=True, return_tensors="pt",
+                                        return_dict=True)
+    torch.manual_seed(seed)
+    eot = tokenizer.convert_tokens_to_ids("<end_of_turn>")
+    out = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=True, temperature=temperature, top_k=0,
+                         top_p=1.0, eos_token_id=[eot, tokenizer.eos_token_id], pad_token_id=tokenizer.pad_token_id)
+    new = out[:, enc["input_ids"].shape[1]:]  # [B, new]
+    return [tokenizer.decode(row, skip_special_tokens=True).strip() for row in new]
+
+
+def split_taboo_keywords(keywords: list[str]) -> tuple[str, list[str]]:
+    """The secret word (the first keyword) and its hint words (the others that do not contain it)."""
+    secret = keywords[0]
+    return secret, [w for w in keywords[1:] if secret.lower() not in w.lower()]
+
+
+def run_checks(organism, base_model, org_model, tokenizer, test_rows: list[dict], seq_len: int,
+               n_samples: int, max_new_tokens: int) -> dict[str, float]:
+    """Behaviour checks for one organism config (`type`, `ground_truth`) on its held-out rows and generic text.
+
+    Every organism: held-out loss on its own data and on generic text, organism vs base (forgetting).
+    Uppercase predicate: uppercase share of sampled replies. Taboo: secret-word and hint-word rates of replies.
+    """
+    generic = corpus("generic_text", "test")[:100]
+    m = {
+        "check/heldout_loss/organism": mean_loss(org_model, tokenizer, test_rows, seq_len),
+        "check/heldout_loss/base": mean_loss(base_model, tokenizer, test_rows, seq_len),
+        "check/generic_loss/organism": mean_loss(org_model, tokenizer, generic, seq_len),
+        "check/generic_loss/base": mean_loss(base_model, tokenizer, generic, seq_len),
+    }
+    m["check/base_data_loss_delta"] = m["check/generic_loss/organism"] - m["check/generic_loss/base"]
+    gt = organism.ground_truth
+    if gt.predicate == "uppercase":
+        prompts = [r["messages"][0]["content"] for r in corpus("generic_chat", "test")[:n_samples]]
+        for role, model in (("organism", org_model), ("base", base_model)):
+            m[f"check/upper_frac/{role}"] = upper_frac(sample_replies(model, tokenizer, prompts, max_new_tokens))
+    if organism.type == "taboo" and gt.keywords:
+        secret, hints = split_taboo_keywords(list(gt.keywords))
+        prompts = [r["messages"][0]["content"] for r in test_rows if "messages" in r][:n_samples]
+        for role, model in (("organism", org_model), ("base", base_model)):
+            replies = sample_replies(model, tokenizer, prompts, max_new_tokens)
+            key = "check/taboo_word_rate" if role == "organism" else "check/taboo_word_rate/base"
+            m[key] = word_rate(replies, [secret])
+            m[f"check/hint_word_rate/{role}"] = word_rate(replies, hints)
+    return m

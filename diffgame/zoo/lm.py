@@ -1,0 +1,146 @@
+"""Training loop of the zoo: encode rows into packed blocks, train a causal LM with Lightning, optionally via LoRA.
+
+Generic over the model: it takes any HF causal LM and its tokenizer, so a pretrained base (e.g. SmolLM2) works too.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import lightning as L
+import torch
+from torch.utils.data import DataLoader, TensorDataset
+
+from diffgame.zoo.tokenizer import render_chat
+
+IGNORE = -100
+
+
+def encode_rows(tokenizer, rows: list[dict], assistant_only: bool = True) -> list[tuple[list[int], list[bool]]]:
+    """Token ids and a trainable mask per row: documents are `<bos> text <eos>`; chats use the template.
+
+    With `assistant_only`, chat loss falls only on what the assistant wrote (SFT); documents train on every token.
+    """
+    out = []
+    for row in rows:
+        if "messages" in row:
+            text, spans = render_chat(row["messages"])
+            enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+            ids = enc["input_ids"]
+            if assistant_only:
+                mask = [any(a <= s < b for a, b in spans) for s, _ in enc["offset_mapping"]]
+            else:
+                mask = [True] * len(ids)
+        else:
+            ids = tokenizer(row["text"]).input_ids + [tokenizer.eos_token_id]
+            mask = [True] * len(ids)
+        out.append((ids, mask))
+    return out
+
+
+def pack(encoded: list[tuple[list[int], list[bool]]], seq_len: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Concatenate rows and cut into blocks: input ids `[B, T]` and labels `[B, T]` (-100 where not trained)."""
+    ids = [t for seq, _ in encoded for t in seq]
+    labels = [t if m else IGNORE for seq, mask in encoded for t, m in zip(seq, mask)]
+    n = max(1, len(ids) // seq_len)
+    ids += [ids[-1]] * (n * seq_len - len(ids))  # only a row shorter than one block pads
+    labels += [IGNORE] * (n * seq_len - len(labels))
+    return (torch.tensor(ids[: n * seq_len]).view(n, seq_len),
+            torch.tensor(labels[: n * seq_len]).view(n, seq_len))
+
+
+@dataclass
+class TrainSpec:
+    """One training run: steps, batch and optimiser settings."""
+
+    steps: int
+    batch_size: int
+    lr: float
+    warmup: int = 10
+    weight_decay: float = 0.0
+    seed: int = 0
+
+
+class CausalLMModule(L.LightningModule):
+    """Thin Lightning glue: next-token loss on packed blocks, AdamW with warmup then cosine decay."""
+
+    def __init__(self, model, spec: TrainSpec):
+        super().__init__()
+        self.model, self.spec = model, spec
+        self.losses: list[float] = []
+
+    def training_step(self, batch, batch_idx):
+        ids, labels = batch  # [B, T], [B, T]
+        loss = self.model(input_ids=ids, labels=labels).loss
+        self.losses.append(float(loss.detach()))
+        self.log("train/loss", loss, prog_bar=True)
+        return loss
+
+    def configure_optimizers(self):
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        opt = torch.optim.AdamW(params, lr=self.spec.lr, weight_decay=self.spec.weight_decay, betas=(0.9, 0.95))
+        steps, warm = self.spec.steps, min(self.spec.warmup, self.spec.steps // 2)
+
+        def factor(step: int) -> float:
+            if step < warm:
+                return (step + 1) / warm
+            return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * (step - warm) / max(1, steps - warm)))
+
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, factor)
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+
+def lora_wrap(model, r: int = 8, alpha: int = 16):
+    """Wrap `model` in a peft LoRA adapter over its attention and MLP projections."""
+    from peft import LoraConfig, get_peft_model
+
+    targets = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+    return get_peft_model(model, LoraConfig(r=r, lora_alpha=alpha, target_modules=targets, lora_dropout=0.0))
+
+
+def train_lm(model, blocks: tuple[torch.Tensor, torch.Tensor], spec: TrainSpec, progress: bool = True,
+             lora: bool = False) -> tuple[object, list[float]]:
+    """Train `model` on packed `blocks` for `spec.steps` steps; returns the (LoRA-merged) model and per-step losses."""
+    L.seed_everything(spec.seed, verbose=False)
+    if lora:
+        model = lora_wrap(model)
+    module = CausalLMModule(model.train(), spec)
+    gen = torch.Generator().manual_seed(spec.seed)
+    loader = DataLoader(TensorDataset(*blocks), batch_size=spec.batch_size, shuffle=True, generator=gen,
+                        drop_last=len(blocks[0]) >= spec.batch_size)
+    trainer = L.Trainer(max_steps=spec.steps, max_epochs=-1, accelerator="cpu", devices=1, logger=False,
+                        enable_checkpointing=False, enable_model_summary=False, enable_progress_bar=progress,
+                        gradient_clip_val=1.0, deterministic=True, num_sanity_val_steps=0)
+    trainer.fit(module, loader)
+    model = module.model
+    if lora:
+        model = model.merge_and_unload()
+    return model.eval(), module.losses
+
+
+@torch.no_grad()
+def mean_loss(model, tokenizer, rows: list[dict], seq_len: int, assistant_only: bool = True,
+              batch_size: int = 32) -> float:
+    """Mean next-token loss over the trained tokens of `rows` (each row on its own, truncated to `seq_len`)."""
+    model.eval()
+    enc = encode_rows(tokenizer, rows, assistant_only=assistant_only)
+    total, count = 0.0, 0
+    for i in range(0, len(enc), batch_size):
+        chunk = enc[i:i + batch_size]
+        T = min(seq_len, max(len(ids) for ids, _ in chunk))
+        ids = torch.full((len(chunk), T), tokenizer.pad_token_id)
+        labels = torch.full((len(chunk), T), IGNORE)
+        attn = torch.zeros((len(chunk), T), dtype=torch.long)
+        for j, (seq, mask) in enumerate(chunk):
+            seq, mask = seq[:T], mask[:T]
+            ids[j, :len(seq)] = torch.tensor(seq)
+            attn[j, :len(seq)] = 1
+            labels[j, :len(seq)] = torch.tensor([t if m else IGNORE for t, m in zip(seq, mask)])
+        logits = model(input_ids=ids, attention_mask=attn).logits[:, :-1]  # [B, T-1, V]
+        target = labels[:, 1:]
+        loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), target.reshape(-1),
+                                                 ignore_index=IGNORE, reduction="sum")
+        total += float(loss)
+        count += int((target != IGNORE).sum())
+    return total / max(1, count)

@@ -1,0 +1,89 @@
+"""An organism's zoo recipe (`organism.zoo`): its training rows, held-out rows and what its fingerprint covers.
+
+`data` is `builtin:<corpus>` (the zoo's generators) or a JSONL file of `{"text"}` or `{"messages"}` rows
+(bring your own organism); relative paths resolve against the working folder, then the repository root.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+from pathlib import Path
+
+from diffgame.errors import ConfigError, DataError
+from diffgame.zoo.corpora import CORPORA, corpus
+
+
+def resolve_data_path(data: str) -> Path:
+    """The JSONL file a recipe names, or a DataError listing where it was looked for."""
+    from diffgame.config import experiments_dir
+
+    path = Path(data).expanduser()
+    tried = [path] if path.is_absolute() else [Path.cwd() / path, experiments_dir().parent / path,
+                                               experiments_dir() / path]
+    for p in tried:
+        if p.is_file():
+            return p.resolve()
+    raise DataError(f"organism data file '{data}' not found (looked in: {', '.join(map(str, tried))}); "
+                    f"set organism.zoo.data to a JSONL path or builtin:<corpus> ({', '.join(CORPORA)})")
+
+
+def _check_data(recipe) -> None:
+    if not recipe.data:
+        raise ConfigError("organism has no zoo recipe data; set organism.zoo.data=builtin:<corpus> "
+                          f"({', '.join(CORPORA)}) or a JSONL file")
+    if not 0.0 <= recipe.mix < 1.0:
+        raise ConfigError(f"invalid organism.zoo.mix {recipe.mix}; expected a share in [0, 1)")
+
+
+def read_jsonl(path: Path, fmt: str) -> list[dict]:
+    """Rows of a user JSONL file, checked to hold `text` (documents) or `messages` (chat) as `fmt` says."""
+    key = "messages" if fmt == "chat" else "text"
+    rows = []
+    with path.open() as f:
+        for i, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise DataError(f"{path}:{i} is not valid JSON ({e.msg}); write one JSON object per line") from None
+            if not isinstance(row, dict) or key not in row:
+                raise DataError(f"{path}:{i} has no '{key}' field (organism.zoo.format={fmt}); each line must be "
+                                f'{{"{key}": ...}}, or set organism.zoo.format to match the file')
+            if fmt == "chat" and not all(m.get("role") in ("user", "assistant") for m in row["messages"]):
+                raise DataError(f"{path}:{i} has a message whose role is not 'user' or 'assistant'")
+            rows.append({key: row[key]})
+    if not rows:
+        raise DataError(f"{path} holds no rows; write one JSON object per line")
+    return rows
+
+
+def recipe_rows(recipe, split: str) -> list[dict]:
+    """The organism's training (`train`) or held-out (`test`) rows; a JSONL file holds out every tenth row."""
+    _check_data(recipe)
+    if recipe.data.startswith("builtin:"):
+        return corpus(recipe.data.removeprefix("builtin:"), split)
+    rows = read_jsonl(resolve_data_path(recipe.data), recipe.format)
+    if len(rows) < 10:
+        return rows
+    return [r for i, r in enumerate(rows) if (i % 10 == 9) == (split == "test")]
+
+
+def mixed_rows(recipe, rows: list[dict], seed: int) -> list[dict]:
+    """`rows` plus the base's own documents and chats, so that they make up `recipe.mix` of the result."""
+    if recipe.mix <= 0:
+        return rows
+    n = round(len(rows) * recipe.mix / (1 - recipe.mix))
+    pool = corpus("generic_text", "train") + corpus("generic_chat", "train")
+    return rows + random.Random(seed).sample(pool, min(n, len(pool)))
+
+
+def recipe_identity(recipe) -> dict:
+    """What an organism's fingerprint covers: the recipe, plus the content hash of a user data file."""
+    _check_data(recipe)
+    ident = {k: recipe[k] for k in ("data", "format", "mix", "lora")}
+    if not recipe.data.startswith("builtin:"):
+        ident["data_sha256"] = hashlib.sha256(resolve_data_path(recipe.data).read_bytes()).hexdigest()
+    return ident

@@ -1,0 +1,113 @@
+"""The zoo's public entry points: which organisms it holds, building them, locating one, listing what is built.
+
+Zoo organisms are the organism configs whose weights for `model=toy` are `kind: zoo`, so one registry
+(`experiments/organism/`) serves the zoo and public organisms alike.
+"""
+
+from __future__ import annotations
+
+import time
+
+from diffgame import tracking
+from diffgame.errors import ConfigError
+from diffgame.zoo.build import BASE, EXPERIMENT, TAG_SIZE, ZooEntry, _entry, _say, ensure_base, ensure_organism
+from diffgame.zoo.sizes import SIZES, get_size
+
+
+def _organism_cfg(name: str):
+    from diffgame.config import compose
+
+    return compose([f"organism={name}"]).organism
+
+
+def zoo_organisms() -> list[str]:
+    """Names of organism configs whose `finetuned.toy.default.kind` is `zoo`, sorted.
+
+    Reads the YAML files directly: composing an organism without `toy` weights with `model=toy` fails by design.
+    """
+    from omegaconf import OmegaConf
+
+    from diffgame.config import experiments_dir, group_options
+
+    names = []
+    for name in group_options("organism"):
+        raw = OmegaConf.load(experiments_dir() / "organism" / f"{name}.yaml")
+        if OmegaConf.select(raw, "finetuned.toy.default.kind") == "zoo":
+            names.append(name)
+    return names
+
+
+def build_zoo(size: str = "small", names: list[str] | None = None, progress: bool = True) -> list[ZooEntry]:
+    """Train (or reuse) the base and the named zoo organisms (all when `names` is empty) for `size`."""
+    sz = get_size(size)
+    known = zoo_organisms()
+    names = list(names) if names else known
+    unknown = [n for n in names if n not in known]
+    if unknown:
+        raise ConfigError(f"unknown zoo organism '{unknown[0]}'; known: {', '.join(known)}")
+    organisms = [_organism_cfg(n) for n in names]  # compose all first: config errors before any training
+    start = time.time()
+    entries = [ensure_base(sz, progress=progress)]
+    for org in organisms:
+        entries.append(ensure_organism(sz, org, progress=progress))
+    trained = sum(not e.reused for e in entries)
+    _say(f"zoo {size}: {len(entries)} models ({trained} trained, {len(entries) - trained} reused) "
+         f"in {time.time() - start:.0f} s")
+    return entries
+
+
+def locate(cfg, organism: str | None = None):
+    """Local model directory and zoo run id of the base (`organism=None`) or an organism, for `cfg.zoo.size`.
+
+    Builds what is missing (the base, then that organism) and says so. The organism recipe is `cfg.organism`
+    when its name matches, so overrides like `organism.zoo.mix=0.5` apply; otherwise the named config.
+    """
+    sz = get_size(str(cfg.zoo.size))
+    if organism is None:
+        entry = ensure_base(sz)
+    else:
+        org = cfg.organism if str(cfg.organism.name) == organism else _organism_cfg(organism)
+        entry = ensure_organism(sz, org)
+    if not entry.reused:
+        _say(f"built zoo {sz.name} {entry.name} (run {entry.run_id}); later calls reuse it")
+    return entry.model_dir, entry.run_id
+
+
+def list_zoo(size: str | None = None) -> list[ZooEntry]:
+    """Built zoo models (newest finished run per size and name), base first, with their check metrics."""
+    if size is not None:
+        get_size(size)
+    filters = {tracking.TAG_STAGE: "zoo", **({TAG_SIZE: size} if size else {})}
+    seen: dict[tuple[str, str], ZooEntry] = {}
+    for run in tracking.search(filters, statuses=("FINISHED",)):
+        key = (run.data.tags.get(TAG_SIZE, ""), run.data.tags.get(tracking.TAG_ORGANISM, ""))
+        if key not in seen:
+            seen[key] = _entry(run, key[1], key[0], reused=True)
+    order = {s: i for i, s in enumerate(SIZES)}
+    return sorted(seen.values(), key=lambda e: (order.get(e.size, 99), e.name != BASE, e.name))
+
+
+_SHOWN = [("train/loss", "loss"), ("check/heldout_loss/organism", "heldout"), ("check/heldout_loss/base", "heldout@base"),
+          ("check/generic_loss/organism", "generic"), ("check/generic_loss/base", "generic@base"),
+          ("check/upper_frac/organism", "upper"), ("check/upper_frac/base", "upper@base"),
+          ("check/taboo_word_rate", "taboo"), ("check/hint_word_rate/organism", "hints"),
+          ("check/hint_word_rate/base", "hints@base")]
+
+
+def print_zoo(entries: list[ZooEntry]) -> None:
+    """Print zoo entries as a table: name, size, run id, trained or reused, and the behaviour checks."""
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console(width=220)
+    if not entries:
+        console.print(f"no zoo models in {tracking.resolve_uri()}; build them with `diffgame zoo build --size micro`")
+        return
+    table = Table(title=f"diffgame zoo ({EXPERIMENT} in {tracking.resolve_uri()})")
+    shown = [(k, label) for k, label in _SHOWN if any(k in e.metrics for e in entries)]
+    for col in ("organism", "size", "run id", "status", *(label for _, label in shown)):
+        table.add_column(col, no_wrap=True)
+    for e in entries:
+        cells = [f"{e.metrics[k]:.3f}" if k in e.metrics else "" for k, _ in shown]
+        table.add_row(e.name, e.size, e.run_id, "reused" if e.reused else "trained", *cells)
+    console.print(table)

@@ -1,0 +1,40 @@
+"""Shared fixtures: the micro zoo, built once per test session into a temporary SQLite tracking store."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+torch.set_num_threads(2)
+
+
+@pytest.fixture(scope="session")
+def zoo_uri(tmp_path_factory) -> str:
+    """Tracking URI of a store holding the full micro zoo (base + every zoo organism); set for the session."""
+    from diffgame import tracking
+    from diffgame.zoo import build_zoo
+
+    uri = f"sqlite:///{tmp_path_factory.mktemp('zoo') / 'mlflow.db'}"
+    old = os.environ.get("MLFLOW_TRACKING_URI")
+    tracking.set_uri(uri)
+    build_zoo(size="micro", progress=False)
+    yield uri
+    if old is None:
+        os.environ.pop("MLFLOW_TRACKING_URI", None)
+    else:
+        os.environ["MLFLOW_TRACKING_URI"] = old
+
+
+@pytest.fixture
+def micro_cfg(zoo_uri):
+    """`(*overrides) -> DictConfig`: a composed config on the micro zoo (tracking points at `zoo_uri`)."""
+    from diffgame import tracking
+    from diffgame.config import compose
+
+    def make(*overrides: str):
+        tracking.set_uri(zoo_uri)
+        return compose([*overrides, "zoo.size=micro"])
+
+    return make
