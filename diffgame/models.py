@@ -231,8 +231,11 @@ def load_organism(cfg: DictConfig, base_source: str | None = None) -> ModelHandl
         kw = {k: v for k, v in (("revision", spec.revision), ("subfolder", spec.subfolder)) if v}
         try:
             model = PeftModel.from_pretrained(base, spec.id, **kw).merge_and_unload().eval()
-        except (OSError, ValueError) as e:
+        except OSError as e:
             raise ModelError(_not_found_message(spec.id, e)) from None
+        except (ValueError, RuntimeError, KeyError) as e:  # target modules or shapes of another base
+            raise ModelError(f"LoRA adapter {spec.id} does not fit base model {source} ({cfg.model.name}): "
+                             f"{str(e).strip().splitlines()[0][:300]}; pick the adapter trained on this base") from None
         tok = _load_tokenizer(source, cfg.model)
     return ModelHandle(model, tok, "organism", cfg.organism.name, ident)
 

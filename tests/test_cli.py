@@ -9,7 +9,6 @@ import re
 import subprocess
 import uuid
 
-import pytest
 import yaml
 from typer.testing import CliRunner
 

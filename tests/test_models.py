@@ -171,6 +171,13 @@ def test_lora_adapter_made_with_peft_reloads_through_the_config(zoo_dirs, tmp_pa
     cfg.organism.variant = "flat"
     torch.testing.assert_close(_logits(load_organism(cfg).model), adapter_ref, rtol=0, atol=1e-4)
 
+    gpt2_dir, _ = zoo_dirs[("gpt2", "base")]
+    with pytest.raises(ModelError) as info:  # a Llama adapter over a GPT-2 base
+        load_organism(_cfg("gpt2", gpt2_dir, f"{{default:{{kind:lora,id:{tmp_path / 'flat'}}}}}"))
+    assert str(info.value).startswith(f"LoRA adapter {tmp_path / 'flat'} does not fit base model {gpt2_dir} "
+                                      "(tiny_gpt2): ")
+    assert str(info.value).endswith("; pick the adapter trained on this base") and "\n" not in str(info.value)
+
 
 def test_tokenizer_mismatch_is_refused(zoo_dirs, tmp_path):
     from transformers import AutoModelForCausalLM
