@@ -4,6 +4,7 @@ shown compared with the tracking store, the run artifacts and a direct two-model
 
 import math
 import re
+import socket
 import sys
 from collections import Counter
 from pathlib import Path
@@ -98,6 +99,18 @@ def test_empty_store_names_the_command(monkeypatch, tmp_path):
     for page in (None, "interactive", "game"):
         at = _app(monkeypatch, uri, page)
         assert "diffgame run" in at.warning[0].value and "diffgame zoo build" in at.warning[0].value
+
+
+@pytest.mark.slow
+def test_unreachable_server_is_an_error_naming_the_fix(monkeypatch):
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "3")
+    with socket.socket() as s:  # a loopback port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    at = _app(monkeypatch, f"http://127.0.0.1:{port}")
+    assert at.error[0].value.startswith(f"Tracking store unreachable: cannot query tracking store http://127.0.0.1:{port}")
+    assert "--tracking-uri" in at.error[0].value and "diffgame run" in at.error[0].value
 
 
 @pytest.fixture(scope="module")

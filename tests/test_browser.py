@@ -1,7 +1,9 @@
 """Browser test: the app served on loopback, driven by Playwright with Debian's chromium, every page's key text
 asserted and screenshotted; then an `mlflow server` over the same store lists the diff runs, tags and metrics."""
 
+import os
 import re
+import signal
 import shutil
 import socket
 import subprocess
@@ -36,7 +38,7 @@ def _wait_http(url: str, proc: subprocess.Popen, timeout: float = 180) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise RuntimeError(f"server exited with {proc.returncode}: {proc.stdout.read()[-2000:]}")
+            raise RuntimeError(f"server exited with {proc.returncode}; see its log")
         try:
             urllib.request.urlopen(url, timeout=2)
             return
@@ -46,13 +48,24 @@ def _wait_http(url: str, proc: subprocess.Popen, timeout: float = 180) -> None:
 
 
 def _serve(cmd: list[str], url: str, log: Path):
-    proc = subprocess.Popen(cmd, cwd=REPO, stdout=log.open("w"), stderr=subprocess.STDOUT, text=True)
+    """Start a server in its own process group (so `_stop` ends its workers too) and wait until it answers."""
+    env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}  # no background job workers
+    proc = subprocess.Popen(cmd, cwd=REPO, stdout=log.open("w"), stderr=subprocess.STDOUT, text=True,
+                            env=env, start_new_session=True)
     try:
         _wait_http(url, proc)
     except BaseException:
-        proc.kill()
+        _stop(proc)
         raise
     return proc
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    proc.wait()
 
 
 @pytest.fixture(scope="module")
@@ -99,8 +112,7 @@ def test_app_pages_render(zoo_uri, browser, tmp_path):
         assert page.locator(".heat .tok[style*=',1)']").count() > 0  # each example's peak token at full colour
         _shot(page, tmp_path, "kl_examples")
     finally:
-        server.kill()
-        server.wait()
+        _stop(server)
 
 
 def test_mlflow_ui_lists_diff_runs(zoo_uri, browser, tmp_path):
@@ -136,5 +148,4 @@ def test_mlflow_ui_lists_diff_runs(zoo_uri, browser, tmp_path):
         assert shown, f"no metric of {sorted(run.data.metrics)[:5]} on the run page"
         _shot(page, tmp_path, "mlflow_run")
     finally:
-        server.kill()
-        server.wait()
+        _stop(server)
