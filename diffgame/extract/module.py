@@ -88,10 +88,10 @@ class PairedExtraction(L.LightningModule):
         super().__init__()
         self._models = models  # not registered: device_map models must not be moved by Lightning
         self.layers, self.store_dtype, self.move_models = list(layers), dtype, move_models
-        self.buffers: HostBuffers | None = None  # made per process (a lock does not pickle for ddp_spawn)
+        self.host_buffers: HostBuffers | None = None  # made per process (a lock does not pickle for ddp_spawn)
 
     def on_predict_start(self) -> None:
-        self.buffers = HostBuffers()
+        self.host_buffers = HostBuffers()
         if self.move_models:
             for m in self._models.values():
                 m.to(self.device)
@@ -106,7 +106,7 @@ class PairedExtraction(L.LightningModule):
                 flat = h.flatten(0, 1)  # [B*T, D]
                 packed = flat.index_select(0, keep.to(flat.device)).to(self.store_dtype)  # [n, D], padding dropped
                 if packed.is_cuda:
-                    buf = self.buffers.take(packed.numel(), packed.dtype)
+                    buf = self.host_buffers.take(packed.numel(), packed.dtype)
                     host = buf[:packed.numel()].view(packed.shape)
                     host.copy_(packed, non_blocking=True)
                     held.append(buf)
@@ -117,4 +117,4 @@ class PairedExtraction(L.LightningModule):
         if held:
             event = torch.cuda.Event()
             event.record()
-        return {"meta": batch["meta"], "acts": acts, "event": event, "held": held, "pool": self.buffers}
+        return {"meta": batch["meta"], "acts": acts, "event": event, "held": held, "pool": self.host_buffers}

@@ -25,7 +25,7 @@ from diffgame.config import resolve_layers
 from diffgame.data import data_identity, load_sequences
 from diffgame.errors import ModelError, StoreError
 from diffgame.extract.module import PairedExtraction, PlannedBatches, world
-from diffgame.extract.writer import ShardWriter
+from diffgame.extract.writer import PendingParts, ShardWriter
 from diffgame.models import (DTYPES, _load_tokenizer, finetuned_spec, load_base, load_organism, organism_identity,
                              resolve_base_source, unembedding)
 from diffgame.store import MODEL_ROLES, PARTS, ActivationStore, StoreWriter, shard_name
@@ -317,12 +317,8 @@ def _run_passes(cfg, plan, sequences, root: Path, layers, tokenizer, uploader, r
 
 
 def _extract(cfg, plan, sequences, root: Path, layers, tokenizer, models: dict, parts: list[str], uploader) -> None:
-    store = StoreWriter(root)
-
-    def pending_parts(dataset: str, shard: str) -> list[str]:
-        return [p for p in parts if not store.part_done(dataset, shard, p)]
-
-    batches = PlannedBatches(plan, sequences, tokenizer.pad_token_id or 0, lambda d, s: bool(pending_parts(d, s)))
+    pending_parts = PendingParts(root, parts)
+    batches = PlannedBatches(plan, sequences, tokenizer.pad_token_id or 0, pending_parts)
     writer = ShardWriter(root, pending_parts, uploader, command=command(cfg))
     progress = TokenProgress(batches, desc=f"preprocess {'+'.join(models)}")
     module = PairedExtraction(models, layers, DTYPES[cfg.preprocessing.dtype],

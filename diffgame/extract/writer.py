@@ -21,6 +21,17 @@ from diffgame.extract.module import world
 from diffgame.store import StoreWriter, act_file, tokens_file
 
 
+class PendingParts:
+    """Which of this pass's parts of a shard are not yet complete on disk (a picklable callable, for ddp_spawn)."""
+
+    def __init__(self, root, parts: list[str]):
+        self.root, self.parts = root, list(parts)
+
+    def __call__(self, dataset: str, shard: str) -> list[str]:
+        store = StoreWriter(self.root)
+        return [p for p in self.parts if not store.part_done(dataset, shard, p)]
+
+
 class ShardWriter(BasePredictionWriter):
     """Accumulates each shard's batches and writes its parts (`tokens`, `base`, `organism`) when complete."""
 
