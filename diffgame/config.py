@@ -102,7 +102,10 @@ def compose(overrides: list[str] | tuple[str, ...] = ()) -> DictConfig:
     except (HydraException, OmegaConfBaseException) as e:
         raise ConfigError(_explain_compose_error(e, overrides)) from None
     OmegaConf.set_struct(cfg, False)
-    OmegaConf.resolve(cfg)
+    try:
+        OmegaConf.resolve(cfg)
+    except OmegaConfBaseException as e:
+        raise ConfigError(f"cannot resolve the config: {str(e).strip().splitlines()[0]}") from None
     validate(cfg)
     return cfg
 

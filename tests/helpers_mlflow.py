@@ -21,7 +21,7 @@ def free_port() -> int:
 
 
 @contextmanager
-def mlflow_server(workdir: Path, timeout: float = 180.0):
+def mlflow_server(workdir: Path, timeout: float = 300.0):
     """Yield `http://127.0.0.1:<port>` of a server with a SQLite backend and proxied artifacts under `workdir`."""
     workdir.mkdir(parents=True, exist_ok=True)
     port = free_port()

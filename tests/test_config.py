@@ -173,6 +173,7 @@ ERRORS = [
      "set organism.finetuned.toy.default.id"),
     (["organism=caps,control"], "'organism=caps,control' is a sweep; pass --multirun to expand it"),
     (["organism=[caps"], "cannot parse overrides ['organism=[caps']: "),
+    (["model.id=${nowhere.id}"], "cannot resolve the config: Interpolation key 'nowhere.id' not found"),
 ]
 
 
@@ -188,13 +189,13 @@ def test_validation_errors_are_one_line_and_name_the_valid_choices(overrides, me
         assert text == message
 
 
-def test_unknown_method_lists_registered_methods():
+def test_unknown_method_lists_method_configs_and_every_registered_method_has_one():
     from diffgame.methods import known_methods
 
     with pytest.raises(ConfigError) as info:
         C.compose(["method=kll"])
-    assert str(info.value) == f"unknown method 'kll'; known: {', '.join(known_methods())}"
-    assert {"kl", "normdiff"} <= set(known_methods())
+    assert str(info.value) == f"unknown method 'kll'; known: {', '.join(C.group_options('method'))}"
+    assert {"kl", "normdiff"} <= set(known_methods()) <= set(C.group_options("method"))
 
 
 def test_sweep_errors():
