@@ -47,35 +47,30 @@ class KLConfig:
 
 
 def token_divergence(logits_org: torch.Tensor, logits_base: torch.Tensor, kind: str = "kl",
-                     temperature: float = 1.0, inplace: bool = False) -> torch.Tensor:
+                     temperature: float = 1.0) -> torch.Tensor:
     """Divergence per row of two [n, V] logit tensors, in fp32 nats -> [n].
 
-    `inplace` lets the computation overwrite both inputs (no [n, V] temporaries beyond the fp32 casts).
+    Two fused fp32 log-softmaxes, then in-place work on their outputs: the fewest passes over [n, V] that
+    eager PyTorch allows (the divergence is memory-bound, the LM head compute-bound).
     """
+    if kind not in ("kl", "reverse_kl", "js"):
+        raise ValueError(f"unknown divergence {kind!r}; known: kl, reverse_kl, js")
     if kind == "reverse_kl":
         logits_org, logits_base = logits_base, logits_org
-    elif kind != "kl":
-        if kind != "js":
-            raise ValueError(f"unknown divergence {kind!r}; known: kl, reverse_kl, js")
-        lp_org = F.log_softmax(logits_org.float() / temperature, dim=-1)
-        lp_base = F.log_softmax(logits_base.float() / temperature, dim=-1)
-        lp_mix = torch.logaddexp(lp_org, lp_base) - math.log(2.0)
-        return 0.5 * (F.kl_div(lp_mix, lp_org, log_target=True, reduction="none").sum(-1)
-                      + F.kl_div(lp_mix, lp_base, log_target=True, reduction="none").sum(-1))
-    # KL(P || Q) = sum_v p_v (log p_v - log q_v), with log p = x - logsumexp(x); done in place on fp32 copies
-    lp, lq = (_scaled_fp32(t, temperature, inplace) for t in (logits_org, logits_base))
-    lp.sub_(torch.logsumexp(lp, dim=-1, keepdim=True))
-    lq.sub_(torch.logsumexp(lq, dim=-1, keepdim=True))
-    lq.sub_(lp).neg_()  # log p - log q
-    return torch.linalg.vecdot(lp.exp_(), lq)
+    lp, lq = (_log_probs(x, temperature) for x in (logits_org, logits_base))
+    if kind == "js":
+        lm = torch.logaddexp(lp, lq).sub_(math.log(2.0))
+        return 0.5 * (F.kl_div(lm, lp, log_target=True, reduction="none").sum(-1)
+                      + F.kl_div(lm, lq, log_target=True, reduction="none").sum(-1))
+    torch.sub(lp, lq, out=lq)  # log p - log q
+    return torch.linalg.vecdot(lp.exp_(), lq)  # sum_v p_v (log p_v - log q_v)
 
 
-def _scaled_fp32(logits: torch.Tensor, temperature: float, inplace: bool) -> torch.Tensor:
-    """`logits / temperature` in fp32, reusing `logits`' memory when allowed."""
-    x = logits.float()
-    if x is logits and not inplace:
-        x = x.clone()
-    return x.div_(temperature) if temperature != 1.0 else x
+def _log_probs(logits: torch.Tensor, temperature: float) -> torch.Tensor:
+    """fp32 log-softmax of `logits / temperature` (a new tensor; the cast is fused where the backend can)."""
+    if temperature != 1.0:
+        logits = logits.float() / temperature
+    return F.log_softmax(logits, dim=-1, dtype=torch.float32)
 
 
 def lm_logits(model, hidden: torch.Tensor) -> torch.Tensor:
@@ -123,7 +118,7 @@ def per_token_divergence(base_model, org_model, input_ids: torch.Tensor, seq_off
         h_org = org_model.get_decoder()(input_ids=ids, attention_mask=mask).last_hidden_state[mask.bool()]
         div = torch.cat([token_divergence(lm_logits(org_model, h_org[i:i + chunk]),
                                           lm_logits(base_model, h_base[i:i + chunk]),
-                                          config.divergence, config.temperature, inplace=True)
+                                          config.divergence, config.temperature)
                          for i in range(0, len(h_base), chunk)])
         where = torch.cat([torch.arange(offsets[s], offsets[s + 1]) for s in batch])
         out[where] = div.float().cpu()
