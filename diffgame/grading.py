@@ -14,11 +14,15 @@ import math
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from omegaconf import DictConfig, OmegaConf
 
 from diffgame.errors import ConfigError
 from diffgame.evidence import RankedTokens
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 SPACE_MARKERS = ("Ġ", "▁", "Ċ", "##", " ")
 """Leading markers of byte-level BPE, SentencePiece and WordPiece tokens."""
@@ -339,3 +343,30 @@ def control_evidence(cfg: DictConfig, method: str) -> dict[str, RankedTokens] | 
     if "evidence/ranked_tokens.json" not in list_artifacts(run_id, "evidence"):
         return None
     return load_ranked_tokens(run_id)
+
+
+# --- over runs -----------------------------------------------------------------------------------
+def grade_table(model: str) -> "pd.DataFrame":
+    """Grades of the newest finished diff run per (organism, method) on base model `model`, one row each."""
+    import pandas as pd
+
+    from diffgame import tracking
+
+    runs = tracking.search({tracking.TAG_STAGE: "diff", tracking.TAG_MODEL: model}, statuses=("FINISHED",))
+    rows, seen = [], set()
+    for run in runs:  # newest first
+        key = (run.data.tags.get(tracking.TAG_ORGANISM), run.data.tags.get(tracking.TAG_METHOD))
+        if key in seen:
+            continue
+        seen.add(key)
+        grades = {k.removeprefix("grade/"): v for k, v in run.data.metrics.items() if k.startswith("grade/")}
+        rows.append({"organism": key[0], "method": key[1], "run_id": run.info.run_id, **grades})
+    return pd.DataFrame(rows).sort_values(["method", "organism"]).reset_index(drop=True) if rows else pd.DataFrame()
+
+
+def identification_by_method(table: "pd.DataFrame") -> dict[str, dict[str, float]]:
+    """Accuracy and MRR of organism identification per method, over the rows of `grade_table`."""
+    if table.empty or "identification_rank" not in table:
+        return {}
+    ranked = table.dropna(subset=["identification_rank"])
+    return {m: identification_summary([int(r) for r in g["identification_rank"]]) for m, g in ranked.groupby("method")}

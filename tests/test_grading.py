@@ -112,3 +112,21 @@ def test_organism_ground_truth_from_config():
     assert "pozzolana" in node.ground_truth.keywords and node.ground_truth.vocab_from_data
     with pytest.raises(Exception, match="unknown organism 'romn'; known: .*roman_concrete"):
         organism_node("romn")
+
+
+def test_grade_table_and_identification_over_runs(tmp_path):
+    from diffgame import tracking
+    from diffgame.grading import grade_table, identification_by_method
+
+    tracking.set_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    for organism, method, rank in [("caps", "adl", 1), ("caps", "adl", 3), ("roman_concrete", "adl", 2),
+                                   ("roman_concrete", "kl", 1)]:
+        tags = {tracking.TAG_MODEL: "toy", tracking.TAG_ORGANISM: organism, tracking.TAG_METHOD: method}
+        with tracking.stage_run("diff", fp=f"{organism}{method}{rank}", tags=tags) as run:
+            run.log_metrics({"grade/identification_rank": rank, "grade/precision_at_20": rank / 10, "kl/x": 1.0})
+    table = grade_table("toy")
+    assert list(zip(table["organism"], table["method"], table["identification_rank"])) == [
+        ("caps", "adl", 3), ("roman_concrete", "adl", 2), ("roman_concrete", "kl", 1)]  # newest run per pair
+    assert "kl/x" not in table and table["precision_at_20"].tolist() == [0.3, 0.2, 0.1]
+    assert identification_by_method(table) == {"adl": {"accuracy": 0.0, "mrr": pytest.approx((1 / 3 + 1 / 2) / 2)},
+                                               "kl": {"accuracy": 1.0, "mrr": 1.0}}
