@@ -77,9 +77,12 @@ def run_model_dir(run) -> Path:
     return dst / "model"
 
 
-def _entry(run, name: str, size: str, reused: bool) -> ZooEntry:
+def _entry(run, name: str, size: str, reused: bool, fetch: bool = True) -> ZooEntry:
+    """A ZooEntry for `run`; without `fetch`, `model_dir` is None unless the artifacts are already local."""
     metrics = {k: v for k, v in run.data.metrics.items() if k.startswith("check/") or k == "train/loss"}
-    return ZooEntry(name, size, run.info.run_id, run_model_dir(run), run.data.tags.get(tracking.TAG_FINGERPRINT, ""),
+    local = tracking.local_artifact_dir(run)
+    model_dir = run_model_dir(run) if fetch else (local / "model" if local is not None else None)
+    return ZooEntry(name, size, run.info.run_id, model_dir, run.data.tags.get(tracking.TAG_FINGERPRINT, ""),
                     reused, metrics)
 
 

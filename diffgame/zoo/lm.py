@@ -5,6 +5,7 @@ Generic over the model: it takes any HF causal LM and its tokenizer, so a pretra
 
 from __future__ import annotations
 
+import logging
 import math
 from dataclasses import dataclass
 
@@ -103,6 +104,8 @@ def train_lm(model, blocks: tuple[torch.Tensor, torch.Tensor], spec: TrainSpec, 
              lora: bool = False) -> tuple[object, list[float]]:
     """Train `model` on packed `blocks` for `spec.steps` steps; returns the (LoRA-merged) model and per-step losses."""
     L.seed_everything(spec.seed, verbose=False)
+    for name in ("lightning.pytorch.utilities.rank_zero", "lightning.pytorch.accelerators.cuda"):
+        logging.getLogger(name).setLevel(logging.WARNING)  # no "GPU available" banners per organism
     if lora:
         model = lora_wrap(model)
     module = CausalLMModule(model.train(), spec)
@@ -111,7 +114,7 @@ def train_lm(model, blocks: tuple[torch.Tensor, torch.Tensor], spec: TrainSpec, 
                         drop_last=len(blocks[0]) >= spec.batch_size)
     trainer = L.Trainer(max_steps=spec.steps, max_epochs=-1, accelerator="cpu", devices=1, logger=False,
                         enable_checkpointing=False, enable_model_summary=False, enable_progress_bar=progress,
-                        gradient_clip_val=1.0, deterministic=True, num_sanity_val_steps=0)
+                        gradient_clip_val=1.0, num_sanity_val_steps=0)
     trainer.fit(module, loader)
     model = module.model
     if lora:

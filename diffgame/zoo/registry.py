@@ -82,7 +82,7 @@ def list_zoo(size: str | None = None) -> list[ZooEntry]:
     for run in tracking.search(filters, statuses=("FINISHED",)):
         key = (run.data.tags.get(TAG_SIZE, ""), run.data.tags.get(tracking.TAG_ORGANISM, ""))
         if key not in seen:
-            seen[key] = _entry(run, key[1], key[0], reused=True)
+            seen[key] = _entry(run, key[1], key[0], reused=True, fetch=False)
     order = {s: i for i, s in enumerate(SIZES)}
     return sorted(seen.values(), key=lambda e: (order.get(e.size, 99), e.name != BASE, e.name))
 
