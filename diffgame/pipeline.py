@@ -55,7 +55,8 @@ def run_one(cfg: DictConfig, parent_run_id: str | None = None) -> list[StageSumm
 
         result = preprocess(cfg, parent_run_id=parent_run_id)
         return [StageSummary("preprocess", result.run_id, cfg.model.name, cfg.organism.name,
-                             reused=result.reused, headline={"tokens": float(result.n_tokens)})]
+                             reused=result.reused,
+                             headline={"tokens": float(result.n_tokens), "bytes": float(result.n_bytes)})]
     from diffgame.runner import run_methods
 
     return run_methods(cfg, parent_run_id=parent_run_id)

@@ -213,3 +213,32 @@ def test_ddp_two_processes_equal_one(cfg, pair, tmp_path):
             for layer in a.layers:
                 torch.testing.assert_close(a.activations(ds, role, layer), b.activations(ds, role, layer),
                                            atol=1e-2, rtol=1e-2)
+
+
+@pytest.mark.slow
+def test_micro_zoo_store(micro_cfg):
+    """On the micro zoo (caps, a chat organism): roles follow the zoo's chats and activations equal a direct forward."""
+    from diffgame.models import load_pair
+    from diffgame.zoo import corpus
+
+    cfg = micro_cfg("organism=caps", "pipeline.mode=preprocessing", "preprocessing.layers=[0.5]",
+                    "preprocessing.context_length=48", "dataset.sources.generic_text.max_samples=6",
+                    "dataset.sources.generic_chat.max_samples=6", "dataset.sources.organism.max_samples=6")
+    result = preprocess(cfg)
+    store = ActivationStore.open(result.store_path)
+    base, org = load_pair(cfg)
+    layer = store.layers[0]
+    assert layer == base.n_layers // 2
+    rows = {"generic_chat": corpus("generic_chat", "test"), "organism": corpus("caps", "test")}
+    for dataset in ("generic_text", "generic_chat", "organism"):
+        for view in store.sequences(dataset):
+            if dataset == "generic_text":
+                assert set(view.roles.tolist()) == {0}
+            else:
+                ids, roles = render_chat(rows[dataset][view.sequence_id]["messages"], base.tokenizer)
+                assert view.input_ids.tolist() == ids[:48] and view.roles.tolist() == roles[:48]
+            for role, handle in (("base", base), ("organism", org)):
+                direct = capture_residuals(handle.model, view.input_ids[None], None, [layer])[layer][0]
+                stored = store.activations(dataset, role, layer)[view.start:view.end].float()
+                torch.testing.assert_close(stored, direct, atol=3e-2, rtol=3e-2)
+    assert 2 in store.tokens("organism").roles.tolist()  # caps is chat data: assistant tokens are marked
