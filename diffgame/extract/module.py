@@ -11,6 +11,7 @@ import threading
 
 import lightning as L
 import torch
+from lightning.pytorch.callbacks import Callback
 from torch.utils.data import IterableDataset
 
 from diffgame.extract.capture import capture_residuals
@@ -118,3 +119,25 @@ class PairedExtraction(L.LightningModule):
             event = torch.cuda.Event()
             event.record()
         return {"meta": batch["meta"], "acts": acts, "event": event, "held": held, "pool": self.host_buffers}
+
+
+class TokenProgress(Callback):
+    """A tqdm bar in tokens (so it shows tokens/s) on rank 0."""
+
+    def __init__(self, batches: PlannedBatches, desc: str):
+        self.batches, self.desc, self.bar = batches, desc, None
+
+    def on_predict_start(self, trainer, pl_module) -> None:
+        if trainer.global_rank == 0:
+            from tqdm.auto import tqdm
+
+            total = sum(s["n_tokens"] for s in self.batches.shards(0, trainer.world_size))
+            self.bar = tqdm(total=total, desc=self.desc, unit="tok", unit_scale=True, dynamic_ncols=True)
+
+    def on_predict_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
+        if self.bar is not None:
+            self.bar.update(int(batch["attention_mask"].sum()))
+
+    def on_predict_end(self, trainer, pl_module) -> None:
+        if self.bar is not None:
+            self.bar.close()

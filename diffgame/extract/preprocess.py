@@ -17,18 +17,18 @@ from pathlib import Path
 
 import lightning as L
 import torch
-from lightning.pytorch.callbacks import Callback
 from omegaconf import DictConfig
 
 from diffgame import tracking
 from diffgame.config import resolve_layers
 from diffgame.data import data_identity, load_sequences
 from diffgame.errors import ModelError, StoreError
-from diffgame.extract.module import PairedExtraction, PlannedBatches, world
+from diffgame.extract.module import PairedExtraction, PlannedBatches, TokenProgress
+from diffgame.extract.plan import command, make_plan, plan_shards  # noqa: F401 (plan_shards re-exported)
 from diffgame.extract.writer import PendingParts, ShardWriter
 from diffgame.models import (DTYPES, _load_tokenizer, finetuned_spec, load_base, load_organism, organism_identity,
                              resolve_base_source, unembedding)
-from diffgame.store import MODEL_ROLES, PARTS, ActivationStore, StoreWriter, shard_name
+from diffgame.store import PARTS, ActivationStore, StoreWriter
 
 STAGE = "preprocess"
 SHARD_BYTES = 64 << 20
@@ -49,12 +49,6 @@ class PreprocessResult:
 
 
 # --- identity ----------------------------------------------------------------------------------------
-def command(cfg: DictConfig) -> str:
-    """The command that (re)builds this store, quoted in error messages."""
-    return (f"diffgame preprocess model={cfg.model.name} organism={cfg.organism.name} dataset={cfg.dataset.name} "
-            f"preprocessing.layers=[{','.join(str(x) for x in cfg.preprocessing.layers)}]")
-
-
 def _tokenizer(cfg: DictConfig):
     source, _ = resolve_base_source(cfg)
     return _load_tokenizer(source, cfg.model, revision=cfg.model.revision if source == cfg.model.id else None)
@@ -95,53 +89,6 @@ def find_store(cfg: DictConfig) -> tuple[str, ActivationStore]:
                          f"dataset={cfg.dataset.name} (fingerprint {fp}) in {tracking.resolve_uri()}; "
                          f"run `{command(cfg)}`")
     return run.info.run_id, ActivationStore.open(store_dir(run.info.run_id))
-
-
-# --- plan --------------------------------------------------------------------------------------------
-def plan_shards(sequences: dict, batch_size: int, shard_tokens: int) -> dict[str, list[dict]]:
-    """Per dataset, shards of batches of similar-length sequences (longest first); fixed before any work."""
-    out, index = {}, 0
-    for name, seqs in sequences.items():
-        order = sorted(range(len(seqs)), key=lambda i: -len(seqs[i].input_ids))  # stable: ties keep row order
-        batches = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
-        shards, current, n = [], [], 0
-        for b in batches:
-            current.append(b)
-            n += sum(len(seqs[i].input_ids) for i in b)
-            if n >= shard_tokens:
-                shards.append((current, n))
-                current, n = [], 0
-        if current:
-            shards.append((current, n))
-        out[name] = []
-        for batches_, n_tok in shards:
-            out[name].append({"name": shard_name(index), "index": index, "n_tokens": n_tok,
-                              "n_sequences": sum(len(b) for b in batches_), "batches": batches_})
-            index += 1
-    return out
-
-
-# --- progress ----------------------------------------------------------------------------------------
-class TokenProgress(Callback):
-    """A tqdm bar in tokens (so it shows tokens/s) on rank 0."""
-
-    def __init__(self, batches: PlannedBatches, desc: str):
-        self.batches, self.desc, self.bar = batches, desc, None
-
-    def on_predict_start(self, trainer, pl_module) -> None:
-        if trainer.global_rank == 0:
-            from tqdm.auto import tqdm
-
-            total = sum(s["n_tokens"] for s in self.batches.shards(0, trainer.world_size))
-            self.bar = tqdm(total=total, desc=self.desc, unit="tok", unit_scale=True, dynamic_ncols=True)
-
-    def on_predict_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
-        if self.bar is not None:
-            self.bar.update(int(batch["attention_mask"].sum()))
-
-    def on_predict_end(self, trainer, pl_module) -> None:
-        if self.bar is not None:
-            self.bar.close()
 
 
 # --- the stage ---------------------------------------------------------------------------------------
@@ -212,7 +159,7 @@ def preprocess(cfg: DictConfig, parent_run_id: str | None = None, *, shard_token
         upload = local is None if upload is None else upload
         root = _working_root(run, local, upload)
         itemsize = torch.finfo(DTYPES[cfg.preprocessing.dtype]).bits // 8
-        plan = _plan(cfg, root, sequences, layers, d_model, fp,
+        plan = make_plan(cfg, root, sequences, layers, d_model, fp,
                      shard_tokens or max(256, SHARD_BYTES // (d_model * itemsize)))
         uploader = _uploader(run, root) if upload else None
         t0 = time.perf_counter()
@@ -269,26 +216,6 @@ def _uploader(run, root: Path):
             run.log_artifact(root / rel, parent)
 
     return upload
-
-
-def _plan(cfg, root: Path, sequences, layers, d_model, fp, shard_tokens) -> dict:
-    """The shard plan: recorded in the store on first use, and re-used as recorded when resuming."""
-    writer = StoreWriter(root)
-    old = writer.read_plan()
-    batch_size = int(old["batch_size"]) if old else int(cfg.preprocessing.batch_size)
-    shard_tokens = int(old["shard_tokens"]) if old else int(shard_tokens)
-    plan = {"fingerprint": fp, "layers": layers, "d_model": d_model, "dtype": cfg.preprocessing.dtype,
-            "roles": list(MODEL_ROLES), "model": cfg.model.name, "organism": cfg.organism.name,
-            "context_length": int(cfg.preprocessing.context_length), "batch_size": batch_size,
-            "shard_tokens": shard_tokens, "command": command(cfg),
-            "shards": plan_shards(sequences, batch_size, shard_tokens)}
-    if old is not None and old["shards"] != plan["shards"]:
-        raise StoreError(f"the partial store at {root} was planned for different data; delete it (or its run) "
-                         f"and rerun `{command(cfg)}`")
-    if old is None:
-        root.mkdir(parents=True, exist_ok=True)
-        writer.write_plan(plan)
-    return plan
 
 
 def _run_passes(cfg, plan, sequences, root: Path, layers, tokenizer, uploader, run_id: str) -> None:
