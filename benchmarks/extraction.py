@@ -191,7 +191,7 @@ def main() -> None:
             note = f"paired tokens/s; vs two truncated forwards (b/2): {r / (b / 2):.2f}x"
         elif name.startswith("(c)"):
             note = f"one model; (d) per model-forward is {2 * rates['(d) diffgame paired -> store'] / r:.2f}x (c)"
-        print(f"| {name} | {r:,.0f} | {r / a:.2f} | {note} |")
+        print(f"| {name} | {r:,.0f} | {r / a:.2f} | {note} |" if r >= 100 else f"| {name} | {r:.2f} | {r / a:.2f} | {note} |")
     if args.rss_scale:
         rss = {}
         shard_tokens = args.batches * args.batch * args.seq // 2  # both runs span several shards
