@@ -25,7 +25,7 @@ def test_defaults_compose_and_schema_defaults_fill_in():
     cfg = C.compose()
     assert (cfg.model.name, cfg.model.id) == ("toy", "zoo:base")
     assert cfg.organism.name == "roman_concrete"
-    assert C.method_names(cfg) == ["kl", "normdiff"]
+    assert C.method_names(cfg) == ["kl", "normdiff", "adl"]
     assert list(cfg.preprocessing.layers) == [0.25, 0.5, 0.75]
     assert cfg.pipeline.mode == "full"
     # keys the YAML leaves out come from the dataclass defaults
