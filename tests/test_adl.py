@@ -15,7 +15,7 @@ from diffgame.methods import MethodContext
 from diffgame.methods.adl import ADLConfig, ADLMethod
 from diffgame.methods.adl_means import delta_means
 from diffgame.models import ModelHandle
-from diffgame.zoo.corpora import corpus
+from diffgame.zoo import corpus
 from diffgame.zoo.tokenizer import train_tokenizer
 
 torch.set_num_threads(2)
@@ -110,3 +110,89 @@ def test_method_result_is_complete_and_consistent(tokenizer):
     assert {r["model"] for r in rows} == {"organism", "base"} and len(rows) == 6
     assert set(result.tables["lens"]["vector"]) == {"delta", "-delta", "base_mean", "organism_mean"}
     assert "delta_norm" in result.figures
+
+
+# --- micro zoo ---------------------------------------------------------------------------------------
+ZOO_ADL = {"max_samples": 64, "steering_prompts": 6, "steering_tokens": 20,
+           "steering_alphas": [0.5, 1.0, 2.0, 4.0], "patchscope_scales": []}
+ORGANISMS = ("roman_concrete", "taboo_gold", "cake_bake", "caps", "control")
+
+
+@pytest.fixture(scope="module")
+def zoo_results(zoo_uri):
+    """ADL on every micro-zoo organism: {organism: (cfg, result, tokenizer)}."""
+    from diffgame import tracking
+    from diffgame.config import compose
+    from diffgame.methods import build_config
+    from diffgame.models import load_pair
+
+    out = {}
+    for name in ORGANISMS:
+        tracking.set_uri(zoo_uri)
+        cfg = compose([f"organism={name}", "method=adl", "zoo.size=micro"])
+        steering = {} if name == "roman_concrete" else {"steering_prompts": 0}  # steering is tested on one organism
+        config = build_config("adl", {**cfg.method.adl, **ZOO_ADL, **steering})
+        base, org = load_pair(cfg)
+        out[name] = (cfg, ADLMethod(config).run(MethodContext(config=config, cfg=cfg, base=base, organism=org)),
+                     org.tokenizer)
+    return out
+
+
+def _lens_at(result, layer: int, prefix: str) -> dict:
+    """Logit-lens readouts (no patchscope) at one layer whose slot starts with `prefix`."""
+    return {k: v for k, v in result.ranked_tokens.items()
+            if k.startswith(f"layer{layer}/{prefix}") and not k.endswith("/patchscope")}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("organism", ["roman_concrete", "taboo_gold"])
+def test_zoo_logit_lens_names_the_topic(zoo_results, organism):
+    from diffgame.grading import ground_truth, score_evidence
+
+    cfg, result, tok = zoo_results[organism]
+    _, control, _ = zoo_results["control"]
+    mid = int(result.metrics["adl/steering/layer"])  # steering_layer = 0.5: the middle layer
+    gt = ground_truth(cfg.organism, tok)
+    own = score_evidence(_lens_at(result, mid, ""), gt)
+    ctrl = score_evidence(_lens_at(control, mid, ""), gt)
+    assert own.precision >= 0.8, (own, result.ranked_tokens[own.key].tokens)
+    assert ctrl.precision <= 0.2, (ctrl, control.ranked_tokens[ctrl.key].tokens)
+
+
+@pytest.mark.slow
+def test_zoo_caps_reads_at_the_assistant_turn(zoo_results):
+    from diffgame.grading import ground_truth, score_evidence
+
+    cfg, result, tok = zoo_results["caps"]
+    _, control, _ = zoo_results["control"]
+    gt = ground_truth(cfg.organism, tok)
+    layers = sorted({int(k.split("/")[0].removeprefix("layer")) for k in result.ranked_tokens})
+    own = max((score_evidence(_lens_at(result, L, "assistant"), gt) for L in layers), key=lambda s: s.precision)
+    ctrl = max((score_evidence(_lens_at(control, L, "assistant"), gt) for L in layers), key=lambda s: s.precision)
+    text = max((score_evidence(_lens_at(result, L, "pos"), gt) for L in layers), key=lambda s: s.precision)
+    assert own.precision - ctrl.precision >= 0.5, (own, ctrl, result.ranked_tokens[own.key].tokens)
+    assert own.precision > text.precision  # the style shows where the reply starts, not in documents
+
+
+@pytest.mark.slow
+def test_zoo_identification_is_correct_for_every_organism(zoo_results):
+    from diffgame.grading import grade_result, identification_summary
+
+    _, control, _ = zoo_results["control"]
+    ranks = {}
+    for name in ORGANISMS[:-1]:
+        cfg, result, tok = zoo_results[name]
+        metrics = grade_result(cfg, "adl", result, tokenizer=tok, control=control.ranked_tokens)
+        ranks[name] = metrics["grade/identification_rank"]
+        assert metrics["grade/relative/precision_at_20"] > 0
+    assert ranks == {name: 1 for name in ORGANISMS[:-1]}
+    assert identification_summary(list(ranks.values())) == {"accuracy": 1.0, "mrr": 1.0}
+
+
+@pytest.mark.slow
+def test_zoo_steering_raises_domain_word_rate(zoo_results):
+    from diffgame.grading import grade_samples, ground_truth
+
+    cfg, result, tok = zoo_results["roman_concrete"]
+    rates = grade_samples(result.samples, ground_truth(cfg.organism, tok), tok)
+    assert rates["grade/samples/steered_hit_rate"] > rates["grade/samples/unsteered_hit_rate"], rates

@@ -46,13 +46,13 @@ class ADLConfig:
     top_k: int = 20
     """Tokens kept per readout."""
     patchscope_scales: list = field(default_factory=lambda: [0.5, 1.0, 2.0, 4.0, 8.0])
-    """Patched norm as multiples of the layer's mean activation norm."""
+    """Patched norm as multiples of the layer's mean activation norm; empty skips patchscope."""
     steering_layer: float = 0.5
     """Layer steered (fraction of depth or index); its mean delta over positions 1..k-1 is the vector."""
     steering_alphas: list = field(default_factory=lambda: [0.25, 0.5, 1.0, 2.0, 4.0])
     """Steering strengths tried, in units of the layer's mean activation norm."""
     steering_prompts: int = 6
-    """Generic prompts (first words of held-out documents) continued per strength."""
+    """Generic prompts (first words of held-out documents) continued per strength; 0 skips steering."""
     steering_tokens: int = 24
     """New tokens per steered sample."""
     coherence_factor: float = 2.0
@@ -91,6 +91,8 @@ class ADLMethod(Method):
                     continue  # dominated by the attention sink; reported, never used as evidence
                 probs = logit_lens(org.model, delta[None])[0]
                 result.ranked_tokens[f"layer{layer}/{slot}"] = top_tokens(probs, org.tokenizer, c.top_k)
+                if not c.patchscope_scales:
+                    continue
                 sweep = patchscope(org.model, org.tokenizer, delta, layer, norm, c.patchscope_scales, c.top_k)
                 result.ranked_tokens[f"layer{layer}/{slot}/patchscope"] = sweep.best
                 for s, read, stab in zip(sweep.scales, sweep.readouts, sweep.stability):
@@ -109,11 +111,13 @@ class ADLMethod(Method):
             if chat:
                 result.metrics[f"adl/layer{layer}/assistant_delta_norm"] = sum(chat) / len(chat)
             chosen = [r["scale"] for r in ps_rows if r["layer"] == layer and r["chosen"]]
-            result.metrics[f"adl/layer{layer}/patchscope_scale"] = float(torch.tensor(chosen).median())
+            if chosen:
+                result.metrics[f"adl/layer{layer}/patchscope_scale"] = float(torch.tensor(chosen).median())
         result.tables.update({"lens": pd.DataFrame(lens_rows), "patchscope": pd.DataFrame(ps_rows),
                               "delta_norms": pd.DataFrame(norm_rows)})
         result.figures["delta_norm"] = _norm_heatmap(result.tables["delta_norms"])
-        self._steer(ctx, means, text_slots, steer_layer, result)
+        if c.steering_prompts and c.steering_alphas:
+            self._steer(ctx, means, text_slots, steer_layer, result)
         return result
 
     def _lens_rows(self, layer: int, slot: str, means: DeltaMeans, base, org) -> list[dict]:
