@@ -15,15 +15,15 @@ import torch
 STATS = ("mean", "std", "median", "p90", "p95", "p99", "max")
 """Every statistic in the table, in column order."""
 POSITION_EDGES = (0, 1, 4, 16, 64)
-"""Left edges of the position buckets: 0, 1-3, 4-15, 16-63, 64+."""
+"""Left edges of the position buckets: 0, 1-3, 4-15, 16-63, 64-inf (MLflow metric names allow no `+`)."""
 _QUANTILES = {"median": 0.5, "p90": 0.9, "p95": 0.95, "p99": 0.99}
 
 
 def position_buckets() -> list[str]:
-    """Bucket names in order (`0`, `1-3`, `4-15`, `16-63`, `64+`)."""
+    """Bucket names in order (`0`, `1-3`, `4-15`, `16-63`, `64-inf`)."""
     names = []
     for lo, hi in zip(POSITION_EDGES, (*POSITION_EDGES[1:], None)):
-        names.append(f"{lo}+" if hi is None else (str(lo) if hi == lo + 1 else f"{lo}-{hi - 1}"))
+        names.append(f"{lo}-inf" if hi is None else (str(lo) if hi == lo + 1 else f"{lo}-{hi - 1}"))
     return names
 
 

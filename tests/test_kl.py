@@ -147,3 +147,24 @@ def tracking_metrics(run_id):
     from diffgame import tracking
 
     return tracking.client().get_run(run_id).data.metrics
+
+
+def test_stats_layout_and_metric_names_are_mlflow_valid():
+    """Per-dataset stats, role means and position buckets, checked by hand; every key passes MLflow's name check."""
+    from mlflow.utils.validation import _validate_metric_name
+
+    from diffgame import stats
+
+    scores = {"a": torch.tensor([1.0, 2.0, 3.0, 4.0]), "b": torch.tensor([10.0, 0.0])}
+    roles = {"a": torch.tensor([0, 0, 0, 0]), "b": torch.tensor([1, 2])}
+    positions = {"a": torch.tensor([0, 1, 2, 100]), "b": torch.tensor([0, 70])}
+    table = stats.stats_table(scores, roles, positions, ("text", "user", "assistant", "template"))
+    metrics = stats.metrics_from_table(table, "kl")
+    assert metrics["kl/a/mean"] == 2.5 and metrics["kl/a/max"] == 4.0 and metrics["kl/a/median"] == 2.5
+    assert metrics["kl/b/role/assistant/mean"] == 0.0 and metrics["kl/b/role/user/mean"] == 10.0
+    assert metrics["kl/all/mean"] == pytest.approx(20 / 6)
+    assert metrics["kl/all/pos/0/mean"] == 5.5 and metrics["kl/all/pos/1-3/mean"] == 2.5
+    assert metrics["kl/all/pos/64-inf/mean"] == 2.0
+    assert "kl/all/pos/4-15/mean" not in metrics  # empty buckets are left out
+    for key in metrics:
+        _validate_metric_name(key)
