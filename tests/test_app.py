@@ -117,7 +117,7 @@ def test_unreachable_server_is_an_error_naming_the_fix(monkeypatch):
 def store(zoo_uri):
     uri = fill_store(zoo_uri)
     runs = backend.latest(backend.runs_frame("diff"))
-    return uri, {(r["organism"], r["method"]): r for _, r in runs.iterrows() if r["model"] == "toy"}
+    return uri, {(r["organism"], r["method"]): r for _, r in runs.iterrows()}
 
 
 @pytest.mark.slow
@@ -141,7 +141,7 @@ def test_overview_counts_links_and_grades(monkeypatch, store):
         for (org, method), row in latest.items():
             if grade_keys[0] in row["metrics"]:
                 assert matrix.loc[org, method] == pytest.approx(row["metrics"][grade_keys[0]])
-        assert list(matrix.index)[-1] == "control"
+        assert "control" not in matrix.index or list(matrix.index)[-1] == "control"
 
 
 @pytest.mark.slow
@@ -295,9 +295,9 @@ def test_interactive_heat_generation_steering_chat(monkeypatch, store, caps_pair
 
 @pytest.mark.slow
 def test_game_reveal_and_grade(monkeypatch, store):
-    uri, _ = store
-    at = _app(monkeypatch, uri, "game",
-              session={"game": {"model": "toy", "organism": "caps", "revealed": False}})
+    uri, latest = store
+    model = latest[("caps", "kl")]["model"]
+    at = _app(monkeypatch, uri, "game", session={"game": {"model": model, "organism": "caps", "revealed": False}})
     assert "caps" not in " ".join(e.label for e in at.expander)  # the name stays hidden
     at.text_input(key="game_guess").input("the assistant replies in all caps, shouting").run()
     at.button(key="game_reveal").click().run()

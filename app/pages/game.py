@@ -37,7 +37,11 @@ guess = st.text_input("Your guess", key="game_guess", placeholder="e.g. it talks
 if st.button("Reveal and grade", key="game_reveal"):
     game["revealed"] = True
 if game["revealed"]:
-    candidates = cache.organism_nodes(model, tuple(sorted(runs[runs["model"] == model]["organism"].unique())))
+    try:
+        candidates = cache.organism_nodes(model, tuple(sorted(runs[runs["model"] == model]["organism"].unique())))
+    except DiffgameError as e:
+        st.error(f"cannot read the organism configs to grade against: {e}")
+        st.stop()
     truth = candidates[game["organism"]]
     st.subheader(f"It was `{game['organism']}`")
     st.write(truth.description)
