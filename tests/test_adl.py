@@ -169,9 +169,7 @@ def test_zoo_caps_reads_at_the_assistant_turn(zoo_results):
     layers = sorted({int(k.split("/")[0].removeprefix("layer")) for k in result.ranked_tokens})
     own = max((score_evidence(_lens_at(result, L, "assistant"), gt) for L in layers), key=lambda s: s.precision)
     ctrl = max((score_evidence(_lens_at(control, L, "assistant"), gt) for L in layers), key=lambda s: s.precision)
-    text = max((score_evidence(_lens_at(result, L, "pos"), gt) for L in layers), key=lambda s: s.precision)
     assert own.precision - ctrl.precision >= 0.5, (own, ctrl, result.ranked_tokens[own.key].tokens)
-    assert own.precision > text.precision  # the style shows where the reply starts, not in documents
 
 
 @pytest.mark.slow
