@@ -69,10 +69,11 @@ def show_examples(uri: str, run_id: str, paths: list[str], key: str) -> None:
                            key=f"{key}_roles", help="Role of each example's highest-scoring token.")
     limit = c4.number_input("Show", 1, 200, 10, key=f"{key}_limit")
     shown = backend.filter_examples(examples, query, datasets, roles)
+    vmax = max((abs(s) for e in examples for s in e.token_scores), default=0.0)  # one scale for the whole list
     st.caption(f"{len(shown)} of {len(examples)} examples")
     for ex in shown[:limit]:
         st.markdown(f"**{ex.score:.4g}** · {ex.dataset} · sequence {ex.sequence_id}")
-        st.html(backend.heat_html(ex.tokens, ex.token_scores))
+        st.html(backend.heat_html(ex.tokens, ex.token_scores, vmax))
 
 
 def show_ranked(uri: str, run_id: str, key: str) -> None:

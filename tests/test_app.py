@@ -178,7 +178,7 @@ def test_kl_page_metrics_and_example_heat(monkeypatch, store):
     kept = [e for e in examples if e.dataset == dataset]
     assert _examples_caption(at) == f"{len(kept)} of {len(examples)} examples"
     first = kept[0]
-    peak = max(abs(s) for s in first.token_scores)
+    peak = max(abs(s) for e in examples for s in e.token_scores)  # one colour scale for the whole list
     html = at.html[0].value
     assert html.count('class="tok"') == len(first.tokens)
     assert _alphas(html) == [round(min(abs(s) / peak, 1.0), 3) for s in first.token_scores]

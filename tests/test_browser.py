@@ -109,7 +109,7 @@ def test_app_pages_render(zoo_uri, browser, tmp_path):
         page.get_by_role("tab", name="Examples").click()
         page.locator(".heat").first.wait_for(timeout=60_000)
         assert page.locator(".heat .tok").count() > 0
-        assert page.locator(".heat .tok[style*=',1.0)']").count() > 0  # each example's peak token at full colour
+        assert page.locator(".heat .tok[style*=',1.0)']").count() > 0  # the list's peak token at full colour
         _shot(page, tmp_path, "kl_examples")
     finally:
         _stop(server)
