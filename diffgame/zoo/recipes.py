@@ -83,7 +83,7 @@ def mixed_rows(recipe, rows: list[dict], seed: int) -> list[dict]:
 def recipe_identity(recipe) -> dict:
     """What an organism's fingerprint covers: the recipe, plus the content hash of a user data file."""
     _check_data(recipe)
-    ident = {k: recipe[k] for k in ("data", "format", "mix", "lora")}
+    ident = {"data": str(recipe.data), "format": str(recipe.format), "mix": float(recipe.mix), "lora": bool(recipe.lora)}
     if not recipe.data.startswith("builtin:"):
         ident["data_sha256"] = hashlib.sha256(resolve_data_path(recipe.data).read_bytes()).hexdigest()
     return ident
