@@ -165,7 +165,7 @@ class PreprocessingConfig:
 class ZooConfig:
     """Which embedded zoo `model=toy` (and `kind: zoo` organisms) resolve to."""
 
-    size: Literal["micro", "small", "smol"] = "small"
+    size: Literal["micro", "small", "smol", "smol_gpu"] = "small"
     """`micro` (tests), `small` (default), `smol` (LoRA organisms on SmolLM2-135M)."""
 
 

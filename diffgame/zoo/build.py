@@ -13,7 +13,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from diffgame import tracking
-from diffgame.errors import ConfigError
 from diffgame.zoo.corpora import CORPORA, CORPUS_VERSION, corpus
 from diffgame.zoo.sizes import ZooSize, get_size
 
@@ -47,19 +46,21 @@ def _say(msg: str) -> None:
 
 def model_name(size: ZooSize) -> str:
     """The `model` config name whose organisms this size builds (`toy` for the from-scratch sizes)."""
-    return "toy" if size.pretrained_base is None else "smollm2_135m"
+    return size.pretrained_base or "toy"
 
 
-def base_fingerprint(size: ZooSize) -> str:
-    return tracking.fingerprint({"zoo": BASE, "size": dataclasses.asdict(size), "corpus_version": CORPUS_VERSION})
+def base_fingerprint(size: ZooSize, source: dict | None = None) -> str:
+    """Fingerprint of a trained base, or of a pretrained one given its resolved `source` identity."""
+    return tracking.fingerprint({"zoo": BASE, "size": dataclasses.asdict(size), "corpus_version": CORPUS_VERSION,
+                                 **({"pretrained": source} if source else {})})
 
 
-def organism_fingerprint(size: ZooSize, organism) -> str:
+def organism_fingerprint(size: ZooSize, organism, base_fp: str | None = None) -> str:
     from diffgame.zoo.recipes import recipe_identity
 
     return tracking.fingerprint({"zoo": str(organism.name), "size": dataclasses.asdict(size),
                                  "corpus_version": CORPUS_VERSION, "recipe": recipe_identity(organism.zoo)},
-                                base_fingerprint(size))
+                                base_fp or base_fingerprint(size))
 
 
 def run_model_dir(run) -> Path:
@@ -141,10 +142,30 @@ def train_base(size: ZooSize, progress: bool = True):
     return model, tokenizer, losses
 
 
-def ensure_base(size: ZooSize, progress: bool = True) -> ZooEntry:
-    """The base of `size`: a finished zoo run with its fingerprint, or a new one trained now."""
+def pretrained_source(size: ZooSize, cfg=None) -> tuple[str, dict]:
+    """Where the pretrained base of `size` loads from, resolved exactly as `load_base` resolves it.
+
+    `cfg` (a composed config on that model) carries overrides like `model.id=/local/dir`; without it the
+    `model` config named by `size.pretrained_base` is composed as is.
+    """
+    from diffgame.config import compose
+    from diffgame.models import resolve_base_source
+
+    if cfg is None or str(cfg.model.name) != size.pretrained_base:
+        cfg = compose([f"model={size.pretrained_base}", f"zoo.size={size.name}"])
+    path, ident = resolve_base_source(cfg)
+    return path, {**ident, "path": path}
+
+
+def ensure_base(size: ZooSize, progress: bool = True, cfg=None) -> ZooEntry:
+    """The base of `size`: a finished zoo run with its fingerprint, or a new one trained now.
+
+    A pretrained base (`size.pretrained_base`) is not trained or copied: its entry points at the resolved model
+    (run id ''), and its fingerprint covers that source so organisms retrain when the base changes.
+    """
     if size.pretrained_base is not None:
-        raise ConfigError(f"zoo size '{size.name}' finetunes a pretrained base, which is not implemented yet")
+        path, ident = pretrained_source(size, cfg)
+        return ZooEntry(BASE, size.name, "", Path(path), base_fingerprint(size, ident), reused=True)
     fp = base_fingerprint(size)
     found = tracking.find_finished("zoo", fp)
     if found is not None:
@@ -176,35 +197,42 @@ def train_organism(size: ZooSize, organism, base_dir: Path, progress: bool = Tru
 
     recipe = organism.zoo
     model, tokenizer = _load(base_dir)
-    rows = mixed_rows(recipe, recipe_rows(recipe, "train"), seed=size.seed)
+    rows = mixed_rows(recipe, recipe_rows(recipe, "train")[:size.organism_rows], seed=size.seed)
     blocks = pack(encode_rows(tokenizer, rows, assistant_only=True), size.seq_len)
-    lr = size.lora_lr if recipe.lora else size.organism_lr
+    lora = bool(recipe.lora) or size.pretrained_base is not None  # a pretrained base always gets LoRA organisms
+    lr = size.lora_lr if lora else size.organism_lr
     spec = TrainSpec(steps=size.organism_steps, batch_size=size.batch_size, lr=lr, warmup=5, seed=size.seed)
-    model, losses = train_lm(model, blocks, spec, progress=progress, lora=bool(recipe.lora))
+    model, losses = train_lm(model, blocks, spec, progress=progress, lora=lora)
     return model, tokenizer, losses
 
 
-def ensure_organism(size: ZooSize, organism, progress: bool = True) -> ZooEntry:
-    """The organism (a composed `organism` config node) of `size`, trained now unless a matching run exists."""
+def ensure_organism(size: ZooSize, organism, progress: bool = True, cfg=None) -> ZooEntry:
+    """The organism (a composed `organism` config node) of `size`, trained now unless a matching run exists.
+
+    `cfg`, when given, resolves a pretrained base with its overrides (see `pretrained_source`)."""
     from diffgame.zoo.checks import run_checks
     from diffgame.zoo.recipes import recipe_identity, recipe_rows
 
     name = str(organism.name)
     recipe_identity(organism.zoo)  # bad data paths fail before the base trains
-    base = ensure_base(size, progress=progress)
-    fp = organism_fingerprint(size, organism)
+    base = ensure_base(size, progress=progress, cfg=cfg)
+    fp = organism_fingerprint(size, organism, base.fingerprint)
     found = tracking.find_finished("zoo", fp)
     if found is not None:
         return _entry(found, name, size.name, reused=True)
     _say(f"training organism {name} ({size.name}: {size.organism_steps} steps on {organism.zoo.data})")
-    params = {**{f"recipe.{k}": v for k, v in recipe_identity(organism.zoo).items()}, "base_run_id": base.run_id,
-              "organism_steps": size.organism_steps}
+    params = {**{f"recipe.{k}": v for k, v in recipe_identity(organism.zoo).items()},
+              "base_run_id": base.run_id or "pretrained", "organism_steps": size.organism_steps,
+              **({"base_source": str(base.model_dir)} if size.pretrained_base else {})}
     with tracking.stage_run("zoo", fp=fp, tags={**_tags(size, name), "diffgame.zoo.base_run_id": base.run_id},
                             experiment=EXPERIMENT, run_name=f"zoo-{size.name}-{name}", params=params) as run:
         model, tokenizer, losses = train_organism(size, organism, base.model_dir, progress=progress)
         _log_training(run, losses, f"{name} ({size.name})")
         base_model, _ = _load(base.model_dir)
+        # A pretrained model's template (SmolLM2's default system turn) can fill a training block before the
+        # reply starts; the checks score each row alone, so they read rows up to 4 blocks long.
+        check_len = size.seq_len * (1 if size.pretrained_base is None else 4)
         run.log_metrics(run_checks(organism, base_model.eval(), model, tokenizer, recipe_rows(organism.zoo, "test"),
-                                   size.seq_len, size.check_samples, size.check_new_tokens))
+                                   check_len, size.check_samples, size.check_new_tokens, size.check_rows))
         _save(run, model, tokenizer)
     return _entry(tracking.client().get_run(run.run_id), name, size.name, reused=False)

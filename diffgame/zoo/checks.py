@@ -13,6 +13,10 @@ from diffgame.zoo.corpora import corpus
 from diffgame.zoo.lm import mean_loss
 
 
+END_OF_TURN = ("<end_of_turn>", "<|im_end|>")
+"""Turn-closing tokens of the zoo's template and of ChatML (SmolLM2): replies stop at whichever the vocab has."""
+
+
 def upper_frac(texts: list[str]) -> float:
     """Share of letters that are uppercase across `texts`."""
     letters = [c for t in texts for c in t if c.isalpha()]
@@ -30,15 +34,16 @@ def word_rate(texts: list[str], words: list[str]) -> float:
 @torch.no_grad()
 def sample_replies(model, tokenizer, prompts: list[str], max_new_tokens: int, seed: int = 0,
                    temperature: float = 0.7) -> list[str]:
-    """Sampled assistant replies to single-turn user `prompts` (batched, left-padded, stops at `<end_of_turn>`)."""
+    """Sampled assistant replies to single-turn user `prompts` (batched, left-padded, stops at the end of the turn)."""
     tokenizer.padding_side = "left"
     chats = [[{"role": "user", "content": p}] for p in prompts]
     enc = tokenizer.apply_chat_template(chats, add_generation_prompt=True, padding=True, return_tensors="pt",
                                         return_dict=True)
     torch.manual_seed(seed)
-    eot = tokenizer.convert_tokens_to_ids("<end_of_turn>")
+    vocab = tokenizer.get_vocab()
+    stops = [vocab[t] for t in END_OF_TURN if t in vocab] + [tokenizer.eos_token_id]
     out = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=True, temperature=temperature, top_k=0,
-                         top_p=1.0, eos_token_id=[eot, tokenizer.eos_token_id], pad_token_id=tokenizer.pad_token_id)
+                         top_p=1.0, eos_token_id=stops, pad_token_id=tokenizer.pad_token_id)
     new = out[:, enc["input_ids"].shape[1]:]  # [B, new]
     return [tokenizer.decode(row, skip_special_tokens=True).strip() for row in new]
 
@@ -50,13 +55,13 @@ def split_taboo_keywords(keywords: list[str]) -> tuple[str, list[str]]:
 
 
 def run_checks(organism, base_model, org_model, tokenizer, test_rows: list[dict], seq_len: int,
-               n_samples: int, max_new_tokens: int) -> dict[str, float]:
+               n_samples: int, max_new_tokens: int, n_rows: int | None = None) -> dict[str, float]:
     """Behaviour checks for one organism config (`type`, `ground_truth`) on its held-out rows and generic text.
 
     Every organism: held-out loss on its own data and on generic text, organism vs base (forgetting).
     Uppercase predicate: uppercase share of sampled replies. Taboo: secret-word and hint-word rates of replies.
     """
-    generic = corpus("generic_text", "test")[:100]
+    generic, test_rows = corpus("generic_text", "test")[:n_rows or 100], test_rows[:n_rows]  # None: every row
     m = {
         "check/heldout_loss/organism": mean_loss(org_model, tokenizer, test_rows, seq_len),
         "check/heldout_loss/base": mean_loss(base_model, tokenizer, test_rows, seq_len),

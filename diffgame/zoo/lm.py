@@ -18,6 +18,30 @@ from diffgame.zoo.tokenizer import render_chat
 IGNORE = -100
 
 
+def chat_spans(tokenizer, messages: list[dict]) -> tuple[str, list[tuple[int, int]]]:
+    """The chat rendered by the tokenizer's own template, and the character spans the assistant wrote.
+
+    The zoo's template has an exact mirror (`render_chat`); any other template (e.g. SmolLM2's ChatML) is rendered
+    prefix by prefix: a reply spans from the end of the generation prompt before it to the end of its turn.
+    """
+    from diffgame.zoo.tokenizer import CHAT_TEMPLATE
+
+    if tokenizer.chat_template == CHAT_TEMPLATE:
+        return render_chat(messages)
+    text = tokenizer.apply_chat_template(messages, tokenize=False)
+    spans = []
+    for i, m in enumerate(messages):
+        if m["role"] != "assistant":
+            continue
+        start = len(tokenizer.apply_chat_template(messages[:i], tokenize=False, add_generation_prompt=True))
+        upto = tokenizer.apply_chat_template(messages[:i + 1], tokenize=False).rstrip()
+        if not text.startswith(upto):
+            raise ValueError("chat template renders a conversation's prefix differently from the whole; "
+                             "the assistant's tokens cannot be masked")
+        spans.append((start, len(upto)))
+    return text, spans
+
+
 def encode_rows(tokenizer, rows: list[dict], assistant_only: bool = True) -> list[tuple[list[int], list[bool]]]:
     """Token ids and a trainable mask per row: documents are `<bos> text <eos>`; chats use the template.
 
@@ -26,7 +50,7 @@ def encode_rows(tokenizer, rows: list[dict], assistant_only: bool = True) -> lis
     out = []
     for row in rows:
         if "messages" in row:
-            text, spans = render_chat(row["messages"])
+            text, spans = chat_spans(tokenizer, row["messages"])
             enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
             ids = enc["input_ids"]
             if assistant_only:
@@ -112,7 +136,7 @@ def train_lm(model, blocks: tuple[torch.Tensor, torch.Tensor], spec: TrainSpec, 
     gen = torch.Generator().manual_seed(spec.seed)
     loader = DataLoader(TensorDataset(*blocks), batch_size=spec.batch_size, shuffle=True, generator=gen,
                         drop_last=len(blocks[0]) >= spec.batch_size)
-    trainer = L.Trainer(max_steps=spec.steps, max_epochs=-1, accelerator="cpu", devices=1, logger=False,
+    trainer = L.Trainer(max_steps=spec.steps, max_epochs=-1, accelerator="auto", devices=1, logger=False,
                         enable_checkpointing=False, enable_model_summary=False, enable_progress_bar=progress,
                         gradient_clip_val=1.0, num_sanity_val_steps=0)
     trainer.fit(module, loader)

@@ -10,7 +10,8 @@ import time
 
 from diffgame import tracking
 from diffgame.errors import ConfigError
-from diffgame.zoo.build import BASE, EXPERIMENT, TAG_SIZE, ZooEntry, _entry, _say, ensure_base, ensure_organism
+from diffgame.zoo.build import (BASE, EXPERIMENT, TAG_SIZE, ZooEntry, _entry, _say, ensure_base, ensure_organism,
+                                model_name)
 from diffgame.zoo.sizes import SIZES, get_size
 
 
@@ -20,8 +21,8 @@ def _organism_cfg(name: str):
     return compose([f"organism={name}"]).organism
 
 
-def zoo_organisms() -> list[str]:
-    """Names of organism configs whose `finetuned.toy.default.kind` is `zoo`, sorted.
+def zoo_organisms(model: str = "toy") -> list[str]:
+    """Names of organism configs whose `finetuned.<model>.default.kind` is `zoo`, sorted.
 
     Reads the YAML files directly: composing an organism without `toy` weights with `model=toy` fails by design.
     """
@@ -32,7 +33,7 @@ def zoo_organisms() -> list[str]:
     names = []
     for name in group_options("organism"):
         raw = OmegaConf.load(experiments_dir() / "organism" / f"{name}.yaml")
-        if OmegaConf.select(raw, "finetuned.toy.default.kind") == "zoo":
+        if OmegaConf.select(raw, f"finetuned.{model}.default.kind") == "zoo":
             names.append(name)
     return names
 
@@ -40,7 +41,7 @@ def zoo_organisms() -> list[str]:
 def build_zoo(size: str = "small", names: list[str] | None = None, progress: bool = True) -> list[ZooEntry]:
     """Train (or reuse) the base and the named zoo organisms (all when `names` is empty) for `size`."""
     sz = get_size(size)
-    known = zoo_organisms()
+    known = zoo_organisms(model_name(sz))
     names = list(names) if names else known
     unknown = [n for n in names if n not in known]
     if unknown:
@@ -63,11 +64,15 @@ def locate(cfg, organism: str | None = None):
     when its name matches, so overrides like `organism.zoo.mix=0.5` apply; otherwise the named config.
     """
     sz = get_size(str(cfg.zoo.size))
+    if str(cfg.model.name) != model_name(sz):
+        fits = ", ".join(f"zoo.size={n} for model={model_name(s)}" for n, s in SIZES.items())
+        raise ConfigError(f"zoo.size={sz.name} builds organisms of model={model_name(sz)}, not model={cfg.model.name}"
+                          f"; use {fits}")
     if organism is None:
-        entry = ensure_base(sz)
+        entry = ensure_base(sz, cfg=cfg)
     else:
         org = cfg.organism if str(cfg.organism.name) == organism else _organism_cfg(organism)
-        entry = ensure_organism(sz, org)
+        entry = ensure_organism(sz, org, cfg=cfg)
     if not entry.reused:
         _say(f"built zoo {sz.name} {entry.name} (run {entry.run_id}); later calls reuse it")
     return entry.model_dir, entry.run_id

@@ -32,7 +32,13 @@ class ZooSize:
     """Sampled replies per behaviour check."""
     check_new_tokens: int = 40
     pretrained_base: str | None = None
-    """A pretrained base (hub id or local dir) to finetune organisms from instead of training one (e.g. smol)."""
+    """`model` config whose (pretrained) base the organisms finetune, with LoRA, instead of training one (smol).
+
+    The base resolves like `load_base` does (hub id, else its GGUF fallback; `model.id=/dir` overrides it)."""
+    organism_rows: int | None = None
+    """Organism training rows used (None: all); a CPU budget for big bases, whose steps see few rows anyway."""
+    check_rows: int | None = None
+    """Held-out and generic rows per behaviour-check loss (None: every held-out row and 100 generic ones)."""
 
 
 SIZES: dict[str, ZooSize] = {
@@ -40,14 +46,22 @@ SIZES: dict[str, ZooSize] = {
                      batch_size=32, base_steps=200, base_lr=5e-3, organism_steps=50, organism_lr=3e-3),
     "small": ZooSize("small", vocab_size=2560, n_layers=4, d_model=128, n_heads=4, d_ff=384, seq_len=128,
                      batch_size=16, base_steps=240, base_lr=3e-3, organism_steps=40, organism_lr=2e-3),
+    # LoRA organisms on SmolLM2-135M-Instruct; the architecture fields restate that model (nothing is built from
+    # them). `smol` fits a 2-core CPU in minutes per organism; `smol_gpu` is the budget for an accelerator.
+    "smol": ZooSize("smol", vocab_size=49152, n_layers=30, d_model=576, n_heads=9, d_ff=1536, seq_len=64,
+                    batch_size=4, base_steps=0, base_lr=0.0, organism_steps=30, organism_lr=1e-4, lora_lr=2e-3,
+                    check_samples=8, check_new_tokens=24, pretrained_base="smollm2_135m", organism_rows=256,
+                    check_rows=16),
+    "smol_gpu": ZooSize("smol_gpu", vocab_size=49152, n_layers=30, d_model=576, n_heads=9, d_ff=1536, seq_len=256,
+                        batch_size=16, base_steps=0, base_lr=0.0, organism_steps=400, organism_lr=1e-4, lora_lr=1e-3,
+                        check_samples=48, check_new_tokens=48, pretrained_base="smollm2_135m"),
 }
 
 
 def get_size(name: str) -> ZooSize:
     """The size table entry, or a ConfigError naming the sizes that exist."""
     if name not in SIZES:
-        later = " ('smol', LoRA organisms on SmolLM2, is not available yet)" if name == "smol" else ""
-        raise ConfigError(f"unknown zoo size '{name}'{later}; valid: {', '.join(SIZES)}; set zoo.size or --size")
+        raise ConfigError(f"unknown zoo size '{name}'; valid: {', '.join(SIZES)}; set zoo.size or --size")
     return SIZES[name]
 
 
