@@ -29,12 +29,9 @@ def steer(model: torch.nn.Module, vector: torch.Tensor, layer: int, scale: float
     `prompt`: only the positions of the first forward pass seen (the prompt pass of `generate`,
     which then extends a KV cache one token at a time), so generated tokens run unsteered.
     """
-    layers = decoder_layers(model)
     if mode not in MODES:
         raise ConfigError(f"invalid steering mode {mode!r}; valid: {', '.join(MODES)}")
-    if not -len(layers) <= layer < len(layers):
-        raise ConfigError(f"steering layer {layer} is out of range for a model with {len(layers)} layers "
-                          f"(valid: 0..{len(layers) - 1})")
+    block = _block(model, layer, "steering")
     if vector.ndim != 1:
         raise ConfigError(f"steering vector must be 1-D [d_model], got shape {tuple(vector.shape)}")
     calls = {"n": 0}
@@ -50,11 +47,8 @@ def steer(model: torch.nn.Module, vector: torch.Tensor, layer: int, scale: float
         hidden = hidden + scale * vector.to(device=hidden.device, dtype=hidden.dtype)
         return (hidden, *output[1:]) if isinstance(output, tuple) else hidden
 
-    handle = layers[layer].register_forward_hook(hook)
-    try:
+    with _hooked(block, hook):
         yield
-    finally:
-        handle.remove()
 
 
 @torch.no_grad()
@@ -96,10 +90,7 @@ def perplexity(model, tokenizer, prompts: Sequence[str], continuations: Sequence
 @contextmanager
 def patch(model: torch.nn.Module, vector: torch.Tensor, layer: int, position: int = -1) -> Iterator[None]:
     """Replace the residual after decoder layer `layer` at `position` with `vector` ([D]) (patchscope)."""
-    layers = decoder_layers(model)
-    if not -len(layers) <= layer < len(layers):
-        raise ConfigError(f"patch layer {layer} is out of range for a model with {len(layers)} layers "
-                          f"(valid: 0..{len(layers) - 1})")
+    block = _block(model, layer, "patch")
 
     def hook(_module, _inputs, output):
         hidden = output[0] if isinstance(output, tuple) else output  # [B, T, D]
@@ -107,7 +98,22 @@ def patch(model: torch.nn.Module, vector: torch.Tensor, layer: int, position: in
         hidden[:, position] = vector.to(device=hidden.device, dtype=hidden.dtype)
         return (hidden, *output[1:]) if isinstance(output, tuple) else hidden
 
-    handle = layers[layer].register_forward_hook(hook)
+    with _hooked(block, hook):
+        yield
+
+
+def _block(model: torch.nn.Module, layer: int, what: str) -> torch.nn.Module:
+    """Decoder block `layer` (negative counts from the end), or a ConfigError naming the valid range."""
+    layers = decoder_layers(model)
+    if not -len(layers) <= layer < len(layers):
+        raise ConfigError(f"{what} layer {layer} is out of range for a model with {len(layers)} layers "
+                          f"(valid: 0..{len(layers) - 1})")
+    return layers[layer]
+
+
+@contextmanager
+def _hooked(block: torch.nn.Module, hook) -> Iterator[None]:
+    handle = block.register_forward_hook(hook)
     try:
         yield
     finally:
