@@ -215,7 +215,7 @@ def test_adl_page_token_tables_and_samples(monkeypatch, store):
     ranked = results.load_ranked_tokens(row["run_id"])
     key = sorted(ranked)[-1]
     at.selectbox(key="adl_ranked").set_value(key).run()
-    shown = next(d.value for d in at.dataframe if "token_id" in d.value.columns)
+    shown = next(d.value for d in at.dataframe if list(d.value.columns) == ["rank", "token", "token_id", "score"])
     assert list(shown["token"]) == ranked[key].tokens
     assert list(shown["score"]) == pytest.approx(ranked[key].scores)
     lens = results.load_table(row["run_id"], "lens")
