@@ -18,6 +18,15 @@ from diffgame import app_backend as backend
 from diffgame import results, tracking
 from diffgame.errors import ConfigError
 
+
+@pytest.fixture(autouse=True)
+def _keep_main_module():
+    """AppTest leaves the last app script installed as `__main__`; put pytest's back, or a later
+    multiprocessing spawn (the DDP extraction test) re-runs that page in its children."""
+    main = sys.modules["__main__"]
+    yield
+    sys.modules["__main__"] = main
+
 HOME = str(Path(__file__).resolve().parent.parent / "app" / "Home.py")
 TIMEOUT = 600
 
