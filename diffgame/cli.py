@@ -25,7 +25,7 @@ TrackingUri = Annotated[Optional[str], typer.Option(
 Multirun = Annotated[bool, typer.Option(
     "--multirun", "-m", help="Expand comma-separated values (`organism=caps,control`) into a sweep: "
                              "one parent run, one child per combination.")]
-ZooSize = Annotated[str, typer.Option("--size", help="Zoo size: micro (tests, ~2 min), small (default), smol (SmolLM2 LoRA).")]
+ZooSize = Annotated[str, typer.Option("--size", help="Zoo size: micro (tests), small (default), smol / smol_gpu (LoRA organisms on SmolLM2-135M; use with model=smollm2_135m).")]
 
 
 def _fail(err: DiffgameError) -> None:
