@@ -8,12 +8,18 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
-import seaborn as sns
 import torch
 from matplotlib.figure import Figure
 
 _MAX_POINTS = 200_000
 """Histograms subsample to this many values per group (deterministically) to stay fast on big stores."""
+
+
+def _sns():
+    """seaborn, imported on first plot: it pulls in scipy, which would slow every CLI call (`diffgame config`)."""
+    import seaborn
+
+    return seaborn
 
 
 def _figure(width: float = 6.4, height: float = 4.0):
@@ -36,7 +42,7 @@ def distribution(values: dict[str, torch.Tensor], xlabel: str, title: str, log_x
         df = df[df["value"] > 0]
     else:
         log_x = False  # nothing positive to put on a log axis (e.g. a model diffed against itself)
-    sns.histplot(df, x="value", hue="group", stat="density", common_norm=False, element="step", bins=60,
+    _sns().histplot(df, x="value", hue="group", stat="density", common_norm=False, element="step", bins=60,
                  log_scale=log_x, ax=ax)
     ax.set(xlabel=xlabel, title=title)
     return fig
@@ -45,7 +51,7 @@ def distribution(values: dict[str, torch.Tensor], xlabel: str, title: str, log_x
 def profile(table: pd.DataFrame, x: str, y: str, hue: str | None, ylabel: str, title: str) -> Figure:
     """A line per `hue` of `y` against `x` (mean score by layer or by position)."""
     fig, ax = _figure()
-    sns.lineplot(table, x=x, y=y, hue=hue, marker="o", ax=ax)
+    _sns().lineplot(table, x=x, y=y, hue=hue, marker="o", ax=ax)
     ax.set(ylabel=ylabel, title=title)
     return fig
 
@@ -55,7 +61,7 @@ def role_comparison(table: pd.DataFrame, ylabel: str, title: str, log_y: bool = 
     rows = table[table["group"].str.startswith("role/") & (table["dataset"] != "all")].copy()
     rows["role"] = rows["group"].str.removeprefix("role/")
     fig, ax = _figure()
-    sns.barplot(rows, x="dataset", y="mean", hue="role", ax=ax)
+    _sns().barplot(rows, x="dataset", y="mean", hue="role", ax=ax)
     if log_y:
         ax.set_yscale("log")
     ax.set(ylabel=ylabel, title=title)
