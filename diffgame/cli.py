@@ -39,7 +39,7 @@ def _summary(rows) -> None:
 
     from diffgame import tracking
 
-    console = Console()
+    console = Console(width=None if sys.stdout.isatty() else 200)
     table = Table(title="diffgame runs")
     for col in ("stage", "model", "organism", "method", "run id", "reused", "headline"):
         table.add_column(col)
