@@ -128,9 +128,8 @@ def test_unreadable_and_missing_files(cfg, tok, tmp_path):
 
 
 def test_zoo_corpora(cfg, tok):
-    zoo = pytest.importorskip("diffgame.zoo")
-    if not hasattr(zoo, "corpus"):
-        pytest.skip("diffgame.zoo.corpus not available yet")
+    from diffgame import zoo
+
     cfg.dataset.sources = {"generic_text": {**cfg.dataset.sources.text, "source": "zoo:generic_text", "split": "test",
                                             "max_samples": 5},
                            "generic_chat": {**cfg.dataset.sources.chat, "source": "zoo:generic_chat", "split": "test",
