@@ -45,22 +45,27 @@ def show_plots(uri: str, run_id: str, paths: list[str]) -> None:
         st.image(cache.artifact_bytes(uri, run_id, f"plots/{name}.png"), caption=name)
 
 
-def show_tables(uri: str, run_id: str, paths: list[str], key: str) -> None:
-    names = backend.artifact_names(paths, "tables", ".parquet")
+def _pick_artifact(paths: list[str], folder: str, suffix: str, label: str, key: str) -> str | None:
+    """A selectbox over the run's `<folder>/*<suffix>` artifacts, or a note that it logged none."""
+    names = backend.artifact_names(paths, folder, suffix)
     if not names:
-        st.info("This run logged no tables.")
+        st.info(f"This run logged no {folder}.")
+        return None
+    return st.selectbox(label, names, key=key)
+
+
+def show_tables(uri: str, run_id: str, paths: list[str], key: str) -> None:
+    name = _pick_artifact(paths, "tables", ".parquet", "Table", f"{key}_table")
+    if name is None:
         return
-    name = st.selectbox("Table", names, key=f"{key}_table")
     st.dataframe(cache.table(uri, run_id, name), width="stretch", hide_index=True)
 
 
 def show_examples(uri: str, run_id: str, paths: list[str], key: str) -> None:
     """Max-activating examples as token heat, with text search and dataset / peak-role filters."""
-    names = backend.artifact_names(paths, "examples", ".json")
-    if not names:
-        st.info("This run logged no examples.")
+    name = _pick_artifact(paths, "examples", ".json", "Examples", f"{key}_examples")
+    if name is None:
         return
-    name = st.selectbox("Examples", names, key=f"{key}_examples")
     examples = cache.examples(uri, run_id, name)
     c1, c2, c3, c4 = st.columns([2, 2, 2, 1])
     query = c1.text_input("Search text", key=f"{key}_query")
@@ -87,11 +92,9 @@ def show_ranked(uri: str, run_id: str, key: str) -> None:
 
 def show_samples(uri: str, run_id: str, paths: list[str], key: str) -> None:
     """Generated samples; steered and unsteered texts of one prompt side by side."""
-    names = backend.artifact_names(paths, "samples", ".json")
-    if not names:
-        st.info("This run logged no samples.")
+    name = _pick_artifact(paths, "samples", ".json", "Samples", f"{key}_samples")
+    if name is None:
         return
-    name = st.selectbox("Samples", names, key=f"{key}_samples")
     rows = cache.samples(uri, run_id, name)
     frame = pd.DataFrame(rows)
     st.dataframe(frame, width="stretch", hide_index=True)
