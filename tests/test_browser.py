@@ -115,9 +115,6 @@ def test_app_pages_render(zoo_uri, browser, tmp_path):
         _stop(server)
 
 
-@pytest.mark.xfail(strict=False, reason=(
-    "the store's diff runs are all sweep children, which MLflow 3.17's run list collapses under the "
-    "parent row; the check must expand the parent before looking for the children's names"))
 def test_mlflow_ui_lists_diff_runs(zoo_uri, browser, tmp_path):
     from diffgame import tracking
 
@@ -137,11 +134,14 @@ def test_mlflow_ui_lists_diff_runs(zoo_uri, browser, tmp_path):
         search.wait_for(timeout=120_000)
         search.fill(f"tags.`{tracking.TAG_STAGE}` = 'diff' and tags.`{tracking.TAG_ORGANISM}` = 'caps'")
         search.press("Enter")  # filter the way a user narrows the list to one organism's diff runs
-        # sweep children sit collapsed under their parent row, so the list shows the top-level runs;
-        # a child's tags and metrics are checked on its own run page below
-        top = [r for r in runs if tracking.TAG_PARENT not in r.data.tags]
-        assert top
-        for r in top:
+        # sweep children sit collapsed under their parent row: expand each parent, as a user does
+        parents = {r.data.tags[tracking.TAG_PARENT] for r in runs if tracking.TAG_PARENT in r.data.tags}
+        for parent in parents:
+            name = tracking.client().get_run(parent).info.run_name
+            row = page.locator("[role=row]").filter(has=page.get_by_text(name, exact=True)).first
+            row.wait_for(timeout=120_000)
+            row.locator("button").first.click()  # the row's expander
+        for r in runs:
             page.get_by_text(r.info.run_name, exact=True).first.wait_for(timeout=120_000)
         _shot(page, tmp_path, "mlflow_runs")
         run = next((r for r in runs if tracking.TAG_PARENT in r.data.tags), runs[0])
