@@ -82,7 +82,7 @@ def bench(shape: str, layers: int | None, batch: int, seq: int, dtype: str, devi
     n = batch * seq
     return {"shape": shape, "layers": base.config.num_hidden_layers, "vocab": vocab, "B": batch, "T": seq,
             "dtype": dtype, "device": device, "fwd_tok_s": n / t_fwd, "kl_tok_s": n / t_kl, "ratio": t_fwd / t_kl,
-            "chunk_tokens": max(1, cfg.chunk_elements // vocab)}
+            "chunk_tokens": cfg.chunk_tokens(vocab, torch.device(device))}
 
 
 def main() -> None:

@@ -33,17 +33,25 @@ class KLConfig:
     """Both models' logits are divided by this before the softmax."""
     batch_tokens: int = 8192
     """Padded tokens per forward pass (sequences are batched by similar length)."""
-    chunk_elements: int = 2 ** 25
-    """Logits per fp32 chunk per model (tokens per chunk = this // vocab size); bounds memory."""
+    chunk_elements: int = 0
+    """Logits per fp32 chunk per model (tokens per chunk = this // vocab size); bounds memory. 0 = auto:
+    2**25 on the CPU, 2**28 (1 GiB per model) on an accelerator, where small chunks starve the LM-head matmul."""
     top_k_examples: int = 20
     """Max-activating examples kept per ranking (max and mean per-token divergence)."""
     min_token_count: int = 5
     """Tokens seen fewer times are left out of the tokens-by-mean-divergence table."""
 
     def __post_init__(self):
-        for name in ("temperature", "batch_tokens", "chunk_elements"):
+        for name in ("temperature", "batch_tokens"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"method.kl.{name} must be > 0, got {getattr(self, name)}")
+        if self.chunk_elements < 0:
+            raise ConfigError(f"method.kl.chunk_elements must be >= 0 (0: auto), got {self.chunk_elements}")
+
+    def chunk_tokens(self, vocab: int, device: torch.device) -> int:
+        """Tokens per divergence chunk for a `vocab`-sized head on `device`."""
+        budget = self.chunk_elements or (2 ** 25 if device.type == "cpu" else 2 ** 28)
+        return max(1, budget // vocab)
 
 
 def token_divergence(logits_org: torch.Tensor, logits_base: torch.Tensor, kind: str = "kl",
@@ -104,7 +112,7 @@ def per_token_divergence(base_model, org_model, input_ids: torch.Tensor, seq_off
     lengths = [b - a for a, b in zip(offsets[:-1], offsets[1:])]
     out = torch.zeros(len(input_ids), dtype=torch.float32)
     vocab = unembedding(base_model).weight.shape[0]
-    chunk = max(1, config.chunk_elements // vocab)
+    chunk = config.chunk_tokens(vocab, device)
     for batch in length_batches(lengths, config.batch_tokens):
         width = lengths[batch[0]]
         ids = torch.full((len(batch), width), 0, dtype=torch.long)
