@@ -16,6 +16,7 @@ import json
 import os
 import struct
 from collections.abc import Iterator
+from concurrent.futures import Executor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -87,9 +88,13 @@ class StoreWriter:
                    for f, info in files.items())
 
     def write_part(self, dataset: str, shard: str, part: str, files: dict[str, dict[str, torch.Tensor]],
-                   meta: dict) -> list[str]:
-        """Write `files` (relpath -> tensors) then the part's marker; returns the relpaths written."""
-        infos = {rel: write_file(self.root / rel, tensors) for rel, tensors in files.items()}
+                   meta: dict, executor: Executor | None = None) -> list[str]:
+        """Write `files` (relpath -> tensors) then the part's marker; returns the relpaths written.
+
+        With an `executor`, the files are serialised, hashed and written in parallel (each a layer's [n, D])."""
+        rels = list(files)
+        mapper = executor.map if executor is not None else map
+        infos = dict(zip(rels, mapper(lambda rel: write_file(self.root / rel, files[rel]), rels)))
         _write_json(self.marker(dataset, shard, part), {**meta, "files": infos})
         return [*infos, str(self.marker(dataset, shard, part).relative_to(self.root))]
 

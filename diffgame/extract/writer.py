@@ -8,10 +8,12 @@ files are written, which is what a resumed run trusts. A writer error (e.g. a fu
 from __future__ import annotations
 
 import errno
+import os
 import queue
 import threading
 from collections import defaultdict
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 
 import torch
 from lightning.pytorch.callbacks import BasePredictionWriter
@@ -46,6 +48,10 @@ class ShardWriter(BasePredictionWriter):
         self.store = StoreWriter(self.root)
         self.queue: queue.Queue = queue.Queue(self.max_queue)
         self.error: BaseException | None = None
+        # files of a shard (one per layer) are serialised, hashed and written in parallel: one thread cannot keep
+        # up with an accelerator's device-to-host rate
+        self.pool = ThreadPoolExecutor(max_workers=max(1, min(8, (os.cpu_count() or 2) - 1)),
+                                       thread_name_prefix="diffgame-file-writer")
         self.thread = threading.Thread(target=self._loop, name="diffgame-shard-writer", daemon=True)
         self.thread.start()
 
@@ -66,11 +72,14 @@ class ShardWriter(BasePredictionWriter):
         if getattr(self, "thread", None) is not None and self.thread.is_alive():
             self.queue.put(None)
             self.thread.join()
+        if getattr(self, "pool", None) is not None:
+            self.pool.shutdown()
 
     def close(self) -> None:
         if self.thread.is_alive():
             self.queue.put(None)
             self.thread.join()
+        self.pool.shutdown()
         self._raise_if_failed()
 
     def _raise_if_failed(self) -> None:
@@ -131,7 +140,7 @@ class ShardWriter(BasePredictionWriter):
                 files = {act_file(dataset, part, layer, shard): {"act": torch.cat([b["acts"][(part, layer)]
                                                                                    for b in batches])}  # [n, D]
                          for layer in layers}
-            rels = self.store.write_part(dataset, shard, part, files, common)
+            rels = self.store.write_part(dataset, shard, part, files, common, executor=self.pool)
             written.extend(rels)
             self.bytes_written += sum((self.store.root / r).stat().st_size for r in rels)
         if self.uploader is not None and written:
