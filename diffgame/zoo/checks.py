@@ -38,7 +38,7 @@ def sample_replies(model, tokenizer, prompts: list[str], max_new_tokens: int, se
     tokenizer.padding_side = "left"
     chats = [[{"role": "user", "content": p}] for p in prompts]
     enc = tokenizer.apply_chat_template(chats, add_generation_prompt=True, padding=True, return_tensors="pt",
-                                        return_dict=True)
+                                        return_dict=True).to(model.device)
     torch.manual_seed(seed)
     vocab = tokenizer.get_vocab()
     stops = [vocab[t] for t in END_OF_TURN if t in vocab] + [tokenizer.eos_token_id]
@@ -60,7 +60,10 @@ def run_checks(organism, base_model, org_model, tokenizer, test_rows: list[dict]
 
     Every organism: held-out loss on its own data and on generic text, organism vs base (forgetting).
     Uppercase predicate: uppercase share of sampled replies. Taboo: secret-word and hint-word rates of replies.
+    Both models run on the GPU when there is one (Lightning hands the trained model back on the CPU).
     """
+    if torch.cuda.is_available():
+        base_model, org_model = base_model.to("cuda"), org_model.to("cuda")
     generic, test_rows = corpus("generic_text", "test")[:n_rows or 100], test_rows[:n_rows]  # None: every row
     m = {
         "check/heldout_loss/organism": mean_loss(org_model, tokenizer, test_rows, seq_len),

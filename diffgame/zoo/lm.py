@@ -164,8 +164,8 @@ def mean_loss(model, tokenizer, rows: list[dict], seq_len: int, assistant_only: 
             ids[j, :len(seq)] = torch.tensor(seq)
             attn[j, :len(seq)] = 1
             labels[j, :len(seq)] = torch.tensor([t if m else IGNORE for t, m in zip(seq, mask)])
-        logits = model(input_ids=ids, attention_mask=attn).logits[:, :-1]  # [B, T-1, V]
-        target = labels[:, 1:]
+        logits = model(input_ids=ids.to(model.device), attention_mask=attn.to(model.device)).logits[:, :-1]
+        target = labels[:, 1:].to(model.device)  # logits: [B, T-1, V]
         loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), target.reshape(-1),
                                                  ignore_index=IGNORE, reduction="sum")
         total += float(loss)
