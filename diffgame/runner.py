@@ -15,7 +15,7 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 from diffgame import tracking
-from diffgame.config import method_names
+from diffgame.config import method_names, weights_spec
 from diffgame.grading import grade_result
 from diffgame.methods import MethodContext, MethodResult, build_config, canonical_name, get_method
 from diffgame.pipeline import StageSummary
@@ -60,11 +60,14 @@ def run_methods(cfg: DictConfig, parent_run_id: str | None = None) -> list[Stage
         from diffgame.models import load_pair
 
         base, organism = load_pair(cfg)
+    zoo = weights_spec(cfg).kind == "zoo"
     for name, cls, config, fp in todo:
         tags = {tracking.TAG_MODEL: cfg.model.name, tracking.TAG_ORGANISM: cfg.organism.name,
                 tracking.TAG_METHOD: name, tracking.TAG_PREPROCESS: pre_run_id}
         params = {f"method.{k}": v for k, v in dataclasses.asdict(config).items()}
         params.update({"dataset": cfg.dataset.name, "layers": list(store.layers) if store is not None else None})
+        if zoo:
+            params["zoo.size"] = cfg.zoo.size  # the app loads zoo models of this size
         with tracking.stage_run("diff", fp=fp, tags=tags, experiment=cfg.tracking.experiment,
                                 run_name=f"{name}-{cfg.organism.name}", params=params,
                                 parent_run_id=parent_run_id) as run:

@@ -135,6 +135,7 @@ def test_overview_counts_links_and_grades(monkeypatch, store):
     at = _app(monkeypatch, uri)
     assert at.title[0].value == "diffgame overview"
     finished = [r for r in tracking.search({tracking.TAG_STAGE: "diff"}) if r.info.status == "FINISHED"]
+    assert {r.data.params.get("zoo.size") for r in finished} == {"micro"}  # what the app loads zoo models with
     expected = Counter((r.data.tags[tracking.TAG_MODEL], r.data.tags[tracking.TAG_ORGANISM],
                         r.data.tags[tracking.TAG_METHOD]) for r in finished)
     cov = at.dataframe[0].value
