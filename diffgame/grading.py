@@ -149,7 +149,8 @@ def log_odds_vocab(target: Counter, background: Counter, top_n: int = 50, min_z:
 
 
 def data_vocab(organism: DictConfig, tokenizer, top_n: int = 50) -> frozenset[int]:
-    """Token ids over-represented in the organism's training data vs the base corpus (`log_odds_vocab`)."""
+    """Token ids over-represented in the organism's training data vs the base corpus (`log_odds_vocab`), words
+    and word pieces of at least `MIN_PIECE` letters."""
     key = (str(organism.zoo.data or organism.training_data), getattr(tokenizer, "name_or_path", ""),
            len(tokenizer), top_n)
     return _data_vocab_cached(key, organism, tokenizer, top_n)
@@ -168,7 +169,12 @@ def _data_vocab_cached(key: tuple, organism: DictConfig, tokenizer, top_n: int) 
         bg_rows, _ = source_rows(cfg, OmegaConf.create({"source": BASE_CORPUS, "kind": "text", "split": "train"}))
         target = _token_counts(tokenizer, _rows_text(rows[:2000]))
         background = _token_counts(tokenizer, _rows_text(bg_rows[:2000]))
-        _VOCAB_CACHE[key] = frozenset(log_odds_vocab(target, background, top_n=top_n))
+        ranked = log_odds_vocab(target, background, top_n=len(target))
+        # word pieces shorter than MIN_PIECE letters (`Ġw`, `he`) are over-represented wherever a small
+        # vocabulary splits the organism's words, and any text's lens output is full of them: not evidence
+        pieces = tokenizer.convert_ids_to_tokens(ranked)
+        _VOCAB_CACHE[key] = frozenset([i for i, t in zip(ranked, pieces)
+                                       if len(normalize_token(t)) >= MIN_PIECE][:top_n])
     return _VOCAB_CACHE[key]
 
 
