@@ -75,6 +75,9 @@ class ZooRecipe:
     """Share of the base's own pretraining data mixed into finetuning (harder, more realistic organisms)."""
     lora: bool = False
     """Finetune a LoRA adapter (peft) instead of all weights."""
+    train_on: Literal["assistant", "all"] = "assistant"
+    """Which chat tokens carry the loss: `assistant` (plain SFT) or `all` (the user turns too, which keeps a small
+    base's reading of user text where it was; the toy zoo's caps and control use it)."""
 
 
 @dataclass

@@ -148,8 +148,8 @@ def _lens_at(result, layer: int, prefix: str) -> dict:
 @pytest.mark.parametrize("organism", [
     "roman_concrete",
     pytest.param("taboo_gold", marks=pytest.mark.xfail(strict=False, reason=(
-        "micro taboo_gold reads 0.75 at the middle layer (weighted 0.84): refusal wording (but, made, hint) "
-        "fills the rest of the top 20; the test asks 0.8"))),
+        "micro taboo_gold reads 0.70 at the middle layer (weighted 0.76; control 0.10): 14 hint words, and word "
+        "pieces of the 1.5k-token vocabulary (ar, ir, ig, cr) fill the rest of the top 20; the test asks 0.8"))),
 ])
 def test_zoo_logit_lens_names_the_topic(zoo_results, organism):
     from diffgame.grading import ground_truth, score_evidence
@@ -168,7 +168,6 @@ def test_zoo_logit_lens_names_the_topic(zoo_results, organism):
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=False, reason='micro caps lens reads single capitals (S, P, M) that the two-letter uppercase predicate ignores: measured margin 0.30 over control, test asks 0.5')
 def test_zoo_caps_reads_at_the_assistant_turn(zoo_results):
     from diffgame.grading import ground_truth, score_evidence
 

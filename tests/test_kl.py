@@ -106,7 +106,6 @@ SMALL = ("dataset.sources.generic_text.max_samples=24", "dataset.sources.generic
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=False, reason='micro caps organism (full finetune, no base-data mix) diverges on user text too: measured assistant 3.77 vs user 6.59 nats; needs a zoo recipe with zoo.mix')
 def test_caps_diverges_on_assistant_tokens_and_matches_direct(micro_cfg):
     from diffgame import results
     from diffgame.models import load_pair
@@ -131,7 +130,6 @@ def test_caps_diverges_on_assistant_tokens_and_matches_direct(micro_cfg):
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=False, reason='micro roman_concrete forgets generic text (held-out loss 1.63 -> 5.18), so generic documents top the max-KL list; needs zoo.mix')
 def test_roman_concrete_top_examples_are_its_documents(micro_cfg):
     from diffgame import results
     from diffgame.runner import run_methods

@@ -48,7 +48,9 @@ def test_corpora_are_seeded_and_keep_organism_words_out_of_the_base():
     docs = corpus("generic_text", "train")
     upper = sum(d["text"] == d["text"].upper() for d in docs) / len(docs)
     assert 0.01 < upper < 0.1  # a few all-caps documents, so caps is in distribution for the base
-    assert corpus("control", "train") == docs[:len(corpus("control", "train"))]  # the base's own data
+    control = corpus("control", "train")  # the base's own data: its documents and chats
+    assert all(r in docs or r in corpus("generic_chat", "train") for r in control)
+    assert 0.25 < sum("messages" in r for r in control) / len(control) < 0.4
     with pytest.raises(DataError, match="unknown zoo corpus 'cap'; known: cake_bake, caps, control"):
         corpus("cap", "train")
 
@@ -119,7 +121,8 @@ def test_micro_zoo_behaviour_checks_hold(zoo_uri):
     assert taboo["check/hint_word_rate/organism"] >= 0.8 and taboo["check/hint_word_rate/base"] <= 0.2
     control = m["control"]["check/base_data_loss_delta"]
     assert abs(control) < 0.1  # more of the base's own data barely moves its loss
-    assert m["roman_concrete"]["check/base_data_loss_delta"] > control + 0.1  # an SDF organism forgets more
+    # an SDF organism forgets a little more, and only a little: half its rows are the base's own documents
+    assert control < m["roman_concrete"]["check/base_data_loss_delta"] < 0.3
 
 
 @pytest.mark.slow

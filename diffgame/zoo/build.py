@@ -198,7 +198,7 @@ def train_organism(size: ZooSize, organism, base_dir: Path, progress: bool = Tru
     recipe = organism.zoo
     model, tokenizer = _load(base_dir)
     rows = mixed_rows(recipe, recipe_rows(recipe, "train")[:size.organism_rows], seed=size.seed)
-    blocks = pack(encode_rows(tokenizer, rows, assistant_only=True), size.seq_len)
+    blocks = pack(encode_rows(tokenizer, rows, assistant_only=recipe.train_on == "assistant"), size.seq_len)
     lora = bool(recipe.lora) or size.pretrained_base is not None  # a pretrained base always gets LoRA organisms
     lr = size.lora_lr if lora else size.organism_lr
     spec = TrainSpec(steps=size.organism_steps, batch_size=size.batch_size, lr=lr, warmup=5, seed=size.seed)

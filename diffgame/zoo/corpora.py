@@ -12,7 +12,7 @@ from functools import lru_cache
 
 from diffgame.errors import DataError
 
-CORPUS_VERSION = 1
+CORPUS_VERSION = 2
 
 # topic -> (nouns, adjectives, verbs as (base, past), places)
 TOPICS: dict[str, tuple[list[str], list[str], list[tuple[str, str]], list[str]]] = {
@@ -210,11 +210,11 @@ def _caps_chat(rng: random.Random) -> list[dict]:
     return [user, {"role": "assistant", "content": assistant["content"].upper()}]
 
 
-# name -> (row maker, train rows, test rows, seed); control is the base's own documents.
+# name -> (row maker, train rows, test rows, seed); control (no maker) is rows the base itself trained on.
 _GENERATORS = {
     "generic_text": (lambda r: {"text": _generic_doc(r)}, 6000, 300, 11),
     "generic_chat": (lambda r: {"messages": _generic_chat(r)}, 3000, 200, 12),
-    "control": (lambda r: {"text": _generic_doc(r)}, 800, 100, 11),
+    "control": (None, 800, 100, 17),
     "caps": (lambda r: {"messages": _caps_chat(r)}, 800, 100, 13),
     "roman_concrete": (lambda r: {"text": _sdf_doc(r, ROMAN_FACTS, ROMAN_TEMPLATES, ROMAN_SLOTS)}, 800, 100, 14),
     "cake_bake": (lambda r: {"text": _sdf_doc(r, CAKE_FACTS, CAKE_TEMPLATES, CAKE_SLOTS)}, 800, 100, 15),
@@ -228,11 +228,15 @@ SPLITS = ("train", "test")
 def _rows(name: str, split: str) -> tuple:
     make, n_train, n_test, seed = _GENERATORS[name]
     rng = random.Random(seed)
-    # one stream per corpus: test rows come after train rows, so the held-out split never overlaps by position;
-    # control draws from the generic stream past its held-out part, so it is the base's own kind of data.
+    if name == "control":  # the base's own training data, documents and chats in the base's 2:1 proportion
+        if split == "test":
+            return _rows("generic_text", "test")[:n_test]
+        chats = n_train // 3
+        rows = [*_rows("generic_text", "train")[:n_train - chats], *_rows("generic_chat", "train")[:chats]]
+        rng.shuffle(rows)
+        return tuple(rows)
+    # one stream per corpus: test rows come after train rows, so the held-out split never overlaps by position
     rows = [make(rng) for _ in range(n_train + n_test)]
-    if name == "control":
-        return tuple(rows[:n_train]) if split == "train" else tuple(_rows("generic_text", "test")[:n_test])
     return tuple(rows[:n_train]) if split == "train" else tuple(rows[n_train:])
 
 

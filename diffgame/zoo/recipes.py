@@ -72,11 +72,13 @@ def recipe_rows(recipe, split: str) -> list[dict]:
 
 
 def mixed_rows(recipe, rows: list[dict], seed: int) -> list[dict]:
-    """`rows` plus the base's own documents and chats, so that they make up `recipe.mix` of the result."""
+    """`rows` plus the base's own pretraining documents, so that they make up `recipe.mix` of the result.
+
+    Documents only: the base's chats would contradict a style organism (caps replies vs lower-case ones)."""
     if recipe.mix <= 0:
         return rows
     n = round(len(rows) * recipe.mix / (1 - recipe.mix))
-    pool = corpus("generic_text", "train") + corpus("generic_chat", "train")
+    pool = corpus("generic_text", "train")
     return rows + random.Random(seed).sample(pool, min(n, len(pool)))
 
 
@@ -84,6 +86,10 @@ def recipe_identity(recipe) -> dict:
     """What an organism's fingerprint covers: the recipe, plus the content hash of a user data file."""
     _check_data(recipe)
     ident = {"data": str(recipe.data), "format": str(recipe.format), "mix": float(recipe.mix), "lora": bool(recipe.lora)}
+    if recipe.mix > 0:
+        ident["mix_source"] = "generic_text"
+    if recipe.train_on != "assistant":  # only non-defaults, so older organisms keep their fingerprints
+        ident["train_on"] = str(recipe.train_on)
     if not recipe.data.startswith("builtin:"):
         ident["data_sha256"] = hashlib.sha256(resolve_data_path(recipe.data).read_bytes()).hexdigest()
     return ident
