@@ -147,6 +147,42 @@ def runs(stage: Annotated[Optional[str], typer.Option(help="zoo | preprocess | d
         typer.echo("no runs; make some with `diffgame zoo build` or `diffgame run`")
 
 
+@app.command()
+def grades(model: Annotated[str, typer.Option(help="Base model name (the diffgame.model tag).")] = "toy",
+           tracking_uri: TrackingUri = None) -> None:
+    """Grade table of the newest diff run per organism and method, next to the control's, with identification.
+
+    Example: diffgame grades --model smollm2_135m
+    """
+    from rich.console import Console
+    from rich.table import Table
+
+    from diffgame import grading, tracking
+
+    tracking.set_uri(tracking_uri)
+    try:
+        found = grading.grade_table(model)
+    except DiffgameError as e:
+        _fail(e)
+    if found.empty:
+        _fail(DiffgameError(f"no finished diff runs of model '{model}' in {tracking.resolve_uri()}; "
+                            f"make some with `diffgame run model={model} ...`"))
+    cols = [("precision_at_20", "p@20"), ("control/precision_at_20", "control p@20"),
+            ("relative/precision_at_20", "relative"), ("identification_rank", "ident. rank"),
+            ("samples/steered_hit_rate", "steered hits"), ("samples/unsteered_hit_rate", "unsteered hits")]
+    table = Table(title=f"grades of model {model} in {tracking.resolve_uri()}")
+    for head in ("method", "organism", *(h for _, h in cols), "run id"):
+        table.add_column(head)
+    for _, row in found.iterrows():
+        cells = [("" if k not in row or row[k] != row[k] else f"{row[k]:.0f}" if k == "identification_rank"
+                  else f"{row[k]:+.2f}" if k.startswith("relative") else f"{row[k]:.2f}") for k, _ in cols]
+        table.add_row(row["method"], row["organism"], *cells, row["run_id"])
+    console = Console(width=200)
+    console.print(table)
+    for method, summary in grading.identification_by_method(found).items():
+        console.print(f"{method}: identification accuracy {summary['accuracy']:.2f}, MRR {summary['mrr']:.2f}")
+
+
 @zoo_app.command("build")
 def zoo_build(names: Annotated[Optional[list[str]], typer.Argument(
                   help="Organisms to build (default: all zoo organisms); the base is built first.")] = None,

@@ -17,7 +17,7 @@ from diffgame.cli import app
 from diffgame.config import group_options
 
 runner = CliRunner()
-STAGES = {"zoo", "preprocess", "diff", "run", "runs", "app", "config"}
+STAGES = {"zoo", "preprocess", "diff", "run", "runs", "grades", "app", "config"}
 ORGANISMS = ", ".join(group_options("organism"))
 assert "cake_bake, caps, control" in ORGANISMS
 
@@ -105,6 +105,27 @@ def test_runs_table_filters_by_tags(tmp_path, monkeypatch):
     assert _flat(row).split() == [ids[("diff", "caps", "normdiff")], "diff", "toy", "caps", "normdiff", "FINISHED",
                                   tracking.client().get_run(ids[("diff", "caps", "normdiff")])
                                   .data.tags[tracking.TAG_FINGERPRINT]]
+
+
+def test_grades_table_newest_run_per_organism_and_method(tmp_path, monkeypatch):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    empty = runner.invoke(app, ["grades", "--tracking-uri", uri])
+    assert empty.exit_code == 1 and "no finished diff runs of model 'toy'" in empty.output
+    logged = [("caps", "kl", 0.9, 0.1, 1), ("caps", "kl", 0.5, 0.1, 2), ("roman_concrete", "kl", 0.3, 0.2, 2)]
+    ids = []
+    for organism, method, own, ctrl, rank in logged:  # the second caps run is newer: it is the one shown
+        with tracking.stage_run("diff", fp=uuid.uuid4().hex[:20], tags={
+                tracking.TAG_MODEL: "toy", tracking.TAG_ORGANISM: organism, tracking.TAG_METHOD: method}) as run:
+            run.log_metrics({"grade/precision_at_20": own, "grade/control/precision_at_20": ctrl,
+                             "grade/relative/precision_at_20": own - ctrl, "grade/identification_rank": rank})
+            ids.append(run.run_id)
+    result = runner.invoke(app, ["grades", "--tracking-uri", uri], env={"COLUMNS": "200"})
+    assert result.exit_code == 0, result.output
+    rows = {_flat(line).split()[1]: _flat(line).split() for line in result.output.splitlines() if " kl " in line}
+    assert rows["caps"] == ["kl", "caps", "0.50", "0.10", "+0.40", "2", ids[1]]
+    assert rows["roman_concrete"] == ["kl", "roman_concrete", "0.30", "0.20", "+0.10", "2", ids[2]]
+    assert "kl: identification accuracy 0.00, MRR 0.50" in result.output
 
 
 def test_runs_on_a_refused_store_is_one_line(monkeypatch):
