@@ -136,7 +136,8 @@ def train_lm(model, blocks: tuple[torch.Tensor, torch.Tensor], spec: TrainSpec, 
     gen = torch.Generator().manual_seed(spec.seed)
     loader = DataLoader(TensorDataset(*blocks), batch_size=spec.batch_size, shuffle=True, generator=gen,
                         drop_last=len(blocks[0]) >= spec.batch_size)
-    trainer = L.Trainer(max_steps=spec.steps, max_epochs=-1, accelerator="auto", devices=1, logger=False,
+    epochs = math.ceil(spec.steps / max(1, len(loader)))  # max_steps stops it; this only labels the progress bar
+    trainer = L.Trainer(max_steps=spec.steps, max_epochs=epochs, accelerator="auto", devices=1, logger=False,
                         enable_checkpointing=False, enable_model_summary=False, enable_progress_bar=progress,
                         gradient_clip_val=1.0, num_sanity_val_steps=0)
     trainer.fit(module, loader)
