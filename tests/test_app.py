@@ -238,7 +238,7 @@ def test_adl_page_token_tables_and_samples(monkeypatch, store):
     assert list(table["token"]) == list(expected["token"]) and list(table["rank"]) == list(expected["rank"])
     steering = [s for s in results.load_samples(row["run_id"], "steering") if s["model"] == "organism"]
     shown = [t.value for t in at.text]
-    assert [f"steered: {s['steered']}" for s in steering] == [t for t in shown if t.startswith("steered: ")]
+    assert [f"steered: {s['steered'].strip()}" for s in steering] == [t for t in shown if t.startswith("steered: ")]
     names = backend.artifact_names(results.list_artifacts(row["run_id"]), "samples", ".json")
     assert at.selectbox(key="adl_samples").options == names
     assert any(len(d.value) == len(results.load_samples(row["run_id"], names[0])) for d in at.dataframe)

@@ -30,7 +30,8 @@ def test_defaults_compose_and_schema_defaults_fill_in():
     assert cfg.pipeline.mode == "full"
     # keys the YAML leaves out come from the dataclass defaults
     assert cfg.model.revision is None and cfg.model.trust_remote_code is False
-    assert cfg.organism.zoo.mix == 0.0 and cfg.organism.zoo.lora is False
+    assert cfg.organism.zoo.mix == 0.5 and cfg.organism.zoo.lora is False  # from roman_concrete.yaml
+    assert cfg.organism.zoo.train_on == "assistant"  # a schema default the YAML leaves out
     assert cfg.organism.finetuned.toy.default.id is None
     assert cfg.dataset.sources.generic_text.max_tokens is None
     assert cfg.dataset.sources.generic_text.text_column == "text"
