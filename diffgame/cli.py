@@ -173,7 +173,7 @@ def grades(model: Annotated[str, typer.Option(help="Base model name (the diffgam
     table = Table(title=f"grades of model {model} in {tracking.resolve_uri()}")
     for head in ("method", "organism", *(h for _, h in cols), "run id"):
         table.add_column(head)
-    for _, row in found.iterrows():
+    for _, row in found[found["organism"] != grading.CONTROL].iterrows():  # the control is the reference column
         cells = [("" if k not in row or row[k] != row[k] else f"{row[k]:.0f}" if k == "identification_rank"
                   else f"{row[k]:+.2f}" if k.startswith("relative") else f"{row[k]:.2f}") for k, _ in cols]
         table.add_row(row["method"], row["organism"], *cells, row["run_id"])
