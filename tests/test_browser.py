@@ -143,6 +143,18 @@ def test_mlflow_ui_lists_diff_runs(zoo_uri, browser, tmp_path):
             row.locator("button").first.click()  # the row's expander
         for r in runs:
             page.get_by_text(r.info.run_name, exact=True).first.wait_for(timeout=120_000)
+        # add the headline grade as a column, the way runs are compared there, and read its values off the grid
+        metric = "grade/relative/precision_at_20"
+        graded = [r.data.metrics[metric] for r in runs if metric in r.data.metrics]
+        assert graded
+        page.get_by_role("button", name="Columns").click()
+        page.get_by_text(metric, exact=True).last.click()
+        page.keyboard.press("Escape")
+        grid = page.locator("[role=grid]").first
+        grid.get_by_text(metric).first.wait_for(timeout=60_000)
+        shown = [float(x) for x in re.findall(r"(?m)^-?\d+(?:\.\d+)?$", grid.inner_text())]
+        for value in graded:
+            assert any(abs(x - value) < 5e-3 for x in shown), (value, shown)  # the UI rounds
         _shot(page, tmp_path, "mlflow_runs")
         run = next((r for r in runs if tracking.TAG_PARENT in r.data.tags), runs[0])
         page.goto(f"http://127.0.0.1:{port}/#/experiments/{exp}/runs/{run.info.run_id}")
