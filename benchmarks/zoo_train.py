@@ -19,9 +19,6 @@ import time
 from pathlib import Path
 
 import torch
-from omegaconf import OmegaConf
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def random_base(shape_dir: Path, out: Path, dtype: torch.dtype) -> Path:
@@ -51,19 +48,20 @@ def main() -> None:
     ap.add_argument("--json", type=Path, help="also write the timings here")
     args = ap.parse_args()
 
+    from diffgame.grading import organism_node
     from diffgame.zoo.build import _load, train_organism
     from diffgame.zoo.checks import run_checks
     from diffgame.zoo.recipes import recipe_rows
     from diffgame.zoo.sizes import get_size
 
     size = get_size(args.size)
-    organism = OmegaConf.merge(OmegaConf.structured({"zoo": {"mix": 0.0, "lora": False}}),
-                               OmegaConf.load(ROOT / "experiments" / "organism" / f"{args.organism}.yaml"))
+    organism = organism_node(args.organism)  # the YAML with schema defaults filled in
     with tempfile.TemporaryDirectory() as tmp:
         base_dir = args.base_dir or random_base(args.random_init, Path(tmp) / "base", torch.float32)
         t0 = time.perf_counter()
         model, tokenizer, losses = train_organism(size, organism, base_dir, progress=False)
         train_s = time.perf_counter() - t0
+        print(f"trained {size.organism_steps} steps in {train_s:.1f} s", flush=True)
         base, _ = _load(base_dir)
         check_len = size.seq_len * (1 if size.pretrained_base is None else 4)
         t1 = time.perf_counter()
