@@ -14,7 +14,6 @@ from omegaconf import OmegaConf
 
 from diffgame.data import ASSISTANT, render_chat, source_rows
 from diffgame.errors import DataError
-from diffgame.extract.capture import capture_residuals
 
 
 @dataclass
@@ -77,6 +76,8 @@ def delta_means(cfg, c, base, org, layers: list[int]) -> DeltaMeans:
     """Run both models over the documents (and chats) in batches and average the deltas per slot."""
     seqs, n_docs, n_chats, prompts = _sequences(cfg, c, org.tokenizer)
     slots = slot_names(c.positions, c.pre_reply if n_chats else 0, c.reply if n_chats else 0)
+    from diffgame.extract.capture import capture_residuals  # not at import: the extract package loads Lightning
+
     index = {s: i for i, s in enumerate(slots)}
     d = org.model.config.hidden_size
     sums = {kind: {L: torch.zeros(len(slots), d, dtype=torch.float64) for L in layers}
