@@ -97,6 +97,18 @@ def _state_hash(model) -> str:
 
 
 @pytest.mark.slow
+def test_base_fingerprint_ignores_organism_budgets():
+    from diffgame.zoo.build import base_fingerprint, organism_fingerprint
+    from diffgame.zoo.registry import _organism_cfg
+
+    size = SIZES["micro"]
+    cheaper = dataclasses.replace(size, organism_lr=1e-4, organism_steps=7, check_samples=3)
+    assert base_fingerprint(cheaper) == base_fingerprint(size)
+    assert base_fingerprint(dataclasses.replace(size, base_steps=201)) != base_fingerprint(size)
+    caps = _organism_cfg("caps")
+    assert organism_fingerprint(cheaper, caps) != organism_fingerprint(size, caps)
+
+
 def test_same_seed_gives_identical_weights():
     size = dataclasses.replace(SIZES["micro"], base_steps=4)
     first = _state_hash(train_base(size, progress=False)[0])

@@ -49,9 +49,15 @@ def model_name(size: ZooSize) -> str:
     return size.pretrained_base or "toy"
 
 
+BASE_FIELDS = ("name", "vocab_size", "n_layers", "d_model", "n_heads", "d_ff", "seq_len", "batch_size", "base_steps",
+               "base_lr", "seed", "pretrained_base")
+"""The `ZooSize` fields a base depends on: organism budgets can change without retraining the base."""
+
+
 def base_fingerprint(size: ZooSize, source: dict | None = None) -> str:
     """Fingerprint of a trained base, or of a pretrained one given its resolved `source` identity."""
-    return tracking.fingerprint({"zoo": BASE, "size": dataclasses.asdict(size), "corpus_version": CORPUS_VERSION,
+    fields = {f: getattr(size, f) for f in BASE_FIELDS}
+    return tracking.fingerprint({"zoo": BASE, "size": fields, "corpus_version": CORPUS_VERSION,
                                  **({"pretrained": source} if source else {})})
 
 
