@@ -2,11 +2,13 @@
 
 (a) `base(ids).logits` and `organism(ids).logits`: two plain full forwards, full [B, T, V] logits, nothing else.
 (b) `diffgame.methods.kl.per_token_divergence` on the same sequences: two body forwards, the LM head and
-    KL(P_org || P_base) in fp32 over token chunks (bounded memory), scores copied to the host.
+    KL(P_org || P_base) in fp32 over token chunks (bounded memory), scores copied to the host; with the divergence
+    eager (`compile: off`) and fused by `torch.compile` (`compile: on`, the default on CUDA), one row each.
 Shapes: the zoo's `small` toy Llama, and a random-initialised Gemma-3-1B shape (262k vocabulary; fewer layers on CPU).
 
     python benchmarks/kl.py                      # both shapes, CPU defaults
     python benchmarks/kl.py --shape gemma3 --layers 26 --batch 16 --seq 1024 --device cuda --dtype bfloat16
+    python benchmarks/kl.py --compile off        # eager divergence only (the compiled one needs a C++ compiler)
 """
 
 from __future__ import annotations
@@ -50,20 +52,24 @@ def _sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def timed(fn, device: str, repeats: int) -> float:
-    """Median seconds of `repeats` calls after one warm-up call."""
-    fn()
-    times = []
-    for _ in range(repeats):
-        _sync(device)
-        t = time.perf_counter()
+def timed(fns: dict, device: str, repeats: int) -> dict:
+    """Median seconds per call of each function, after one warm-up call each; the calls are interleaved round by
+    round so that drift in the machine's speed hits every function alike."""
+    for fn in fns.values():
         fn()
-        _sync(device)
-        times.append(time.perf_counter() - t)
-    return statistics.median(times)
+    times = {name: [] for name in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            _sync(device)
+            t = time.perf_counter()
+            fn()
+            _sync(device)
+            times[name].append(time.perf_counter() - t)
+    return {name: statistics.median(ts) for name, ts in times.items()}
 
 
-def bench(shape: str, layers: int | None, batch: int, seq: int, dtype: str, device: str, repeats: int) -> dict:
+def bench(shape: str, layers: int | None, batch: int, seq: int, dtype: str, device: str, repeats: int,
+          modes: list[str]) -> list[dict]:
     base, org = make_models(shape, layers, getattr(torch, dtype), device)
     vocab = base.config.vocab_size
     gen = torch.Generator().manual_seed(0)
@@ -76,13 +82,20 @@ def bench(shape: str, layers: int | None, batch: int, seq: int, dtype: str, devi
         base(input_ids=ids_dev, attention_mask=mask).logits
         org(input_ids=ids_dev, attention_mask=mask).logits
 
-    cfg = KLConfig(batch_tokens=batch * seq)  # the same single batch as (a)
-    t_fwd = timed(two_forwards, device, repeats)
-    t_kl = timed(lambda: per_token_divergence(base, org, flat, offsets, cfg), device, repeats)
-    n = batch * seq
-    return {"shape": shape, "layers": base.config.num_hidden_layers, "vocab": vocab, "B": batch, "T": seq,
-            "dtype": dtype, "device": device, "fwd_tok_s": n / t_fwd, "kl_tok_s": n / t_kl, "ratio": t_fwd / t_kl,
-            "chunk_tokens": cfg.chunk_tokens(vocab, torch.device(device))}
+    n, rows = batch * seq, []
+    configs = {mode: KLConfig(batch_tokens=n, compile=mode) for mode in modes}  # the same single batch as (a)
+    fns = {"fwd": two_forwards} | {mode: (lambda c=cfg: per_token_divergence(base, org, flat, offsets, c))
+                                   for mode, cfg in configs.items()}
+    t = timed(fns, device, repeats)
+    scores = {mode: per_token_divergence(base, org, flat, offsets, cfg) for mode, cfg in configs.items()}
+    t_fwd = t["fwd"]
+    for mode, cfg in configs.items():
+        t_kl = t[mode]
+        rows.append({"shape": shape, "layers": base.config.num_hidden_layers, "vocab": vocab, "B": batch, "T": seq,
+                     "dtype": dtype, "device": device, "compile": mode, "fwd_tok_s": n / t_fwd, "kl_tok_s": n / t_kl,
+                     "ratio": t_fwd / t_kl,
+                     "max_diff": float((scores[mode] - scores[modes[0]]).abs().max()), "chunk_tokens": cfg.chunk_tokens(vocab, torch.device(device))})
+    return rows
 
 
 def main() -> None:
@@ -95,20 +108,26 @@ def main() -> None:
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads.")
+    p.add_argument("--compile", choices=["off", "on", "both"], default="both",
+                   help="Divergence eager (off), fused by torch.compile (on), or one row each (both).")
     a = p.parse_args()
     if a.threads:
         torch.set_num_threads(a.threads)
     cpu = a.device == "cpu"
     defaults = {"toy": (None, 16, 128), "gemma3": (2 if cpu else None, 2 if cpu else 16, 128 if cpu else 1024)}
-    rows = []
+    print("| shape | layers | vocab | B x T | dtype | device | divergence | 2 forwards tok/s | KL tok/s | ratio | "
+          "max abs diff vs the first row (nats) |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|", flush=True)
     for shape in (["toy", "gemma3"] if a.shape == "all" else [a.shape]):
         layers, batch, seq = defaults[shape]
-        rows.append(bench(shape, a.layers or layers, a.batch or batch, a.seq or seq, a.dtype, a.device, a.repeats))
-    print("| shape | layers | vocab | B x T | dtype | device | 2 forwards tok/s | KL tok/s | ratio |")
-    print("|---|---|---|---|---|---|---|---|---|")
-    for r in rows:
-        print(f"| {r['shape']} | {r['layers']} | {r['vocab']} | {r['B']}x{r['T']} | {r['dtype']} | {r['device']} | "
-              f"{r['fwd_tok_s']:,.0f} | {r['kl_tok_s']:,.0f} | {r['ratio']:.2f} |")
+        modes = ["off", "on"] if a.compile == "both" else [a.compile]
+        torch._dynamo.reset()  # each vocabulary gets kernels specialised on it, not a shape-generic recompile
+        for r in bench(shape, a.layers or layers, a.batch or batch, a.seq or seq, a.dtype, a.device, a.repeats,
+                       modes):
+            kind = "compiled" if r["compile"] == "on" else "eager"
+            print(f"| {r['shape']} | {r['layers']} | {r['vocab']} | {r['B']}x{r['T']} | {r['dtype']} | {r['device']} | "
+                  f"{kind} | {r['fwd_tok_s']:,.0f} | {r['kl_tok_s']:,.0f} | {r['ratio']:.2f} | {r['max_diff']:.1e} |",
+                  flush=True)
 
 
 if __name__ == "__main__":

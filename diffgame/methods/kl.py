@@ -1,12 +1,14 @@
 """Per-token divergence between the organism's and the base's next-token distributions.
 
 Both models re-run the store's token sequences (batched by similar length, no padding counted). The LM
-head and the divergence are computed in fp32 over chunks of tokens, so memory stays bounded even for
-262k-token vocabularies: a chunk holds at most `chunk_elements` logits per model.
+head and the divergence are computed over chunks of tokens, so memory stays bounded even for 262k-token
+vocabularies: a chunk holds at most `chunk_elements` logits per model. The divergence is fp32 math fused by
+`torch.compile` into a few passes over the logits (eager PyTorch where compiling is off or fails).
 """
 
 from __future__ import annotations
 
+import logging
 import math
 from dataclasses import dataclass
 from typing import ClassVar, Literal
@@ -22,6 +24,8 @@ from diffgame.examples import TopKSequences, token_decoder
 from diffgame.methods.base import Method, MethodContext, MethodResult
 from diffgame.models import unembedding
 
+log = logging.getLogger(__name__)
+
 
 @dataclass
 class KLConfig:
@@ -34,12 +38,17 @@ class KLConfig:
     batch_tokens: int = 8192
     """Padded tokens per forward pass (sequences are batched by similar length)."""
     chunk_elements: int = 0
-    """Logits per fp32 chunk per model (tokens per chunk = this // vocab size); bounds memory. 0 = auto:
-    2**25 on the CPU, 2**28 (1 GiB per model) on an accelerator, where small chunks starve the LM-head matmul."""
+    """Logits per chunk per model (tokens per chunk = this // vocab size); bounds memory. 0 = auto: on the CPU
+    2**19 (cache-sized) but at least 256 tokens (smaller LM-head matmuls re-read the unembedding too often); on
+    an accelerator 2**28 (1 GiB per model in fp32), where small chunks starve the LM-head matmul."""
     top_k_examples: int = 20
     """Max-activating examples kept per ranking (max and mean per-token divergence)."""
     min_token_count: int = 5
     """Tokens seen fewer times are left out of the tokens-by-mean-divergence table."""
+    compile: Literal["auto", "on", "off"] = "auto"
+    """Fuse the divergence into a few kernels with `torch.compile` (Triton on CUDA, C++ on the CPU; no fp32
+    [n, V] intermediates): on a GPU the eager fp32 passes over a 262k vocabulary cost a third of the forwards.
+    `auto`: compiled, falling back to eager (with a warning) where compiling fails; `on`: compiled or an error."""
 
     def __post_init__(self):
         for name in ("temperature", "batch_tokens"):
@@ -47,11 +56,25 @@ class KLConfig:
                 raise ConfigError(f"method.kl.{name} must be > 0, got {getattr(self, name)}")
         if self.chunk_elements < 0:
             raise ConfigError(f"method.kl.chunk_elements must be >= 0 (0: auto), got {self.chunk_elements}")
+        if self.compile not in ("auto", "on", "off"):
+            raise ConfigError(f"method.kl.compile must be one of auto, on, off; got {self.compile!r}")
+
+    def divergence_fn(self):
+        """The row-divergence function: compiled (fused) or eager. Under `auto` a compile failure (no Triton or
+        C++ toolchain) warns once and falls back to eager."""
+        if self.compile == "on":
+            return fused_token_divergence
+        if self.compile == "off":
+            return token_divergence
+        return _eager_on_failure(fused_token_divergence)
 
     def chunk_tokens(self, vocab: int, device: torch.device) -> int:
         """Tokens per divergence chunk for a `vocab`-sized head on `device`."""
-        budget = self.chunk_elements or (2 ** 25 if device.type == "cpu" else 2 ** 28)
-        return max(1, budget // vocab)
+        if self.chunk_elements:
+            return max(1, self.chunk_elements // vocab)
+        if device.type == "cpu":
+            return max(256, 2 ** 19 // vocab)
+        return max(1, 2 ** 28 // vocab)
 
 
 def token_divergence(logits_org: torch.Tensor, logits_base: torch.Tensor, kind: str = "kl",
@@ -72,6 +95,56 @@ def token_divergence(logits_org: torch.Tensor, logits_base: torch.Tensor, kind: 
                       + F.kl_div(lm, lq, log_target=True, reduction="none").sum(-1))
     torch.sub(lp, lq, out=lq)  # log p - log q
     return torch.linalg.vecdot(lp.exp_(), lq)  # sum_v p_v (log p_v - log q_v)
+
+
+def _divergence_math(logits_org: torch.Tensor, logits_base: torch.Tensor, kind: str,
+                     temperature: float) -> torch.Tensor:
+    """`token_divergence` written out of pure elementwise ops and row reductions, for the compiler to fuse.
+
+    Compiled, each row's logits are read a few times in their own dtype and no fp32 [n, V] tensor is written.
+    """
+    if kind == "reverse_kl":
+        logits_org, logits_base = logits_base, logits_org
+    x, y = logits_org.float() / temperature, logits_base.float() / temperature
+    lp = x - torch.logsumexp(x, -1, keepdim=True)
+    lq = y - torch.logsumexp(y, -1, keepdim=True)
+    if kind == "js":
+        lm = torch.logaddexp(lp, lq) - math.log(2.0)
+        return 0.5 * (lp.exp() * (lp - lm) + lq.exp() * (lq - lm)).sum(-1)
+    return (lp.exp() * (lp - lq)).sum(-1)
+
+
+_compiled_math = None
+
+
+def fused_token_divergence(logits_org: torch.Tensor, logits_base: torch.Tensor, kind: str = "kl",
+                           temperature: float = 1.0) -> torch.Tensor:
+    """`token_divergence` through `torch.compile` (Triton kernels on CUDA, C++ on the CPU); same values."""
+    global _compiled_math
+    if kind not in ("kl", "reverse_kl", "js"):
+        raise ValueError(f"unknown divergence {kind!r}; known: kl, reverse_kl, js")
+    if _compiled_math is None:
+        # default dynamic=None: a second chunk length recompiles once with the row count symbolic, while the
+        # vocabulary size stays a constant the kernels are specialised on
+        _compiled_math = torch.compile(_divergence_math)
+    return _compiled_math(logits_org, logits_base, kind, float(temperature))
+
+
+def _eager_on_failure(fused):
+    state = {"fn": fused}
+
+    def divergence(*args):
+        try:
+            return state["fn"](*args)
+        except Exception as e:  # noqa: BLE001 - any compiler failure; eager computes the same values
+            if state["fn"] is token_divergence:
+                raise
+            log.warning("torch.compile of the divergence failed (%s: %s); computing it eagerly",
+                        type(e).__name__, str(e).splitlines()[0] if str(e) else "")
+            state["fn"] = token_divergence
+            return token_divergence(*args)
+
+    return divergence
 
 
 def _log_probs(logits: torch.Tensor, temperature: float) -> torch.Tensor:
@@ -113,6 +186,7 @@ def per_token_divergence(base_model, org_model, input_ids: torch.Tensor, seq_off
     out = torch.zeros(len(input_ids), dtype=torch.float32)
     vocab = unembedding(base_model).weight.shape[0]
     chunk = config.chunk_tokens(vocab, device)
+    divergence = config.divergence_fn()
     for batch in length_batches(lengths, config.batch_tokens):
         width = lengths[batch[0]]
         ids = torch.full((len(batch), width), 0, dtype=torch.long)
@@ -124,7 +198,7 @@ def per_token_divergence(base_model, org_model, input_ids: torch.Tensor, seq_off
         # final hidden states of the valid tokens, row-major: [n, D]
         h_base = base_model.get_decoder()(input_ids=ids, attention_mask=mask).last_hidden_state[mask.bool()]
         h_org = org_model.get_decoder()(input_ids=ids, attention_mask=mask).last_hidden_state[mask.bool()]
-        div = torch.cat([token_divergence(lm_logits(org_model, h_org[i:i + chunk]),
+        div = torch.cat([divergence(lm_logits(org_model, h_org[i:i + chunk]),
                                           lm_logits(base_model, h_base[i:i + chunk]),
                                           config.divergence, config.temperature)
                          for i in range(0, len(h_base), chunk)])
