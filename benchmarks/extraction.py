@@ -45,7 +45,8 @@ def make_models(args) -> tuple[nn.Module, nn.Module]:
     out = []
     for seed in (0, 1):
         torch.manual_seed(seed)
-        out.append(AutoModelForCausalLM.from_config(conf, dtype=getattr(torch, args.dtype)).to(args.device).eval())
+        with torch.device(args.device):  # initialised where they run: a 262k-row embedding is slow on the CPU
+            out.append(AutoModelForCausalLM.from_config(conf, dtype=getattr(torch, args.dtype)).eval())
     return out[0], out[1]
 
 

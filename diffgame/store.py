@@ -15,7 +15,7 @@ import hashlib
 import json
 import os
 import struct
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import Executor
 from dataclasses import dataclass
 from pathlib import Path
@@ -49,6 +49,9 @@ def rebuild_hint(manifest_or_plan: dict) -> str:
 
 
 # --- writing ---------------------------------------------------------------------------------------
+TensorsOrMaker = dict[str, torch.Tensor] | Callable[[], dict[str, torch.Tensor]]
+
+
 def write_file(path: Path, tensors: dict[str, torch.Tensor]) -> dict:
     """Write one safetensors file atomically (tmp + rename); return its sha256 and size."""
     from safetensors.torch import save
@@ -89,14 +92,37 @@ class StoreWriter:
 
     def write_part(self, dataset: str, shard: str, part: str, files: dict[str, dict[str, torch.Tensor]],
                    meta: dict, executor: Executor | None = None) -> list[str]:
-        """Write `files` (relpath -> tensors) then the part's marker; returns the relpaths written.
+        """Write `files` (relpath -> tensors) then the part's marker; returns the relpaths written."""
+        return self.write_parts(dataset, shard, {part: files}, meta, executor)
 
-        With an `executor`, the files are serialised, hashed and written in parallel (each a layer's [n, D])."""
-        rels = list(files)
-        mapper = executor.map if executor is not None else map
-        infos = dict(zip(rels, mapper(lambda rel: write_file(self.root / rel, files[rel]), rels)))
-        _write_json(self.marker(dataset, shard, part), {**meta, "files": infos})
-        return [*infos, str(self.marker(dataset, shard, part).relative_to(self.root))]
+    def write_parts(self, dataset: str, shard: str, parts: dict[str, dict[str, TensorsOrMaker]], meta: dict,
+                    executor: Executor | None = None) -> list[str]:
+        """Write each part's files, then each part's marker; returns the relpaths written.
+
+        A file's tensors may be given as a callable that makes them (a concatenation, say), so that with an
+        `executor` every file of every part is made, serialised, hashed and written in parallel."""
+        jobs = [(part, rel, tensors) for part, files in parts.items() for rel, tensors in files.items()]
+
+        def write(job) -> dict:
+            _, rel, tensors = job
+            return write_file(self.root / rel, tensors() if callable(tensors) else tensors)
+
+        last = {part: i for i, (part, _, _) in enumerate(jobs)}
+        files: dict[str, dict] = {part: {} for part in parts}
+        written = []
+        for part in parts:
+            if part not in last:  # nothing to write: complete at once
+                _write_json(self.marker(dataset, shard, part), {**meta, "files": {}})
+                written.append(str(self.marker(dataset, shard, part).relative_to(self.root)))
+        # results come back in submission order: a part's marker is written as soon as its own files are on
+        # disk, so a failure later in the shard still leaves the finished parts resumable
+        for i, info in enumerate((executor.map if executor is not None else map)(write, jobs)):
+            part, rel, _ = jobs[i]
+            files[part][rel] = info
+            if last[part] == i:
+                _write_json(self.marker(dataset, shard, part), {**meta, "files": files[part]})
+                written += [*files[part], str(self.marker(dataset, shard, part).relative_to(self.root))]
+        return written
 
     def write_plan(self, plan: dict) -> None:
         _write_json(self.root / "plan.json", plan)

@@ -141,3 +141,33 @@ def test_finalize_refuses_missing_part(tmp_path):
     writer.marker("ds", shard_name(2), "organism").unlink()
     with pytest.raises(StoreError, match="part organism of shard s00002 of 'ds' is missing"):
         writer.finalize(writer.read_plan(), {})
+
+
+def test_write_parts_in_parallel_makes_files_then_one_marker_per_part(tmp_path):
+    """All files of a shard (tensors given directly or made by a callable) are written by the executor, and each
+    part's marker lists exactly its own files with their checksums."""
+    import hashlib
+    import json
+    from concurrent.futures import ThreadPoolExecutor
+
+    writer = StoreWriter(tmp_path)
+    made = []
+
+    def maker(role, layer):
+        def make():
+            made.append((role, layer))
+            return {"act": _act(role, layer, 0, 4)}
+        return make
+
+    parts = {"tokens": {tokens_file("ds", "s0"): {"input_ids": torch.arange(4, dtype=torch.int32)}}}
+    for r, role in enumerate(("base", "organism")):
+        parts[role] = {act_file("ds", role, layer, "s0"): maker(r, layer) for layer in LAYERS}
+    with ThreadPoolExecutor(4) as pool:
+        written = writer.write_parts("ds", "s0", parts, {"rank": 0}, executor=pool)
+    assert sorted(made) == sorted((r, layer) for r in (0, 1) for layer in LAYERS)
+    for part, files in parts.items():
+        assert writer.part_done("ds", "s0", part)
+        listed = json.loads(writer.marker("ds", "s0", part).read_text())["files"]
+        assert set(listed) == set(files) and set(files) <= set(written)
+        for rel, info in listed.items():
+            assert info["sha256"] == hashlib.sha256((tmp_path / rel).read_bytes()).hexdigest()

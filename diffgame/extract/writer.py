@@ -123,7 +123,7 @@ class ShardWriter(BasePredictionWriter):
         ids = [torch.tensor(x, dtype=torch.int32) for m in metas for x in m["input_ids"]]
         lengths = torch.tensor([len(x) for x in ids], dtype=torch.int64)
         common = {"rank": rank, "n_tokens": int(lengths.sum()), "n_sequences": len(ids)}
-        written = []
+        parts: dict[str, dict] = {}
         for part in self.pending_parts(dataset, shard):
             if part == "tokens":
                 tensors = {
@@ -132,16 +132,17 @@ class ShardWriter(BasePredictionWriter):
                     "roles": torch.cat([torch.tensor(r, dtype=torch.uint8) for m in metas for r in m["roles"]]),
                     "seq_offsets": torch.cat([torch.zeros(1, dtype=torch.int64), lengths.cumsum(0)]),  # [s+1]
                     "sequence_ids": torch.tensor([i for m in metas for i in m["sequence_ids"]], dtype=torch.int64)}
-                files = {tokens_file(dataset, shard): tensors}
+                parts[part] = {tokens_file(dataset, shard): tensors}
             else:
                 layers = sorted({layer for (role, layer) in batches[0]["acts"] if role == part})
                 if not layers:
                     continue  # this pass does not run that model (sequential mode)
-                files = {act_file(dataset, part, layer, shard): {"act": torch.cat([b["acts"][(part, layer)]
-                                                                                   for b in batches])}  # [n, D]
-                         for layer in layers}
-            rels = self.store.write_part(dataset, shard, part, files, common, executor=self.pool)
-            written.extend(rels)
-            self.bytes_written += sum((self.store.root / r).stat().st_size for r in rels)
+                # each layer's [n, D] is concatenated inside its writer thread, beside the other files
+                parts[part] = {act_file(dataset, part, layer, shard):
+                               (lambda key=(part, layer): {"act": torch.cat([b["acts"][key] for b in batches])})
+                               for layer in layers}
+        # every file of the shard (all parts, all layers) is written in parallel; markers follow their files
+        written = self.store.write_parts(dataset, shard, parts, common, executor=self.pool)
+        self.bytes_written += sum((self.store.root / r).stat().st_size for r in written)
         if self.uploader is not None and written:
             self.uploader(written)
