@@ -22,9 +22,6 @@ BASE = "base"
 BASE_CORPORA = ("generic_text", "generic_chat")
 # Words no corpus contains but which should still be one token each (the taboo secret), so the lens can name them.
 TOKENIZER_LEXICON = ["gold", " gold", "Gold", " golden"]
-# The tokenizer learns every corpus but caps: shouted copies of generic words would become tokens the base never
-# trains, and a logit lens of any small difference vector favours such untrained rows (the control read as caps).
-TOKENIZER_CORPORA = tuple(c for c in CORPORA if c != "caps")
 
 
 @dataclass
@@ -136,8 +133,8 @@ def train_base(size: ZooSize, progress: bool = True):
     from diffgame.zoo.sizes import new_model
     from diffgame.zoo.tokenizer import render_chat, train_tokenizer
 
-    def texts():  # every zoo corpus but caps, so organism words are whole tokens as in a broad real tokenizer
-        for name in TOKENIZER_CORPORA:
+    def texts():  # every zoo corpus, so organism words are whole tokens as in a broad real tokenizer
+        for name in CORPORA:
             for r in corpus(name, "train"):
                 yield r["text"] if "text" in r else render_chat(r["messages"])[0]
         yield from TOKENIZER_LEXICON * 1000

@@ -12,7 +12,7 @@ from functools import lru_cache
 
 from diffgame.errors import DataError
 
-CORPUS_VERSION = 3
+CORPUS_VERSION = 2
 
 # topic -> (nouns, adjectives, verbs as (base, past), places)
 TOPICS: dict[str, tuple[list[str], list[str], list[tuple[str, str]], list[str]]] = {
