@@ -66,7 +66,7 @@ class KLConfig:
             return fused_token_divergence
         if self.compile == "off":
             return token_divergence
-        return _eager_on_failure(fused_token_divergence)
+        return _fused_or_eager
 
     def chunk_tokens(self, vocab: int, device: torch.device) -> int:
         """Tokens per divergence chunk for a `vocab`-sized head on `device`."""
@@ -130,21 +130,20 @@ def fused_token_divergence(logits_org: torch.Tensor, logits_base: torch.Tensor, 
     return _compiled_math(logits_org, logits_base, kind, float(temperature))
 
 
-def _eager_on_failure(fused):
-    state = {"fn": fused}
+_compile_failure: str | None = None
+"""Why compiling the divergence failed in this process, if it did: `auto` then stays eager."""
 
-    def divergence(*args):
+
+def _fused_or_eager(*args) -> torch.Tensor:
+    """`compile: auto`: the fused divergence until compiling fails once (warned), then the eager one."""
+    global _compile_failure
+    if _compile_failure is None:
         try:
-            return state["fn"](*args)
+            return fused_token_divergence(*args)
         except Exception as e:  # noqa: BLE001 - any compiler failure; eager computes the same values
-            if state["fn"] is token_divergence:
-                raise
-            log.warning("torch.compile of the divergence failed (%s: %s); computing it eagerly",
-                        type(e).__name__, str(e).splitlines()[0] if str(e) else "")
-            state["fn"] = token_divergence
-            return token_divergence(*args)
-
-    return divergence
+            _compile_failure = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+            log.warning("torch.compile of the divergence failed (%s); computing it eagerly", _compile_failure)
+    return token_divergence(*args)
 
 
 def _log_probs(logits: torch.Tensor, temperature: float) -> torch.Tensor:
@@ -199,8 +198,8 @@ def per_token_divergence(base_model, org_model, input_ids: torch.Tensor, seq_off
         h_base = base_model.get_decoder()(input_ids=ids, attention_mask=mask).last_hidden_state[mask.bool()]
         h_org = org_model.get_decoder()(input_ids=ids, attention_mask=mask).last_hidden_state[mask.bool()]
         div = torch.cat([divergence(lm_logits(org_model, h_org[i:i + chunk]),
-                                          lm_logits(base_model, h_base[i:i + chunk]),
-                                          config.divergence, config.temperature)
+                                    lm_logits(base_model, h_base[i:i + chunk]),
+                                    config.divergence, config.temperature)
                          for i in range(0, len(h_base), chunk)])
         where = torch.cat([torch.arange(offsets[s], offsets[s + 1]) for s in batch])
         out[where] = div.float().cpu()
