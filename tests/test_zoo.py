@@ -96,7 +96,6 @@ def _state_hash(model) -> str:
     return h.hexdigest()
 
 
-@pytest.mark.slow
 def test_base_fingerprint_ignores_organism_budgets():
     from diffgame.zoo.build import base_fingerprint, organism_fingerprint
     from diffgame.zoo.registry import _organism_cfg
@@ -109,6 +108,7 @@ def test_base_fingerprint_ignores_organism_budgets():
     assert organism_fingerprint(cheaper, caps) != organism_fingerprint(size, caps)
 
 
+@pytest.mark.slow
 def test_same_seed_gives_identical_weights():
     size = dataclasses.replace(SIZES["micro"], base_steps=4)
     first = _state_hash(train_base(size, progress=False)[0])
