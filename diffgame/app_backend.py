@@ -247,7 +247,7 @@ class GuessGrade:
 
 
 def guess_hits(guess: str, organism) -> list[str]:
-    """Distinct guess words that hit an organism config's ground truth (`grading.GroundTruth.is_hit`) or its
+    """Distinct guess words that hit, as whole words, an organism config's ground truth (`GroundTruth.is_hit`) or its
     name, type or description (generic words excluded)."""
     from diffgame import grading
 
@@ -259,7 +259,7 @@ def guess_hits(guess: str, organism) -> list[str]:
         w = word.lower()
         if w in GENERIC_WORDS or len(w) < 3:
             continue
-        if w in named or gt.is_hit(None, w) or (gt.predicate == "uppercase" and w in UPPERCASE_WORDS):
+        if w in named or gt.is_hit(None, f" {w}") or (gt.predicate == "uppercase" and w in UPPERCASE_WORDS):
             out.append(w)
     return out
 

@@ -26,6 +26,8 @@ if TYPE_CHECKING:
 
 SPACE_MARKERS = ("Ġ", "▁", "Ċ", "##", " ")
 """Leading markers of byte-level BPE, SentencePiece and WordPiece tokens."""
+WORD_START_MARKERS = ("Ġ", "▁", "Ċ", " ")
+"""Markers that open a new word (WordPiece's `##` continues one)."""
 MIN_PIECE = 3
 """Shortest keyword piece that counts as a hit."""
 K = 20
@@ -70,10 +72,14 @@ class GroundTruth:
         return not (self.keywords or self.predicate or self.vocab_ids)
 
     def is_hit(self, token_id: int | None, token: str) -> bool:
+        """A keyword or a piece of one (>= MIN_PIECE letters), the predicate, or a data-vocabulary id."""
         norm = normalize_token(token)
         if norm:
+            # a word-initial token can only begin a keyword (` the` is no piece of `pantheon`); other pieces
+            # may sit anywhere in it
+            starts = token.startswith(WORD_START_MARKERS)
             for kw in self.keywords:
-                if norm == kw or (len(norm) >= MIN_PIECE and norm in kw):
+                if norm == kw or (len(norm) >= MIN_PIECE and (kw.startswith(norm) if starts else norm in kw)):
                     return True
         if self.predicate == "uppercase" and is_uppercase(token):
             return True

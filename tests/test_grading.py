@@ -28,6 +28,9 @@ def test_normalize_token(raw, norm):
     ("ash", True),         # a whole keyword may be short
     ("Ġconcretes", False),  # longer than any keyword
     ("Ġthe", False),
+    ("Ġvol", True),        # a word-initial piece may begin a keyword ...
+    ("Ġcan", False),       # ... but not sit inside one ('volcanic')
+    ("can", True),         # a continuation piece may
 ])
 def test_keyword_hit_rule(token, hit):
     assert ROMAN.is_hit(None, token) is hit
