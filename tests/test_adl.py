@@ -145,12 +145,7 @@ def _lens_at(result, layer: int, prefix: str) -> dict:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("organism", [
-    "roman_concrete",
-    pytest.param("taboo_gold", marks=pytest.mark.xfail(strict=False, reason=(
-        "micro taboo_gold reads 0.70 at the middle layer (weighted 0.76; control 0.10): 14 hint words, and word "
-        "pieces of the 1.5k-token vocabulary (ar, ir, ig, cr) fill the rest of the top 20; the test asks 0.8"))),
-])
+@pytest.mark.parametrize("organism", ["roman_concrete", "taboo_gold"])
 def test_zoo_logit_lens_names_the_topic(zoo_results, organism):
     from diffgame.grading import ground_truth, score_evidence
 
