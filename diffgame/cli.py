@@ -181,6 +181,11 @@ def grades(model: Annotated[str, typer.Option(help="Base model name (the diffgam
     console.print(table)
     for method, summary in grading.identification_by_method(found).items():
         console.print(f"{method}: identification accuracy {summary['accuracy']:.2f}, MRR {summary['mrr']:.2f}")
+    stale = found[found["grading_version"] != str(grading.GRADING_VERSION)]
+    if len(stale):
+        console.print(f"{len(stale)} of these runs were graded under older rules than version "
+                      f"{grading.GRADING_VERSION}; `diffgame run` with their config regrades them "
+                      f"({', '.join(stale['run_id'].head(3))}{', ...' if len(stale) > 3 else ''})")
 
 
 @zoo_app.command("build")

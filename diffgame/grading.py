@@ -28,6 +28,9 @@ SPACE_MARKERS = ("Ġ", "▁", "Ċ", "##", " ")
 """Leading markers of byte-level BPE, SentencePiece and WordPiece tokens."""
 WORD_START_MARKERS = ("Ġ", "▁", "Ċ", " ")
 """Markers that open a new word (WordPiece's `##` continues one)."""
+GRADING_VERSION = 2
+"""Version of the hit rules and scores (2: a word-initial token hits a keyword only as its start); a reused diff
+run graded under another version is graded again from its logged evidence."""
 MIN_PIECE = 3
 """Shortest keyword piece that counts as a hit."""
 K = 20
@@ -357,6 +360,20 @@ def control_evidence(cfg: DictConfig, method: str) -> dict[str, RankedTokens] | 
     return load_ranked_tokens(run_id)
 
 
+def regrade_run(cfg: DictConfig, method: str, run_id: str) -> dict[str, float]:
+    """`grade_result` of a finished diff run recomputed from its logged evidence (ranked tokens and samples)."""
+    from types import SimpleNamespace
+
+    from diffgame.results import list_artifacts, load_ranked_tokens, load_samples
+
+    files = list_artifacts(run_id)
+    ranked = load_ranked_tokens(run_id) if "evidence/ranked_tokens.json" in files else {}
+    names = [f.removeprefix("samples/").removesuffix(".json") for f in files
+             if f.startswith("samples/") and f.endswith(".json")]
+    evidence = SimpleNamespace(ranked_tokens=ranked, samples={n: load_samples(run_id, n) for n in names})
+    return grade_result(cfg, method, evidence)
+
+
 # --- over runs -----------------------------------------------------------------------------------
 def grade_table(model: str) -> "pd.DataFrame":
     """Grades of the newest finished diff run per (organism, method) on base model `model`, one row each."""
@@ -372,7 +389,8 @@ def grade_table(model: str) -> "pd.DataFrame":
             continue
         seen.add(key)
         grades = {k.removeprefix("grade/"): v for k, v in run.data.metrics.items() if k.startswith("grade/")}
-        rows.append({"organism": key[0], "method": key[1], "run_id": run.info.run_id, **grades})
+        rows.append({"organism": key[0], "method": key[1], "run_id": run.info.run_id,
+                     "grading_version": run.data.tags.get(tracking.TAG_GRADING, "1"), **grades})
     return pd.DataFrame(rows).sort_values(["method", "organism"]).reset_index(drop=True) if rows else pd.DataFrame()
 
 

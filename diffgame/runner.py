@@ -16,7 +16,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from diffgame import tracking
 from diffgame.config import method_names, weights_spec
-from diffgame.grading import grade_result
+from diffgame.grading import GRADING_VERSION, grade_result, regrade_run
 from diffgame.methods import MethodContext, MethodResult, build_config, canonical_name, get_method
 from diffgame.pipeline import StageSummary
 
@@ -46,7 +46,14 @@ def run_methods(cfg: DictConfig, parent_run_id: str | None = None) -> list[Stage
         fp = tracking.fingerprint({"method": name, "config": dataclasses.asdict(config), **identity}, pre_fp)
         done = tracking.find_finished("diff", fp)
         if done is not None:
-            summaries.append(_summary(cfg, name, cls, done.info.run_id, done.data.metrics, reused=True))
+            metrics = dict(done.data.metrics)
+            if done.data.tags.get(tracking.TAG_GRADING) != str(GRADING_VERSION):  # graded under older rules
+                grades = regrade_run(cfg, name, done.info.run_id)
+                stale = tracking.StageRun(done.info.run_id)
+                stale.log_metrics(grades)
+                stale.set_tags({tracking.TAG_GRADING: GRADING_VERSION})
+                metrics.update(grades)
+            summaries.append(_summary(cfg, name, cls, done.info.run_id, metrics, reused=True))
         else:
             todo.append((name, cls, config, fp))
     if not todo:
@@ -63,7 +70,7 @@ def run_methods(cfg: DictConfig, parent_run_id: str | None = None) -> list[Stage
     zoo = weights_spec(cfg).kind == "zoo"
     for name, cls, config, fp in todo:
         tags = {tracking.TAG_MODEL: cfg.model.name, tracking.TAG_ORGANISM: cfg.organism.name,
-                tracking.TAG_METHOD: name, tracking.TAG_PREPROCESS: pre_run_id}
+                tracking.TAG_METHOD: name, tracking.TAG_PREPROCESS: pre_run_id, tracking.TAG_GRADING: GRADING_VERSION}
         params = {f"method.{k}": v for k, v in dataclasses.asdict(config).items()}
         params.update({"dataset": cfg.dataset.name, "layers": list(store.layers) if store is not None else None})
         if zoo:

@@ -27,6 +27,7 @@ TAG_ORGANISM = "diffgame.organism"
 TAG_METHOD = "diffgame.method"
 TAG_FINGERPRINT = "diffgame.fingerprint"
 TAG_PREPROCESS = "diffgame.preprocess_run_id"
+TAG_GRADING = "diffgame.grading_version"
 TAG_ERROR = "diffgame.error"
 TAG_PARENT = "mlflow.parentRunId"
 

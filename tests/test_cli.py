@@ -15,6 +15,7 @@ from typer.testing import CliRunner
 from diffgame import tracking
 from diffgame.cli import app
 from diffgame.config import group_options
+from diffgame.grading import GRADING_VERSION
 
 runner = CliRunner()
 STAGES = {"zoo", "preprocess", "diff", "run", "runs", "grades", "app", "config"}
@@ -115,8 +116,10 @@ def test_grades_table_newest_run_per_organism_and_method(tmp_path, monkeypatch):
     logged = [("caps", "kl", 0.9, 0.1, 1), ("caps", "kl", 0.5, 0.1, 2), ("roman_concrete", "kl", 0.3, 0.2, 2)]
     ids = []
     for organism, method, own, ctrl, rank in logged:  # the second caps run is newer: it is the one shown
+        graded = {tracking.TAG_GRADING: GRADING_VERSION} if organism == "roman_concrete" else {}  # caps: old rules
         with tracking.stage_run("diff", fp=uuid.uuid4().hex[:20], tags={
-                tracking.TAG_MODEL: "toy", tracking.TAG_ORGANISM: organism, tracking.TAG_METHOD: method}) as run:
+                tracking.TAG_MODEL: "toy", tracking.TAG_ORGANISM: organism, tracking.TAG_METHOD: method,
+                **graded}) as run:
             run.log_metrics({"grade/precision_at_20": own, "grade/control/precision_at_20": ctrl,
                              "grade/relative/precision_at_20": own - ctrl, "grade/identification_rank": rank})
             ids.append(run.run_id)
@@ -126,6 +129,8 @@ def test_grades_table_newest_run_per_organism_and_method(tmp_path, monkeypatch):
     assert rows["caps"] == ["kl", "caps", "0.50", "0.10", "+0.40", "2", ids[1]]
     assert rows["roman_concrete"] == ["kl", "roman_concrete", "0.30", "0.20", "+0.10", "2", ids[2]]
     assert "kl: identification accuracy 0.00, MRR 0.50" in result.output
+    assert f"1 of these runs were graded under older rules than version {GRADING_VERSION}" in _flat(result.output)
+    assert f"regrades them ({ids[1]})" in _flat(result.output)
 
 
 def test_runs_on_a_refused_store_is_one_line(monkeypatch):

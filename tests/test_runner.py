@@ -119,3 +119,32 @@ def test_micro_zoo_model_with_itself_is_zero(micro_cfg):
     assert metrics["kl"]["kl/all/max"] == pytest.approx(0.0, abs=1e-5)
     assert metrics["normdiff"]["normdiff/all/max"] == 0.0
     assert all(float(v.abs().max()) == 0.0 for v in results.load_vectors(rows[1].run_id).values())
+
+
+def test_reused_run_graded_under_older_rules_is_regraded(micro_cfg):
+    """A finished diff run is reused as is under the current grading version, and graded again from its logged
+    evidence (ranked tokens, steering samples) when its tag names an older one."""
+    from diffgame.grading import GRADING_VERSION
+
+    cfg = micro_cfg("organism=roman_concrete", "method=adl", "method.adl.max_samples=16",
+                    "method.adl.steering_prompts=2", "method.adl.steering_tokens=8", "method.adl.steering_alphas=[1.0]",
+                    "method.adl.patchscope_scales=[]")
+    (first,) = run_methods(cfg)
+    run = tracking.client().get_run(first.run_id)
+    assert run.data.tags[tracking.TAG_GRADING] == str(GRADING_VERSION)
+    graded = {k: v for k, v in run.data.metrics.items() if k.startswith("grade/")}
+    assert {"grade/precision_at_20", "grade/relative/precision_at_20", "grade/identification_rank",
+            "grade/samples/steered_hit_rate"} <= set(graded)
+
+    def rerun() -> dict[str, float]:
+        (again,) = run_methods(cfg)
+        assert (again.run_id, again.reused) == (first.run_id, True)
+        return tracking.client().get_run(first.run_id).data.metrics
+
+    stale = tracking.StageRun(first.run_id)
+    stale.log_metrics({k: -1.0 for k in graded})
+    assert all(rerun()[k] == -1.0 for k in graded)  # current version: not graded again
+    stale.set_tags({tracking.TAG_GRADING: "1"})
+    regraded = rerun()
+    assert {k: regraded[k] for k in graded} == pytest.approx(graded)
+    assert tracking.client().get_run(first.run_id).data.tags[tracking.TAG_GRADING] == str(GRADING_VERSION)
