@@ -28,9 +28,10 @@ SPACE_MARKERS = ("Ġ", "▁", "Ċ", "##", " ")
 """Leading markers of byte-level BPE, SentencePiece and WordPiece tokens."""
 WORD_START_MARKERS = ("Ġ", "▁", "Ċ", " ")
 """Markers that open a new word (WordPiece's `##` continues one)."""
-GRADING_VERSION = 2
-"""Version of the hit rules and scores (2: a word-initial token hits a keyword only as its start); a reused diff
-run graded under another version is graded again from its logged evidence."""
+GRADING_VERSION = 3
+"""Version of the hit rules and scores (2: a word-initial token hits a keyword only as its start; 3: the control's
+evidence comes from its run with the same fingerprint); a reused diff run graded under another version is graded
+again from its logged evidence."""
 MIN_PIECE = 3
 """Shortest keyword piece that counts as a hit."""
 K = 20
@@ -332,32 +333,30 @@ def _load_tokenizer(cfg: DictConfig):
 
 
 def control_evidence(cfg: DictConfig, method: str) -> dict[str, RankedTokens] | None:
-    """Ranked tokens of the control organism's newest finished diff run of `method` on this model.
+    """Ranked tokens of the control organism's finished diff run of `method` with the same base, dataset and method
+    config (its fingerprint), so a store holding other builds or configs never lends its control.
 
     In `full` mode a missing control run is made (reusing a finished one by fingerprint), as the runner
     would for `organism=control method=<method>`; in other modes a missing control gives None.
     """
     from diffgame import tracking
+    from diffgame.runner import diff_fingerprints, run_methods
 
-    filters = {tracking.TAG_STAGE: "diff", tracking.TAG_MODEL: str(cfg.model.name),
-               tracking.TAG_ORGANISM: CONTROL, tracking.TAG_METHOD: method}
-    runs = tracking.search(filters, statuses=("FINISHED",), max_results=1)
-    if not runs and cfg.pipeline.mode == "full":
-        from diffgame.runner import run_methods
-
-        control_cfg = cfg.copy()
-        control_cfg.organism = organism_node(CONTROL)
-        control_cfg.method = {method: cfg.method[method]}
+    control_cfg = cfg.copy()
+    control_cfg.organism = organism_node(CONTROL)
+    control_cfg.method = {method: cfg.method[method]}
+    fp = diff_fingerprints(control_cfg)[method]  # the same base, data and method config: never another build's
+    run = tracking.find_finished("diff", fp)
+    if run is None and cfg.pipeline.mode == "full":
         run_methods(control_cfg)
-        runs = tracking.search(filters, statuses=("FINISHED",), max_results=1)
-    if not runs:
+        run = tracking.find_finished("diff", fp)
+    if run is None:
         return None
     from diffgame.results import list_artifacts, load_ranked_tokens
 
-    run_id = runs[0].info.run_id
-    if "evidence/ranked_tokens.json" not in list_artifacts(run_id, "evidence"):
+    if "evidence/ranked_tokens.json" not in list_artifacts(run.info.run_id, "evidence"):
         return None
-    return load_ranked_tokens(run_id)
+    return load_ranked_tokens(run.info.run_id)
 
 
 def regrade_run(cfg: DictConfig, method: str, run_id: str) -> dict[str, float]:

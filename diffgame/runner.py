@@ -27,23 +27,17 @@ GRADE_HEADLINE = ("grade/relative/precision_at_*", "grade/precision_at_*", "grad
 
 def run_methods(cfg: DictConfig, parent_run_id: str | None = None) -> list[StageSummary]:
     """One `diff` run per method in `cfg.method`; `full` mode makes the store if needed, `diffing` requires it."""
-    from diffgame.extract import preprocess_fingerprint
-    from diffgame.models import organism_identity, resolve_base_source
-
     planned = []
     for name in method_names(cfg):
         canonical = canonical_name(name)
         method_cls, _ = get_method(name)
         planned.append((canonical, method_cls, build_config(name, cfg.method[name])))
-    identity = {"model": resolve_base_source(cfg)[1], "organism": organism_identity(cfg),
-                "dataset": OmegaConf.to_container(cfg.dataset, resolve=True)}
-    needs_store = any(cls.needs_store for _, cls, _ in planned)
-    pre_fp = preprocess_fingerprint(cfg) if needs_store else ""
+    fingerprints = diff_fingerprints(cfg)
 
     summaries: list[StageSummary] = []
     todo = []
     for name, cls, config in planned:
-        fp = tracking.fingerprint({"method": name, "config": dataclasses.asdict(config), **identity}, pre_fp)
+        fp = fingerprints[name]
         done = tracking.find_finished("diff", fp)
         if done is not None:
             metrics = dict(done.data.metrics)
@@ -86,6 +80,26 @@ def run_methods(cfg: DictConfig, parent_run_id: str | None = None) -> list[Stage
             run.log_metrics(grades)
         summaries.append(_summary(cfg, name, cls, run.run_id, {**result.metrics, **grades}, reused=False))
     return summaries
+
+
+def diff_fingerprints(cfg: DictConfig) -> dict[str, str]:
+    """Fingerprint of each method's diff run in `cfg.method` (canonical name -> fingerprint): the method's
+    config, the base and organism identities, the dataset, and the store's fingerprint for store methods."""
+    from diffgame.extract import preprocess_fingerprint
+    from diffgame.models import organism_identity, resolve_base_source
+
+    identity = {"model": resolve_base_source(cfg)[1], "organism": organism_identity(cfg),
+                "dataset": OmegaConf.to_container(cfg.dataset, resolve=True)}
+    out, pre_fp = {}, None
+    for name in method_names(cfg):
+        cls, _ = get_method(name)
+        if cls.needs_store and pre_fp is None:
+            pre_fp = preprocess_fingerprint(cfg)
+        config = build_config(name, cfg.method[name])
+        out[canonical_name(name)] = tracking.fingerprint(
+            {"method": canonical_name(name), "config": dataclasses.asdict(config), **identity},
+            pre_fp if cls.needs_store else "")
+    return out
 
 
 def _open_store(cfg: DictConfig, parent_run_id: str | None):

@@ -123,13 +123,19 @@ def test_micro_zoo_model_with_itself_is_zero(micro_cfg):
 
 def test_reused_run_graded_under_older_rules_is_regraded(micro_cfg):
     """A finished diff run is reused as is under the current grading version, and graded again from its logged
-    evidence (ranked tokens, steering samples) when its tag names an older one."""
+    evidence (ranked tokens, steering samples) when its tag names an older one; the control's run that grading
+    makes is the one `organism=control` reuses."""
     from diffgame.grading import GRADING_VERSION
 
-    cfg = micro_cfg("organism=roman_concrete", "method=adl", "method.adl.max_samples=16",
-                    "method.adl.steering_prompts=2", "method.adl.steering_tokens=8", "method.adl.steering_alphas=[1.0]",
-                    "method.adl.patchscope_scales=[]")
+    adl = ("method=adl", "method.adl.max_samples=16", "method.adl.steering_prompts=2", "method.adl.steering_tokens=8",
+           "method.adl.steering_alphas=[1.0]", "method.adl.patchscope_scales=[]")
+    run_methods(micro_cfg("organism=control", *adl[:1], *adl[2:], "method.adl.max_samples=8"))  # another config
+    cfg = micro_cfg("organism=roman_concrete", *adl)
     (first,) = run_methods(cfg)
+    # grading did not borrow the control run of another config: it made one with this config, which running the
+    # control itself then reuses
+    (control,) = run_methods(micro_cfg("organism=control", *adl))
+    assert control.reused
     run = tracking.client().get_run(first.run_id)
     assert run.data.tags[tracking.TAG_GRADING] == str(GRADING_VERSION)
     graded = {k: v for k, v in run.data.metrics.items() if k.startswith("grade/")}
