@@ -116,6 +116,28 @@ def test_same_seed_gives_identical_weights():
     assert _state_hash(train_base(dataclasses.replace(size, seed=1), progress=False)[0]) != first
 
 
+def test_a_zoo_run_that_lost_its_model_is_marked_failed_and_trained_again(tmp_path, monkeypatch):
+    import shutil
+
+    from diffgame.errors import ModelError
+    from diffgame.zoo.build import ensure_base, run_model_dir
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "")  # restored after the test
+    tracking.set_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    monkeypatch.setenv("HOME", str(tmp_path))  # the download cache of remote zoo runs
+    size = dataclasses.replace(SIZES["micro"], base_steps=2)
+    first = ensure_base(size, progress=False)
+    assert ensure_base(size, progress=False).run_id == first.run_id  # reused while its model is there
+    shutil.rmtree(first.model_dir)
+    again = ensure_base(size, progress=False)
+    assert again.run_id != first.run_id and not again.reused and (again.model_dir / "config.json").is_file()
+    lost = tracking.client().get_run(first.run_id)
+    assert lost.info.status == "FAILED"
+    assert lost.data.tags[tracking.TAG_ERROR].startswith("model artifacts missing from ")
+    with pytest.raises(ModelError, match=rf"zoo run {first.run_id} has no model artifacts at .*mlflow runs delete"):
+        run_model_dir(lost)  # fetching it as if remote names the run and the way out
+
+
 def _metrics() -> dict[str, dict[str, float]]:
     return {e.name: e.metrics for e in list_zoo(size="micro")}
 

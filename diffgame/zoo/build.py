@@ -76,12 +76,37 @@ def run_model_dir(run) -> Path:
         return local / "model"
     import mlflow
 
+    from mlflow.exceptions import MlflowException
+
+    from diffgame.errors import ModelError
+
     dst = Path.home() / ".cache" / "diffgame" / "zoo" / run.info.run_id
     if not (dst / "model" / "config.json").is_file():
         dst.mkdir(parents=True, exist_ok=True)
-        mlflow.artifacts.download_artifacts(run_id=run.info.run_id, artifact_path="model", dst_path=str(dst),
-                                            tracking_uri=tracking.resolve_uri())
+        try:
+            mlflow.artifacts.download_artifacts(run_id=run.info.run_id, artifact_path="model", dst_path=str(dst),
+                                                tracking_uri=tracking.resolve_uri())
+        except MlflowException as e:
+            raise ModelError(f"zoo run {run.info.run_id} has no model artifacts at {run.info.artifact_uri}/model "
+                             f"({str(e).splitlines()[0]}); delete the run (`mlflow runs delete --run-id "
+                             f"{run.info.run_id}`) and `diffgame zoo build` trains it again") from None
     return dst / "model"
+
+
+def _find_built(fp: str):
+    """The newest finished zoo run with fingerprint `fp` whose model is still there, or None.
+
+    A run whose local `model/` artifacts are gone is marked FAILED with that error, so the caller trains it again."""
+    found = tracking.find_finished("zoo", fp)
+    local = tracking.local_artifact_dir(found) if found is not None else None
+    if local is None or (local / "model" / "config.json").is_file():
+        return found
+    error = f"model artifacts missing from {local / 'model'}"
+    c = tracking.client()
+    c.set_tag(found.info.run_id, tracking.TAG_ERROR, error)
+    c.set_terminated(found.info.run_id, "FAILED")
+    _say(f"zoo run {found.info.run_id}: {error}; marked FAILED")
+    return _find_built(fp)
 
 
 def _entry(run, name: str, size: str, reused: bool, fetch: bool = True) -> ZooEntry:
@@ -173,7 +198,7 @@ def ensure_base(size: ZooSize, progress: bool = True, cfg=None) -> ZooEntry:
         path, ident = pretrained_source(size, cfg)
         return ZooEntry(BASE, size.name, "", Path(path), base_fingerprint(size, ident), reused=True)
     fp = base_fingerprint(size)
-    found = tracking.find_finished("zoo", fp)
+    found = _find_built(fp)
     if found is not None:
         return _entry(found, BASE, size.name, reused=True)
     _say(f"training base ({size.name}: {size.n_layers} layers, d={size.d_model}, {size.base_steps} steps)")
@@ -223,7 +248,7 @@ def ensure_organism(size: ZooSize, organism, progress: bool = True, cfg=None) ->
     recipe_identity(organism.zoo)  # bad data paths fail before the base trains
     base = ensure_base(size, progress=progress, cfg=cfg)
     fp = organism_fingerprint(size, organism, base.fingerprint)
-    found = tracking.find_finished("zoo", fp)
+    found = _find_built(fp)
     if found is not None:
         return _entry(found, name, size.name, reused=True)
     _say(f"training organism {name} ({size.name}: {size.organism_steps} steps on {organism.zoo.data})")
