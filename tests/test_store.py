@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+
 import pytest
 import torch
 
@@ -146,7 +148,6 @@ def test_finalize_refuses_missing_part(tmp_path):
 def test_write_parts_in_parallel_makes_files_then_one_marker_per_part(tmp_path):
     """All files of a shard (tensors given directly or made by a callable) are written by the executor, and each
     part's marker lists exactly its own files with their checksums."""
-    import hashlib
     import json
     from concurrent.futures import ThreadPoolExecutor
 
@@ -171,3 +172,20 @@ def test_write_parts_in_parallel_makes_files_then_one_marker_per_part(tmp_path):
         assert set(listed) == set(files) and set(files) <= set(written)
         for rel, info in listed.items():
             assert info["sha256"] == hashlib.sha256((tmp_path / rel).read_bytes()).hexdigest()
+
+
+def test_write_file_is_byte_identical_to_safetensors_save(tmp_path):
+    """The writer streams tensors to disk, but the file (so the store format and its checksums) is exactly what
+    `safetensors.torch.save` makes, and the recorded sha256 and size are the file's."""
+    from safetensors.torch import save
+
+    from diffgame.store import write_file
+
+    g = torch.Generator().manual_seed(0)
+    tensors = {"acts": torch.randn(300, 64, generator=g).to(torch.bfloat16), "ids": torch.arange(300, dtype=torch.int32),
+               "offsets": torch.tensor([0, 120, 300]), "empty": torch.zeros(0, 64)}
+    info = write_file(tmp_path / "a" / "shard.safetensors", tensors)
+    written = (tmp_path / "a" / "shard.safetensors").read_bytes()
+    assert written == save(tensors)
+    assert info == {"sha256": hashlib.sha256(written).hexdigest(), "bytes": len(written)}
+    assert not (tmp_path / "a" / "shard.safetensors.tmp").exists()
