@@ -75,7 +75,6 @@ def run_model_dir(run) -> Path:
     if local is not None and (local / "model").is_dir():
         return local / "model"
     import mlflow
-
     from mlflow.exceptions import MlflowException
 
     from diffgame.errors import ModelError
