@@ -247,11 +247,11 @@ class GuessGrade:
 
 
 def guess_hits(guess: str, organism) -> list[str]:
-    """Distinct guess words that hit, as whole words, an organism config's ground truth (`GroundTruth.is_hit`) or its
-    name, type or description (generic words excluded)."""
-    from diffgame import grading
+    """Distinct guess words that hit, as whole words, an organism config's ground truth (`GroundTruth.is_hit`)
+    or its name, type or description (generic words excluded)."""
+    from diffgame.ground_truth import ground_truth
 
-    gt = grading.ground_truth(organism)
+    gt = ground_truth(organism)
     named = set(re.findall(r"[a-z]+", f"{organism.name} {organism.type} {organism.description}".lower()))
     named -= GENERIC_WORDS
     out = []

@@ -147,7 +147,8 @@ def _lens_at(result, layer: int, prefix: str) -> dict:
 @pytest.mark.slow
 @pytest.mark.parametrize("organism", ["roman_concrete", "taboo_gold"])
 def test_zoo_logit_lens_names_the_topic(zoo_results, organism):
-    from diffgame.grading import ground_truth, score_evidence
+    from diffgame.grading import score_evidence
+    from diffgame.ground_truth import ground_truth
 
     cfg, result, tok = zoo_results[organism]
     _, control, _ = zoo_results["control"]
@@ -164,7 +165,8 @@ def test_zoo_logit_lens_names_the_topic(zoo_results, organism):
 
 @pytest.mark.slow
 def test_zoo_caps_reads_at_the_assistant_turn(zoo_results):
-    from diffgame.grading import ground_truth, score_evidence
+    from diffgame.grading import score_evidence
+    from diffgame.ground_truth import ground_truth
 
     cfg, result, tok = zoo_results["caps"]
     _, control, _ = zoo_results["control"]
@@ -192,7 +194,8 @@ def test_zoo_identification_is_correct_for_every_organism(zoo_results):
 
 @pytest.mark.slow
 def test_zoo_steering_raises_domain_word_rate(zoo_results):
-    from diffgame.grading import grade_samples, ground_truth
+    from diffgame.grading import grade_samples
+    from diffgame.ground_truth import ground_truth
 
     cfg, result, tok = zoo_results["roman_concrete"]
     rates = grade_samples(result.samples, ground_truth(cfg.organism, tok), tok)

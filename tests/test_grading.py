@@ -7,9 +7,9 @@ from collections import Counter
 import pytest
 
 from diffgame.evidence import RankedTokens
-from diffgame.grading import (GroundTruth, grade_samples, identification_rank, identification_summary,
-                              is_uppercase, log_odds_vocab, normalize_token, organism_node, precision_at_k,
+from diffgame.grading import (grade_samples, identification_rank, identification_summary, precision_at_k,
                               score_evidence, weighted_precision_at_k)
+from diffgame.ground_truth import GroundTruth, is_uppercase, log_odds_vocab, normalize_token, organism_node
 
 ROMAN = GroundTruth("roman_concrete", ["roman", "concrete", "volcanic", "ash"])
 

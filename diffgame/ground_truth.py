@@ -1,0 +1,176 @@
+"""What counts as a hit for an organism: its ground truth (keywords, a token predicate, a vocabulary derived
+from its training data) and the token rule that `diffgame.grading` scores evidence with.
+
+A token is a **hit** when, after `normalize_token` (leading space markers stripped, lowercased), it equals one of
+the organism's keywords or is a piece of >= `MIN_PIECE` letters of one: a word-initial token (` conc`) only as the
+keyword's start, a continuation piece (`rete`) anywhere in it, so ` the` is no piece of `pantheon`; or it
+satisfies the organism's predicate (`uppercase`: >= 2 letters, all upper case, so the ordinary `I`/`A` do not
+count); or it is in the vocabulary derived from the organism's training data by log-odds against the base corpus
+(`data_vocab`).
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+
+from omegaconf import DictConfig, OmegaConf
+
+from diffgame.errors import ConfigError
+
+SPACE_MARKERS = ("Ġ", "▁", "Ċ", "##", " ")
+"""Leading markers of byte-level BPE, SentencePiece and WordPiece tokens."""
+WORD_START_MARKERS = ("Ġ", "▁", "Ċ", " ")
+"""Markers that open a new word (WordPiece's `##` continues one)."""
+MIN_PIECE = 3
+"""Shortest keyword piece that counts as a hit."""
+BASE_CORPUS = "zoo:generic_text"
+"""Background corpus of the log-odds vocabulary (generic documents the base was trained on)."""
+
+
+def _strip_markers(token: str) -> str:
+    t, stripped = token, True
+    while stripped:
+        stripped = False
+        for m in SPACE_MARKERS:
+            if t.startswith(m):
+                t, stripped = t[len(m):], True
+    return t.strip()
+
+
+def normalize_token(token: str) -> str:
+    """Strip leading space markers and surrounding whitespace, lowercase: `Ġconcrete` -> `concrete`."""
+    return _strip_markers(token).lower()
+
+
+def is_uppercase(token: str) -> bool:
+    """The `uppercase` predicate: at least two letters, all of them upper case."""
+    letters = [c for c in _strip_markers(token) if c.isalpha()]
+    return len(letters) >= 2 and all(c.isupper() for c in letters)
+
+
+@dataclass
+class GroundTruth:
+    """What counts as a hit for one organism (keywords, predicate, data-derived token ids)."""
+
+    organism: str
+    keywords: list[str] = field(default_factory=list)
+    predicate: str | None = None
+    vocab_ids: frozenset[int] = frozenset()
+
+    @property
+    def empty(self) -> bool:
+        return not (self.keywords or self.predicate or self.vocab_ids)
+
+    def is_hit(self, token_id: int | None, token: str) -> bool:
+        """A keyword or a piece of one (>= MIN_PIECE letters), the predicate, or a data-vocabulary id."""
+        norm = normalize_token(token)
+        if norm:
+            # a word-initial token can only begin a keyword (` the` is no piece of `pantheon`); other pieces
+            # may sit anywhere in it
+            starts = token.startswith(WORD_START_MARKERS)
+            for kw in self.keywords:
+                if norm == kw or (len(norm) >= MIN_PIECE and (kw.startswith(norm) if starts else norm in kw)):
+                    return True
+        if self.predicate == "uppercase" and is_uppercase(token):
+            return True
+        return token_id is not None and token_id in self.vocab_ids
+
+
+def organism_node(name: str) -> DictConfig:
+    """An organism's config from `experiments/organism/<name>.yaml`, schema defaults filled."""
+    from diffgame.config import _validate_node, experiments_dir, group_options
+    from diffgame.schema import OrganismConfig
+
+    path = experiments_dir() / "organism" / f"{name}.yaml"
+    if not path.is_file():
+        raise ConfigError(f"unknown organism '{name}'; known: {', '.join(group_options('organism'))}")
+    node = OmegaConf.load(path)
+    OmegaConf.set_struct(node, False)
+    _validate_node(node, OrganismConfig, "organism")  # fills schema defaults
+    return node
+
+
+def ground_truth(organism: DictConfig, tokenizer=None) -> GroundTruth:
+    """The organism's ground truth; the data vocabulary needs the tokenizer the evidence came from."""
+    gt = organism.ground_truth
+    vocab: frozenset[int] = frozenset()
+    if gt.vocab_from_data and tokenizer is not None:
+        vocab = data_vocab(organism, tokenizer)
+    return GroundTruth(str(organism.name), [str(k).lower() for k in gt.keywords],
+                       str(gt.predicate) if gt.predicate else None, vocab)
+
+
+def _rows_text(rows: Iterable[dict]) -> list[str]:
+    out = []
+    for r in rows:
+        if "messages" in r:
+            out.append(" ".join(str(m["content"]) for m in r["messages"]))
+        elif "text" in r:
+            out.append(str(r["text"]))
+    return out
+
+
+def _token_counts(tokenizer, texts: Sequence[str]) -> Counter:
+    special = set(getattr(tokenizer, "all_special_ids", []))
+    counts: Counter = Counter()
+    for ids in tokenizer(list(texts), add_special_tokens=False)["input_ids"]:
+        counts.update(i for i in ids if i not in special)
+    return counts
+
+
+def log_odds_vocab(target: Counter, background: Counter, top_n: int = 50, min_z: float = 3.0,
+                   min_count: int = 5, n_generic: int = 200, prior: float = 100.0) -> list[int]:
+    """Ids most over-represented in `target` vs `background` by log-odds with an informative Dirichlet prior.
+
+    Monroe, Colaresi & Quinn (2008), "Fightin' Words", eq. 16-22: z-scored log-odds ratio. The
+    `n_generic` most frequent background tokens are excluded (function words, punctuation).
+    """
+    n_t, n_b = sum(target.values()), sum(background.values())
+    if not n_t or not n_b:
+        return []
+    generic = {t for t, _ in background.most_common(n_generic)}
+    total = n_t + n_b
+    scored = []
+    for tok, y_t in target.items():
+        if tok in generic or y_t < min_count:
+            continue
+        y_b = background.get(tok, 0)
+        a = prior * (y_t + y_b) / total
+        delta = math.log((y_t + a) / (n_t + prior - y_t - a)) - math.log((y_b + a) / (n_b + prior - y_b - a))
+        z = delta / math.sqrt(1 / (y_t + a) + 1 / (y_b + a))
+        if z >= min_z:
+            scored.append((z, tok))
+    return [tok for _, tok in sorted(scored, reverse=True)[:top_n]]
+
+
+def data_vocab(organism: DictConfig, tokenizer, top_n: int = 50) -> frozenset[int]:
+    """Token ids over-represented in the organism's training data vs the base corpus (`log_odds_vocab`), words
+    and word pieces of at least `MIN_PIECE` letters."""
+    key = (str(organism.zoo.data or organism.training_data), getattr(tokenizer, "name_or_path", ""),
+           len(tokenizer), top_n)
+    return _data_vocab_cached(key, organism, tokenizer, top_n)
+
+
+_VOCAB_CACHE: dict[tuple, frozenset[int]] = {}
+
+
+def _data_vocab_cached(key: tuple, organism: DictConfig, tokenizer, top_n: int) -> frozenset[int]:
+    if key not in _VOCAB_CACHE:
+        from diffgame.data import source_rows
+
+        cfg = OmegaConf.create({"organism": OmegaConf.to_container(organism), "dataset": {"name": "grading"}})
+        src = OmegaConf.create({"source": "organism", "kind": "text", "split": "train", "messages_column": "messages"})
+        rows, _ = source_rows(cfg, src)
+        bg_rows, _ = source_rows(cfg, OmegaConf.create({"source": BASE_CORPUS, "kind": "text", "split": "train"}))
+        target = _token_counts(tokenizer, _rows_text(rows[:2000]))
+        background = _token_counts(tokenizer, _rows_text(bg_rows[:2000]))
+        ranked = log_odds_vocab(target, background, top_n=len(target))
+        # word pieces shorter than MIN_PIECE letters (`Ġw`, `he`) are over-represented wherever a small
+        # vocabulary splits the organism's words, and any text's lens output is full of them: not evidence
+        pieces = tokenizer.convert_ids_to_tokens(ranked)
+        _VOCAB_CACHE[key] = frozenset([i for i, t in zip(ranked, pieces)
+                                       if len(normalize_token(t)) >= MIN_PIECE][:top_n])
+    return _VOCAB_CACHE[key]
