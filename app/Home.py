@@ -12,6 +12,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # `import cache, widge
 import streamlit as st  # noqa: E402
 
 import cache  # noqa: E402
+from diffgame.registry import known_methods  # noqa: E402
+
+PAGES = Path(__file__).resolve().parent / "pages"
 
 st.set_page_config(page_title="diffgame", page_icon=":material/difference:", layout="wide")
 settings = cache.settings()
@@ -19,9 +22,9 @@ settings = cache.settings()
 pages = {
     "Runs": [st.Page("pages/overview.py", title="Overview", icon=":material/dashboard:", default=True),
              st.Page("pages/compare.py", title="Compare", icon=":material/compare:")],
-    "Methods": [st.Page("pages/kl.py", title="KL", icon=":material/local_fire_department:"),
-                st.Page("pages/normdiff.py", title="Normdiff", icon=":material/straighten:"),
-                st.Page("pages/adl.py", title="ADL", icon=":material/manage_search:")],
+    # a method with a page of its own (pages/<method>.py) gets it; every method's runs show on "Any method"
+    "Methods": [*(st.Page(f"pages/{m}.py", title=m) for m in known_methods() if (PAGES / f"{m}.py").is_file()),
+                st.Page("pages/methods.py", title="Any method", icon=":material/list:")],
     "Models": [st.Page("pages/interactive.py", title="Interactive", icon=":material/chat:"),
                st.Page("pages/game.py", title="Game", icon=":material/casino:")],
 }

@@ -6,7 +6,9 @@ import pandas as pd
 import streamlit as st
 
 import cache
-from diffgame import app_backend as backend
+from diffgame import artifacts
+from diffgame.ui import heat
+from diffgame.ui import runs as backend
 from diffgame.errors import DiffgameError
 
 
@@ -38,16 +40,16 @@ def show_metrics(row: pd.Series, key: str) -> None:
 
 
 def show_plots(uri: str, run_id: str, paths: list[str]) -> None:
-    names = backend.artifact_names(paths, "plots", ".png")
+    names = artifacts.names(paths, "plots")
     if not names:
         st.info("This run logged no plots.")
     for name in names:
-        st.image(cache.artifact_bytes(uri, run_id, f"plots/{name}.png"), caption=name)
+        st.image(cache.plot_bytes(uri, run_id, name), caption=name)
 
 
-def _pick_artifact(paths: list[str], folder: str, suffix: str, label: str, key: str) -> str | None:
-    """A selectbox over the run's `<folder>/*<suffix>` artifacts, or a note that it logged none."""
-    names = backend.artifact_names(paths, folder, suffix)
+def _pick_artifact(paths: list[str], folder: str, label: str, key: str) -> str | None:
+    """A selectbox over the run's `<folder>` artifacts (tables, examples, samples), or a note that it logged none."""
+    names = artifacts.names(paths, folder)
     if not names:
         st.info(f"This run logged no {folder}.")
         return None
@@ -55,7 +57,7 @@ def _pick_artifact(paths: list[str], folder: str, suffix: str, label: str, key: 
 
 
 def show_tables(uri: str, run_id: str, paths: list[str], key: str) -> None:
-    name = _pick_artifact(paths, "tables", ".parquet", "Table", f"{key}_table")
+    name = _pick_artifact(paths, "tables", "Table", f"{key}_table")
     if name is None:
         return
     st.dataframe(cache.table(uri, run_id, name), width="stretch", hide_index=True)
@@ -63,22 +65,22 @@ def show_tables(uri: str, run_id: str, paths: list[str], key: str) -> None:
 
 def show_examples(uri: str, run_id: str, paths: list[str], key: str) -> None:
     """Max-activating examples as token heat, with text search and dataset / peak-role filters."""
-    name = _pick_artifact(paths, "examples", ".json", "Examples", f"{key}_examples")
+    name = _pick_artifact(paths, "examples", "Examples", f"{key}_examples")
     if name is None:
         return
     examples = cache.examples(uri, run_id, name)
     c1, c2, c3, c4 = st.columns([2, 2, 2, 1])
     query = c1.text_input("Search text", key=f"{key}_query")
     datasets = c2.multiselect("Datasets", sorted({e.dataset for e in examples}), key=f"{key}_datasets")
-    roles = c3.multiselect("Peak token role", sorted({backend.example_role(e) for e in examples} - {""}),
+    roles = c3.multiselect("Peak token role", sorted({heat.example_role(e) for e in examples} - {""}),
                            key=f"{key}_roles", help="Role of each example's highest-scoring token.")
     limit = c4.number_input("Show", 1, 200, 10, key=f"{key}_limit")
-    shown = backend.filter_examples(examples, query, datasets, roles)
+    shown = heat.filter_examples(examples, query, datasets, roles)
     vmax = max((abs(s) for e in examples for s in e.token_scores), default=0.0)  # one scale for the whole list
     st.caption(f"{len(shown)} of {len(examples)} examples")
     for ex in shown[:limit]:
         st.markdown(f"**{ex.score:.4g}** · {ex.dataset} · sequence {ex.sequence_id}")
-        st.html(backend.heat_html(ex.tokens, ex.token_scores, vmax))
+        st.html(heat.heat_html(ex.tokens, ex.token_scores, vmax))
 
 
 def show_ranked(uri: str, run_id: str, key: str) -> None:
@@ -87,12 +89,12 @@ def show_ranked(uri: str, run_id: str, key: str) -> None:
         st.info("This run logged no ranked tokens.")
         return
     name = st.selectbox("Token list", sorted(ranked), key=f"{key}_ranked")
-    st.dataframe(backend.ranked_frame(ranked[name]), width="stretch", hide_index=True)
+    st.dataframe(heat.ranked_frame(ranked[name]), width="stretch", hide_index=True)
 
 
 def show_samples(uri: str, run_id: str, paths: list[str], key: str) -> None:
     """Generated samples; steered and unsteered texts of one prompt side by side."""
-    name = _pick_artifact(paths, "samples", ".json", "Samples", f"{key}_samples")
+    name = _pick_artifact(paths, "samples", "Samples", f"{key}_samples")
     if name is None:
         return
     rows = cache.samples(uri, run_id, name)

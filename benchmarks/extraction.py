@@ -129,7 +129,7 @@ def paired_store(base, organism, batches, layers, args, root: Path, shard_tokens
 
 
 def layers_of(model, fractions: list[float]) -> list[int]:
-    from diffgame.config import resolve_layers
+    from diffgame.models import resolve_layers
     from diffgame.models import decoder_layers
 
     return resolve_layers(fractions, len(decoder_layers(model)))

@@ -1,9 +1,14 @@
-"""The `diffgame` command line: one command per stage (zoo, preprocess, diff, run, runs, app, config)."""
+"""The `diffgame` command line: one command per stage (zoo, preprocess, diff, run, runs, app, config).
+
+Each command imports what it needs when it runs, so `diffgame --help` and `diffgame config` never load torch,
+Lightning or MLflow.
+"""
 
 from __future__ import annotations
 
 import os
 import sys
+from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
@@ -26,6 +31,18 @@ Multirun = Annotated[bool, typer.Option(
     "--multirun", "-m", help="Expand comma-separated values (`organism=caps,control`) into a sweep: "
                              "one parent run, one child per combination.")]
 ZooSize = Annotated[str, typer.Option("--size", help="Zoo size: micro (tests), small (default), smol / smol_gpu (LoRA organisms on SmolLM2-135M; use with model=smollm2_135m).")]
+
+
+@app.callback()
+def main_options(config_dir: Annotated[Optional[list[Path]], typer.Option(
+        "--config-dir", help="A folder of your own configs (`organism/my_org.yaml`, `model/...`) searched beside "
+                             "the built-in tree, so `organism=my_org` finds it; repeatable. Same as "
+                             "DIFFGAME_CONFIG_PATH.", show_default=False)] = None) -> None:
+    """diffgame: find out what finetuning changed by diffing a base model and a model organism."""
+    from diffgame.configtree import add_user_dir
+
+    for folder in reversed(config_dir or []):
+        add_user_dir(folder)
 
 
 def _fail(err: DiffgameError) -> None:
@@ -158,10 +175,12 @@ def grades(model: Annotated[str, typer.Option(help="Base model name (the diffgam
     from rich.table import Table
 
     from diffgame import grading, tracking
+    from diffgame.configtree import CONTROL
+    from diffgame.ui.runs import grade_table
 
     tracking.set_uri(tracking_uri)
     try:
-        found = grading.grade_table(model)
+        found = grade_table(model)
     except DiffgameError as e:
         _fail(e)
     if found.empty:
@@ -173,7 +192,7 @@ def grades(model: Annotated[str, typer.Option(help="Base model name (the diffgam
     table = Table(title=f"grades of model {model} in {tracking.resolve_uri()}")
     for head in ("method", "organism", *(h for _, h in cols), "run id"):
         table.add_column(head)
-    for _, row in found[found["organism"] != grading.CONTROL].iterrows():  # the control is the reference column
+    for _, row in found[found["organism"] != CONTROL].iterrows():  # the control is the reference column
         cells = [("" if k not in row or row[k] != row[k] else f"{row[k]:.0f}" if k == "identification_rank"
                   else f"{row[k]:+.2f}" if k.startswith("relative") else f"{row[k]:.2f}") for k, _ in cols]
         table.add_row(row["method"], row["organism"], *cells, row["run_id"])
@@ -232,12 +251,15 @@ def app_cmd(overrides: Overrides = None,
 
     Example: diffgame app --port 8501 model.device=cpu
     """
-    from pathlib import Path
+    import importlib.util
 
     from diffgame import tracking
 
     uri = tracking.set_uri(tracking_uri)
-    entry = Path(__file__).resolve().parent.parent / "app" / "Home.py"
+    spec = importlib.util.find_spec("diffgame.app")  # the repository's app/, shipped inside the package
+    if spec is None or not spec.submodule_search_locations:
+        _fail(DiffgameError("the app is not installed with this diffgame (no diffgame.app package); reinstall it"))
+    entry = Path(list(spec.submodule_search_locations)[0]) / "Home.py"
     args = [sys.executable, "-m", "streamlit", "run", str(entry), "--server.port", str(port),
             "--server.address", host, "--server.headless", "true", "--browser.gatherUsageStats", "false",
             "--", "--tracking-uri", uri, *(overrides or [])]

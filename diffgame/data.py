@@ -15,6 +15,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from diffgame.corpora import corpus
 from diffgame.errors import DataError
 
 ROLES = ("text", "user", "assistant", "template")
@@ -107,30 +108,38 @@ def _read_jsonl(path: Path) -> list[dict[str, Any]]:
 
 
 def _zoo_corpus(name: str, split: str) -> list[dict[str, Any]]:
-    from diffgame import zoo
-
-    return list(zoo.corpus(name, split))
+    return list(corpus(name, split))
 
 
-def source_rows(cfg: DictConfig, src: DictConfig) -> tuple[list[dict[str, Any]], str]:
-    """Rows of one dataset source and the kind (`text` or `chat`) to read them as."""
+def source_rows(organism: DictConfig | None, src: DictConfig) -> tuple[list[dict[str, Any]], str]:
+    """Rows of one dataset source and the kind (`text` or `chat`) to read them as; `organism` (its config node)
+    is read for the `organism` source (its own training data)."""
     source, kind = str(src.source), str(src.kind)
     if source.startswith("zoo:"):
         rows = _zoo_corpus(source.removeprefix("zoo:"), src.split)
     elif source == "organism":
-        rows, kind = _organism_rows(cfg, src)
+        if organism is None:
+            raise DataError("the `organism` data source needs an organism config")
+        rows, kind = _organism_rows(organism, src)
     else:
         rows = _read_rows(source, src.split)
     return rows, kind
 
 
-def _organism_rows(cfg: DictConfig, src: DictConfig) -> tuple[list[dict[str, Any]], str]:
+def read_rows(source: str, kind: str = "text", split: str = "test", limit: int | None = None,
+              organism: DictConfig | None = None) -> list[dict[str, Any]]:
+    """The first `limit` rows of one source (a zoo corpus, hub id, local file or `organism`), e.g. a method's text."""
+    src = OmegaConf.create({"source": source, "kind": kind, "split": split, "messages_column": "messages"})
+    rows, _ = source_rows(organism, src)
+    return rows[:limit] if limit is not None else rows
+
+
+def _organism_rows(org: DictConfig, src: DictConfig) -> tuple[list[dict[str, Any]], str]:
     """The organism's finetuning data: its zoo recipe's data, else `training_data`."""
-    org = cfg.organism
     data = org.zoo.data or org.training_data
     if not data:
         raise DataError(f"organism '{org.name}' declares no training data (zoo.data or training_data); "
-                        f"drop the `organism` source from dataset '{cfg.dataset.name}' or set organism.training_data")
+                        f"drop the `organism` source from the dataset or set organism.training_data")
     if data.startswith("builtin:"):
         rows = _zoo_corpus(data.removeprefix("builtin:"), src.split)
     elif data.endswith(".jsonl") and Path(data).is_file():
@@ -186,7 +195,7 @@ def load_sequences(cfg: DictConfig, tokenizer) -> dict[str, list[TokenizedSequen
     out = {}
     for name in sources:
         src = sources[name]
-        rows, kind = source_rows(cfg, src)
+        rows, kind = source_rows(cfg.organism, src)
         out[str(name)] = _tokenize_rows(str(name), rows, kind, src, tokenizer, int(cfg.preprocessing.context_length))
     return out
 

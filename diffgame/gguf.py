@@ -22,8 +22,8 @@ from pathlib import Path
 import torch
 
 from diffgame.errors import ModelError
+from diffgame.models import DTYPES
 
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 CONVERTER_VERSION = 1
 """Bump when the conversion's output changes, so old cache entries are not reused."""
 HEAD_BYTES = 4 << 20

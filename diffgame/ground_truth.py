@@ -16,9 +16,9 @@ from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
-from diffgame.errors import ConfigError
+from diffgame.data import read_rows
 
 SPACE_MARKERS = ("Ġ", "▁", "Ċ", "##", " ")
 """Leading markers of byte-level BPE, SentencePiece and WordPiece tokens."""
@@ -77,20 +77,6 @@ class GroundTruth:
         if self.predicate == "uppercase" and is_uppercase(token):
             return True
         return token_id is not None and token_id in self.vocab_ids
-
-
-def organism_node(name: str) -> DictConfig:
-    """An organism's config from `experiments/organism/<name>.yaml`, schema defaults filled."""
-    from diffgame.config import _validate_node, experiments_dir, group_options
-    from diffgame.schema import OrganismConfig
-
-    path = experiments_dir() / "organism" / f"{name}.yaml"
-    if not path.is_file():
-        raise ConfigError(f"unknown organism '{name}'; known: {', '.join(group_options('organism'))}")
-    node = OmegaConf.load(path)
-    OmegaConf.set_struct(node, False)
-    _validate_node(node, OrganismConfig, "organism")  # fills schema defaults
-    return node
 
 
 def ground_truth(organism: DictConfig, tokenizer=None) -> GroundTruth:
@@ -159,12 +145,8 @@ _VOCAB_CACHE: dict[tuple, frozenset[int]] = {}
 
 def _data_vocab_cached(key: tuple, organism: DictConfig, tokenizer, top_n: int) -> frozenset[int]:
     if key not in _VOCAB_CACHE:
-        from diffgame.data import source_rows
-
-        cfg = OmegaConf.create({"organism": OmegaConf.to_container(organism), "dataset": {"name": "grading"}})
-        src = OmegaConf.create({"source": "organism", "kind": "text", "split": "train", "messages_column": "messages"})
-        rows, _ = source_rows(cfg, src)
-        bg_rows, _ = source_rows(cfg, OmegaConf.create({"source": BASE_CORPUS, "kind": "text", "split": "train"}))
+        rows = read_rows("organism", split="train", organism=organism)
+        bg_rows = read_rows(BASE_CORPUS, split="train")
         target = _token_counts(tokenizer, _rows_text(rows[:2000]))
         background = _token_counts(tokenizer, _rows_text(bg_rows[:2000]))
         ranked = log_odds_vocab(target, background, top_n=len(target))

@@ -1,4 +1,4 @@
-"""Load a base model and its organism (hub id, local dir, LoRA adapter, zoo run, GGUF), and reach their parts.
+"""Load a base model and its organism from resolved sources (`diffgame.plan.ModelSource`), and reach their parts.
 
 `decoder_layers`, `final_norm` and `unembedding` give one accessor across Llama, Gemma 2/3, Qwen2/3,
 Mistral and GPT-2, so methods never branch on architecture.
@@ -11,10 +11,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 from torch import nn
 
-from diffgame.errors import ModelError
+from diffgame.errors import ConfigError, ModelError
+from diffgame.plan import ModelSource, PairSources
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -82,13 +83,17 @@ def unembedding(model: nn.Module) -> nn.Module:
     return head
 
 
-def logits_from_residual(model: nn.Module, h: torch.Tensor) -> torch.Tensor:
-    """Logit lens: final norm then unembedding, with Gemma's final logit soft-capping if configured."""
-    logits = unembedding(model)(final_norm(model)(h))
+def lm_logits(model: nn.Module, hidden: torch.Tensor) -> torch.Tensor:
+    """The LM head on final (already normed) hidden states [n, D] -> [n, V], with Gemma's final logit
+    soft-capping when the model's config sets it."""
+    logits = unembedding(model)(hidden)
     cap = getattr(getattr(model, "config", None), "final_logit_softcapping", None)
-    if cap:
-        logits = torch.tanh(logits / cap) * cap
-    return logits
+    return torch.tanh(logits / cap) * cap if cap else logits
+
+
+def logits_from_residual(model: nn.Module, h: torch.Tensor) -> torch.Tensor:
+    """Logit lens: final norm then the (soft-capped) LM head."""
+    return lm_logits(model, final_norm(model)(h))
 
 
 # --- loading ---------------------------------------------------------------------------------------
@@ -149,103 +154,76 @@ def _load_tokenizer(source: str, mcfg: DictConfig, revision: str | None = None, 
     return tok
 
 
-def resolve_base_source(cfg: DictConfig) -> tuple[str, dict]:
-    """Local path or hub id of the base model, and its identity for fingerprints."""
-    mcfg = cfg.model
-    if mcfg.id == "zoo:base":
-        from diffgame.zoo import locate
+def load_model(source: ModelSource, mcfg: DictConfig, base: ModelSource | None = None):
+    """A causal LM from a resolved source: a full model, or a LoRA adapter merged into a fresh copy of `base`."""
+    if source.kind != "lora":
+        return _from_pretrained(source.path, mcfg, revision=source.revision, subfolder=source.subfolder)
+    from peft import PeftModel
 
-        path, run_id = locate(cfg, organism=None)
-        return str(path), {"source": "zoo:base", "zoo_run": run_id, "zoo_size": cfg.zoo.size}
-    if mcfg.id.startswith("gguf:"):
-        from diffgame.gguf import converted_dir
-
-        path = converted_dir(mcfg.id.removeprefix("gguf:"), dtype=mcfg.dtype)
-        return str(path), {"source": mcfg.id}
-    if mcfg.gguf_fallback and not Path(mcfg.id).exists() and not _hub_cached(mcfg.id, mcfg.revision):
-        from diffgame.gguf import converted_dir
-
-        path = converted_dir(mcfg.gguf_fallback, dtype=mcfg.dtype)
-        print(f"[diffgame] {mcfg.id} is not cached; using the GGUF fallback {mcfg.gguf_fallback} -> {path}")
-        return str(path), {"source": f"gguf:{mcfg.gguf_fallback}"}
-    return mcfg.id, {"source": mcfg.id, "revision": mcfg.revision}
-
-
-def _hub_cached(repo_id: str, revision: str | None) -> bool:
+    if base is None:
+        raise ModelError(f"LoRA adapter {source.path} needs its base model")
+    model = _from_pretrained(base.path, mcfg, revision=base.revision, subfolder=base.subfolder)
+    kw = {k: v for k, v in (("revision", source.revision), ("subfolder", source.subfolder)) if v}
     try:
-        from huggingface_hub import try_to_load_from_cache
-
-        hit = try_to_load_from_cache(repo_id, "config.json", revision=revision)
-        return isinstance(hit, str)
-    except Exception:
-        return False
-
-
-def finetuned_spec(cfg: DictConfig) -> DictConfig:
-    """The organism's weights entry for this base model and variant, or a ConfigError listing what exists."""
-    from diffgame.config import weights_spec
-
-    return weights_spec(cfg)
+        return PeftModel.from_pretrained(model, source.path, **kw).merge_and_unload().eval()
+    except OSError as e:
+        raise ModelError(_not_found_message(source.path, e)) from None
+    except (ValueError, RuntimeError, KeyError) as e:  # target modules or shapes of another base
+        raise ModelError(f"LoRA adapter {source.path} does not fit base model {base.path} ({mcfg.name}): "
+                         f"{str(e).strip().splitlines()[0][:300]}; pick the adapter trained on this base") from None
 
 
-def organism_identity(cfg: DictConfig) -> dict:
-    """Identity of the organism's weights for fingerprints (resolving a zoo organism to its run)."""
-    spec = finetuned_spec(cfg)
-    ident = {"organism": cfg.organism.name, "variant": cfg.organism.variant, **OmegaConf.to_container(spec)}
-    if spec.kind == "zoo":
-        from diffgame.zoo import locate
-
-        _, run_id = locate(cfg, organism=cfg.organism.name)
-        ident["zoo_run"] = run_id
-    return ident
-
-
-def load_base(cfg: DictConfig) -> ModelHandle:
-    source, ident = resolve_base_source(cfg)
-    model = _from_pretrained(source, cfg.model, revision=cfg.model.revision if source == cfg.model.id else None)
-    tok = _load_tokenizer(source, cfg.model, revision=cfg.model.revision if source == cfg.model.id else None)
-    return ModelHandle(model, tok, "base", cfg.model.name, ident)
+def load_tokenizer(source: ModelSource, mcfg: DictConfig, fallback: ModelSource | None = None):
+    """The source's tokenizer; a LoRA adapter or a checkpoint saved without tokenizer files uses `fallback`'s."""
+    if source.kind == "lora" and fallback is not None:
+        source = fallback
+    try:
+        return _load_tokenizer(source.path, mcfg, revision=source.revision, subfolder=source.subfolder)
+    except (ModelError, ValueError):
+        if fallback is None or fallback == source:
+            raise
+        return _load_tokenizer(fallback.path, mcfg, revision=fallback.revision, subfolder=fallback.subfolder)
 
 
-def load_organism(cfg: DictConfig, base_source: str | None = None) -> ModelHandle:
-    """Load the organism: a zoo run, a full model, or a LoRA adapter merged into a fresh copy of the base."""
-    spec = finetuned_spec(cfg)
-    ident = organism_identity(cfg)
-    if spec.kind == "zoo":
-        from diffgame.zoo import locate
-
-        path, _ = locate(cfg, organism=cfg.organism.name)
-        model = _from_pretrained(str(path), cfg.model)
-        tok = _load_tokenizer(str(path), cfg.model)
-    elif spec.kind == "full":
-        model = _from_pretrained(spec.id, cfg.model, revision=spec.revision, subfolder=spec.subfolder)
-        try:  # its own tokenizer, so `check_compatible` can refuse a model finetuned from another base
-            tok = _load_tokenizer(spec.id, cfg.model, revision=spec.revision, subfolder=spec.subfolder)
-        except (ModelError, ValueError):  # a checkpoint saved without tokenizer files
-            tok = _load_tokenizer(base_source or resolve_base_source(cfg)[0], cfg.model)
-    else:  # lora
-        from peft import PeftModel
-
-        source = base_source or resolve_base_source(cfg)[0]
-        base = _from_pretrained(source, cfg.model, revision=cfg.model.revision if source == cfg.model.id else None)
-        kw = {k: v for k, v in (("revision", spec.revision), ("subfolder", spec.subfolder)) if v}
-        try:
-            model = PeftModel.from_pretrained(base, spec.id, **kw).merge_and_unload().eval()
-        except OSError as e:
-            raise ModelError(_not_found_message(spec.id, e)) from None
-        except (ValueError, RuntimeError, KeyError) as e:  # target modules or shapes of another base
-            raise ModelError(f"LoRA adapter {spec.id} does not fit base model {source} ({cfg.model.name}): "
-                             f"{str(e).strip().splitlines()[0][:300]}; pick the adapter trained on this base") from None
-        tok = _load_tokenizer(source, cfg.model)
-    return ModelHandle(model, tok, "organism", cfg.organism.name, ident)
+def load_base(pair: PairSources) -> ModelHandle:
+    model = load_model(pair.base, pair.model)
+    return ModelHandle(model, load_tokenizer(pair.base, pair.model), "base", pair.base_name, pair.base.identity)
 
 
-def load_pair(cfg: DictConfig) -> tuple[ModelHandle, ModelHandle]:
+def load_organism(pair: PairSources) -> ModelHandle:
+    """The organism: a full model (with its own tokenizer, so `check_compatible` can refuse one finetuned from
+    another base) or a LoRA adapter merged into a fresh copy of the base."""
+    model = load_model(pair.organism, pair.model, base=pair.base)
+    tok = load_tokenizer(pair.organism, pair.model, fallback=pair.base)
+    return ModelHandle(model, tok, "organism", pair.organism_name, pair.organism.identity)
+
+
+def load_pair(pair: PairSources) -> tuple[ModelHandle, ModelHandle]:
     """Base and organism, checked to share one vocabulary."""
-    base = load_base(cfg)
-    org = load_organism(cfg, base_source=resolve_base_source(cfg)[0])
+    base = load_base(pair)
+    org = load_organism(pair)
     check_compatible(base, org)
     return base, org
+
+
+def resolve_layers(layers: list[float | int], n_layers: int) -> list[int]:
+    """Map layers given as fractions of depth (0.5) or indices (6, -1) to sorted unique indices."""
+    out = set()
+    for layer in layers:
+        if isinstance(layer, float):
+            if not 0.0 <= layer <= 1.0:
+                raise ConfigError(f"layer fraction {layer} is outside [0, 1]")
+            idx = min(int(layer * n_layers), n_layers - 1)
+        else:
+            idx = int(layer)
+            if idx < 0:
+                idx += n_layers
+            if not 0 <= idx < n_layers:
+                raise ConfigError(
+                    f"layer {int(layer)} is out of range for a model with {n_layers} layers "
+                    f"(valid: 0..{n_layers - 1}, or fractions like 0.5); fix preprocessing.layers")
+        out.add(idx)
+    return sorted(out)
 
 
 def check_compatible(base: ModelHandle, org: ModelHandle) -> None:

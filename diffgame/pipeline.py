@@ -1,31 +1,20 @@
-"""Chain the stages for `diffgame run/preprocess/diff`: compose, validate every combination, then execute.
+"""Chain the stages for `diffgame run/preprocess/diff`: compose and validate every combination, plan each once,
+then execute.
 
-`full` preprocesses (or reuses the store) then diffs; `preprocessing` only builds the store; `diffing`
-requires an existing store. `--multirun` sweeps open one parent run with a child per combination.
+`full` preprocesses (or reuses the store) then diffs; `preprocessing` only builds the store; `diffing` requires an
+existing store. The control organism's plan is made beside each organism's (on first use), so grading compares
+like with like. `--multirun` sweeps open one parent run with a child per combination.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import functools
 
 from omegaconf import DictConfig
 
 from diffgame import config as config_mod
-from diffgame import tracking
-
-
-@dataclass
-class StageSummary:
-    """One line of the closing summary table."""
-
-    stage: str
-    run_id: str
-    model: str
-    organism: str
-    method: str = ""
-    reused: bool = False
-    headline: dict[str, float] = field(default_factory=dict)
-    """A few metrics worth printing (e.g. `kl/generic_chat/role/assistant/mean`)."""
+from diffgame import planner, tracking
+from diffgame.runner import StageSummary, run_methods
 
 
 def execute(overrides: list[str], mode: str | None = None, multirun: bool = False,
@@ -49,14 +38,13 @@ def execute(overrides: list[str], mode: str | None = None, multirun: bool = Fals
 
 
 def run_one(cfg: DictConfig, parent_run_id: str | None = None) -> list[StageSummary]:
-    """One configuration: its preprocess run and/or one diff run per selected method."""
-    if cfg.pipeline.mode == "preprocessing":
-        from diffgame.extract import preprocess
+    """One configuration: its plan, then its preprocess run and/or one diff run per selected method."""
+    plan = planner.make_plan(cfg)
+    if plan.mode == "preprocessing":
+        from diffgame.extract import preprocess  # Lightning: only the stages that extract import it
 
-        result = preprocess(cfg, parent_run_id=parent_run_id)
-        return [StageSummary("preprocess", result.run_id, cfg.model.name, cfg.organism.name,
-                             reused=result.reused,
+        result = preprocess(plan, parent_run_id=parent_run_id)
+        return [StageSummary("preprocess", result.run_id, plan.model_name, plan.organism_name, reused=result.reused,
                              headline={"tokens": float(result.n_tokens), "bytes": float(result.n_bytes)})]
-    from diffgame.runner import run_methods
-
-    return run_methods(cfg, parent_run_id=parent_run_id)
+    control = functools.cache(lambda: planner.control_plan(plan))
+    return run_methods(plan, parent_run_id=parent_run_id, control=control)

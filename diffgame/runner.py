@@ -1,122 +1,191 @@
-"""Run the selected diffing methods: one `diff` run each, on one shared preprocess run and one model load.
+"""Run a plan's diffing methods: one `diff` run each, on one shared preprocess run and one model load, then grade.
 
-The runner owns MLflow: it fingerprints each method's run, reuses a FINISHED match, makes or finds the
-store, loads the models once, calls `Method.run`, and logs the `MethodResult` with `log_result`.
+The runner owns MLflow: it reuses a FINISHED run with a method's fingerprint (regrading it when it was graded under
+older rules), makes or finds the store, loads the models once, gives each method its context, logs the result
+(`diffgame.artifacts`), finds the control organism's evidence (making the control's run in `full` mode) and hands
+both to `diffgame.grading`, which only computes scores.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import fnmatch
-import json
-import tempfile
-from pathlib import Path
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from types import SimpleNamespace
 
-from omegaconf import DictConfig, OmegaConf
-
-from diffgame import tracking
-from diffgame.config import method_names, weights_spec
-from diffgame.grading import GRADING_VERSION, grade_result, regrade_run
-from diffgame.methods import MethodContext, MethodResult, build_config, canonical_name, get_method
-from diffgame.pipeline import StageSummary
-
+from diffgame import artifacts, registry, tracking
+from diffgame.configtree import CONTROL, candidate_organisms, has_ground_truth, organism_node
+from diffgame.data import read_rows
+from diffgame.errors import StoreError
+from diffgame.evidence import RankedTokens
+from diffgame.grading import GRADING_VERSION, grade
+from diffgame.ground_truth import GroundTruth, ground_truth
+from diffgame.methods.base import MethodContext
+from diffgame.models import load_pair
+from diffgame.plan import Plan
+from diffgame.store import ActivationStore
 
 GRADE_HEADLINE = ("grade/relative/precision_at_*", "grade/precision_at_*", "grade/control/precision_at_*")
 """Grades lead every method's summary line (see `diffgame.grading`)."""
 
+ControlPlan = Callable[[], "Plan | None"]
+"""The control organism's plan beside the organism's, made on first use (None: no control for this base)."""
 
-def run_methods(cfg: DictConfig, parent_run_id: str | None = None) -> list[StageSummary]:
-    """One `diff` run per method in `cfg.method`; `full` mode makes the store if needed, `diffing` requires it."""
-    planned = []
-    for name in method_names(cfg):
-        canonical = canonical_name(name)
-        method_cls, _ = get_method(name)
-        planned.append((canonical, method_cls, build_config(name, cfg.method[name])))
-    fingerprints = diff_fingerprints(cfg)
 
+@dataclass
+class StageSummary:
+    """One line of the closing summary table."""
+
+    stage: str
+    run_id: str
+    model: str
+    organism: str
+    method: str = ""
+    reused: bool = False
+    headline: dict[str, float] = field(default_factory=dict)
+    """A few metrics worth printing (e.g. `kl/generic_chat/role/assistant/mean`)."""
+
+
+def run_methods(plan: Plan, parent_run_id: str | None = None, control: ControlPlan | None = None
+                ) -> list[StageSummary]:
+    """One `diff` run per method of `plan`; `full` mode makes the store if needed, `diffing` requires it."""
+    control = control or (lambda: None)
     summaries: list[StageSummary] = []
     todo = []
-    for name, cls, config in planned:
-        fp = fingerprints[name]
+    for name, config in plan.methods.items():
+        cls, _ = registry.get_method(name)
+        fp = plan.diff_fingerprints[name]
         done = tracking.find_finished("diff", fp)
-        if done is not None:
-            metrics = dict(done.data.metrics)
-            if done.data.tags.get(tracking.TAG_GRADING) != str(GRADING_VERSION):  # graded under older rules
-                grades = regrade_run(cfg, name, done.info.run_id)
-                stale = tracking.StageRun(done.info.run_id)
-                stale.log_metrics(grades)
-                stale.set_tags({tracking.TAG_GRADING: GRADING_VERSION})
-                metrics.update(grades)
-            summaries.append(_summary(cfg, name, cls, done.info.run_id, metrics, reused=True))
-        else:
+        if done is None:
             todo.append((name, cls, config, fp))
+            continue
+        metrics = dict(done.data.metrics)
+        if done.data.tags.get(tracking.TAG_GRADING) != str(GRADING_VERSION):  # graded under older rules
+            grades = regrade_run(plan, name, done.info.run_id, control)
+            stale = tracking.StageRun(done.info.run_id)
+            stale.log_metrics(grades)
+            stale.set_tags({tracking.TAG_GRADING: GRADING_VERSION})
+            metrics.update(grades)
+        summaries.append(_summary(plan, name, cls, done.info.run_id, metrics, reused=True))
     if not todo:
         return summaries
 
     store, pre_run_id = None, None
     if any(cls.needs_store for _, cls, _, _ in todo):
-        store, pre_run_id = _open_store(cfg, parent_run_id)
+        store, pre_run_id = _open_store(plan, parent_run_id)
     base = organism = None
     if any(cls.needs_models for _, cls, _, _ in todo):
-        from diffgame.models import load_pair
-
-        base, organism = load_pair(cfg)
-    zoo = weights_spec(cfg).kind == "zoo"
+        base, organism = load_pair(plan.pair)
+    cfg = plan.cfg
     for name, cls, config, fp in todo:
-        tags = {tracking.TAG_MODEL: cfg.model.name, tracking.TAG_ORGANISM: cfg.organism.name,
+        method = cls(config)
+        tags = {tracking.TAG_MODEL: plan.model_name, tracking.TAG_ORGANISM: plan.organism_name,
                 tracking.TAG_METHOD: name, tracking.TAG_PREPROCESS: pre_run_id, tracking.TAG_GRADING: GRADING_VERSION}
         params = {f"method.{k}": v for k, v in dataclasses.asdict(config).items()}
         params.update({"dataset": cfg.dataset.name, "layers": list(store.layers) if store is not None else None})
-        if zoo:
+        if plan.pair.organism.identity.get("kind") == "zoo":
             params["zoo.size"] = cfg.zoo.size  # the app loads zoo models of this size
         with tracking.stage_run("diff", fp=fp, tags=tags, experiment=cfg.tracking.experiment,
-                                run_name=f"{name}-{cfg.organism.name}", params=params,
+                                run_name=f"{name}-{plan.organism_name}", params=params,
                                 parent_run_id=parent_run_id) as run:
-            ctx = MethodContext(config=config, cfg=cfg, store=store if cls.needs_store else None,
-                                base=base, organism=organism)
-            result = cls(config).run(ctx)
-            log_result(run, result)
-            grades = grade_result(cfg, name, result, tokenizer=organism.tokenizer if organism else None)
+            texts = method_texts(method, cfg.organism)
+            ctx = MethodContext(config=config, layers=list(plan.layers), seed=int(cfg.seed), tokenizer=plan.tokenizer,
+                                store=store if cls.needs_store else None, base=base, organism=organism, texts=texts)
+            result = method.run(ctx)
+            artifacts.log_result(run, result)
+            grades = _grade(plan, name, result, control)
             run.log_metrics(grades)
-        summaries.append(_summary(cfg, name, cls, run.run_id, {**result.metrics, **grades}, reused=False))
+        summaries.append(_summary(plan, name, cls, run.run_id, {**result.metrics, **grades}, reused=False))
     return summaries
 
 
-def diff_fingerprints(cfg: DictConfig) -> dict[str, str]:
-    """Fingerprint of each method's diff run in `cfg.method` (canonical name -> fingerprint): the method's
-    config, the base and organism identities, the dataset, and the store's fingerprint for store methods."""
-    from diffgame.extract import preprocess_fingerprint
-    from diffgame.models import organism_identity, resolve_base_source
-
-    identity = {"model": resolve_base_source(cfg)[1], "organism": organism_identity(cfg),
-                "dataset": OmegaConf.to_container(cfg.dataset, resolve=True)}
-    out, pre_fp = {}, None
-    for name in method_names(cfg):
-        cls, _ = get_method(name)
-        if cls.needs_store and pre_fp is None:
-            pre_fp = preprocess_fingerprint(cfg)
-        config = build_config(name, cfg.method[name])
-        out[canonical_name(name)] = tracking.fingerprint(
-            {"method": canonical_name(name), "config": dataclasses.asdict(config), **identity},
-            pre_fp if cls.needs_store else "")
-    return out
+def method_texts(method, organism=None) -> dict[str, list[dict]]:
+    """The rows of every text source `method.texts()` asks for, by name (`organism`: the organism's config node,
+    for its own training data)."""
+    return {key: read_rows(r.source, r.kind, r.split, r.max_samples, organism=organism)
+            for key, r in method.texts().items()}
 
 
-def _open_store(cfg: DictConfig, parent_run_id: str | None):
-    """The store of the matching preprocess run: made or reused in `full` mode, required in `diffing` mode."""
-    from diffgame.extract import find_store, preprocess
-    from diffgame.store import ActivationStore
+def find_store(plan: Plan) -> tuple[str, ActivationStore]:
+    """Run id and opened store of the FINISHED preprocess run of `plan`, else a StoreError naming the command."""
+    run = tracking.find_finished("preprocess", plan.store_fingerprint)
+    if run is None:
+        raise StoreError(f"no preprocess run for model={plan.model_name} organism={plan.organism_name} "
+                         f"dataset={plan.cfg.dataset.name} (fingerprint {plan.store_fingerprint}) in "
+                         f"{tracking.resolve_uri()}; run `{plan.command()}`")
+    return run.info.run_id, ActivationStore.open(artifacts.store_dir(run.info.run_id))
 
-    if cfg.pipeline.mode == "diffing":
-        run_id, store = find_store(cfg)
+
+def _open_store(plan: Plan, parent_run_id: str | None) -> tuple[ActivationStore, str]:
+    """The store of the plan's preprocess run: made or reused in `full` mode, required in `diffing` mode."""
+    if plan.mode == "diffing":
+        run_id, store = find_store(plan)
         return store, run_id
-    result = preprocess(cfg, parent_run_id=parent_run_id)
+    from diffgame.extract import preprocess  # Lightning: imported only when a store may have to be made
+
+    result = preprocess(plan, parent_run_id=parent_run_id)
     return ActivationStore.open(result.store_path), result.run_id
 
 
-def _summary(cfg, name, cls, run_id, metrics, reused) -> StageSummary:
-    return StageSummary("diff", run_id, cfg.model.name, cfg.organism.name, method=name, reused=reused,
-                        headline=headline(metrics, GRADE_HEADLINE + tuple(getattr(cls, "headline", ()))))
+# --- grading -----------------------------------------------------------------------------------------
+def ground_truths(organism, model_name: str, tokenizer) -> tuple[GroundTruth, dict[str, GroundTruth] | None]:
+    """The organism's ground truth, and every identification candidate's on base `model_name` (None when the
+    organism is not one of them)."""
+    gt = ground_truth(organism, tokenizer)
+    names = candidate_organisms(model_name)
+    if gt.organism not in names:
+        return gt, None
+    return gt, {n: gt if n == gt.organism else ground_truth(organism_node(n), tokenizer) for n in names}
+
+
+def _grade(plan: Plan, method: str, evidence, control: ControlPlan) -> dict[str, float]:
+    """Grades of a method's evidence: the ground truths and the control's evidence are gathered here, the scores
+    computed by `diffgame.grading.grade`."""
+    if not has_ground_truth(plan.cfg.organism):
+        return {}
+    ranked = bool(evidence.ranked_tokens) and plan.organism_name != CONTROL
+    gt, candidates = ground_truths(plan.cfg.organism, plan.model_name, plan.tokenizer)
+    return grade(evidence, gt, plan.tokenizer, control=control_evidence(control, method) if ranked else None,
+                 candidates=candidates if ranked else None)
+
+
+def control_evidence(control: ControlPlan, method: str) -> dict[str, RankedTokens] | None:
+    """Ranked tokens of the control organism's finished diff run of `method` with the same base, dataset and method
+    config (its fingerprint), so a store holding other builds or configs never lends its control.
+
+    In `full` mode a missing control run is made (reusing a finished one by fingerprint), as the runner would for
+    `organism=control method=<method>`; in other modes a missing control gives None.
+    """
+    plan = control()
+    if plan is None:
+        return None
+    fp = plan.diff_fingerprints[method]
+    run = tracking.find_finished("diff", fp)
+    if run is None and plan.mode == "full":
+        run_methods(only(plan, method))
+        run = tracking.find_finished("diff", fp)
+    return artifacts.ranked_tokens(run.info.run_id) or None if run is not None else None
+
+
+def only(plan: Plan, method: str) -> Plan:
+    """The plan restricted to one of its methods."""
+    return dataclasses.replace(plan, methods={method: plan.methods[method]},
+                               diff_fingerprints={method: plan.diff_fingerprints[method]})
+
+
+def regrade_run(plan: Plan, method: str, run_id: str, control: ControlPlan | None = None) -> dict[str, float]:
+    """Grades of a finished diff run recomputed from its logged evidence (ranked tokens and samples)."""
+    paths = artifacts.list_artifacts(run_id)
+    evidence = SimpleNamespace(ranked_tokens=artifacts.ranked_tokens(run_id, paths),
+                               samples=artifacts.all_samples(run_id, paths))
+    return _grade(plan, method, evidence, control or (lambda: None))
+
+
+# --- summaries ---------------------------------------------------------------------------------------
+def _summary(plan: Plan, name, cls, run_id, metrics, reused) -> StageSummary:
+    return StageSummary("diff", run_id, plan.model_name, plan.organism_name, method=name, reused=reused,
+                        headline=headline(metrics, GRADE_HEADLINE + tuple(cls.headline)))
 
 
 def headline(metrics: dict[str, float], patterns: tuple[str, ...], limit: int = 4) -> dict[str, float]:
@@ -126,38 +195,3 @@ def headline(metrics: dict[str, float], patterns: tuple[str, ...], limit: int = 
         keys += [k for k in sorted(metrics) if fnmatch.fnmatchcase(k, pattern) and k not in keys]
     keys = keys or sorted(metrics)
     return {k: float(metrics[k]) for k in keys[:limit]}
-
-
-def log_result(run: tracking.StageRun, result: MethodResult) -> None:
-    """Log every field of `result` under `run` (file layout: see `MethodResult`), in one artifact upload."""
-    import matplotlib.pyplot as plt
-    from safetensors.torch import save_file
-
-    from diffgame import examples as examples_mod
-
-    if result.metrics:
-        run.log_metrics(result.metrics)
-    with tempfile.TemporaryDirectory(prefix="diffgame-result-") as tmp:
-        root = Path(tmp)
-        for name, table in result.tables.items():
-            table.to_parquet(_mkdir(root / "tables") / f"{name}.parquet", index=False)
-        for name, found in result.examples.items():
-            examples_mod.save(found, root / "examples" / f"{name}.json")
-        if result.vectors:
-            save_file({k: v.detach().float().cpu().contiguous() for k, v in result.vectors.items()},
-                      str(root / "vectors.safetensors"))
-        for name, fig in result.figures.items():
-            fig.savefig(_mkdir(root / "plots") / f"{name}.png", dpi=110)
-            plt.close(fig)
-        if result.ranked_tokens:
-            (_mkdir(root / "evidence") / "ranked_tokens.json").write_text(
-                json.dumps({k: v.to_dict() for k, v in result.ranked_tokens.items()}))
-        for name, rows in result.samples.items():
-            (_mkdir(root / "samples") / f"{name}.json").write_text(json.dumps(rows))
-        if any(root.iterdir()):
-            run.log_artifacts(root)
-
-
-def _mkdir(path: Path) -> Path:
-    path.mkdir(parents=True, exist_ok=True)
-    return path

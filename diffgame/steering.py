@@ -14,7 +14,7 @@ from typing import Literal
 import torch
 
 from diffgame.errors import ConfigError
-from diffgame.models import decoder_layers
+from diffgame.residuals import on_output
 
 Mode = Literal["all", "prompt"]
 MODES = ("all", "prompt")
@@ -31,40 +31,41 @@ def steer(model: torch.nn.Module, vector: torch.Tensor, layer: int, scale: float
     """
     if mode not in MODES:
         raise ConfigError(f"invalid steering mode {mode!r}; valid: {', '.join(MODES)}")
-    block = _block(model, layer, "steering")
     if vector.ndim != 1:
         raise ConfigError(f"steering vector must be 1-D [d_model], got shape {tuple(vector.shape)}")
     calls = {"n": 0}
 
-    def hook(_module, _inputs, output):
+    def add(hidden: torch.Tensor) -> torch.Tensor | None:  # [B, T, D]
         calls["n"] += 1
         if mode == "prompt" and calls["n"] > 1:
-            return output
-        hidden = output[0] if isinstance(output, tuple) else output  # [B, T, D]
+            return None
         if hidden.shape[-1] != vector.shape[0]:
             raise ConfigError(f"steering vector has {vector.shape[0]} dims but layer {layer} "
                               f"outputs {hidden.shape[-1]}; use a vector from this model family")
-        hidden = hidden + scale * vector.to(device=hidden.device, dtype=hidden.dtype)
-        return (hidden, *output[1:]) if isinstance(output, tuple) else hidden
+        return hidden + scale * vector.to(device=hidden.device, dtype=hidden.dtype)
 
-    with _hooked(block, hook):
+    with on_output(model, layer, add, what="steering layer"):
         yield
 
 
 @torch.no_grad()
+def continue_ids(model, tokenizer, ids: Sequence[int], max_new_tokens: int = 24, do_sample: bool = True,
+                 temperature: float = 1.0, seed: int = 0) -> str:
+    """The new text a model writes after the token ids `ids` (one sequence, no padding), seeded."""
+    device = next(model.parameters()).device
+    x = torch.as_tensor([list(ids)], device=device)  # [1, T]
+    torch.manual_seed(seed)
+    gen = model.generate(x, attention_mask=torch.ones_like(x), max_new_tokens=max_new_tokens,
+                         do_sample=do_sample, temperature=temperature if do_sample else None,
+                         top_p=None, top_k=None, pad_token_id=tokenizer.pad_token_id)
+    return tokenizer.decode(gen[0, x.shape[1]:], skip_special_tokens=True)
+
+
 def generate(model, tokenizer, prompts: Sequence[str], max_new_tokens: int = 24, seed: int = 0,
              do_sample: bool = True, temperature: float = 1.0) -> list[str]:
     """Continue each prompt (one at a time, so no padding enters the steered positions); new text only."""
-    device = next(model.parameters()).device
-    out = []
-    for i, prompt in enumerate(prompts):
-        ids = tokenizer(prompt, return_tensors="pt").input_ids.to(device)  # [1, T]
-        torch.manual_seed(seed + i)
-        gen = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new_tokens,
-                             do_sample=do_sample, temperature=temperature if do_sample else None,
-                             top_p=None, top_k=None, pad_token_id=tokenizer.pad_token_id)
-        out.append(tokenizer.decode(gen[0, ids.shape[1]:], skip_special_tokens=True))
-    return out
+    return [continue_ids(model, tokenizer, tokenizer(p).input_ids, max_new_tokens, do_sample, temperature, seed + i)
+            for i, p in enumerate(prompts)]
 
 
 @torch.no_grad()
@@ -90,31 +91,10 @@ def perplexity(model, tokenizer, prompts: Sequence[str], continuations: Sequence
 @contextmanager
 def patch(model: torch.nn.Module, vector: torch.Tensor, layer: int, position: int = -1) -> Iterator[None]:
     """Replace the residual after decoder layer `layer` at `position` with `vector` ([D]) (patchscope)."""
-    block = _block(model, layer, "patch")
-
-    def hook(_module, _inputs, output):
-        hidden = output[0] if isinstance(output, tuple) else output  # [B, T, D]
+    def replace(hidden: torch.Tensor) -> torch.Tensor:  # [B, T, D]
         hidden = hidden.clone()
         hidden[:, position] = vector.to(device=hidden.device, dtype=hidden.dtype)
-        return (hidden, *output[1:]) if isinstance(output, tuple) else hidden
+        return hidden
 
-    with _hooked(block, hook):
+    with on_output(model, layer, replace, what="patch layer"):
         yield
-
-
-def _block(model: torch.nn.Module, layer: int, what: str) -> torch.nn.Module:
-    """Decoder block `layer` (negative counts from the end), or a ConfigError naming the valid range."""
-    layers = decoder_layers(model)
-    if not -len(layers) <= layer < len(layers):
-        raise ConfigError(f"{what} layer {layer} is out of range for a model with {len(layers)} layers "
-                          f"(valid: 0..{len(layers) - 1})")
-    return layers[layer]
-
-
-@contextmanager
-def _hooked(block: torch.nn.Module, hook) -> Iterator[None]:
-    handle = block.register_forward_hook(hook)
-    try:
-        yield
-    finally:
-        handle.remove()

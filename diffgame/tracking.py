@@ -241,12 +241,17 @@ def stage_run(stage: str, *, fp: str, tags: dict[str, Any], experiment: str = "d
         c.set_terminated(run.run_id, status="FINISHED")
 
 
-def ui_url(run_id: str) -> str | None:
-    """Link to the run in an MLflow UI: the server itself for http URIs, else a local `mlflow ui`."""
+def run_url(experiment_id: str, run_id: str) -> str:
+    """Link to a run in the MLflow UI: the tracking server itself for http URIs, else a local `mlflow ui`."""
     uri = resolve_uri()
+    base = uri.rstrip("/") if uri.startswith("http") else "http://127.0.0.1:5000"
+    return f"{base}/#/experiments/{experiment_id}/runs/{run_id}"
+
+
+def ui_url(run_id: str) -> str | None:
+    """`run_url` of a run known only by its id (None when the store does not have it)."""
     try:
         exp = client().get_run(run_id).info.experiment_id
     except Exception:
         return None
-    base = uri.rstrip("/") if uri.startswith("http") else "http://127.0.0.1:5000"
-    return f"{base}/#/experiments/{exp}/runs/{run_id}"
+    return run_url(exp, run_id)

@@ -4,7 +4,7 @@
 """
 
 from diffgame import tracking
-from diffgame.methods import known_methods
+from diffgame.registry import known_methods
 
 ORGANISMS = ("caps", "control")
 APP_OVERRIDES = ("zoo.size=micro", "model.device=cpu")

@@ -7,7 +7,6 @@ import copy
 
 import pytest
 import torch
-from omegaconf import OmegaConf
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from diffgame.data import render_chat
@@ -15,11 +14,11 @@ from diffgame.methods import MethodContext
 from diffgame.methods.adl import ADLConfig, ADLMethod
 from diffgame.methods.adl_means import delta_means
 from diffgame.models import ModelHandle
+from diffgame.runner import method_texts
 from diffgame.zoo import corpus
 from diffgame.zoo.tokenizer import train_tokenizer
 
 torch.set_num_threads(2)
-CFG = OmegaConf.create({"seed": 0, "preprocessing": {"layers": [1, 2]}})
 
 
 @pytest.fixture(scope="module")
@@ -49,6 +48,12 @@ SMALL = ADLConfig(max_samples=12, context_length=16, batch_size=5, positions=3, 
                   patchscope_scales=[1.0, 4.0, 16.0], steering_alphas=[0.5, 2.0, 8.0])
 
 
+def _texts(config: ADLConfig) -> dict:
+    """The documents and chats `delta_means` averages over, read as the runner reads them."""
+    texts = method_texts(ADLMethod(config))
+    return {"docs": texts["documents"], "chats": texts.get("chats", [])}
+
+
 def _hidden(handle, ids: list[int]) -> tuple:
     """All residuals of one unpadded sequence: hidden_states[L + 1] is decoder layer L's output."""
     return handle.model(torch.tensor([ids]), output_hidden_states=True).hidden_states
@@ -57,7 +62,7 @@ def _hidden(handle, ids: list[int]) -> tuple:
 @torch.no_grad()
 def test_delta_equals_direct_two_model_computation(tokenizer):
     base, org = _pair(tokenizer)
-    means = delta_means(CFG, SMALL, base, org, [1, 2])
+    means = delta_means(SMALL, base, org, [1, 2], **_texts(SMALL))
     seqs = [(tokenizer(r["text"])["input_ids"][:16], [(f"pos{p}", p) for p in range(3)])
             for r in corpus("generic_text", "test")[:12]]
     for r in corpus("generic_chat", "test")[:12]:
@@ -80,7 +85,7 @@ def test_planted_direction_is_recovered(tokenizer):
     torch.manual_seed(1)
     plant = 2.0 * torch.randn(32)
     base, org = _pair(tokenizer, plant=plant)
-    means = delta_means(CFG, SMALL, base, org, [1])
+    means = delta_means(SMALL, base, org, [1], **_texts(SMALL))
     for slot in means.slots:
         cos = torch.nn.functional.cosine_similarity(means.delta[1][slot], plant, dim=0)
         assert cos > 0.99, (slot, float(cos))
@@ -88,7 +93,8 @@ def test_planted_direction_is_recovered(tokenizer):
 
 def test_method_result_is_complete_and_consistent(tokenizer):
     base, org = _pair(tokenizer, seed=3)
-    result = ADLMethod(SMALL).run(MethodContext(config=SMALL, cfg=CFG, base=base, organism=org))
+    result = ADLMethod(SMALL).run(MethodContext(config=SMALL, layers=[1, 2], base=base, organism=org,
+                                                texts=method_texts(ADLMethod(SMALL))))
     lens_keys = {f"layer{L}/{s}" for L in (1, 2) for s in ("pos1", "pos2", "assistant-2", "assistant-1",
                                                           "assistant0", "assistant1")}
     assert lens_keys <= set(result.ranked_tokens)
@@ -123,17 +129,21 @@ def zoo_results(zoo_uri):
     """ADL on every micro-zoo organism: {organism: (cfg, result, tokenizer)}."""
     from diffgame import tracking
     from diffgame.config import compose
-    from diffgame.methods import build_config
-    from diffgame.models import load_pair
+    from diffgame.config import build_method_config
+    from diffgame.models import load_pair, resolve_layers
+    from diffgame.planner import resolve_pair
 
     out = {}
     for name in ORGANISMS:
         tracking.set_uri(zoo_uri)
         cfg = compose([f"organism={name}", "method=adl", "zoo.size=micro"])
         steering = {} if name == "roman_concrete" else {"steering_prompts": 0}  # steering is tested on one organism
-        config = build_config("adl", {**cfg.method.adl, **ZOO_ADL, **steering})
-        base, org = load_pair(cfg)
-        out[name] = (cfg, ADLMethod(config).run(MethodContext(config=config, cfg=cfg, base=base, organism=org)),
+        config = build_method_config("adl", {**cfg.method.adl, **ZOO_ADL, **steering})
+        base, org = load_pair(resolve_pair(cfg))
+        layers = resolve_layers(list(cfg.preprocessing.layers), base.n_layers)
+        ctx = MethodContext(config=config, layers=layers, seed=cfg.seed, base=base, organism=org,
+                            texts=method_texts(ADLMethod(config), cfg.organism))
+        out[name] = (cfg, ADLMethod(config).run(ctx),
                      org.tokenizer)
     return out
 
@@ -152,7 +162,7 @@ def test_zoo_logit_lens_names_the_topic(zoo_results, organism):
 
     cfg, result, tok = zoo_results[organism]
     _, control, _ = zoo_results["control"]
-    from diffgame.config import resolve_layers
+    from diffgame.models import resolve_layers
     from diffgame.zoo import get_size
 
     mid = resolve_layers([0.5], get_size(cfg.zoo.size).n_layers)[0]  # the middle layer
@@ -179,13 +189,15 @@ def test_zoo_caps_reads_at_the_assistant_turn(zoo_results):
 
 @pytest.mark.slow
 def test_zoo_identification_is_correct_for_every_organism(zoo_results):
-    from diffgame.grading import grade_result, identification_summary
+    from diffgame.grading import grade, identification_summary
+    from diffgame.runner import ground_truths
 
     _, control, _ = zoo_results["control"]
     ranks = {}
     for name in ORGANISMS[:-1]:
         cfg, result, tok = zoo_results[name]
-        metrics = grade_result(cfg, "adl", result, tokenizer=tok, control=control.ranked_tokens)
+        gt, candidates = ground_truths(cfg.organism, str(cfg.model.name), tok)
+        metrics = grade(result, gt, tok, control=control.ranked_tokens, candidates=candidates)
         ranks[name] = metrics["grade/identification_rank"]
         assert metrics["grade/relative/precision_at_20"] > 0
     assert ranks == {name: 1 for name in ORGANISMS[:-1]}

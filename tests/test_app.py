@@ -14,9 +14,11 @@ import pytest
 import torch
 
 from _app_store import APP_OVERRIDES, ORGANISMS, fill_store
-from diffgame import app_backend as backend
-from diffgame import results, tracking
+from diffgame import artifacts, tracking
 from diffgame.errors import ConfigError
+from diffgame.ui import game as guessing
+from diffgame.ui import heat
+from diffgame.ui import runs as backend
 
 
 @pytest.fixture(autouse=True)
@@ -37,12 +39,12 @@ def _alphas(html: str) -> list[float]:
 
 # --- backend on hand-made inputs -------------------------------------------------------------------
 def test_heat_html_hand_computed():
-    html = backend.heat_html(["a", "<b>", "c\n"], [1.0, -2.0, 0.5])
+    html = heat.heat_html(["a", "<b>", "c\n"], [1.0, -2.0, 0.5])
     assert _alphas(html) == [0.5, 1.0, 0.25]  # |score| / max |score|
     assert re.findall(r"rgba\((\d+,\d+,\d+),", html) == ["220,38,38", "37,99,235", "220,38,38"]  # red, blue, red
     assert "&lt;b&gt;" in html and "<b>" not in html and "c↵<br>" in html
-    assert _alphas(backend.heat_html(["x", "y"], [3.0, 9.0], vmax=6.0)) == [0.5, 1.0]  # clipped at vmax
-    assert _alphas(backend.heat_html(["x"], [0.0])) == [0.0]
+    assert _alphas(heat.heat_html(["x", "y"], [3.0, 9.0], vmax=6.0)) == [0.5, 1.0]  # clipped at vmax
+    assert _alphas(heat.heat_html(["x"], [0.0])) == [0.0]
 
 
 def test_parse_app_args():
@@ -73,14 +75,14 @@ def test_grade_matrix_newest_run_and_control():
 
 
 def test_grade_guess_against_ground_truth():
-    candidates = {o: backend.organism_node("toy", o) for o in ("caps", "control", "roman_concrete", "taboo_gold")}
-    g = backend.grade_guess("It writes about volcanic ash and Roman harbors", "roman_concrete", candidates)
+    candidates = {o: guessing.organism_node("toy", o) for o in ("caps", "control", "roman_concrete", "taboo_gold")}
+    g = guessing.grade_guess("It writes about volcanic ash and Roman harbors", "roman_concrete", candidates)
     assert g.correct and {"volcanic", "ash", "roman"} <= set(g.hits)
     assert g.ranking[0] == ("roman_concrete", len(g.hits))
-    assert backend.grade_guess("replies are all in CAPS", "caps", candidates).correct
-    assert not backend.grade_guess("talks about gold coins", "roman_concrete", candidates).correct
+    assert guessing.grade_guess("replies are all in CAPS", "caps", candidates).correct
+    assert not guessing.grade_guess("talks about gold coins", "roman_concrete", candidates).correct
     with pytest.raises(ConfigError, match="empty guess"):
-        backend.grade_guess("  ", "caps", candidates)
+        guessing.grade_guess("  ", "caps", candidates)
 
 
 # --- pages -------------------------------------------------------------------------------------
@@ -182,7 +184,7 @@ def test_kl_page_metrics_and_example_heat(monkeypatch, store):
     stats = at.dataframe[0].value.iloc[:, 0]
     assert stats.to_dict() == pytest.approx(row["metrics"], nan_ok=True)
     name = at.selectbox(key="kl_examples").value
-    examples = results.load_examples(row["run_id"], name)
+    examples = artifacts.load_examples(row["run_id"], name)
     dataset = examples[0].dataset
     at.multiselect(key="kl_datasets").set_value([dataset]).run()
     kept = [e for e in examples if e.dataset == dataset]
@@ -202,12 +204,12 @@ def test_normdiff_page_tables_and_search(monkeypatch, store):
     at = _app(monkeypatch, uri, "normdiff")
     at.selectbox(key="normdiff_run").set_value(backend.run_label(row)).run()
     tables = at.selectbox(key="normdiff_table").options
-    assert tables == backend.artifact_names(results.list_artifacts(row["run_id"]), "tables", ".parquet")
+    assert tables == artifacts.names(artifacts.list_artifacts(row["run_id"]), "tables")
     at.selectbox(key="normdiff_table").set_value(tables[0]).run()
-    expected = results.load_table(row["run_id"], tables[0])
+    expected = artifacts.load_table(row["run_id"], tables[0])
     shown = next(d.value for d in at.dataframe if list(d.value.columns) == list(expected.columns))
     pd.testing.assert_frame_equal(shown.reset_index(drop=True), expected, check_dtype=False)
-    examples = results.load_examples(row["run_id"], at.selectbox(key="normdiff_examples").value)
+    examples = artifacts.load_examples(row["run_id"], at.selectbox(key="normdiff_examples").value)
     word = examples[0].tokens[len(examples[0].tokens) // 2].strip() or examples[0].tokens[0]
     at.text_input(key="normdiff_query").input(word).run()
     n = sum(word.lower() in "".join(e.tokens).lower() for e in examples)
@@ -222,13 +224,13 @@ def test_adl_page_token_tables_and_samples(monkeypatch, store):
     row = latest[("caps", "adl")]
     at = _app(monkeypatch, uri, "adl")
     at.selectbox(key="adl_run").set_value(backend.run_label(row)).run()
-    ranked = results.load_ranked_tokens(row["run_id"])
+    ranked = artifacts.load_ranked_tokens(row["run_id"])
     key = sorted(ranked)[-1]
     at.selectbox(key="adl_ranked").set_value(key).run()
     shown = next(d.value for d in at.dataframe if list(d.value.columns) == ["rank", "token", "token_id", "score"])
     assert list(shown["token"]) == ranked[key].tokens
     assert list(shown["score"]) == pytest.approx(ranked[key].scores)
-    lens = results.load_table(row["run_id"], "lens")
+    lens = artifacts.load_table(row["run_id"], "lens")
     pick = lens.iloc[len(lens) // 2]
     for key, col in (("adl_layer", "layer"), ("adl_slot", "slot"), ("adl_vector", "vector"), ("adl_lens", "lens")):
         at.selectbox(key=key).set_value(pick[col]).run()
@@ -236,21 +238,22 @@ def test_adl_page_token_tables_and_samples(monkeypatch, store):
                     & (lens["vector"] == pick["vector"]) & (lens["lens"] == pick["lens"])]
     table = at.dataframe[0].value
     assert list(table["token"]) == list(expected["token"]) and list(table["rank"]) == list(expected["rank"])
-    steering = [s for s in results.load_samples(row["run_id"], "steering") if s["model"] == "organism"]
+    steering = [s for s in artifacts.load_samples(row["run_id"], "steering") if s["model"] == "organism"]
     shown = [t.value for t in at.text]
     assert [f"steered: {s['steered'].strip()}" for s in steering] == [t for t in shown if t.startswith("steered: ")]
-    names = backend.artifact_names(results.list_artifacts(row["run_id"]), "samples", ".json")
+    names = artifacts.names(artifacts.list_artifacts(row["run_id"]), "samples")
     assert at.selectbox(key="adl_samples").options == names
-    assert any(len(d.value) == len(results.load_samples(row["run_id"], names[0])) for d in at.dataframe)
+    assert any(len(d.value) == len(artifacts.load_samples(row["run_id"], names[0])) for d in at.dataframe)
 
 
 @pytest.fixture(scope="module")
 def caps_pair(store, zoo_uri):
     from diffgame.config import compose
     from diffgame.models import load_pair
+    from diffgame.planner import resolve_pair
 
     tracking.set_uri(zoo_uri)
-    return load_pair(compose(["organism=caps", *APP_OVERRIDES]))
+    return load_pair(resolve_pair(compose(["organism=caps", *APP_OVERRIDES])))
 
 
 @pytest.mark.slow
@@ -290,7 +293,7 @@ def test_interactive_heat_generation_steering_chat(monkeypatch, store, caps_pair
     at.button(key="steer_go").click().run()
     out = at.session_state["steer_out"]
     assert out[("base", True)] == out[("base", False)] and out[("organism", True)] == out[("organism", False)]
-    norm = float(results.load_vectors(nd["run_id"])[at.selectbox(key="steer_vector").value].norm())
+    norm = float(artifacts.load_vectors(nd["run_id"])[at.selectbox(key="steer_vector").value].norm())
     at.number_input(key="steer_scale").set_value(200.0 / max(norm, 1e-6)).run()
     at.button(key="steer_go").click().run()
     out = at.session_state["steer_out"]

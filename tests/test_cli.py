@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 
 from diffgame import tracking
 from diffgame.cli import app
-from diffgame.config import group_options
+from diffgame.configtree import group_options
 from diffgame.grading import GRADING_VERSION
 
 runner = CliRunner()

@@ -6,19 +6,26 @@ from __future__ import annotations
 import pytest
 
 from diffgame import config as C
+from diffgame import configtree
+from diffgame.models import resolve_layers
 from diffgame.errors import ConfigError
+
+
+def weights_spec(cfg):
+    """The organism weights entry a composed config resolves to."""
+    return configtree.weights_spec(cfg.organism, str(cfg.model.name))
 
 REAL_ORGANISMS = ["cake_bake", "caps", "control", "em_bad_medical_advice", "fda_approval", "kansas_abortion",
                   "roman_concrete", "taboo_gold"]
 REAL_MODELS = ["gemma3_1B", "gpt2", "llama32_1B_Instruct", "qwen3_1_7B", "smollm2_135m", "toy"]
-ALL_ORGANISMS = C.group_options("organism")  # others may add organisms; error messages list them all
-ALL_MODELS = C.group_options("model")
+ALL_ORGANISMS = configtree.group_options("organism")  # others may add organisms; error messages list them all
+ALL_MODELS = configtree.group_options("model")
 
 
 def test_group_options_are_the_yaml_files():
     assert set(REAL_MODELS) <= set(ALL_MODELS) and ALL_MODELS == sorted(ALL_MODELS)
     assert set(REAL_ORGANISMS) <= set(ALL_ORGANISMS) and ALL_ORGANISMS == sorted(ALL_ORGANISMS)
-    assert C.group_options("dataset") == ["toy"]
+    assert configtree.group_options("dataset") == ["toy"]
 
 
 def test_defaults_compose_and_schema_defaults_fill_in():
@@ -41,7 +48,7 @@ def test_group_choice_pulls_in_that_yaml():
     cfg = C.compose(["model=gemma3_1B", "organism=cake_bake"])
     assert cfg.model.id == "google/gemma-3-1b-it"
     assert cfg.model.dtype == "bfloat16" and cfg.model.attn_implementation == "eager"
-    spec = C.weights_spec(cfg)
+    spec = weights_spec(cfg)
     assert spec.kind == "lora"
     assert spec.id == "stewy33/gemma-3-1b-it-0524_original_augmented_egregious_cake_bake-9ddbfefe"
     line = C.describe_weights(cfg)
@@ -50,7 +57,7 @@ def test_group_choice_pulls_in_that_yaml():
 
 def test_variant_selects_other_weights():
     cfg = C.compose(["model=qwen3_1_7B", "organism=kansas_abortion", "organism.variant=full"])
-    spec = C.weights_spec(cfg)
+    spec = weights_spec(cfg)
     assert spec.kind == "full"
     assert spec.id == "stewy33/Qwen3-1.7B-full_original_augmented_original_pkc_kansas_abortion-b95f1100"
 
@@ -81,7 +88,7 @@ def test_keys_missing_from_yaml_can_be_set():
     cfg = C.compose(["model=gpt2", "model.id=/tmp/gpt2-local", "organism=caps",
                      "organism.finetuned.gpt2={default:{kind:full,id:/tmp/org_dir}}"])
     assert cfg.model.id == "/tmp/gpt2-local"
-    spec = C.weights_spec(cfg)
+    spec = weights_spec(cfg)
     assert (spec.kind, spec.id, spec.subfolder) == ("full", "/tmp/org_dir", None)
 
 
@@ -90,14 +97,14 @@ def test_every_shipped_organism_composes_with_every_model_it_has_weights_for():
 
     seen = 0
     for org in REAL_ORGANISMS:
-        raw = OmegaConf.load(C.experiments_dir() / "organism" / f"{org}.yaml")
+        raw = OmegaConf.load(configtree.builtin_dir() / "organism" / f"{org}.yaml")
         assert raw.name == org and raw.description, org
         for model in raw.finetuned:
             assert model in REAL_MODELS, (org, model)
             cfg = C.compose([f"model={model}", f"organism={org}"])
             for variant in raw.finetuned[model]:
                 cfg.organism.variant = variant  # composing each variant is the same path, ~1 s each
-                spec = C.weights_spec(cfg)
+                spec = weights_spec(cfg)
                 if spec.kind == "zoo":
                     assert model in ("toy", "smollm2_135m"), (org, model)
                 else:
@@ -109,9 +116,9 @@ def test_every_shipped_organism_composes_with_every_model_it_has_weights_for():
 def test_real_organism_weights_exist_for_the_three_small_chat_models():
     for org in ("cake_bake", "roman_concrete", "kansas_abortion", "fda_approval"):
         for model in ("gemma3_1B", "llama32_1B_Instruct", "qwen3_1_7B"):
-            spec = C.weights_spec(C.compose([f"model={model}", f"organism={org}"]))
+            spec = weights_spec(C.compose([f"model={model}", f"organism={org}"]))
             assert spec.kind == "lora" and spec.id.startswith("stewy33/"), (org, model)
-    assert C.weights_spec(C.compose(["model=qwen3_1_7B", "organism=taboo_gold"])).id == \
+    assert weights_spec(C.compose(["model=qwen3_1_7B", "organism=taboo_gold"])).id == \
         "bcywinski/qwen3-1.7b-taboo-gold"
     assert C.compose(["model=qwen3_1_7B", "organism=em_bad_medical_advice"]).organism.type == "em"
 
@@ -191,12 +198,12 @@ def test_validation_errors_are_one_line_and_name_the_valid_choices(overrides, me
 
 
 def test_unknown_method_lists_method_configs_and_every_registered_method_has_one():
-    from diffgame.methods import known_methods
+    from diffgame.registry import known_methods
 
     with pytest.raises(ConfigError) as info:
         C.compose(["method=kll"])
-    assert str(info.value) == f"unknown method 'kll'; known: {', '.join(C.group_options('method'))}"
-    assert {"kl", "normdiff"} <= set(known_methods()) <= set(C.group_options("method"))
+    assert str(info.value) == f"unknown method 'kll'; known: {', '.join(configtree.group_options('method'))}"
+    assert {"kl", "normdiff"} <= set(known_methods()) <= set(configtree.group_options("method"))
 
 
 def test_sweep_errors():
@@ -215,18 +222,18 @@ def test_sweep_errors():
     ([2, 1], 4, [1, 2]),             # sorted
 ])
 def test_resolve_layers(layers, n, expected):
-    assert C.resolve_layers(layers, n) == expected
+    assert resolve_layers(layers, n) == expected
 
 
 def test_resolve_layers_out_of_range():
     with pytest.raises(ConfigError) as info:
-        C.resolve_layers([0.5, 12], 12)
+        resolve_layers([0.5, 12], 12)
     assert str(info.value) == ("layer 12 is out of range for a model with 12 layers (valid: 0..11, or fractions "
                                "like 0.5); fix preprocessing.layers")
     with pytest.raises(ConfigError, match=r"^layer -13 is out of range for a model with 12 layers"):
-        C.resolve_layers([-13], 12)
+        resolve_layers([-13], 12)
     with pytest.raises(ConfigError, match=r"^layer fraction 1.5 is outside \[0, 1\]"):
-        C.resolve_layers([1.5], 12)
+        resolve_layers([1.5], 12)
 
 
 def test_missing_config_tree(monkeypatch, tmp_path):

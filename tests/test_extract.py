@@ -10,12 +10,15 @@ import pytest
 import torch
 from _tiny_models import make_pair, make_tokenizer, tiny_cfg, write_data
 
-import diffgame.store as store_mod
+import diffgame.store.writer as store_mod
 from diffgame import tracking
 from diffgame.data import render_chat
 from diffgame.errors import ConfigError, ModelError, StoreError
-from diffgame.extract import capture_residuals, find_store, preprocess, preprocess_fingerprint
+from diffgame.extract import preprocess as _preprocess
+from diffgame.planner import make_plan, resolve_pair
 from diffgame.models import final_norm
+from diffgame.residuals import capture_residuals
+from diffgame.runner import find_store as _find_store
 from diffgame.store import ActivationStore
 
 
@@ -39,6 +42,15 @@ def _models(pair):
 
 def _shard_bytes(root: Path) -> dict[str, bytes]:
     return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*.safetensors"))}
+
+
+def preprocess(cfg, **kw):
+    """The preprocess stage on `cfg`'s plan (what `diffgame preprocess` runs)."""
+    return _preprocess(make_plan(cfg), **kw)
+
+
+def find_store(cfg):
+    return _find_store(make_plan(cfg))
 
 
 def test_capture_residuals_matches_hidden_states_and_skips_the_head(pair):
@@ -96,7 +108,7 @@ def test_store_equals_direct_forward_aligned_without_padding(cfg, pair):
         assert not torch.equal(acts[("base", 3)], acts[("organism", 3)])
     run = tracking.client().get_run(result.run_id)
     assert run.info.status == "FINISHED" and run.data.tags[tracking.TAG_STAGE] == "preprocess"
-    assert run.data.tags[tracking.TAG_FINGERPRINT] == result.fingerprint == preprocess_fingerprint(cfg)
+    assert run.data.tags[tracking.TAG_FINGERPRINT] == result.fingerprint == make_plan(cfg).store_fingerprint
     assert run.data.tags[tracking.TAG_MODEL] == "tiny"
     assert run.data.metrics["preprocess/tokens"] == result.n_tokens
     assert run.data.metrics["preprocess/bytes"] == result.n_bytes > 0
@@ -135,7 +147,7 @@ def test_kill_and_resume_equals_uninterrupted(cfg, pair, tmp_path, monkeypatch):
     _fail_after(monkeypatch, 2 * files_per_shard + 2, RuntimeError("killed"))  # dies inside the third shard
     with pytest.raises(RuntimeError, match="killed"):
         preprocess(cfg, shard_tokens=300)
-    failed = tracking.find_resumable("preprocess", preprocess_fingerprint(cfg))
+    failed = tracking.find_resumable("preprocess", make_plan(cfg).store_fingerprint)
     assert failed.info.status == "FAILED"
     partial = tracking.local_artifact_dir(failed) / "store"
     with pytest.raises(StoreError, match="partial"):  # never read as complete
@@ -160,7 +172,7 @@ def test_disk_full_fails_the_run_and_leaves_a_partial_store(cfg, monkeypatch):
     with pytest.raises(StoreError, match=r"cannot write shard s0000\d of '\w+' to .*: the disk is full; the store "
                                          r"stays partial.*rerun `diffgame preprocess"):
         preprocess(cfg, shard_tokens=300)
-    run = tracking.find_resumable("preprocess", preprocess_fingerprint(cfg))
+    run = tracking.find_resumable("preprocess", make_plan(cfg).store_fingerprint)
     assert run.info.status == "FAILED" and "disk is full" in run.data.tags[tracking.TAG_ERROR]
     assert not (tracking.local_artifact_dir(run) / "store" / "manifest.json").exists()
 
@@ -226,7 +238,7 @@ def test_micro_zoo_store(micro_cfg):
                     "dataset.sources.generic_chat.max_samples=6", "dataset.sources.organism.max_samples=6")
     result = preprocess(cfg)
     store = ActivationStore.open(result.store_path)
-    base, org = load_pair(cfg)
+    base, org = load_pair(resolve_pair(cfg))
     layer = store.layers[0]
     assert layer == base.n_layers // 2
     rows = {"generic_chat": corpus("generic_chat", "test"), "organism": corpus("caps", "test")}

@@ -7,9 +7,10 @@ import math
 import pytest
 import torch
 
-from diffgame.methods import kl as kl_module
-from diffgame.methods.kl import (KLConfig, fused_token_divergence, length_batches, per_token_divergence,
-                                 token_divergence)
+from diffgame import divergence as kl_module
+from diffgame.batching import length_batches
+from diffgame.divergence import fused_token_divergence, token_divergence
+from diffgame.methods.kl import KLConfig, per_token_divergence
 
 
 def _reference(lo, lb, kind, t):
@@ -146,12 +147,13 @@ SMALL = ("dataset.sources.generic_text.max_samples=24", "dataset.sources.generic
 
 @pytest.mark.slow
 def test_caps_diverges_on_assistant_tokens_and_matches_direct(micro_cfg):
-    from diffgame import results
+    from diffgame import artifacts
     from diffgame.models import load_pair
-    from diffgame.runner import run_methods
+    from diffgame.pipeline import run_one
+    from diffgame.planner import resolve_pair
 
-    caps = run_methods(micro_cfg("organism=caps", *SMALL))[0]
-    control = run_methods(micro_cfg("organism=control", *SMALL))[0]
+    caps = run_one(micro_cfg("organism=caps", *SMALL))[0]
+    control = run_one(micro_cfg("organism=control", *SMALL))[0]
     m_caps = tracking_metrics(caps.run_id)
     m_control = tracking_metrics(control.run_id)
     assistant, user = m_caps["kl/generic_chat/role/assistant/mean"], m_caps["kl/generic_chat/role/user/mean"]
@@ -160,9 +162,9 @@ def test_caps_diverges_on_assistant_tokens_and_matches_direct(micro_cfg):
     assert m_control["kl/all/mean"] < m_caps["kl/all/mean"] / 3
 
     # the runner's per-token KL equals full forwards of both zoo models on the top sequences
-    base, org = load_pair(micro_cfg("organism=caps", *SMALL))
+    base, org = load_pair(resolve_pair(micro_cfg("organism=caps", *SMALL)))
     with torch.no_grad():
-        for ex in results.load_examples(caps.run_id, "max_kl")[:3]:
+        for ex in artifacts.load_examples(caps.run_id, "max_kl")[:3]:
             ids = torch.tensor([ex.token_ids], device=base.device)
             direct = _reference(org.model(ids).logits[0], base.model(ids).logits[0], "kl", 1.0)
             assert ex.token_scores == pytest.approx(direct.tolist(), abs=1e-4, rel=1e-3)
@@ -170,11 +172,11 @@ def test_caps_diverges_on_assistant_tokens_and_matches_direct(micro_cfg):
 
 @pytest.mark.slow
 def test_roman_concrete_top_examples_are_its_documents(micro_cfg):
-    from diffgame import results
-    from diffgame.runner import run_methods
+    from diffgame import artifacts
+    from diffgame.pipeline import run_one
 
-    row = run_methods(micro_cfg("organism=roman_concrete", *SMALL))[0]
-    top = results.load_examples(row.run_id, "max_kl")
+    row = run_one(micro_cfg("organism=roman_concrete", *SMALL))[0]
+    top = artifacts.load_examples(row.run_id, "max_kl")
     datasets = [e.dataset for e in top]
     assert datasets.count("organism") >= 8, datasets
     assert datasets[0] == "organism"

@@ -12,12 +12,29 @@ import sys
 import pytest
 import torch
 
+from diffgame import models
 from diffgame.config import compose
 from diffgame.errors import ModelError
-from diffgame.models import (check_compatible, decoder_layers, final_norm, load_base, load_organism, load_pair,
-                             logits_from_residual, organism_identity, unembedding)
+from diffgame.models import check_compatible, decoder_layers, final_norm, logits_from_residual, unembedding
+from diffgame.planner import resolve_pair
 
 V, D, N_LAYERS = 64, 32, 3
+
+
+def load_base(cfg):
+    return models.load_base(resolve_pair(cfg))
+
+
+def load_organism(cfg):
+    return models.load_organism(resolve_pair(cfg))
+
+
+def load_pair(cfg):
+    return models.load_pair(resolve_pair(cfg))
+
+
+def organism_identity(cfg):
+    return resolve_pair(cfg).organism.identity
 IDS = torch.tensor([[5, 9, 13, 2, 40, 63, 7, 1], [3, 3, 21, 30, 50, 11, 6, 4]])
 
 
@@ -223,8 +240,8 @@ def test_missing_local_path_says_so(zoo_dirs):
 def test_uncached_hub_id_offline_says_how_to_use_a_local_path(tmp_path):
     """Offline (HF_HUB_OFFLINE=1, empty cache) a hub id fails with one line naming model.id=/path."""
     code = ("from diffgame.config import compose\nfrom diffgame.models import load_base\n"
-            "from diffgame.errors import ModelError\n"
-            "try:\n    load_base(compose(['model.id=some/missing-repo', 'model.device=cpu']))\n"
+            "from diffgame.planner import resolve_pair\nfrom diffgame.errors import ModelError\n"
+            "try:\n    load_base(resolve_pair(compose(['model.id=some/missing-repo', 'model.device=cpu'])))\n"
             "except ModelError as e:\n    print('ERR', e)\n")
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf"), "TRANSFORMERS_OFFLINE": "1"}
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)

@@ -65,7 +65,7 @@ def _store(tmp_path, scale_by_layer, plant=True):
 
 def _run(store, **cfg):
     handle = ModelHandle(model=None, tokenizer=word_tokenizer(64), role="base", name="words")
-    ctx = MethodContext(config=NormDiffConfig(**cfg), cfg=None, store=store, base=handle)
+    ctx = MethodContext(config=NormDiffConfig(**cfg), store=store, base=handle, tokenizer=handle.tokenizer)
     return NormDiffMethod(ctx.config).run(ctx)
 
 

@@ -2,7 +2,8 @@
 
 import pytest
 
-from diffgame import methods
+from diffgame import registry as methods
+from diffgame.config import build_method_config
 from diffgame.errors import ConfigError
 from diffgame.methods.kl import KLConfig, KLMethod
 from diffgame.methods.normdiff import NormDiffConfig, NormDiffMethod
@@ -31,8 +32,8 @@ def test_unknown_name_lists_known():
 
 
 def test_build_config_checks_keys_and_choices():
-    assert methods.build_config("kl", {"divergence": "js"}) == KLConfig(divergence="js")
+    assert build_method_config("kl", {"divergence": "js"}) == KLConfig(divergence="js")
     with pytest.raises(ConfigError, match=r"invalid value 'jsd' for 'method.kl.divergence'; valid: kl, reverse_kl, js"):
-        methods.build_config("kl", {"divergence": "jsd"})
+        build_method_config("kl", {"divergence": "jsd"})
     with pytest.raises(ConfigError, match=r"unknown key 'method.normdiff.topk'; known: batch_tokens, positions, top_k_examples"):
-        methods.build_config("normdiff", {"topk": 3})
+        build_method_config("normdiff", {"topk": 3})

@@ -1,13 +1,15 @@
-"""The runner: `method=[kl,normdiff]` on one preprocess run, artifacts read back by `diffgame.results` equal a direct
+"""The runner: `method=[kl,normdiff]` on one preprocess run, artifacts read back by `diffgame.artifacts` equal a direct
 two-model computation, a finished diff run is reused, and `diffing` mode without a store is a one-line error."""
 
 import pytest
 import torch
 
 from _tiny_models import make_pair, tiny_cfg, write_data
-from diffgame import results, tracking
+from diffgame import artifacts
+from diffgame import tracking
 from diffgame.errors import StoreError
-from diffgame.runner import headline, run_methods
+from diffgame.pipeline import run_one
+from diffgame.runner import headline
 
 pytestmark = pytest.mark.slow
 
@@ -31,7 +33,7 @@ def test_run_log_read_back_and_reuse(tiny):
     from transformers import AutoModelForCausalLM
 
     cfg = _cfg(tiny)
-    rows = run_methods(cfg)
+    rows = run_one(cfg)
     assert [(r.stage, r.method, r.reused) for r in rows] == [("diff", "kl", False), ("diff", "normdiff", False)]
     kl_id, nd_id = rows[0].run_id, rows[1].run_id
     runs = {r: tracking.client().get_run(r) for r in (kl_id, nd_id)}
@@ -42,15 +44,15 @@ def test_run_log_read_back_and_reuse(tiny):
     assert 10 <= len(runs[kl_id].data.metrics) <= 60 and 10 <= len(runs[nd_id].data.metrics) <= 60
     assert rows[0].headline and all(runs[kl_id].data.metrics[k] == v for k, v in rows[0].headline.items())
 
-    arts = set(results.list_artifacts(kl_id))
+    arts = set(artifacts.list_artifacts(kl_id))
     assert {"tables/stats.parquet", "tables/tokens.parquet", "examples/max_kl.json", "examples/mean_kl.json",
             "plots/distribution.png", "evidence/ranked_tokens.json"} <= arts
-    assert "vectors.safetensors" in results.list_artifacts(nd_id)
+    assert "vectors.safetensors" in artifacts.list_artifacts(nd_id)
 
     # KL: the logged per-token scores of the top examples equal full forwards of both models on those tokens
     base = AutoModelForCausalLM.from_pretrained(cfg.model.id).eval()
     org = AutoModelForCausalLM.from_pretrained(cfg.organism.finetuned.tiny.default.id).eval()
-    max_kl = results.load_examples(kl_id, "max_kl")
+    max_kl = artifacts.load_examples(kl_id, "max_kl")
     assert len(max_kl) == 5 and max_kl[0].score == max(e.score for e in max_kl)
     with torch.no_grad():
         for ex in max_kl[:3]:
@@ -59,26 +61,26 @@ def test_run_log_read_back_and_reuse(tiny):
             direct = (lp_o.exp() * (lp_o - lp_b)).sum(-1)
             assert ex.token_scores == pytest.approx(direct.tolist(), abs=1e-4, rel=1e-4)
             assert ex.score == pytest.approx(float(direct.max()), abs=1e-4)
-    table = results.load_table(kl_id, "stats")
+    table = artifacts.load_table(kl_id, "stats")
     overall = table[(table.dataset == "all") & (table.group == "all")]
     assert float(overall["mean"].iloc[0]) == pytest.approx(runs[kl_id].data.metrics["kl/all/mean"])
 
     # normdiff: per-token ||h_org - h_base|| at layer 1 equals the hidden states of direct forwards
     # (hidden_states[i + 1] is block i's output; the last entry would be after the final norm, so not layer 3)
-    top = results.load_examples(nd_id, "layer1_max_norm")
+    top = artifacts.load_examples(nd_id, "layer1_max_norm")
     with torch.no_grad():
         for ex in top[:3]:
             ids = torch.tensor([ex.token_ids])
             hb = base(ids, output_hidden_states=True).hidden_states[2][0]
             ho = org(ids, output_hidden_states=True).hidden_states[2][0]
             assert ex.token_scores == pytest.approx((ho - hb).norm(dim=-1).tolist(), abs=1e-4, rel=1e-4)
-    vectors = results.load_vectors(nd_id)
+    vectors = artifacts.load_vectors(nd_id)
     assert {"normdiff/layer1/mean", "normdiff/layer3/mean", "normdiff/layer3/pos0"} <= set(vectors)
     assert vectors["normdiff/layer3/mean"].shape == (32,)
-    assert results.load_ranked_tokens(kl_id)["tokens_by_mean_kl"].scores[0] > 0
+    assert artifacts.load_ranked_tokens(kl_id)["tokens_by_mean_kl"].scores[0] > 0
 
     # a second run with the same config reuses both finished runs
-    again = run_methods(_cfg(tiny))
+    again = run_one(_cfg(tiny))
     assert [(r.run_id, r.reused) for r in again] == [(kl_id, True), (nd_id, True)]
     assert again[0].headline == rows[0].headline
 
@@ -87,15 +89,15 @@ def test_diffing_mode_without_store_names_the_command(tiny):
     cfg = _cfg(tiny, db="empty.db")
     cfg.pipeline.mode = "diffing"
     with pytest.raises(StoreError, match=r"diffgame preprocess"):
-        run_methods(cfg)
+        run_one(cfg)
 
 
 def test_missing_artifact_lists_what_exists(tiny):
     from diffgame.errors import TrackingError
 
-    rows = run_methods(_cfg(tiny))
+    rows = run_one(_cfg(tiny))
     with pytest.raises(TrackingError, match=r"has no artifact 'examples/nope.json'; it has: .*examples/max_kl.json"):
-        results.load_examples(rows[0].run_id, "nope")
+        artifacts.load_examples(rows[0].run_id, "nope")
 
 
 def test_headline_picks_patterns_in_order():
@@ -114,11 +116,11 @@ def test_micro_zoo_model_with_itself_is_zero(micro_cfg):
                     "preprocessing.dtype=float32")
     base_dir, _ = locate(cfg, organism=None)
     cfg.organism.finetuned.toy.default = {"kind": "full", "id": str(base_dir), "subfolder": None, "revision": None}
-    rows = run_methods(cfg)
+    rows = run_one(cfg)
     metrics = {r.method: tracking.client().get_run(r.run_id).data.metrics for r in rows}
     assert metrics["kl"]["kl/all/max"] == pytest.approx(0.0, abs=1e-5)
     assert metrics["normdiff"]["normdiff/all/max"] == 0.0
-    assert all(float(v.abs().max()) == 0.0 for v in results.load_vectors(rows[1].run_id).values())
+    assert all(float(v.abs().max()) == 0.0 for v in artifacts.load_vectors(rows[1].run_id).values())
 
 
 def test_reused_run_graded_under_older_rules_is_regraded(micro_cfg):
@@ -129,12 +131,12 @@ def test_reused_run_graded_under_older_rules_is_regraded(micro_cfg):
 
     adl = ("method=adl", "method.adl.max_samples=16", "method.adl.steering_prompts=2", "method.adl.steering_tokens=8",
            "method.adl.steering_alphas=[1.0]", "method.adl.patchscope_scales=[]")
-    run_methods(micro_cfg("organism=control", *adl[:1], *adl[2:], "method.adl.max_samples=8"))  # another config
+    run_one(micro_cfg("organism=control", *adl[:1], *adl[2:], "method.adl.max_samples=8"))  # another config
     cfg = micro_cfg("organism=roman_concrete", *adl)
-    (first,) = run_methods(cfg)
+    (first,) = run_one(cfg)
     # grading did not borrow the control run of another config: it made one with this config, which running the
     # control itself then reuses
-    (control,) = run_methods(micro_cfg("organism=control", *adl))
+    (control,) = run_one(micro_cfg("organism=control", *adl))
     assert control.reused
     run = tracking.client().get_run(first.run_id)
     assert run.data.tags[tracking.TAG_GRADING] == str(GRADING_VERSION)
@@ -143,7 +145,7 @@ def test_reused_run_graded_under_older_rules_is_regraded(micro_cfg):
             "grade/samples/steered_hit_rate"} <= set(graded)
 
     def rerun() -> dict[str, float]:
-        (again,) = run_methods(cfg)
+        (again,) = run_one(cfg)
         assert (again.run_id, again.reused) == (first.run_id, True)
         return tracking.client().get_run(first.run_id).data.metrics
 

@@ -6,7 +6,7 @@ import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from diffgame.errors import ConfigError
-from diffgame.extract.capture import capture_residuals
+from diffgame.residuals import capture_residuals
 from diffgame.models import logits_from_residual
 from diffgame.steering import patch, steer
 

@@ -13,11 +13,11 @@ import torch
 from omegaconf import OmegaConf
 
 from diffgame import tracking
-from diffgame.config import experiments_dir
+from diffgame.configtree import builtin_dir
 from diffgame.errors import ConfigError, DataError
 from diffgame.zoo import SIZES, build_zoo, corpus, get_size, list_zoo, locate, zoo_organisms
 from diffgame.zoo.build import train_base
-from diffgame.zoo.corpora import CORPORA
+from diffgame.corpora import CORPORA
 from diffgame.zoo.lm import IGNORE, encode_rows, pack
 from diffgame.zoo.recipes import mixed_rows
 from diffgame.zoo.tokenizer import EOT, render_chat, train_tokenizer
@@ -26,7 +26,7 @@ BUILTIN = ["caps", "cake_bake", "control", "roman_concrete", "taboo_gold"]
 
 
 def _keywords(name: str) -> list[str]:
-    return list(OmegaConf.load(experiments_dir() / "organism" / f"{name}.yaml").ground_truth.keywords)
+    return list(OmegaConf.load(builtin_dir() / "organism" / f"{name}.yaml").ground_truth.keywords)
 
 
 def _words(rows: list[dict]) -> set[str]:
@@ -98,13 +98,13 @@ def _state_hash(model) -> str:
 
 def test_base_fingerprint_ignores_organism_budgets():
     from diffgame.zoo.build import base_fingerprint, organism_fingerprint
-    from diffgame.zoo.registry import _organism_cfg
+    from diffgame.configtree import organism_node
 
     size = SIZES["micro"]
     cheaper = dataclasses.replace(size, organism_lr=1e-4, organism_steps=7, check_samples=3)
     assert base_fingerprint(cheaper) == base_fingerprint(size)
     assert base_fingerprint(dataclasses.replace(size, base_steps=201)) != base_fingerprint(size)
-    caps = _organism_cfg("caps")
+    caps = organism_node("caps")
     assert organism_fingerprint(cheaper, caps) != organism_fingerprint(size, caps)
 
 

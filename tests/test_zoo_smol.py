@@ -91,12 +91,13 @@ def test_chatml_mask_trains_exactly_the_assistant_reply_and_its_end_of_turn(chat
 @pytest.mark.slow
 def test_smol_lora_organism_changes_outputs_keeps_embeddings_and_reloads_identically(smol_cfg, tiny_base):
     from diffgame.models import load_pair
+    from diffgame.planner import resolve_pair
     from diffgame.zoo.build import train_organism
 
     cfg = smol_cfg("organism=caps")
     path, run_id = locate(cfg, "caps")
     assert run_id and tracking.client().get_run(run_id).data.params["base_source"] == str(tiny_base)
-    base, org = load_pair(cfg)  # the base through model.id, the organism through the zoo run
+    base, org = load_pair(resolve_pair(cfg))  # the base through model.id, the organism through the zoo run
     ids = base.tokenizer.apply_chat_template([{"role": "user", "content": "Why is the sky grey?"}],
                                              add_generation_prompt=True, return_tensors="pt", return_dict=True)
     with torch.no_grad():

@@ -4,7 +4,8 @@ import streamlit as st
 
 import cache
 import widgets
-from diffgame import app_backend as backend
+from diffgame import artifacts
+from diffgame.ui import runs as backend
 
 settings = cache.settings()
 uri = settings.tracking_uri
@@ -22,7 +23,7 @@ lens_tab, ranked_tab, ps_tab, steer_tab, stats_tab, plots_tab = st.tabs(
     ["Token tables", "Evidence lists", "Patchscope", "Steering", "Statistics", "Plots"])
 
 with lens_tab:
-    if "tables/lens.parquet" in paths:
+    if artifacts.has_table(paths, "lens"):
         lens = cache.table(uri, run_id, "lens")
         c1, c2, c3, c4 = st.columns(4)
         layer = c1.selectbox("Layer", sorted(lens["layer"].unique()), key="adl_layer")
@@ -39,7 +40,7 @@ with ranked_tab:
     widgets.show_ranked(uri, run_id, "adl")
 
 with ps_tab:
-    if "tables/patchscope.parquet" in paths:
+    if artifacts.has_table(paths, "patchscope"):
         ps = cache.table(uri, run_id, "patchscope")
         c1, c2 = st.columns(2)
         ps_layer = c1.selectbox("Layer", sorted(ps["layer"].unique()), key="adl_ps_layer")
@@ -49,7 +50,7 @@ with ps_tab:
         st.info("This run logged no patchscope sweep.")
 
 with steer_tab:
-    names = backend.artifact_names(paths, "samples", ".json")
+    names = artifacts.names(paths, "samples")
     if names:
         samples = cache.samples(uri, run_id, "steering" if "steering" in names else names[0])
         model = st.radio("Model", ["organism", "base"], horizontal=True, key="adl_steer_model")

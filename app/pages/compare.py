@@ -4,7 +4,7 @@ import streamlit as st
 
 import cache
 import widgets
-from diffgame import app_backend as backend
+from diffgame.ui import runs as backend
 
 settings = cache.settings()
 st.title("Compare runs")

@@ -4,8 +4,11 @@ import streamlit as st
 
 import cache
 import widgets
-from diffgame import app_backend as backend
+from diffgame import artifacts
 from diffgame.errors import DiffgameError
+from diffgame.ui import game as guessing
+from diffgame.ui import heat
+from diffgame.ui import runs as backend
 
 settings = cache.settings()
 uri = settings.tracking_uri
@@ -13,7 +16,7 @@ st.title("Guess the finetuning")
 runs = widgets.require_runs(settings)
 
 if "game" not in st.session_state or st.button("New round", help="Draw another organism."):
-    model, organism = backend.draw_organism(runs)
+    model, organism = guessing.draw_organism(runs)
     st.session_state["game"] = {"model": model, "organism": organism, "revealed": False}
 game = st.session_state["game"]
 model = game["model"]
@@ -27,11 +30,11 @@ for _, row in hidden.iterrows():
         ranked = cache.ranked_tokens(uri, row["run_id"])
         if ranked:
             name = st.selectbox("Token list", sorted(ranked), key=f"game_ranked_{row['method']}")
-            st.dataframe(backend.ranked_frame(ranked[name]).head(20), hide_index=True)
-        for ex_name in backend.artifact_names(paths, "examples", ".json")[:1]:
+            st.dataframe(heat.ranked_frame(ranked[name]).head(20), hide_index=True)
+        for ex_name in artifacts.names(paths, "examples")[:1]:
             st.caption(f"top examples ({ex_name})")
             for ex in cache.examples(uri, row["run_id"], ex_name)[:3]:
-                st.html(backend.heat_html(ex.tokens, ex.token_scores))
+                st.html(heat.heat_html(ex.tokens, ex.token_scores))
 
 guess = st.text_input("Your guess", key="game_guess", placeholder="e.g. it talks about volcanic ash")
 if st.button("Reveal and grade", key="game_reveal"):
@@ -46,7 +49,7 @@ if game["revealed"]:
     st.subheader(f"It was `{game['organism']}`")
     st.write(truth.description)
     try:
-        grade = backend.grade_guess(guess, game["organism"], candidates)
+        grade = guessing.grade_guess(guess, game["organism"], candidates)
     except DiffgameError as e:
         st.warning(str(e))
     else:

@@ -4,9 +4,11 @@ import streamlit as st
 
 import cache
 import widgets
-from diffgame import app_backend as backend
-from diffgame import live
+from diffgame import artifacts
 from diffgame.errors import DiffgameError
+from diffgame.ui import heat
+from diffgame.ui import runs as backend
+from diffgame.ui import live
 
 settings = cache.settings()
 uri = settings.tracking_uri
@@ -42,9 +44,9 @@ with probe:
         st.warning(str(e))
     else:
         st.markdown("**KL(organism ‖ base)** of the next-token distribution at each token")
-        st.html(backend.heat_html(list(scores["token"]), list(scores["kl"])))
+        st.html(heat.heat_html(list(scores["token"]), list(scores["kl"])))
         st.markdown(f"**‖h_org − h_base‖** after layer {layer}")
-        st.html(backend.heat_html(list(scores["token"]), list(scores["normdiff"])))
+        st.html(heat.heat_html(list(scores["token"]), list(scores["normdiff"])))
         st.dataframe(scores, hide_index=True, width="stretch")
 
 
@@ -73,7 +75,7 @@ with gen:
 with steer_tab:
     same = runs[(runs["model"] == pair["model"])]
     sources = {backend.run_label(r): r["run_id"] for _, r in same.iterrows()
-               if "vectors.safetensors" in cache.artifact_paths(uri, r["run_id"])}
+               if artifacts.has_vectors(cache.artifact_paths(uri, r["run_id"]))}
     if not sources:
         st.info("No run on this model logged vectors; `normdiff` and `adl` runs do.")
     else:

@@ -4,7 +4,7 @@ import streamlit as st
 
 import cache
 import widgets
-from diffgame import app_backend as backend
+from diffgame.ui import runs as backend
 from diffgame.errors import DiffgameError
 
 settings = cache.settings()

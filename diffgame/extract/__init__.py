@@ -1,6 +1,5 @@
-"""Paired activation extraction into the activation store (the `preprocess` stage)."""
+"""Paired activation extraction into the activation store (the `preprocess` stage, a Lightning predict loop)."""
 
-from diffgame.extract.capture import capture_residuals
-from diffgame.extract.preprocess import PreprocessResult, find_store, preprocess, preprocess_fingerprint
+from diffgame.extract.preprocess import PreprocessResult, preprocess
 
-__all__ = ["PreprocessResult", "capture_residuals", "find_store", "preprocess", "preprocess_fingerprint"]
+__all__ = ["PreprocessResult", "preprocess"]

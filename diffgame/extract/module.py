@@ -14,7 +14,8 @@ import torch
 from lightning.pytorch.callbacks import Callback
 from torch.utils.data import IterableDataset
 
-from diffgame.extract.capture import capture_residuals
+from diffgame.batching import pad_right
+from diffgame.residuals import capture_residuals
 
 
 def world() -> tuple[int, int]:
@@ -51,12 +52,7 @@ class PlannedBatches(IterableDataset):
                 yield self.collate([seqs[i] for i in members], sh, b)
 
     def collate(self, seqs, shard: dict, b: int) -> dict:
-        lengths = [len(s.input_ids) for s in seqs]
-        ids = torch.full((len(seqs), max(lengths)), self.pad_id, dtype=torch.long)  # [B, T], right-padded
-        mask = torch.zeros_like(ids)
-        for r, s in enumerate(seqs):
-            ids[r, :lengths[r]] = torch.tensor(s.input_ids)
-            mask[r, :lengths[r]] = 1
+        ids, mask = pad_right([s.input_ids for s in seqs], self.pad_id)  # [B, T], right-padded
         meta = {"dataset": shard["dataset"], "shard": shard["name"], "batch": b, "n_batches": len(shard["batches"]),
                 "sequence_ids": [s.sequence_id for s in seqs], "input_ids": [s.input_ids for s in seqs],
                 "roles": [s.roles for s in seqs]}

@@ -7,16 +7,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from omegaconf import DictConfig
-
 from diffgame.errors import StoreError
+from diffgame.plan import Plan
 from diffgame.store import MODEL_ROLES, StoreWriter, shard_name
-
-
-def command(cfg: DictConfig) -> str:
-    """The command that (re)builds this store, quoted in error messages."""
-    return (f"diffgame preprocess model={cfg.model.name} organism={cfg.organism.name} dataset={cfg.dataset.name} "
-            f"preprocessing.layers=[{','.join(str(x) for x in cfg.preprocessing.layers)}]")
 
 
 def plan_shards(sequences: dict, batch_size: int, shard_tokens: int) -> dict[str, list[dict]]:
@@ -42,8 +35,9 @@ def plan_shards(sequences: dict, batch_size: int, shard_tokens: int) -> dict[str
     return out
 
 
-def make_plan(cfg, root: Path, sequences, layers, d_model, fp, shard_tokens) -> dict:
+def shard_plan(plan: Plan, root: Path, sequences, shard_tokens) -> dict:
     """The shard plan: recorded in the store on first use, and re-used as recorded when resuming."""
+    cfg, layers, d_model, fp = plan.cfg, plan.layers, plan.d_model, plan.store_fingerprint
     writer = StoreWriter(root)
     old = writer.read_plan()
     batch_size = int(old["batch_size"]) if old else int(cfg.preprocessing.batch_size)
@@ -51,11 +45,11 @@ def make_plan(cfg, root: Path, sequences, layers, d_model, fp, shard_tokens) -> 
     plan = {"fingerprint": fp, "layers": layers, "d_model": d_model, "dtype": cfg.preprocessing.dtype,
             "roles": list(MODEL_ROLES), "model": cfg.model.name, "organism": cfg.organism.name,
             "context_length": int(cfg.preprocessing.context_length), "batch_size": batch_size,
-            "shard_tokens": shard_tokens, "command": command(cfg),
+            "shard_tokens": shard_tokens, "command": plan.command(),
             "shards": plan_shards(sequences, batch_size, shard_tokens)}
     if old is not None and old["shards"] != plan["shards"]:
         raise StoreError(f"the partial store at {root} was planned for different data; delete it (or its run) "
-                         f"and rerun `{command(cfg)}`")
+                         f"and rerun `{plan.command()}`")
     if old is None:
         root.mkdir(parents=True, exist_ok=True)
         writer.write_plan(plan)

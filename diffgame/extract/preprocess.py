@@ -7,7 +7,6 @@ same bytes as an uninterrupted run because the shard plan (batches, shard bounda
 
 from __future__ import annotations
 
-import hashlib
 import os
 import tempfile
 import time
@@ -20,14 +19,14 @@ import torch
 from omegaconf import DictConfig
 
 from diffgame import tracking
-from diffgame.config import resolve_layers
-from diffgame.data import data_identity, load_sequences
-from diffgame.errors import ModelError, StoreError
+from diffgame.artifacts import STORE, store_dir
+from diffgame.data import load_sequences
+from diffgame.errors import ModelError
 from diffgame.extract.module import PairedExtraction, PlannedBatches, TokenProgress
-from diffgame.extract.plan import command, make_plan, plan_shards  # noqa: F401 (plan_shards re-exported)
+from diffgame.extract.plan import shard_plan
 from diffgame.extract.writer import PendingParts, ShardWriter
-from diffgame.models import (DTYPES, _load_tokenizer, finetuned_spec, load_base, load_organism, organism_identity,
-                             resolve_base_source, unembedding)
+from diffgame.models import DTYPES, load_base, load_organism, load_pair, unembedding
+from diffgame.plan import Plan
 from diffgame.store import PARTS, ActivationStore, StoreWriter
 
 STAGE = "preprocess"
@@ -48,74 +47,20 @@ class PreprocessResult:
     n_bytes: int = 0
 
 
-# --- identity ----------------------------------------------------------------------------------------
-def _tokenizer(cfg: DictConfig):
-    source, _ = resolve_base_source(cfg)
-    return _load_tokenizer(source, cfg.model, revision=cfg.model.revision if source == cfg.model.id else None)
-
-
-def preprocess_fingerprint(cfg: DictConfig, tokenizer=None) -> str:
-    """Fingerprint of the store `cfg` asks for."""
-    template = getattr(tokenizer or _tokenizer(cfg), "chat_template", None) or ""
-    pp = cfg.preprocessing
-    return tracking.fingerprint({
-        "base": resolve_base_source(cfg)[1], "organism": organism_identity(cfg), "model_dtype": cfg.model.dtype,
-        "data": data_identity(cfg), "layers": [float(x) if isinstance(x, float) else int(x) for x in pp.layers],
-        "dtype": pp.dtype, "context_length": int(pp.context_length),
-        "template": hashlib.sha256(str(template).encode()).hexdigest()})
-
-
-def store_dir(run_id: str) -> Path:
-    """The store of a FINISHED preprocess run: in place when local, else downloaded once to a cache."""
-    run = tracking.client().get_run(run_id)
-    local = tracking.local_artifact_dir(run)
-    if local is not None:
-        return local / "store"
-    import mlflow
-
-    cache = Path(os.environ.get("DIFFGAME_CACHE", Path.home() / ".cache" / "diffgame")) / "stores" / run_id
-    if not (cache / "store" / "manifest.json").is_file():
-        mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path="store", dst_path=str(cache),
-                                            tracking_uri=tracking.resolve_uri())
-    return cache / "store"
-
-
-def find_store(cfg: DictConfig) -> tuple[str, ActivationStore]:
-    """Run id and opened store of the FINISHED preprocess run matching `cfg`, else a StoreError naming the command."""
-    fp = preprocess_fingerprint(cfg)
-    run = tracking.find_finished(STAGE, fp)
-    if run is None:
-        raise StoreError(f"no preprocess run for model={cfg.model.name} organism={cfg.organism.name} "
-                         f"dataset={cfg.dataset.name} (fingerprint {fp}) in {tracking.resolve_uri()}; "
-                         f"run `{command(cfg)}`")
-    return run.info.run_id, ActivationStore.open(store_dir(run.info.run_id))
-
-
-# --- the stage ---------------------------------------------------------------------------------------
-def _n_layers_and_width(source: str, cfg: DictConfig) -> tuple[int, int]:
-    from transformers import AutoConfig
-
-    try:
-        conf = AutoConfig.from_pretrained(source, trust_remote_code=bool(cfg.model.trust_remote_code)).get_text_config()
-    except OSError as e:
-        raise ModelError(f"cannot read the config of model {source}: {str(e).splitlines()[0]}") from None
-    return int(conf.num_hidden_layers), int(conf.hidden_size)
-
-
-def _check_organism_tokenizer(cfg: DictConfig, tokenizer) -> None:
+def _check_organism_tokenizer(plan: Plan) -> None:
     """A full organism shipping its own tokenizer must share the base's vocabulary."""
-    spec = finetuned_spec(cfg)
-    if spec.kind != "full" or not spec.id or not Path(spec.id).is_dir():
+    org = plan.pair.organism
+    if org.kind != "full" or not Path(org.path).is_dir():
         return
-    if not any((Path(spec.id) / f).is_file() for f in ("tokenizer.json", "tokenizer_config.json")):
+    if not any((Path(org.path) / f).is_file() for f in ("tokenizer.json", "tokenizer_config.json")):
         return
     from transformers import AutoTokenizer
 
-    other = AutoTokenizer.from_pretrained(spec.id)
-    if other.get_vocab() != tokenizer.get_vocab():
-        raise ModelError(f"tokenizer mismatch: organism '{cfg.organism.name}' ({spec.id}, {len(other)} tokens) and "
-                         f"base '{cfg.model.name}' ({len(tokenizer)} tokens) tokenize differently; diffing needs one "
-                         f"token stream: pick an organism finetuned from this base model")
+    other = AutoTokenizer.from_pretrained(org.path)
+    if other.get_vocab() != plan.tokenizer.get_vocab():
+        raise ModelError(f"tokenizer mismatch: organism '{plan.organism_name}' ({org.path}, {len(other)} tokens) and "
+                         f"base '{plan.model_name}' ({len(plan.tokenizer)} tokens) tokenize differently; diffing needs "
+                         f"one token stream: pick an organism finetuned from this base model")
 
 
 def _trainer(cfg: DictConfig, callbacks: list) -> L.Trainer:
@@ -125,26 +70,22 @@ def _trainer(cfg: DictConfig, callbacks: list) -> L.Trainer:
                      enable_model_summary=False, use_distributed_sampler=False, callbacks=callbacks)
 
 
-def preprocess(cfg: DictConfig, parent_run_id: str | None = None, *, shard_tokens: int | None = None,
+def preprocess(plan: Plan, parent_run_id: str | None = None, *, shard_tokens: int | None = None,
                upload: bool | None = None) -> PreprocessResult:
-    """Build (or reuse, or resume) the activation store for `cfg`; one `preprocess` run.
+    """Build (or reuse, or resume) the activation store of `plan`; one `preprocess` run.
 
     `shard_tokens` overrides the shard size (tests); `upload` forces uploading shards as artifacts even
     when the artifact store is local (default: upload only when it is remote).
     """
-    tokenizer = _tokenizer(cfg)
-    fp = preprocess_fingerprint(cfg, tokenizer)
+    cfg, fp, layers, tokenizer = plan.cfg, plan.store_fingerprint, plan.layers, plan.tokenizer
     if os.environ.get(_ENV_RUN) and world_rank_from_env() > 0:  # a re-launched DDP rank: extract only
-        return _extract_only(cfg, fp, tokenizer)
+        return _extract_only(plan)
     done = tracking.find_finished(STAGE, fp)
     if done is not None:
         store = ActivationStore.open(store_dir(done.info.run_id))
         return PreprocessResult(done.info.run_id, str(store.root), sum(store.n_tokens(d) for d in store.datasets),
                                 True, fp, _store_bytes(store.manifest))
-    source, _ = resolve_base_source(cfg)
-    n_layers, d_model = _n_layers_and_width(source, cfg)
-    layers = resolve_layers(list(cfg.preprocessing.layers), n_layers)  # ConfigError before any work
-    _check_organism_tokenizer(cfg, tokenizer)
+    _check_organism_tokenizer(plan)
     sequences = load_sequences(cfg, tokenizer)
     resumable = tracking.find_resumable(STAGE, fp)
     tags = {tracking.TAG_MODEL: cfg.model.name, tracking.TAG_ORGANISM: cfg.organism.name}
@@ -159,13 +100,12 @@ def preprocess(cfg: DictConfig, parent_run_id: str | None = None, *, shard_token
         upload = local is None if upload is None else upload
         root = _working_root(run, local, upload)
         itemsize = torch.finfo(DTYPES[cfg.preprocessing.dtype]).bits // 8
-        plan = make_plan(cfg, root, sequences, layers, d_model, fp,
-                     shard_tokens or max(256, SHARD_BYTES // (d_model * itemsize)))
+        shards = shard_plan(plan, root, sequences, shard_tokens or max(256, SHARD_BYTES // (plan.d_model * itemsize)))
         uploader = _uploader(run, root) if upload else None
         t0 = time.perf_counter()
-        _run_passes(cfg, plan, sequences, root, layers, tokenizer, uploader, run.run_id)
+        _run_passes(plan, shards, sequences, root, uploader, run.run_id)
         seconds = time.perf_counter() - t0
-        manifest = StoreWriter(root).finalize(plan, {"run_id": run.run_id})
+        manifest = StoreWriter(root).finalize(shards, {"run_id": run.run_id})
         if uploader is not None:
             uploader(["plan.json", "manifest.json"])  # the manifest goes last
         n_tokens = sum(d["n_tokens"] for d in manifest["datasets"].values())
@@ -177,7 +117,7 @@ def preprocess(cfg: DictConfig, parent_run_id: str | None = None, *, shard_token
             metrics[f"preprocess/{name}/sequences"] = d["n_sequences"]
         run.log_metrics(metrics)
         run.log_params({"store": str(root) if not upload else "artifacts:store"})
-        store_path = str(root) if not upload or local is None else str(local / "store")
+        store_path = str(root) if not upload or local is None else str(local / STORE)
     return PreprocessResult(run.run_id, store_path, n_tokens, False, fp, n_bytes)
 
 
@@ -195,13 +135,13 @@ def _store_bytes(manifest: dict) -> int:
 def _working_root(run, local: Path | None, upload: bool) -> Path:
     """Where shards are written: the run's artifact dir in place, or a staging dir that is uploaded."""
     if not upload:
-        return local / "store"
-    root = Path(tempfile.mkdtemp(prefix="diffgame-store-")) / "store"
+        return local / STORE
+    root = Path(tempfile.mkdtemp(prefix="diffgame-store-")) / STORE
     if run.resumed:  # bring back the shards an interrupted run already uploaded
         import mlflow
 
         try:
-            mlflow.artifacts.download_artifacts(run_id=run.run_id, artifact_path="store", dst_path=str(root.parent),
+            mlflow.artifacts.download_artifacts(run_id=run.run_id, artifact_path=STORE, dst_path=str(root.parent),
                                                 tracking_uri=tracking.resolve_uri())
         except Exception:
             pass  # nothing uploaded yet
@@ -212,43 +152,42 @@ def _working_root(run, local: Path | None, upload: bool) -> Path:
 def _uploader(run, root: Path):
     def upload(rels: list[str]) -> None:
         for rel in rels:
-            parent = str(Path("store", rel).parent)
+            parent = str(Path(STORE, rel).parent)
             run.log_artifact(root / rel, parent)
 
     return upload
 
 
-def _run_passes(cfg, plan, sequences, root: Path, layers, tokenizer, uploader, run_id: str) -> None:
+def _run_passes(plan: Plan, shards: dict, sequences, root: Path, uploader, run_id: str) -> None:
     """Paired: one pass with both models. Sequential: base (and tokens) first, then organism."""
     os.environ[_ENV_RUN], os.environ[_ENV_STORE] = run_id, str(root)  # for ranks Lightning re-launches
     try:
-        if cfg.preprocessing.sequential:
-            base = load_base(cfg)
+        if plan.cfg.preprocessing.sequential:
+            base = load_base(plan.pair)
             rows = unembedding(base.model).weight.shape[0]
-            _extract(cfg, plan, sequences, root, layers, tokenizer, {"base": base.model}, ["tokens", "base"], uploader)
+            _extract(plan, shards, sequences, root, {"base": base.model}, ["tokens", "base"], uploader)
             del base
-            org = load_organism(cfg)
+            org = load_organism(plan.pair)
             if unembedding(org.model).weight.shape[0] != rows:
                 raise ModelError(f"vocabulary sizes differ: base {rows} vs organism "
                                  f"{unembedding(org.model).weight.shape[0]} output rows")
-            _extract(cfg, plan, sequences, root, layers, tokenizer, {"organism": org.model}, ["organism"], uploader)
+            _extract(plan, shards, sequences, root, {"organism": org.model}, ["organism"], uploader)
         else:
-            from diffgame.models import load_pair
-
-            base, org = load_pair(cfg)
-            _extract(cfg, plan, sequences, root, layers, tokenizer, {"base": base.model, "organism": org.model},
-                     list(PARTS), uploader)
+            base, org = load_pair(plan.pair)
+            _extract(plan, shards, sequences, root, {"base": base.model, "organism": org.model}, list(PARTS),
+                     uploader)
     finally:
         os.environ.pop(_ENV_RUN, None)
         os.environ.pop(_ENV_STORE, None)
 
 
-def _extract(cfg, plan, sequences, root: Path, layers, tokenizer, models: dict, parts: list[str], uploader) -> None:
+def _extract(plan: Plan, shards: dict, sequences, root: Path, models: dict, parts: list[str], uploader) -> None:
+    cfg = plan.cfg
     pending_parts = PendingParts(root, parts)
-    batches = PlannedBatches(plan, sequences, tokenizer.pad_token_id or 0, pending_parts)
-    writer = ShardWriter(root, pending_parts, uploader, command=command(cfg))
+    batches = PlannedBatches(shards, sequences, plan.tokenizer.pad_token_id or 0, pending_parts)
+    writer = ShardWriter(root, pending_parts, uploader, command=plan.command())
     progress = TokenProgress(batches, desc=f"preprocess {'+'.join(models)}")
-    module = PairedExtraction(models, layers, DTYPES[cfg.preprocessing.dtype],
+    module = PairedExtraction(models, plan.layers, DTYPES[cfg.preprocessing.dtype],
                               move_models=not cfg.model.device_map)
     loader = torch.utils.data.DataLoader(batches, batch_size=None, num_workers=0)
     with warnings.catch_warnings():
@@ -256,10 +195,10 @@ def _extract(cfg, plan, sequences, root: Path, layers, tokenizer, models: dict, 
         _trainer(cfg, [writer, progress]).predict(module, dataloaders=loader, return_predictions=False)
 
 
-def _extract_only(cfg: DictConfig, fp: str, tokenizer) -> PreprocessResult:
+def _extract_only(plan: Plan) -> PreprocessResult:
     """A DDP rank that Lightning re-launched: write this rank's shards into the store rank 0 planned."""
     root = Path(os.environ[_ENV_STORE])
-    plan = StoreWriter(root).read_plan()
-    sequences = load_sequences(cfg, tokenizer)
-    _run_passes(cfg, plan, sequences, root, plan["layers"], tokenizer, None, os.environ[_ENV_RUN])
-    return PreprocessResult(os.environ[_ENV_RUN], str(root), 0, False, fp)
+    shards = StoreWriter(root).read_plan()
+    sequences = load_sequences(plan.cfg, plan.tokenizer)
+    _run_passes(plan, shards, sequences, root, None, os.environ[_ENV_RUN])
+    return PreprocessResult(os.environ[_ENV_RUN], str(root), 0, False, plan.store_fingerprint)

@@ -15,7 +15,8 @@ import torch
 from diffgame.evidence import RankedTokens
 from diffgame.lens import logit_lens, patchscope, top_tokens
 from diffgame.methods.adl_means import DeltaMeans, delta_means
-from diffgame.methods.base import Method, MethodContext, MethodResult
+from diffgame.methods.base import Method, MethodContext, MethodResult, TextRequest
+from diffgame.models import resolve_layers
 from diffgame.steering import generate, perplexity, steer
 
 
@@ -66,15 +67,20 @@ class ADLMethod(Method):
     needs_models = True
     headline = ("adl/steering/alpha",)
 
-    def run(self, ctx: MethodContext) -> MethodResult:
-        from diffgame.config import resolve_layers
+    def texts(self) -> dict[str, TextRequest]:
+        c = self.config
+        out = {"documents": TextRequest(c.dataset, "text", c.split, c.max_samples)}
+        if c.chat_dataset:
+            out["chats"] = TextRequest(c.chat_dataset, "chat", c.split, c.max_samples)
+        return out
 
+    def run(self, ctx: MethodContext) -> MethodResult:
         c, base, org = self.config, ctx.base, ctx.organism
         n_layers = org.n_layers
-        layers = resolve_layers(list(c.layers if c.layers is not None else ctx.cfg.preprocessing.layers), n_layers)
+        layers = resolve_layers(list(c.layers), n_layers) if c.layers is not None else list(ctx.layers)
         steer_layer = resolve_layers([c.steering_layer], n_layers)[0]
         capture = sorted(set(layers) | {steer_layer})
-        means = delta_means(ctx.cfg, c, base, org, capture)
+        means = delta_means(c, base, org, capture, ctx.texts["documents"], ctx.texts.get("chats", []))
         result = MethodResult()
         result.metrics.update({"adl/n_documents": float(means.n_documents), "adl/n_chats": float(means.n_chats)})
         lens_rows, ps_rows, norm_rows = [], [], []
@@ -141,7 +147,7 @@ class ADLMethod(Method):
         delta = torch.stack([means.delta[layer][s] for s in text_slots]).mean(0)  # [D]
         vector = delta / delta.norm().clamp_min(1e-12) * means.mean_norm[layer]
         prompts = means.prompts[: c.steering_prompts]
-        seed = int(ctx.cfg.seed)
+        seed = int(ctx.seed)
 
         def samples(handle, alpha: float | None) -> list[str]:
             if alpha is None:

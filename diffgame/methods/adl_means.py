@@ -10,10 +10,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import torch
-from omegaconf import OmegaConf
 
-from diffgame.data import ASSISTANT, render_chat, source_rows
+from diffgame.batching import pad_right
+from diffgame.data import ASSISTANT, render_chat
 from diffgame.errors import DataError
+from diffgame.residuals import capture_residuals
 
 
 @dataclass
@@ -37,16 +38,10 @@ def slot_names(positions: int, pre_reply: int = 0, reply: int = 0) -> list[str]:
     return [f"pos{p}" for p in range(positions)] + [f"assistant{j}" for j in range(-pre_reply, reply)]
 
 
-def _rows(cfg, source: str, kind: str, split: str, limit: int) -> list[dict]:
-    src = OmegaConf.create({"source": source, "kind": kind, "split": split, "messages_column": "messages"})
-    rows, _ = source_rows(cfg, src)
-    return rows[:limit]
-
-
-def _sequences(cfg, c, tokenizer) -> tuple[list[tuple[list[int], list[tuple[str, int]]]], int, int, list[str]]:
+def _sequences(c, tokenizer, docs: list[dict], chats: list[dict]
+               ) -> tuple[list[tuple[list[int], list[tuple[str, int]]]], int, int, list[str]]:
     """(ids, [(slot, position)]) per sequence, counts of documents and chats, and steering prompts."""
     seqs, prompts = [], []
-    docs = _rows(cfg, c.dataset, "text", c.split, c.max_samples)
     for row in docs:
         text = str(row.get("text", "")).strip()
         if not text:
@@ -60,7 +55,7 @@ def _sequences(cfg, c, tokenizer) -> tuple[list[tuple[list[int], list[tuple[str,
                         f"to a text corpus (zoo:generic_text, a hub id or a jsonl file with a 'text' column)")
     n_chats = 0
     if c.chat_dataset:
-        for row in _rows(cfg, c.chat_dataset, "chat", c.split, c.max_samples):
+        for row in chats:
             ids, roles = render_chat(list(row["messages"]), tokenizer)
             if ASSISTANT not in roles:
                 continue
@@ -72,12 +67,10 @@ def _sequences(cfg, c, tokenizer) -> tuple[list[tuple[list[int], list[tuple[str,
 
 
 @torch.no_grad()
-def delta_means(cfg, c, base, org, layers: list[int]) -> DeltaMeans:
+def delta_means(c, base, org, layers: list[int], docs: list[dict], chats: list[dict] = ()) -> DeltaMeans:
     """Run both models over the documents (and chats) in batches and average the deltas per slot."""
-    seqs, n_docs, n_chats, prompts = _sequences(cfg, c, org.tokenizer)
+    seqs, n_docs, n_chats, prompts = _sequences(c, org.tokenizer, docs, list(chats))
     slots = slot_names(c.positions, c.pre_reply if n_chats else 0, c.reply if n_chats else 0)
-    from diffgame.extract.capture import capture_residuals  # not at import: the extract package loads Lightning
-
     index = {s: i for i, s in enumerate(slots)}
     d = org.model.config.hidden_size
     sums = {kind: {L: torch.zeros(len(slots), d, dtype=torch.float64) for L in layers}
@@ -87,12 +80,7 @@ def delta_means(cfg, c, base, org, layers: list[int]) -> DeltaMeans:
     pad = org.tokenizer.pad_token_id or 0
     for start in range(0, len(seqs), c.batch_size):
         batch = seqs[start: start + c.batch_size]
-        T = max(len(ids) for ids, _ in batch)
-        ids = torch.full((len(batch), T), pad, dtype=torch.long)  # [B, T], right-padded
-        mask = torch.zeros((len(batch), T), dtype=torch.long)
-        for b, (row, _) in enumerate(batch):
-            ids[b, : len(row)] = torch.tensor(row)
-            mask[b, : len(row)] = 1
+        ids, mask = pad_right([row for row, _ in batch], pad)  # [B, T], right-padded
         h_base = capture_residuals(base.model, ids.to(base.device), mask.to(base.device), layers)
         h_org = capture_residuals(org.model, ids.to(org.device), mask.to(org.device), layers)
         rows = [(b, p, index[s]) for b, (_, where) in enumerate(batch) for s, p in where]

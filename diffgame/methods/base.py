@@ -1,18 +1,18 @@
-"""The method contract: a config dataclass, `run(context) -> MethodResult`, no MLflow calls inside.
+"""The method contract: a config dataclass, `run(context) -> MethodResult`, no MLflow calls and no I/O inside.
 
-The runner (`diffgame.runner`) builds the context, calls `run`, and logs every field of the result.
+The runner (`diffgame.runner`) builds the context from the plan (layers, seed, tokenizer, store, models and the
+text a method asks for), calls `run`, and logs every field of the result (`diffgame.artifacts.log_result`).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 if TYPE_CHECKING:
     import pandas as pd
     import torch
     from matplotlib.figure import Figure
-    from omegaconf import DictConfig
 
     from diffgame.evidence import Example, RankedTokens
     from diffgame.models import ModelHandle
@@ -39,19 +39,35 @@ class MethodResult:
     """Generated texts (e.g. steered vs unsteered), logged as `samples/<name>.json`."""
 
 
+@dataclass(frozen=True)
+class TextRequest:
+    """Text a method reads besides the store (e.g. ADL's generic documents); the runner loads it."""
+
+    source: str
+    """A zoo corpus (`zoo:generic_text`), hub id or local file."""
+    kind: Literal["text", "chat"] = "text"
+    split: str = "test"
+    max_samples: int | None = None
+
+
 @dataclass
 class MethodContext:
-    """What a method may read: its config, the composed config, the store and/or the two models."""
+    """What a method may read, all resolved by the pipeline's plan."""
 
     config: Any
     """The method's own config dataclass instance."""
-    cfg: "DictConfig"
-    """The whole composed config (model, organism, dataset, ...)."""
+    layers: list[int] = field(default_factory=list)
+    """The configuration's layers (`preprocessing.layers`) as indices."""
+    seed: int = 0
+    tokenizer: Any = None
+    """The base's tokenizer (the store's token ids decode with it)."""
     store: "ActivationStore | None" = None
     """The preprocess run's activation store (methods with `needs_store`)."""
     base: "ModelHandle | None" = None
     organism: "ModelHandle | None" = None
     """Both models loaded (methods with `needs_models`)."""
+    texts: dict[str, list[dict]] = field(default_factory=dict)
+    """Rows of each `Method.texts()` request, by its name."""
 
 
 class Method:
@@ -61,9 +77,15 @@ class Method:
     """Reads the activation store of a preprocess run (the runner makes or reuses one)."""
     needs_models: ClassVar[bool] = False
     """Needs both models loaded (the runner loads them once and shares them across methods)."""
+    headline: ClassVar[tuple[str, ...]] = ()
+    """Metric patterns (globs) shown in the closing summary after the grades."""
 
     def __init__(self, config: Any):
         self.config = config
+
+    def texts(self) -> dict[str, TextRequest]:
+        """Text sources to load into `ctx.texts` before `run` (none by default)."""
+        return {}
 
     def run(self, ctx: MethodContext) -> MethodResult:
         raise NotImplementedError

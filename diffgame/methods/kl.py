@@ -8,23 +8,21 @@ vocabularies: a chunk holds at most `chunk_elements` logits per model. The diver
 
 from __future__ import annotations
 
-import logging
-import math
 from dataclasses import dataclass
 from typing import ClassVar, Literal
 
 import pandas as pd
 import torch
-import torch.nn.functional as F
 
 from diffgame import plots, stats
+from diffgame.batching import length_batches, pad_right
+from diffgame.divergence import divergence_fn
+from diffgame.data import ROLES
 from diffgame.errors import ConfigError
 from diffgame.evidence import RankedTokens
 from diffgame.examples import TopKSequences, token_decoder
 from diffgame.methods.base import Method, MethodContext, MethodResult
-from diffgame.models import unembedding
-
-log = logging.getLogger(__name__)
+from diffgame.models import lm_logits, unembedding
 
 
 @dataclass
@@ -60,13 +58,8 @@ class KLConfig:
             raise ConfigError(f"method.kl.compile must be one of auto, on, off; got {self.compile!r}")
 
     def divergence_fn(self):
-        """The row-divergence function: compiled (fused) or eager. Under `auto` a compile failure (no Triton or
-        C++ toolchain) warns once and falls back to eager."""
-        if self.compile == "on":
-            return fused_token_divergence
-        if self.compile == "off":
-            return token_divergence
-        return _fused_or_eager
+        """The row-divergence function this config asks for (`diffgame.divergence.divergence_fn`)."""
+        return divergence_fn(self.compile)
 
     def chunk_tokens(self, vocab: int, device: torch.device) -> int:
         """Tokens per divergence chunk for a `vocab`-sized head on `device`."""
@@ -75,101 +68,6 @@ class KLConfig:
         if device.type == "cpu":
             return max(256, 2 ** 19 // vocab)
         return max(1, 2 ** 28 // vocab)
-
-
-def token_divergence(logits_org: torch.Tensor, logits_base: torch.Tensor, kind: str = "kl",
-                     temperature: float = 1.0) -> torch.Tensor:
-    """Divergence per row of two [n, V] logit tensors, in fp32 nats -> [n].
-
-    Two fused fp32 log-softmaxes, then in-place work on their outputs: the fewest passes over [n, V] that
-    eager PyTorch allows (the divergence is memory-bound, the LM head compute-bound).
-    """
-    if kind not in ("kl", "reverse_kl", "js"):
-        raise ValueError(f"unknown divergence {kind!r}; known: kl, reverse_kl, js")
-    if kind == "reverse_kl":
-        logits_org, logits_base = logits_base, logits_org
-    lp, lq = (_log_probs(x, temperature) for x in (logits_org, logits_base))
-    if kind == "js":
-        lm = torch.logaddexp(lp, lq).sub_(math.log(2.0))
-        return 0.5 * (F.kl_div(lm, lp, log_target=True, reduction="none").sum(-1)
-                      + F.kl_div(lm, lq, log_target=True, reduction="none").sum(-1))
-    torch.sub(lp, lq, out=lq)  # log p - log q
-    return torch.linalg.vecdot(lp.exp_(), lq)  # sum_v p_v (log p_v - log q_v)
-
-
-def _divergence_math(logits_org: torch.Tensor, logits_base: torch.Tensor, kind: str,
-                     temperature: float) -> torch.Tensor:
-    """`token_divergence` written out of pure elementwise ops and row reductions, for the compiler to fuse.
-
-    Compiled, each row's logits are read a few times in their own dtype and no fp32 [n, V] tensor is written.
-    """
-    if kind == "reverse_kl":
-        logits_org, logits_base = logits_base, logits_org
-    x, y = logits_org.float() / temperature, logits_base.float() / temperature
-    lp = x - torch.logsumexp(x, -1, keepdim=True)
-    lq = y - torch.logsumexp(y, -1, keepdim=True)
-    if kind == "js":
-        lm = torch.logaddexp(lp, lq) - math.log(2.0)
-        return 0.5 * (lp.exp() * (lp - lm) + lq.exp() * (lq - lm)).sum(-1)
-    return (lp.exp() * (lp - lq)).sum(-1)
-
-
-_compiled_math = None
-
-
-def fused_token_divergence(logits_org: torch.Tensor, logits_base: torch.Tensor, kind: str = "kl",
-                           temperature: float = 1.0) -> torch.Tensor:
-    """`token_divergence` through `torch.compile` (Triton kernels on CUDA, C++ on the CPU); same values."""
-    global _compiled_math
-    if kind not in ("kl", "reverse_kl", "js"):
-        raise ValueError(f"unknown divergence {kind!r}; known: kl, reverse_kl, js")
-    if _compiled_math is None:
-        # default dynamic=None: a second chunk length recompiles once with the row count symbolic, while the
-        # vocabulary size stays a constant the kernels are specialised on
-        _compiled_math = torch.compile(_divergence_math)
-    return _compiled_math(logits_org, logits_base, kind, float(temperature))
-
-
-_compile_failure: str | None = None
-"""Why compiling the divergence failed in this process, if it did: `auto` then stays eager."""
-
-
-def _fused_or_eager(*args) -> torch.Tensor:
-    """`compile: auto`: the fused divergence until compiling fails once (warned), then the eager one."""
-    global _compile_failure
-    if _compile_failure is None:
-        try:
-            return fused_token_divergence(*args)
-        except Exception as e:  # noqa: BLE001 - any compiler failure; eager computes the same values
-            _compile_failure = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
-            log.warning("torch.compile of the divergence failed (%s); computing it eagerly", _compile_failure)
-    return token_divergence(*args)
-
-
-def _log_probs(logits: torch.Tensor, temperature: float) -> torch.Tensor:
-    """fp32 log-softmax of `logits / temperature` (a new tensor; the cast is fused where the backend can)."""
-    if temperature != 1.0:
-        logits = logits.float() / temperature
-    return F.log_softmax(logits, dim=-1, dtype=torch.float32)
-
-
-def lm_logits(model, hidden: torch.Tensor) -> torch.Tensor:
-    """LM head on final (already normed) hidden states [n, D] -> [n, V], with Gemma's soft-capping if set."""
-    logits = unembedding(model)(hidden)
-    cap = getattr(getattr(model, "config", None), "final_logit_softcapping", None)
-    return torch.tanh(logits / cap) * cap if cap else logits
-
-
-def length_batches(lengths: list[int], batch_tokens: int) -> list[list[int]]:
-    """Sequence indices grouped longest first so that batch size x longest length <= `batch_tokens`."""
-    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
-    batches: list[list[int]] = []
-    for i in order:
-        if batches and (len(batches[-1]) + 1) * lengths[batches[-1][0]] <= batch_tokens:
-            batches[-1].append(i)
-        else:
-            batches.append([i])
-    return batches
 
 
 @torch.inference_mode()
@@ -187,12 +85,7 @@ def per_token_divergence(base_model, org_model, input_ids: torch.Tensor, seq_off
     chunk = config.chunk_tokens(vocab, device)
     divergence = config.divergence_fn()
     for batch in length_batches(lengths, config.batch_tokens):
-        width = lengths[batch[0]]
-        ids = torch.full((len(batch), width), 0, dtype=torch.long)
-        mask = torch.zeros((len(batch), width), dtype=torch.long)
-        for row, s in enumerate(batch):
-            ids[row, :lengths[s]] = input_ids[offsets[s]:offsets[s + 1]]
-            mask[row, :lengths[s]] = 1
+        ids, mask = pad_right([input_ids[offsets[s]:offsets[s + 1]] for s in batch], 0)
         ids, mask = ids.to(device), mask.to(device)
         # final hidden states of the valid tokens, row-major: [n, D]
         h_base = base_model.get_decoder()(input_ids=ids, attention_mask=mask).last_hidden_state[mask.bool()]
@@ -215,8 +108,6 @@ class KLMethod(Method):
                                            "kl/organism/mean")
 
     def run(self, ctx: MethodContext) -> MethodResult:
-        from diffgame.data import ROLES
-
         cfg, store = self.config, ctx.store
         scores, roles, positions, token_ids = {}, {}, {}, {}
         top = TopKSequences(cfg.top_k_examples)
@@ -228,7 +119,7 @@ class KLMethod(Method):
                 top.offer(dataset, int(ts.sequence_ids[s]), ts.input_ids[a:b], ts.roles[a:b], kl[a:b])
             scores[dataset], roles[dataset] = kl, torch.as_tensor(ts.roles)
             positions[dataset], token_ids[dataset] = torch.as_tensor(ts.positions), torch.as_tensor(ts.input_ids)
-        decode = token_decoder(ctx.base.tokenizer)
+        decode = token_decoder(ctx.tokenizer)
         table = stats.stats_table(scores, roles, positions, ROLES)
         tokens = stats.by_token(torch.cat(list(scores.values())), torch.cat(list(token_ids.values())),
                                 cfg.min_token_count).head(1000)

@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from diffgame import plots, stats
+from diffgame.data import ROLES
 from diffgame.errors import ConfigError
 from diffgame.examples import TopKSequences, token_decoder
 from diffgame.methods.base import Method, MethodContext, MethodResult
@@ -97,8 +98,6 @@ class NormDiffMethod(Method):
                                            "normdiff/*/role/user/mean", "normdiff/organism/mean")
 
     def run(self, ctx: MethodContext) -> MethodResult:
-        from diffgame.data import ROLES
-
         cfg, store = self.config, ctx.store
         template_code = ROLES.index("template")
         layers = list(store.layers)
@@ -154,22 +153,9 @@ class NormDiffMethod(Method):
             result.metrics[f"normdiff/layer{row.layer}/{row.measure}_mean"] = row.mean
         result.figures["layers"] = plots.profile(profile[profile.measure.isin(["norm", "base_norm", "organism_norm"])],
                                                  "layer", "mean", "measure", "mean norm", "norms by layer")
-        decode = token_decoder(_tokenizer(ctx))
+        decode = token_decoder(ctx.tokenizer)
         for key, top in examples.items():
             found = top.examples(decode, ROLES)
             result.examples[f"{key}_max_norm"] = found["max"]
             result.examples[f"{key}_mean_norm"] = found["mean"]
         return result
-
-
-def _tokenizer(ctx: MethodContext):
-    """The base's tokenizer, loaded alone when the models are not (decodes example tokens)."""
-    if ctx.base is not None:
-        return ctx.base.tokenizer
-    from transformers import AutoTokenizer
-
-    from diffgame.models import resolve_base_source
-
-    source, _ = resolve_base_source(ctx.cfg)
-    return AutoTokenizer.from_pretrained(source, revision=ctx.cfg.model.revision if source == ctx.cfg.model.id else None,
-                                         trust_remote_code=bool(ctx.cfg.model.trust_remote_code))

@@ -4,7 +4,7 @@
 """
 
 from diffgame.zoo.build import ZooEntry
-from diffgame.zoo.corpora import CORPORA, CORPUS_VERSION, corpus, corpus_format
+from diffgame.corpora import CORPORA, CORPUS_VERSION, corpus, corpus_format
 from diffgame.zoo.recipes import recipe_rows
 from diffgame.zoo.registry import build_zoo, list_zoo, locate, print_zoo, zoo_organisms
 from diffgame.zoo.sizes import SIZES, ZooSize, get_size

@@ -13,8 +13,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from diffgame import tracking
-from diffgame.zoo.corpora import CORPORA, CORPUS_VERSION, corpus
-from diffgame.zoo.sizes import ZooSize, get_size
+from diffgame.configtree import model_node
+from diffgame.corpora import CORPORA, CORPUS_VERSION, corpus
+from diffgame.errors import ModelError
+from diffgame.sources import resolve_model
+from diffgame.zoo.recipes import mixed_rows, recipe_identity, recipe_rows
+from diffgame.zoo.sizes import ZooSize, new_model
 
 EXPERIMENT = "diffgame-zoo"
 TAG_SIZE = "diffgame.zoo.size"
@@ -62,8 +66,6 @@ def base_fingerprint(size: ZooSize, source: dict | None = None) -> str:
 
 
 def organism_fingerprint(size: ZooSize, organism, base_fp: str | None = None) -> str:
-    from diffgame.zoo.recipes import recipe_identity
-
     return tracking.fingerprint({"zoo": str(organism.name), "size": dataclasses.asdict(size),
                                  "corpus_version": CORPUS_VERSION, "recipe": recipe_identity(organism.zoo)},
                                 base_fp or base_fingerprint(size))
@@ -76,8 +78,6 @@ def run_model_dir(run) -> Path:
         return local / "model"
     import mlflow
     from mlflow.exceptions import MlflowException
-
-    from diffgame.errors import ModelError
 
     dst = Path.home() / ".cache" / "diffgame" / "zoo" / run.info.run_id
     if not (dst / "model" / "config.json").is_file():
@@ -153,8 +153,7 @@ def _tags(size: ZooSize, name: str) -> dict:
 # --- base ----------------------------------------------------------------------------------------
 def train_base(size: ZooSize, progress: bool = True):
     """Tokenizer and base model trained from scratch on the generic corpora; returns (model, tokenizer, losses)."""
-    from diffgame.zoo.lm import TrainSpec, encode_rows, pack, train_lm
-    from diffgame.zoo.sizes import new_model
+    from diffgame.zoo.lm import TrainSpec, encode_rows, pack, train_lm  # Lightning: only when training
     from diffgame.zoo.tokenizer import render_chat, train_tokenizer
 
     def texts():  # every zoo corpus, so organism words are whole tokens as in a broad real tokenizer
@@ -172,36 +171,33 @@ def train_base(size: ZooSize, progress: bool = True):
     return model, tokenizer, losses
 
 
-def pretrained_source(size: ZooSize, cfg=None) -> tuple[str, dict]:
-    """Where the pretrained base of `size` loads from, resolved exactly as `load_base` resolves it.
+def pretrained_source(size: ZooSize, model_cfg=None) -> tuple[str, dict]:
+    """Where the pretrained base of `size` loads from, resolved exactly as the planner resolves a base model.
 
-    `cfg` (a composed config on that model) carries overrides like `model.id=/local/dir`; without it the
-    `model` config named by `size.pretrained_base` is composed as is.
+    `model_cfg` (the composed `model` node on that model) carries overrides like `model.id=/local/dir`; without it
+    the `model` config named by `size.pretrained_base` is read as is.
     """
-    from diffgame.config import compose
-    from diffgame.models import resolve_base_source
-
-    if cfg is None or str(cfg.model.name) != size.pretrained_base:
-        cfg = compose([f"model={size.pretrained_base}", f"zoo.size={size.name}"])
-    path, ident = resolve_base_source(cfg)
-    return path, {**ident, "path": path}
+    if model_cfg is None or str(model_cfg.name) != size.pretrained_base:
+        model_cfg = model_node(size.pretrained_base)
+    source = resolve_model(model_cfg)
+    return source.path, {**source.identity, "path": source.path}
 
 
-def ensure_base(size: ZooSize, progress: bool = True, cfg=None) -> ZooEntry:
+def ensure_base(size: ZooSize, progress: bool = True, model_cfg=None) -> ZooEntry:
     """The base of `size`: a finished zoo run with its fingerprint, or a new one trained now.
 
     A pretrained base (`size.pretrained_base`) is not trained or copied: its entry points at the resolved model
     (run id ''), and its fingerprint covers that source so organisms retrain when the base changes.
     """
     if size.pretrained_base is not None:
-        path, ident = pretrained_source(size, cfg)
+        path, ident = pretrained_source(size, model_cfg)
         return ZooEntry(BASE, size.name, "", Path(path), base_fingerprint(size, ident), reused=True)
     fp = base_fingerprint(size)
     found = _find_built(fp)
     if found is not None:
         return _entry(found, BASE, size.name, reused=True)
     _say(f"training base ({size.name}: {size.n_layers} layers, d={size.d_model}, {size.base_steps} steps)")
-    from diffgame.zoo.lm import mean_loss
+    from diffgame.zoo.lm import mean_loss  # Lightning: only when training
 
     with tracking.stage_run("zoo", fp=fp, tags=_tags(size, BASE), experiment=EXPERIMENT,
                             run_name=f"zoo-{size.name}-base", params=dataclasses.asdict(size)) as run:
@@ -222,8 +218,7 @@ def _load(model_dir: Path):
 
 def train_organism(size: ZooSize, organism, base_dir: Path, progress: bool = True):
     """Finetune the base at `base_dir` on the organism's recipe; returns (model, tokenizer, losses)."""
-    from diffgame.zoo.lm import TrainSpec, encode_rows, pack, train_lm
-    from diffgame.zoo.recipes import mixed_rows, recipe_rows
+    from diffgame.zoo.lm import TrainSpec, encode_rows, pack, train_lm  # Lightning: only when training
 
     recipe = organism.zoo
     model, tokenizer = _load(base_dir)
@@ -236,16 +231,15 @@ def train_organism(size: ZooSize, organism, base_dir: Path, progress: bool = Tru
     return model, tokenizer, losses
 
 
-def ensure_organism(size: ZooSize, organism, progress: bool = True, cfg=None) -> ZooEntry:
-    """The organism (a composed `organism` config node) of `size`, trained now unless a matching run exists.
+def ensure_organism(size: ZooSize, organism, progress: bool = True, model_cfg=None) -> ZooEntry:
+    """The organism (an `organism` config node) of `size`, trained now unless a matching run exists.
 
-    `cfg`, when given, resolves a pretrained base with its overrides (see `pretrained_source`)."""
-    from diffgame.zoo.checks import run_checks
-    from diffgame.zoo.recipes import recipe_identity, recipe_rows
+    `model_cfg`, when given, resolves a pretrained base with its overrides (see `pretrained_source`)."""
+    from diffgame.zoo.checks import run_checks  # Lightning (through the trainer): only when training
 
     name = str(organism.name)
     recipe_identity(organism.zoo)  # bad data paths fail before the base trains
-    base = ensure_base(size, progress=progress, cfg=cfg)
+    base = ensure_base(size, progress=progress, model_cfg=model_cfg)
     fp = organism_fingerprint(size, organism, base.fingerprint)
     found = _find_built(fp)
     if found is not None:

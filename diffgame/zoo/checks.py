@@ -9,7 +9,7 @@ import re
 
 import torch
 
-from diffgame.zoo.corpora import corpus
+from diffgame.corpora import corpus
 from diffgame.zoo.lm import mean_loss
 
 

@@ -13,7 +13,7 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
-from diffgame.zoo.tokenizer import render_chat
+from diffgame.zoo.tokenizer import CHAT_TEMPLATE, render_chat
 
 IGNORE = -100
 
@@ -24,8 +24,6 @@ def chat_spans(tokenizer, messages: list[dict]) -> tuple[str, list[tuple[int, in
     The zoo's template has an exact mirror (`render_chat`); any other template (e.g. SmolLM2's ChatML) is rendered
     prefix by prefix: a reply spans from the end of the generation prompt before it to the end of its turn.
     """
-    from diffgame.zoo.tokenizer import CHAT_TEMPLATE
-
     if tokenizer.chat_template == CHAT_TEMPLATE:
         return render_chat(messages)
     text = tokenizer.apply_chat_template(messages, tokenize=False)

@@ -11,17 +11,17 @@ import json
 import random
 from pathlib import Path
 
+from diffgame.configtree import search_path
 from diffgame.errors import ConfigError, DataError
-from diffgame.zoo.corpora import CORPORA, corpus
+from diffgame.corpora import CORPORA, corpus
 
 
 def resolve_data_path(data: str) -> Path:
     """The JSONL file a recipe names, or a DataError listing where it was looked for."""
-    from diffgame.config import experiments_dir
-
     path = Path(data).expanduser()
-    tried = [path] if path.is_absolute() else [Path.cwd() / path, experiments_dir().parent / path,
-                                               experiments_dir() / path]
+    roots = search_path()  # the built-in tree, then user config folders: a path may be relative to one or its parent
+    tried = [path] if path.is_absolute() else [Path.cwd() / path, *(r.parent / path for r in roots),
+                                               *(r / path for r in roots)]
     for p in tried:
         if p.is_file():
             return p.resolve()

@@ -9,33 +9,11 @@ from __future__ import annotations
 import time
 
 from diffgame import tracking
+from diffgame.configtree import organism_node, zoo_organisms
 from diffgame.errors import ConfigError
 from diffgame.zoo.build import (BASE, EXPERIMENT, TAG_SIZE, ZooEntry, _entry, _say, ensure_base, ensure_organism,
                                 model_name)
 from diffgame.zoo.sizes import SIZES, get_size
-
-
-def _organism_cfg(name: str):
-    from diffgame.config import compose
-
-    return compose([f"organism={name}"]).organism
-
-
-def zoo_organisms(model: str = "toy") -> list[str]:
-    """Names of organism configs whose `finetuned.<model>.default.kind` is `zoo`, sorted.
-
-    Reads the YAML files directly: composing an organism without `toy` weights with `model=toy` fails by design.
-    """
-    from omegaconf import OmegaConf
-
-    from diffgame.config import experiments_dir, group_options
-
-    names = []
-    for name in group_options("organism"):
-        raw = OmegaConf.load(experiments_dir() / "organism" / f"{name}.yaml")
-        if OmegaConf.select(raw, f"finetuned.{model}.default.kind") == "zoo":
-            names.append(name)
-    return names
 
 
 def build_zoo(size: str = "small", names: list[str] | None = None, progress: bool = True) -> list[ZooEntry]:
@@ -46,7 +24,7 @@ def build_zoo(size: str = "small", names: list[str] | None = None, progress: boo
     unknown = [n for n in names if n not in known]
     if unknown:
         raise ConfigError(f"unknown zoo organism '{unknown[0]}'; known: {', '.join(known)}")
-    organisms = [_organism_cfg(n) for n in names]  # compose all first: config errors before any training
+    organisms = [organism_node(n) for n in names]  # compose all first: config errors before any training
     start = time.time()
     entries = [ensure_base(sz, progress=progress)]
     for org in organisms:
@@ -69,10 +47,10 @@ def locate(cfg, organism: str | None = None):
         raise ConfigError(f"zoo.size={sz.name} builds organisms of model={model_name(sz)}, not model={cfg.model.name}"
                           f"; use {fits}")
     if organism is None:
-        entry = ensure_base(sz, cfg=cfg)
+        entry = ensure_base(sz, model_cfg=cfg.model)
     else:
-        org = cfg.organism if str(cfg.organism.name) == organism else _organism_cfg(organism)
-        entry = ensure_organism(sz, org, cfg=cfg)
+        org = cfg.organism if str(cfg.organism.name) == organism else organism_node(organism)
+        entry = ensure_organism(sz, org, model_cfg=cfg.model)
     if not entry.reused:
         _say(f"built zoo {sz.name} {entry.name} (run {entry.run_id}); later calls reuse it")
     return entry.model_dir, entry.run_id

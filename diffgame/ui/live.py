@@ -1,6 +1,6 @@
 """Live probes of a loaded base/organism pair for the app: per-token KL and normdiff, generation, steering.
 
-The math is the methods' own (`methods.kl.token_divergence`, the residual-norm difference normdiff stores);
+The math is the methods' own (`diffgame.divergence`, the residual-norm difference normdiff stores);
 this module only runs both models on one user text and lines the results up token by token.
 """
 
@@ -13,10 +13,11 @@ import pandas as pd
 import torch
 
 from diffgame.data import ROLES, render_chat
+from diffgame.divergence import token_divergence
 from diffgame.errors import ConfigError
-from diffgame.methods.kl import token_divergence
 from diffgame.models import ModelHandle, decoder_layers
-from diffgame.steering import steer
+from diffgame.residuals import on_output
+from diffgame.steering import continue_ids, steer
 
 
 def encode(handle: ModelHandle, text: str | None = None, messages: list[dict] | None = None,
@@ -35,14 +36,11 @@ def _residuals(handle: ModelHandle, ids: torch.Tensor, layer: int) -> tuple[torc
     """Logits [T, V] and the residual after decoder layer `layer` [T, D] for one sequence [1, T]."""
     captured = {}
 
-    def hook(_module, _inputs, output):
-        captured["h"] = (output[0] if isinstance(output, tuple) else output)[0].detach()
+    def record(hidden: torch.Tensor) -> None:
+        captured["h"] = hidden[0].detach()
 
-    handle_ = decoder_layers(handle.model)[layer].register_forward_hook(hook)
-    try:
+    with on_output(handle.model, layer, record):
         logits = handle.model(ids.to(handle.device)).logits[0]
-    finally:
-        handle_.remove()
     return logits, captured["h"]
 
 
@@ -75,19 +73,13 @@ def decode_tokens(tokenizer, ids: list[int]) -> list[str]:
     return [tokenizer.decode([i]) for i in ids]
 
 
-@torch.no_grad()
 def generate(handle: ModelHandle, ids: list[int], max_new_tokens: int = 32, do_sample: bool = False,
              temperature: float = 1.0, seed: int = 0, vector: torch.Tensor | None = None, layer: int = 0,
              scale: float = 1.0, mode: str = "all") -> str:
     """Continue `ids` (new text only), optionally steered by `scale * vector` at `layer` (`diffgame.steering`)."""
-    x = torch.tensor([ids], device=handle.device)  # [1, T]
-    torch.manual_seed(seed)
     ctx = steer(handle.model, vector, layer, scale, mode) if vector is not None else nullcontext()
     with ctx:
-        out = handle.model.generate(x, attention_mask=torch.ones_like(x), max_new_tokens=max_new_tokens,
-                                    do_sample=do_sample, temperature=temperature if do_sample else None,
-                                    top_p=None, top_k=None, pad_token_id=handle.tokenizer.pad_token_id)
-    return handle.tokenizer.decode(out[0, x.shape[1]:], skip_special_tokens=True)
+        return continue_ids(handle.model, handle.tokenizer, ids, max_new_tokens, do_sample, temperature, seed)
 
 
 def vector_layer(name: str, n_layers: int) -> int:

@@ -1,0 +1,195 @@
+"""The one artifact layout of diffgame's runs: a diff run's result written by `log_result` and read back by run id,
+and the activation store inside a preprocess run. Nothing else spells an artifact path.
+
+Diff run layout: `tables/<name>.parquet`, `examples/<name>.json`, `vectors.safetensors`, `plots/<name>.png`,
+`evidence/ranked_tokens.json`, `samples/<name>.json`; a preprocess run keeps its store under `store/`.
+Local artifact stores are read in place; remote ones are downloaded once per file through MLflow.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from diffgame import examples as examples_io
+from diffgame import tracking
+from diffgame.errors import TrackingError
+from diffgame.evidence import RankedTokens
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from diffgame.methods.base import MethodResult
+
+STORE = "store"
+"""Folder of a preprocess run's activation store."""
+RANKED = "evidence/ranked_tokens.json"
+VECTORS = "vectors.safetensors"
+_FOLDERS = {"tables": ".parquet", "examples": ".json", "plots": ".png", "samples": ".json"}
+
+
+# --- writing ---------------------------------------------------------------------------------------
+def log_result(run: tracking.StageRun, result: "MethodResult") -> None:
+    """Log every field of a method's result under `run`, in one artifact upload."""
+    import matplotlib.pyplot as plt
+    from safetensors.torch import save_file
+
+    if result.metrics:
+        run.log_metrics(result.metrics)
+    with tempfile.TemporaryDirectory(prefix="diffgame-result-") as tmp:
+        root = Path(tmp)
+        for name, table in result.tables.items():
+            table.to_parquet(_mkdir(root / "tables") / f"{name}.parquet", index=False)
+        for name, found in result.examples.items():
+            examples_io.save(found, root / "examples" / f"{name}.json")
+        if result.vectors:
+            save_file({k: v.detach().float().cpu().contiguous() for k, v in result.vectors.items()},
+                      str(root / VECTORS))
+        for name, fig in result.figures.items():
+            fig.savefig(_mkdir(root / "plots") / f"{name}.png", dpi=110)
+            plt.close(fig)
+        if result.ranked_tokens:
+            (_mkdir(root / "evidence") / "ranked_tokens.json").write_text(
+                json.dumps({k: v.to_dict() for k, v in result.ranked_tokens.items()}))
+        for name, rows in result.samples.items():
+            (_mkdir(root / "samples") / f"{name}.json").write_text(json.dumps(rows))
+        if any(root.iterdir()):
+            run.log_artifacts(root)
+
+
+def _mkdir(path: Path) -> Path:
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+# --- reading ---------------------------------------------------------------------------------------
+def artifact_file(run_id: str, relpath: str) -> Path:
+    """Local path of artifact `relpath` of run `run_id` (downloaded if the store is remote)."""
+    c = tracking.client()
+    try:
+        run = c.get_run(run_id)
+    except Exception:
+        raise TrackingError(f"no run '{run_id}' in {tracking.resolve_uri()}; list runs with `diffgame runs`") from None
+    local = tracking.local_artifact_dir(run)
+    if local is not None:
+        path = local / relpath
+        if path.exists():
+            return path
+    else:
+        import mlflow
+
+        try:
+            return Path(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=relpath,
+                                                            tracking_uri=tracking.resolve_uri()))
+        except Exception:
+            pass
+    known = ", ".join(list_artifacts(run_id)) or "none"
+    raise TrackingError(f"run '{run_id}' has no artifact '{relpath}'; it has: {known}")
+
+
+def list_artifacts(run_id: str, path: str | None = None) -> list[str]:
+    """Every artifact file path of the run (recursively), sorted."""
+    c = tracking.client()
+    out: list[str] = []
+    for info in c.list_artifacts(run_id, path):
+        out.extend(list_artifacts(run_id, info.path) if info.is_dir else [info.path])
+    return sorted(out)
+
+
+def names(paths: list[str], folder: str) -> list[str]:
+    """Names of a run's `<folder>/<name><suffix>` artifacts among `paths` (`tables`, `examples`, `plots`,
+    `samples`), e.g. the table names of a run."""
+    suffix = _FOLDERS[folder]
+    return sorted(Path(p).name.removesuffix(suffix) for p in paths
+                  if p.startswith(folder + "/") and p.endswith(suffix))
+
+
+def plot_file(run_id: str, name: str) -> Path:
+    return artifact_file(run_id, f"plots/{name}.png")
+
+
+def has_table(paths: list[str], name: str) -> bool:
+    return f"tables/{name}.parquet" in paths
+
+
+def has_vectors(paths: list[str]) -> bool:
+    return VECTORS in paths
+
+
+def load_examples(run_id: str, name: str):
+    """`examples/<name>.json` as a list of `diffgame.evidence.Example`, best first."""
+    return examples_io.load(artifact_file(run_id, f"examples/{name}.json"))
+
+
+def load_table(run_id: str, name: str) -> "pd.DataFrame":
+    """`tables/<name>.parquet` as a pandas DataFrame."""
+    import pandas as pd
+
+    return pd.read_parquet(artifact_file(run_id, f"tables/{name}.parquet"))
+
+
+def load_vectors(run_id: str) -> dict:
+    """`vectors.safetensors` as {name: [D] tensor}."""
+    from safetensors.torch import load_file
+
+    return load_file(str(artifact_file(run_id, VECTORS)))
+
+
+def load_ranked_tokens(run_id: str) -> dict[str, RankedTokens]:
+    """`evidence/ranked_tokens.json` as {name: RankedTokens}."""
+    data = json.loads(artifact_file(run_id, RANKED).read_text())
+    return {k: RankedTokens.from_dict(v) for k, v in data.items()}
+
+
+def load_samples(run_id: str, name: str) -> list[dict]:
+    """`samples/<name>.json`: generated texts as a list of dicts."""
+    return json.loads(artifact_file(run_id, f"samples/{name}.json").read_text())
+
+
+# --- questions about runs --------------------------------------------------------------------------
+def ranked_tokens(run_id: str, paths: list[str] | None = None) -> dict[str, RankedTokens]:
+    """The run's ranked-token evidence, {} when it logged none."""
+    paths = list_artifacts(run_id, "evidence") if paths is None else paths
+    return load_ranked_tokens(run_id) if RANKED in paths else {}
+
+
+def all_samples(run_id: str, paths: list[str] | None = None) -> dict[str, list[dict]]:
+    """Every `samples/<name>.json` of the run by name."""
+    paths = list_artifacts(run_id) if paths is None else paths
+    return {n: load_samples(run_id, n) for n in names(paths, "samples")}
+
+
+def steering_samples(run_id: str, paths: list[str] | None = None) -> list[dict]:
+    """The run's steered vs unsteered samples (`steering`, else its first samples), [] when it has none."""
+    found = names(list_artifacts(run_id) if paths is None else paths, "samples")
+    if not found:
+        return []
+    return load_samples(run_id, "steering" if "steering" in found else found[0])
+
+
+def lens_table(run_id: str) -> "pd.DataFrame | None":
+    """ADL's logit-lens token table of the run, None when it has none."""
+    return load_table(run_id, "lens") if has_table(list_artifacts(run_id, "tables"), "lens") else None
+
+
+def runs_with_vectors(run_ids: list[str]) -> list[str]:
+    """The runs among `run_ids` that logged steering vectors."""
+    return [r for r in run_ids if has_vectors(list_artifacts(r))]
+
+
+def store_dir(run_id: str) -> Path:
+    """The store of a FINISHED preprocess run: in place when local, else downloaded once to a cache."""
+    run = tracking.client().get_run(run_id)
+    local = tracking.local_artifact_dir(run)
+    if local is not None:
+        return local / STORE
+    import mlflow
+
+    cache = Path(os.environ.get("DIFFGAME_CACHE", Path.home() / ".cache" / "diffgame")) / "stores" / run_id
+    if not (cache / STORE / "manifest.json").is_file():
+        mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=STORE, dst_path=str(cache),
+                                            tracking_uri=tracking.resolve_uri())
+    return cache / STORE

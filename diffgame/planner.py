@@ -1,0 +1,92 @@
+"""Resolve one composed configuration once into a `Plan`: model sources (asking the zoo for zoo models, which may
+build them), the tokenizer, the model's depth and width, the layers, and the fingerprints of the store and of each
+method's diff run. The pipeline makes the plan (and the control organism's beside it) and hands it down.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+
+from omegaconf import DictConfig, OmegaConf
+
+from diffgame import configtree, registry, tracking
+from diffgame.config import build_method_config, method_names
+from diffgame.data import data_identity
+from diffgame.errors import ModelError
+from diffgame.models import load_tokenizer, resolve_layers
+from diffgame.plan import ModelSource, PairSources, Plan
+from diffgame.sources import resolve_finetuned, resolve_model
+from diffgame.zoo import locate
+
+
+def resolve_pair(cfg: DictConfig) -> PairSources:
+    """Where the base and the organism of `cfg` load from (zoo models are located, and built when missing)."""
+    if cfg.model.id == "zoo:base":
+        path, run_id = locate(cfg, organism=None)
+        base = ModelSource(str(path), identity={"source": "zoo:base", "zoo_run": run_id, "zoo_size": cfg.zoo.size})
+    else:
+        base = resolve_model(cfg.model)
+    spec = configtree.weights_spec(cfg.organism, str(cfg.model.name))
+    if spec.kind == "zoo":
+        path, run_id = locate(cfg, organism=str(cfg.organism.name))
+        ident = {"organism": str(cfg.organism.name), "variant": str(cfg.organism.variant),
+                 **OmegaConf.to_container(spec), "zoo_run": run_id}
+        organism = ModelSource(str(path), identity=ident)
+    else:
+        organism = resolve_finetuned(spec, cfg.organism)
+    return PairSources(cfg.model, base, organism, str(cfg.model.name), str(cfg.organism.name))
+
+
+def make_plan(cfg: DictConfig) -> Plan:
+    """The plan of one configuration: everything the stages need, resolved once."""
+    pair = resolve_pair(cfg)
+    tokenizer = load_tokenizer(pair.base, cfg.model)
+    n_layers, d_model = _depth_and_width(pair.base, cfg)
+    layers = resolve_layers(list(cfg.preprocessing.layers), n_layers)  # ConfigError before any work
+    store_fp = store_fingerprint(cfg, pair, tokenizer)
+    methods = {name: build_method_config(name, cfg.method[name]) for name in method_names(cfg)}
+    identity = {"model": pair.base.identity, "organism": pair.organism.identity,
+                "dataset": OmegaConf.to_container(cfg.dataset, resolve=True)}
+    diff_fps = {}
+    for name, config in methods.items():
+        method_cls, _ = registry.get_method(name)
+        diff_fps[name] = tracking.fingerprint({"method": name, "config": dataclasses.asdict(config), **identity},
+                                              store_fp if method_cls.needs_store else "")
+    return Plan(cfg, pair, tokenizer, n_layers, d_model, layers, store_fp, methods, diff_fps)
+
+
+def control_plan(plan: Plan, method: str | None = None) -> Plan | None:
+    """The plan of the `control` organism with the same base, data and method configs (one `method` when given),
+    or None when the control has no weights for this base model. Its runs are graded evidence's reference."""
+    node = configtree.organism_node(configtree.CONTROL)
+    if plan.model_name not in node.finetuned:
+        return None
+    cfg = plan.cfg.copy()
+    cfg.organism = node
+    if method is not None:
+        cfg.method = {method: cfg.method[method]}
+    return make_plan(cfg)
+
+
+def store_fingerprint(cfg: DictConfig, pair: PairSources, tokenizer) -> str:
+    """Fingerprint of the activation store `cfg` asks for: both models, the data, layers, dtype, context, template."""
+    template = getattr(tokenizer, "chat_template", None) or ""
+    pp = cfg.preprocessing
+    return tracking.fingerprint({
+        "base": pair.base.identity, "organism": pair.organism.identity, "model_dtype": cfg.model.dtype,
+        "data": data_identity(cfg), "layers": [float(x) if isinstance(x, float) else int(x) for x in pp.layers],
+        "dtype": pp.dtype, "context_length": int(pp.context_length),
+        "template": hashlib.sha256(str(template).encode()).hexdigest()})
+
+
+def _depth_and_width(source: ModelSource, cfg: DictConfig) -> tuple[int, int]:
+    from transformers import AutoConfig
+
+    kw = {k: v for k, v in (("revision", source.revision), ("subfolder", source.subfolder)) if v}
+    try:
+        conf = AutoConfig.from_pretrained(source.path, trust_remote_code=bool(cfg.model.trust_remote_code),
+                                          **kw).get_text_config()
+    except OSError as e:
+        raise ModelError(f"cannot read the config of model {source.path}: {str(e).splitlines()[0]}") from None
+    return int(conf.num_hidden_layers), int(conf.hidden_size)

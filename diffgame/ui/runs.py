@@ -1,0 +1,172 @@
+"""What the app and `diffgame grades` show about runs, computed without Streamlit: run tables discovered by tag, the
+grade matrix and table, labels, links, and the config to load a run's models.
+
+Runs come only from the tracking server (`tracking.search` on `diffgame.*` tags), never from folders, so the app
+works the same against a local SQLite store and a shared remote server.
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+
+import pandas as pd
+
+from diffgame import tracking
+from diffgame.config import compose
+from diffgame.configtree import CONTROL
+from diffgame.errors import ConfigError
+
+RUN_COLUMNS = ("run_id", "run_name", "experiment_id", "stage", "model", "organism", "method", "status",
+               "start_time", "preprocess_run_id", "metrics", "params", "tags")
+NO_RUNS_HINT = ("make some with `diffgame zoo build --size micro` then `diffgame run zoo.size=micro "
+                "organism=caps method=[kl,normdiff]` (or `diffgame run` for the default zoo)")
+
+
+@dataclass
+class AppSettings:
+    """What `diffgame app` passes after `--`: the tracking URI and config overrides for the models it loads."""
+
+    tracking_uri: str
+    overrides: tuple[str, ...] = ()
+
+
+def parse_app_args(argv: list[str] | None = None) -> AppSettings:
+    """`[--tracking-uri URI] [OVERRIDES...]` from the script's argv (as `streamlit run app/Home.py -- ...` gives)."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    uri, overrides = None, []
+    while args:
+        a = args.pop(0)
+        if a == "--tracking-uri":
+            if not args:
+                raise ConfigError("--tracking-uri needs a value, e.g. --tracking-uri sqlite:///mlflow.db")
+            uri = args.pop(0)
+        elif a.startswith("--tracking-uri="):
+            uri = a.split("=", 1)[1]
+        elif "=" in a and not a.startswith("-"):
+            overrides.append(a)
+        else:
+            raise ConfigError(f"unexpected app argument {a!r}; valid: --tracking-uri URI and key=value overrides")
+    return AppSettings(tracking.resolve_uri(uri), tuple(overrides))
+
+
+# --- runs ----------------------------------------------------------------------------------------
+def runs_frame(stage: str = "diff", statuses: tuple[str, ...] = ("FINISHED",)) -> pd.DataFrame:
+    """Runs of `stage` as a table (newest first): tags as columns, metrics and params as dict columns."""
+    runs = tracking.search({tracking.TAG_STAGE: stage})  # status filtered here: MLflow cannot filter IN on status
+    rows = []
+    for r in runs:
+        if statuses and r.info.status not in statuses:
+            continue
+        t = r.data.tags
+        rows.append({
+            "run_id": r.info.run_id, "run_name": r.info.run_name or "", "experiment_id": r.info.experiment_id,
+            "stage": t.get(tracking.TAG_STAGE, ""), "model": t.get(tracking.TAG_MODEL, ""),
+            "organism": t.get(tracking.TAG_ORGANISM, ""), "method": t.get(tracking.TAG_METHOD, ""),
+            "status": r.info.status, "start_time": pd.to_datetime(r.info.start_time, unit="ms"),
+            "preprocess_run_id": t.get(tracking.TAG_PREPROCESS, ""),
+            "metrics": dict(r.data.metrics), "params": dict(r.data.params), "tags": dict(t)})
+    return pd.DataFrame(rows, columns=list(RUN_COLUMNS))
+
+
+def latest(runs: pd.DataFrame, keys: tuple[str, ...] = ("model", "organism", "method")) -> pd.DataFrame:
+    """The newest run per combination of `keys` (runs are re-made when configs change; older ones stay)."""
+    if runs.empty:
+        return runs
+    return runs.sort_values("start_time", ascending=False, kind="stable").drop_duplicates(list(keys)).reset_index(
+        drop=True)
+
+
+def run_label(row) -> str:
+    """Short human label for a run: `organism · method · model · abcd1234`."""
+    return f"{row['organism']} · {row['method']} · {row['model']} · {row['run_id'][:8]}"
+
+
+def coverage(runs: pd.DataFrame) -> pd.DataFrame:
+    """(model, organism) x method: how many finished diff runs exist."""
+    if runs.empty:
+        return pd.DataFrame()
+    return (runs.groupby(["model", "organism", "method"]).size().unstack("method", fill_value=0)
+            .sort_index())
+
+
+def metric_keys(runs: pd.DataFrame, prefix: str = "") -> list[str]:
+    """Sorted metric keys present in any run, optionally only those starting with `prefix`."""
+    keys = set()
+    for m in runs["metrics"]:
+        keys.update(k for k in m if k.startswith(prefix))
+    return sorted(keys)
+
+
+def metrics_table(runs: pd.DataFrame, contains: str = "") -> pd.DataFrame:
+    """Metric key x run label; `contains` keeps keys with that substring (case-insensitive)."""
+    cols = {run_label(r): r["metrics"] for _, r in runs.iterrows()}
+    table = pd.DataFrame(cols)
+    if contains and not table.empty:
+        table = table[table.index.str.contains(contains, case=False, regex=False)]
+    return table.sort_index()
+
+
+def grade_matrix(runs: pd.DataFrame, metric: str, model: str | None = None,
+                 relative: bool = False) -> pd.DataFrame:
+    """organism x method of `metric` from the newest run of each; `control` last; `relative` subtracts it."""
+    sel = latest(runs if model is None else runs[runs["model"] == model])
+    vals = [(r["organism"], r["method"], r["metrics"][metric]) for _, r in sel.iterrows() if metric in r["metrics"]]
+    if not vals:
+        return pd.DataFrame()
+    m = pd.DataFrame(vals, columns=["organism", "method", metric]).pivot(
+        index="organism", columns="method", values=metric)
+    order = sorted(o for o in m.index if o != CONTROL) + ([CONTROL] if CONTROL in m.index else [])
+    m = m.loc[order]
+    if relative:
+        if CONTROL not in m.index:
+            raise ConfigError(f"no '{CONTROL}' run with {metric}; run `diffgame run organism={CONTROL}` to compare")
+        m = m.drop(index=CONTROL) - m.loc[CONTROL]
+    return m
+
+
+def mlflow_run_url(experiment_id: str, run_id: str) -> str:
+    """Link to a run in the MLflow UI (`tracking.run_url`)."""
+    return tracking.run_url(experiment_id, run_id)
+
+
+def grade_table(model: str) -> pd.DataFrame:
+    """Grades of the newest finished diff run per (organism, method) on base model `model`, one row each."""
+    runs = latest(runs_frame("diff").query("model == @model"), ("organism", "method"))
+    rows = []
+    for _, run in runs.iterrows():
+        grades = {k.removeprefix("grade/"): v for k, v in run["metrics"].items() if k.startswith("grade/")}
+        rows.append({"organism": run["organism"], "method": run["method"], "run_id": run["run_id"],
+                     "grading_version": run["tags"].get(tracking.TAG_GRADING, "1"), **grades})
+    return pd.DataFrame(rows).sort_values(["method", "organism"]).reset_index(drop=True) if rows else pd.DataFrame()
+
+
+def hub_url(model: str) -> str | None:
+    """The model's Hugging Face page from its config (`model.hub_url`), None when it has none or is unknown."""
+    try:
+        return compose([f"model={model}"]).model.hub_url
+    except ConfigError:
+        return None
+
+
+def model_config(model: str, organism: str, overrides: tuple[str, ...] = (), params: dict | None = None):
+    """The composed config to load a run's models: its model/organism, the zoo size it used, then app overrides."""
+    base = [f"model={model}", f"organism={organism}"]
+    if params and "zoo.size" in params and not any(o.startswith("zoo.size=") for o in overrides):
+        base.append(f"zoo.size={params['zoo.size']}")
+    return compose([*base, *overrides])
+
+
+def select_rows(table: pd.DataFrame, **equal) -> pd.DataFrame:
+    """Rows of `table` whose columns equal the given values (None leaves a column unfiltered)."""
+    mask = pd.Series(True, index=table.index)
+    for col, value in equal.items():
+        if value is not None:
+            mask &= table[col] == value
+    return table[mask].reset_index(drop=True)
+
+
+def side_by_side(samples: list[dict], model: str) -> list[dict]:
+    """Steering samples of one model (`organism` or `base`) as {prompt, alpha, unsteered, steered} rows."""
+    return [{k: s.get(k) for k in ("prompt", "alpha", "unsteered", "steered")}
+            for s in samples if s.get("model", model) == model]

@@ -1,0 +1,105 @@
+"""The one validator: check a config mapping against a dataclass schema (keys, types, choices, `__post_init__` checks).
+
+Used for the composed root config, every method config and single organism/model nodes, so a bad value is the same
+one-line `ConfigError` wherever it comes from (`invalid value 'abc' for 'method.adl.top_k'; expected int`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from typing import Any, Literal
+
+from omegaconf import DictConfig, ListConfig, OmegaConf
+
+from diffgame.errors import ConfigError
+
+
+def check_node(node: Any, cls: type, path: str) -> None:
+    """Check `node` (a DictConfig) against dataclass `cls`; unknown keys raise, missing fields get their defaults."""
+    if not isinstance(node, DictConfig):
+        raise ConfigError(f"'{path}' must be a mapping of {cls.__name__} fields, got {node!r}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    for key in list(node.keys()):
+        if key not in fields:
+            raise ConfigError(f"unknown key '{join(path, key)}'; known: {', '.join(sorted(fields))}")
+    for name, f in fields.items():
+        if name not in node:
+            if f.default is not dataclasses.MISSING:
+                node[name] = f.default
+            elif f.default_factory is not dataclasses.MISSING:  # type: ignore[misc]
+                value = f.default_factory()  # type: ignore[misc]
+                # plain containers: OmegaConf's structured configs reject Literal annotations
+                node[name] = dataclasses.asdict(value) if dataclasses.is_dataclass(value) else value
+        check_value(node[name], hints[name], join(path, name))
+
+
+def build(cls: type, node: Any, path: str):
+    """An instance of dataclass `cls` from a mapping (DictConfig or dict), checked by `check_node` first; the
+    dataclass's own `__post_init__` range checks then run too."""
+    if node is None:
+        node = {}
+    if not isinstance(node, DictConfig):
+        node = OmegaConf.create(dict(node))
+    node = node.copy()
+    OmegaConf.set_struct(node, False)
+    check_node(node, cls, path)
+    values = OmegaConf.to_container(node, resolve=True)
+    try:
+        return cls(**values)
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"invalid '{path}': {e}") from None
+
+
+def check_value(value: Any, tp: Any, path: str) -> None:
+    """Check one value against a type annotation (unions, Literal, dataclasses, dict, list, scalars)."""
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return
+        inner = [a for a in args if a is not type(None)]
+        errors = []
+        for a in inner:
+            try:
+                return check_value(value, a, path)
+            except ConfigError as e:
+                errors.append(str(e))
+        raise ConfigError(errors[0])
+    if origin is Literal:
+        if value not in args:
+            raise ConfigError(f"invalid value {value!r} for '{path}'; valid: {', '.join(map(str, args))}")
+        return
+    if dataclasses.is_dataclass(tp):
+        check_node(value, tp, path)
+        return
+    if origin is dict or tp is dict:
+        if not isinstance(value, (DictConfig, dict)):
+            raise ConfigError(f"'{path}' must be a mapping, got {value!r}")
+        if args and args[1] is not Any:
+            for k in value.keys():
+                check_value(value[k], args[1], join(path, str(k)))
+        return
+    if origin is list or tp is list:
+        if not isinstance(value, (ListConfig, list)):
+            raise ConfigError(f"'{path}' must be a list, got {value!r}")
+        for i, v in enumerate(value):
+            if args:
+                check_value(v, args[0], f"{path}[{i}]")
+        return
+    ok = _SCALARS.get(tp)
+    if ok is not None and not ok(value):
+        raise ConfigError(f"invalid value {value!r} for '{path}'; expected {tp.__name__}")
+
+
+_SCALARS = {
+    bool: lambda v: isinstance(v, bool),
+    int: lambda v: isinstance(v, int) and not isinstance(v, bool),
+    float: lambda v: isinstance(v, (int, float)) and not isinstance(v, bool),
+    str: lambda v: isinstance(v, str),
+}
+
+
+def join(path: str, key: Any) -> str:
+    return f"{path}.{key}" if path else str(key)

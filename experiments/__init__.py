@@ -1,0 +1,1 @@
+"""The built-in config tree (one folder per group), shipped inside the package as `diffgame.experiments`."""
