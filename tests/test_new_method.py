@@ -10,14 +10,13 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
+from _app_store import APP_OVERRIDES
 
 from diffgame import artifacts, registry, tracking
 from diffgame.evidence import RankedTokens
 from diffgame.methods.base import Method, MethodContext, MethodResult
 from diffgame.pipeline import run_one
 from diffgame.store import ActivationStore
-
-from _app_store import APP_OVERRIDES
 
 NAME = "toy_mean"
 OVERRIDES = ("organism=caps", f"method={NAME}", f"method.{NAME}.top_k=3",
@@ -95,6 +94,13 @@ def _expected(pre_run_id: str, top_k: int):
     return store, metrics, pd.DataFrame(rows), per_token
 
 
+def _tokens(cfg, ids: list[int]) -> list[str]:
+    """Token strings of `ids` under the plan's (base) tokenizer."""
+    from diffgame.planner import make_plan
+
+    return list(make_plan(cfg).tokenizer.convert_ids_to_tokens(ids))
+
+
 @pytest.mark.slow
 def test_new_method_runs_logs_and_reads_back(toy_method, micro_cfg):
     assert NAME in registry.known_methods()
@@ -106,7 +112,7 @@ def test_new_method_runs_logs_and_reads_back(toy_method, micro_cfg):
     assert (tags[tracking.TAG_METHOD], tags[tracking.TAG_STAGE], run.info.status) == (NAME, "diff", "FINISHED")
     pre = tracking.client().get_run(tags[tracking.TAG_PREPROCESS])
     assert pre.data.tags[tracking.TAG_STAGE] == "preprocess" and pre.info.status == "FINISHED"
-    assert run.data.params[f"method.{NAME}.top_k"] == "3"
+    assert run.data.params["method.top_k"] == "3"  # the runner logs a method's fields as method.<field>
 
     store, metrics, table, per_token = _expected(pre.info.run_id, 3)
     assert set(store.datasets) == {"generic_text", "generic_chat", "organism"}
@@ -120,17 +126,10 @@ def test_new_method_runs_logs_and_reads_back(toy_method, micro_cfg):
     top = ranked["top_tokens"]
     assert top.token_ids == [int(i) for i in per_token.index]
     assert top.scores == pytest.approx(per_token.tolist(), rel=1e-5)
-    assert top.tokens == cfg_tokenizer_tokens(cfg, top.token_ids)
+    assert top.tokens == _tokens(cfg, top.token_ids)
 
     again = run_one(micro_cfg(*OVERRIDES))
     assert [(r.run_id, r.method, r.reused) for r in again] == [(run.info.run_id, NAME, True)]
-
-
-def cfg_tokenizer_tokens(cfg, ids: list[int]) -> list[str]:
-    """Token strings of `ids` under the plan's (base) tokenizer."""
-    from diffgame.planner import make_plan
-
-    return list(make_plan(cfg).tokenizer.convert_ids_to_tokens(ids))
 
 
 @pytest.mark.slow
