@@ -105,7 +105,9 @@ def paired_store(base, organism, batches, layers, args, root: Path, shard_tokens
     from omegaconf import OmegaConf
 
     from diffgame.data import TokenizedSequence
-    from diffgame.extract.preprocess import SHARD_BYTES, _extract, plan_shards
+    from diffgame.plan import Plan
+    from diffgame.preprocess.plan import plan_shards
+    from diffgame.preprocess.stage import SHARD_BYTES, _extract
     from diffgame.store import PARTS, StoreWriter
 
     seqs = {"bench": [TokenizedSequence("bench", i, row.tolist(), [0] * row.numel())
@@ -118,10 +120,11 @@ def paired_store(base, organism, batches, layers, args, root: Path, shard_tokens
         "dtype": "bfloat16", "accelerator": "gpu" if args.device.startswith("cuda") else "cpu", "devices": 1,
         "strategy": "auto", "num_nodes": 1}, "organism": {"name": "bench"}, "dataset": {"name": "bench"}})
     cfg.model.name, cfg.preprocessing.layers = "bench", layers
+    resolved = Plan(cfg, pair=None, tokenizer=SimpleNamespace(pad_token_id=0), n_layers=max(layers) + 1,
+                    d_model=d_model, layers=layers, store_fingerprint="bench", methods={}, diff_fingerprints={})
     sync(args.device)
     t0 = time.perf_counter()
-    _extract(cfg, plan, seqs, root, layers, SimpleNamespace(pad_token_id=0), {"base": base, "organism": organism},
-             list(PARTS), None)
+    _extract(resolved, plan, seqs, root, {"base": base, "organism": organism}, list(PARTS), None)
     sync(args.device)
     seconds = time.perf_counter() - t0
     StoreWriter(root).finalize(plan, {})
@@ -129,8 +132,7 @@ def paired_store(base, organism, batches, layers, args, root: Path, shard_tokens
 
 
 def layers_of(model, fractions: list[float]) -> list[int]:
-    from diffgame.models import resolve_layers
-    from diffgame.models import decoder_layers
+    from diffgame.models import decoder_layers, resolve_layers
 
     return resolve_layers(fractions, len(decoder_layers(model)))
 

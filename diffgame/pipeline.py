@@ -41,7 +41,7 @@ def run_one(cfg: DictConfig, parent_run_id: str | None = None) -> list[StageSumm
     """One configuration: its plan, then its preprocess run and/or one diff run per selected method."""
     plan = planner.make_plan(cfg)
     if plan.mode == "preprocessing":
-        from diffgame.extract import preprocess  # Lightning: only the stages that extract import it
+        from diffgame.preprocess import preprocess  # Lightning: only the stages that extract import it
 
         result = preprocess(plan, parent_run_id=parent_run_id)
         return [StageSummary("preprocess", result.run_id, plan.model_name, plan.organism_name, reused=result.reused,

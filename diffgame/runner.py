@@ -122,7 +122,7 @@ def _open_store(plan: Plan, parent_run_id: str | None) -> tuple[ActivationStore,
     if plan.mode == "diffing":
         run_id, store = find_store(plan)
         return store, run_id
-    from diffgame.extract import preprocess  # Lightning: imported only when a store may have to be made
+    from diffgame.preprocess import preprocess  # Lightning: imported only when a store may have to be made
 
     result = preprocess(plan, parent_run_id=parent_run_id)
     return ActivationStore.open(result.store_path), result.run_id

@@ -14,7 +14,7 @@ import diffgame.store.writer as store_mod
 from diffgame import tracking
 from diffgame.data import render_chat
 from diffgame.errors import ConfigError, ModelError, StoreError
-from diffgame.extract import preprocess as _preprocess
+from diffgame.preprocess import preprocess as _preprocess
 from diffgame.planner import make_plan, resolve_pair
 from diffgame.models import final_norm
 from diffgame.residuals import capture_residuals

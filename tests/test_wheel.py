@@ -54,7 +54,7 @@ def wheel_env(tmp_path_factory):
     # build from a clean copy: setuptools writes build/ and *.egg-info into the source tree, and a stale build/lib
     # would put modules deleted since into the wheel
     src, dist = tmp / "src", tmp / "dist"
-    shutil.copytree(REPO, src, ignore=shutil.ignore_patterns(".git", "build", "dist", "*.egg-info", "__pycache__",
+    shutil.copytree(REPO, src, ignore=shutil.ignore_patterns(".git", "build", "dist", "*.egg-info", "__pycache__", "mlartifacts",
                                                               ".*_cache", ".venv", "mlruns", "*.db"))
     build = _run([sys.executable, "-m", "build", "--wheel", "--outdir", str(dist), str(src)], timeout=600)
     if build.returncode != 0:  # no network for the isolated build env: build with what is installed

@@ -19,7 +19,7 @@ import torch
 from lightning.pytorch.callbacks import BasePredictionWriter
 
 from diffgame.errors import StoreError
-from diffgame.extract.module import world
+from diffgame.preprocess.module import world
 from diffgame.store import StoreWriter, act_file, tokens_file
 
 

@@ -22,9 +22,9 @@ from diffgame import tracking
 from diffgame.artifacts import STORE, store_dir
 from diffgame.data import load_sequences
 from diffgame.errors import ModelError
-from diffgame.extract.module import PairedExtraction, PlannedBatches, TokenProgress
-from diffgame.extract.plan import shard_plan
-from diffgame.extract.writer import PendingParts, ShardWriter
+from diffgame.preprocess.module import PairedExtraction, PlannedBatches, TokenProgress
+from diffgame.preprocess.plan import shard_plan
+from diffgame.preprocess.writer import PendingParts, ShardWriter
 from diffgame.models import DTYPES, load_base, load_organism, load_pair, unembedding
 from diffgame.plan import Plan
 from diffgame.store import PARTS, ActivationStore, StoreWriter
