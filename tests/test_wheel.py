@@ -54,8 +54,8 @@ def wheel_env(tmp_path_factory):
     # build from a clean copy: setuptools writes build/ and *.egg-info into the source tree, and a stale build/lib
     # would put modules deleted since into the wheel
     src, dist = tmp / "src", tmp / "dist"
-    shutil.copytree(REPO, src, ignore=shutil.ignore_patterns(".git", "build", "dist", "*.egg-info", "__pycache__", "mlartifacts",
-                                                              ".*_cache", ".venv", "mlruns", "*.db"))
+    shutil.copytree(REPO, src, ignore=shutil.ignore_patterns(".git", "build", "dist", "*.egg-info", "__pycache__",
+                                                              ".*_cache", ".venv", "mlruns", "mlartifacts", "*.db"))
     build = _run([sys.executable, "-m", "build", "--wheel", "--outdir", str(dist), str(src)], timeout=600)
     if build.returncode != 0:  # no network for the isolated build env: build with what is installed
         build = _run([sys.executable, "-m", "build", "--wheel", "--no-isolation", "--outdir", str(dist), str(src)],
@@ -128,7 +128,8 @@ def test_app_serves(wheel_env):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    cmd = [str(venv / "bin" / "diffgame"), "app", "--port", str(port), "--tracking-uri", f"sqlite:///{tmp / 'mlflow.db'}"]
+    cmd = [str(venv / "bin" / "diffgame"), "app", "--port", str(port),
+           "--tracking-uri", f"sqlite:///{tmp / 'mlflow.db'}"]
     log = tmp / "app.log"
     with open(log, "w") as out:
         proc = subprocess.Popen(cmd, cwd=tmp / "cwd", env=run.env, stdout=out, stderr=subprocess.STDOUT,

@@ -13,6 +13,7 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
+from diffgame.batching import pad_right
 from diffgame.zoo.tokenizer import CHAT_TEMPLATE, render_chat
 
 IGNORE = -100
@@ -161,14 +162,8 @@ def mean_loss(model, tokenizer, rows: list[dict], seq_len: int, assistant_only: 
     for i in range(0, len(enc), batch_size):
         chunk = enc[i:i + batch_size]
         T = min(seq_len, max(len(ids) for ids, _ in chunk))
-        ids = torch.full((len(chunk), T), tokenizer.pad_token_id)
-        labels = torch.full((len(chunk), T), IGNORE)
-        attn = torch.zeros((len(chunk), T), dtype=torch.long)
-        for j, (seq, mask) in enumerate(chunk):
-            seq, mask = seq[:T], mask[:T]
-            ids[j, :len(seq)] = torch.tensor(seq)
-            attn[j, :len(seq)] = 1
-            labels[j, :len(seq)] = torch.tensor([t if m else IGNORE for t, m in zip(seq, mask)])
+        ids, attn = pad_right([seq for seq, _ in chunk], tokenizer.pad_token_id, width=T)  # [B, T]
+        labels, _ = pad_right([[t if m else IGNORE for t, m in zip(seq, mask)] for seq, mask in chunk], IGNORE, width=T)
         logits = model(input_ids=ids.to(model.device), attention_mask=attn.to(model.device)).logits[:, :-1]
         target = labels[:, 1:].to(model.device)  # logits: [B, T-1, V]
         loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), target.reshape(-1),
