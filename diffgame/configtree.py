@@ -77,6 +77,17 @@ def option_file(group: str, name: str) -> Path | None:
     return None
 
 
+def find_data_file(name: str) -> tuple[Path | None, list[Path]]:
+    """A data file a config names (an organism's JSONL), and every place looked: an absolute path as is, a relative
+    one against the working folder, then each config folder's parent and the folder itself (the built-in
+    `experiments/data/...` resolves inside an installed package too)."""
+    path = Path(name).expanduser()
+    roots = search_path()
+    tried = [path] if path.is_absolute() else [Path.cwd() / path, *(r.parent / path for r in roots),
+                                               *(r / path for r in roots)]
+    return next((p.resolve() for p in tried if p.is_file()), None), tried
+
+
 def group_options(group: str) -> list[str]:
     """Sorted option names of a config group across the search path."""
     return sorted({p.stem for root in search_path() for p in (root / group).glob("*.yaml")})

@@ -15,6 +15,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from diffgame.configtree import find_data_file
 from diffgame.corpora import corpus
 from diffgame.errors import DataError
 
@@ -140,12 +141,13 @@ def _organism_rows(org: DictConfig, src: DictConfig) -> tuple[list[dict[str, Any
     if not data:
         raise DataError(f"organism '{org.name}' declares no training data (zoo.data or training_data); "
                         f"drop the `organism` source from the dataset or set organism.training_data")
+    local, _ = find_data_file(data)  # a relative path may name a file beside the config tree
     if data.startswith("builtin:"):
         rows = _zoo_corpus(data.removeprefix("builtin:"), src.split)
-    elif data.endswith(".jsonl") and Path(data).is_file():
-        rows = _read_jsonl(Path(data))
+    elif local is not None and local.suffix == ".jsonl":
+        rows = _read_jsonl(local)
     else:
-        rows = _read_rows(data, src.split)
+        rows = _read_rows(str(local or data), src.split)
     chat = org.zoo.format == "chat" or (rows and src.messages_column in rows[0])
     return rows, "chat" if chat else str(src.kind)
 
@@ -208,8 +210,8 @@ def data_identity(cfg: DictConfig) -> dict:
     files = [str(s.source) for s in cfg.dataset.sources.values()]
     files += [d for d in (cfg.organism.zoo.data, cfg.organism.training_data) if d]
     for f in files:
-        p = Path(f).expanduser()
-        if p.is_file():
+        p, _ = find_data_file(f)
+        if p is not None:
             st = p.stat()
             ident[f"file:{f}"] = [st.st_size, st.st_mtime_ns]
     return ident

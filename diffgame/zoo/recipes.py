@@ -11,22 +11,18 @@ import json
 import random
 from pathlib import Path
 
-from diffgame.configtree import search_path
+from diffgame.configtree import find_data_file
 from diffgame.errors import ConfigError, DataError
 from diffgame.corpora import CORPORA, corpus
 
 
 def resolve_data_path(data: str) -> Path:
     """The JSONL file a recipe names, or a DataError listing where it was looked for."""
-    path = Path(data).expanduser()
-    roots = search_path()  # the built-in tree, then user config folders: a path may be relative to one or its parent
-    tried = [path] if path.is_absolute() else [Path.cwd() / path, *(r.parent / path for r in roots),
-                                               *(r / path for r in roots)]
-    for p in tried:
-        if p.is_file():
-            return p.resolve()
-    raise DataError(f"organism data file '{data}' not found (looked in: {', '.join(map(str, tried))}); "
-                    f"set organism.zoo.data to a JSONL path or builtin:<corpus> ({', '.join(CORPORA)})")
+    found, tried = find_data_file(data)
+    if found is None:
+        raise DataError(f"organism data file '{data}' not found (looked in: {', '.join(map(str, tried))}); "
+                        f"set organism.zoo.data to a JSONL path or builtin:<corpus> ({', '.join(CORPORA)})")
+    return found
 
 
 def _check_data(recipe) -> None:
