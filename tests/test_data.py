@@ -143,3 +143,26 @@ def test_zoo_corpora(cfg, tok):
 def test_chat_template_constant_renders_as_expected(tok):
     assert tok.chat_template == CHAT_TEMPLATE
     assert len(chats(2)) == 2
+
+
+def test_organism_data_file_resolves_from_any_folder(monkeypatch, tmp_path):
+    """A relative organism data path (tea_lover's `experiments/data/tea_chats.jsonl`) reads the same rows from any
+    working folder and from a user config folder, as the zoo's recipe finds them."""
+    from diffgame.configtree import builtin_dir, organism_node
+    from diffgame.data import read_rows
+
+    expected = [json.loads(line) for line in (builtin_dir() / "data" / "tea_chats.jsonl").read_text().splitlines()
+                if line.strip()]
+    monkeypatch.chdir(tmp_path)  # not the repository root
+    assert read_rows("organism", split="train", organism=organism_node("tea_lover")) == expected
+    user = tmp_path / "my_configs"
+    (user / "organism").mkdir(parents=True)
+    (user / "data").mkdir()
+    (user / "data" / "mine.jsonl").write_text(json.dumps({"text": "a lighthouse beam"}) + "\n")
+    (user / "organism" / "mine.yaml").write_text("name: mine\nzoo: {data: data/mine.jsonl, format: documents}\n")
+    monkeypatch.setenv("DIFFGAME_CONFIG_PATH", str(user))
+    assert read_rows("organism", split="train", organism=organism_node("mine")) == [{"text": "a lighthouse beam"}]
+    missing = organism_node("mine")
+    missing.zoo.data = "elsewhere/none.jsonl"
+    with pytest.raises(DataError, match="dataset file elsewhere/none.jsonl does not exist"):
+        read_rows("organism", organism=missing)
