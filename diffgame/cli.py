@@ -251,19 +251,27 @@ def app_cmd(overrides: Overrides = None,
 
     Example: diffgame app --port 8501 model.device=cpu
     """
-    import importlib.util
-
     from diffgame import tracking
 
     uri = tracking.set_uri(tracking_uri)
-    spec = importlib.util.find_spec("diffgame.app")  # the repository's app/, shipped inside the package
-    if spec is None or not spec.submodule_search_locations:
-        _fail(DiffgameError("the app is not installed with this diffgame (no diffgame.app package); reinstall it"))
-    entry = Path(list(spec.submodule_search_locations)[0]) / "Home.py"
+    entry = _app_entry()
     args = [sys.executable, "-m", "streamlit", "run", str(entry), "--server.port", str(port),
             "--server.address", host, "--server.headless", "true", "--browser.gatherUsageStats", "false",
             "--", "--tracking-uri", uri, *(overrides or [])]
     os.execv(sys.executable, args)
+
+
+def _app_entry() -> Path:
+    """The app's `Home.py` beside this code: `diffgame/app` in a wheel, the repository's `app/` in a checkout."""
+    import importlib.util
+
+    here = Path(__file__).resolve().parent
+    spec = importlib.util.find_spec("diffgame.app")
+    mapped = [Path(p) for p in (spec.submodule_search_locations or [])] if spec is not None else []
+    for folder in (here / "app", here.parent / "app", *mapped):
+        if (folder / "Home.py").is_file():
+            return folder / "Home.py"
+    _fail(DiffgameError("the app is not installed with this diffgame (no app/Home.py beside it); reinstall it"))
 
 
 def main() -> None:

@@ -29,19 +29,20 @@ BUILTIN_ENV = "DIFFGAME_EXPERIMENTS"
 
 
 def builtin_dir() -> Path:
-    """The built-in config tree: `$DIFFGAME_EXPERIMENTS`, else the `diffgame.experiments` package folder (the
-    repository's `experiments/`, mapped into the package by setup.cfg in both editable and wheel installs)."""
+    """The built-in config tree: `$DIFFGAME_EXPERIMENTS`, else the one beside this code: `diffgame/experiments` in
+    an installed wheel, the repository's `experiments/` in a checkout (editable or on the path), else wherever the
+    `diffgame.experiments` package maps to."""
     env = os.environ.get(BUILTIN_ENV)
-    if env:
-        path = Path(env)
-    else:
+    here = Path(__file__).resolve().parent
+    candidates = [Path(env)] if env else [here / "experiments", here.parent / "experiments"]
+    if not env:
         spec = importlib.util.find_spec("diffgame.experiments")
-        locations = list(spec.submodule_search_locations or []) if spec is not None else []
-        # a source checkout on sys.path without an install: the repository's own folder
-        path = Path(locations[0]) if locations else Path(__file__).resolve().parent.parent / "experiments"
-    if not (path / "config.yaml").is_file():
-        raise ConfigError(f"no config tree at {path} (expected config.yaml); set {BUILTIN_ENV} to a config tree, or reinstall diffgame")
-    return path
+        candidates += [Path(p) for p in (spec.submodule_search_locations or [])] if spec is not None else []
+    for path in candidates:
+        if (path / "config.yaml").is_file():
+            return path
+    raise ConfigError(f"no config tree at {candidates[0]} (expected config.yaml); set {BUILTIN_ENV} to a config "
+                      f"tree, or reinstall diffgame")
 
 
 def user_dirs() -> list[Path]:

@@ -79,6 +79,7 @@ def config_class(name: str) -> type:
 
 # --- built-in methods -------------------------------------------------------------------------------
 register("adl", "diffgame.methods.adl:ADLMethod", "diffgame.methods.adl:ADLConfig")
+register("diffmining", "diffgame.methods.diffmining:DiffMiningMethod", "diffgame.methods.diffmining:DiffMiningConfig")
 register("kl", "diffgame.methods.kl:KLMethod", "diffgame.methods.kl:KLConfig")
 register("normdiff", "diffgame.methods.normdiff:NormDiffMethod", "diffgame.methods.normdiff:NormDiffConfig",
          aliases=("activation_analysis",))

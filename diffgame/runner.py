@@ -17,7 +17,7 @@ from types import SimpleNamespace
 from diffgame import artifacts, registry, tracking
 from diffgame.configtree import CONTROL, candidate_organisms, has_ground_truth, organism_node
 from diffgame.data import read_rows
-from diffgame.errors import StoreError
+from diffgame.errors import DataError, StoreError
 from diffgame.evidence import RankedTokens
 from diffgame.grading import GRADING_VERSION, grade
 from diffgame.ground_truth import GroundTruth, ground_truth
@@ -103,8 +103,14 @@ def run_methods(plan: Plan, parent_run_id: str | None = None, control: ControlPl
 def method_texts(method, organism=None) -> dict[str, list[dict]]:
     """The rows of every text source `method.texts()` asks for, by name (`organism`: the organism's config node,
     for its own training data)."""
-    return {key: read_rows(r.source, r.kind, r.split, r.max_samples, organism=organism)
-            for key, r in method.texts().items()}
+    out = {}
+    for key, r in method.texts().items():
+        try:
+            out[key] = read_rows(r.source, r.kind, r.split, r.max_samples, organism=organism)
+        except DataError:
+            if not r.optional:
+                raise
+    return out
 
 
 def find_store(plan: Plan) -> tuple[str, ActivationStore]:

@@ -14,6 +14,7 @@ import torch
 
 from diffgame.evidence import RankedTokens
 from diffgame.lens import logit_lens, patchscope, top_tokens
+from diffgame.methods.adl_causal import causal_effect, encode
 from diffgame.methods.adl_means import DeltaMeans, delta_means
 from diffgame.methods.base import Method, MethodContext, MethodResult, TextRequest
 from diffgame.models import resolve_layers
@@ -58,6 +59,13 @@ class ADLConfig:
     """New tokens per steered sample."""
     coherence_factor: float = 2.0
     """A strength is coherent while its samples' perplexity under the base stays within this factor of the unsteered samples'."""
+    causal_samples: int = 32
+    """Sequences per dataset for the causal effect at the steering layer (the organism's own held-out data and the
+    generic `dataset`); 0 skips it."""
+    causal_random: int = 8
+    """Random unit directions projected out as the causal effect's baseline."""
+    causal_context: int = 64
+    """Tokens per sequence in the causal effect."""
 
 
 class ADLMethod(Method):
@@ -72,6 +80,9 @@ class ADLMethod(Method):
         out = {"documents": TextRequest(c.dataset, "text", c.split, c.max_samples)}
         if c.chat_dataset:
             out["chats"] = TextRequest(c.chat_dataset, "chat", c.split, c.max_samples)
+        if c.causal_samples:
+            out["causal/organism"] = TextRequest("organism", "text", c.split, c.causal_samples, optional=True)
+            out["causal/generic"] = TextRequest(c.dataset, "text", c.split, c.causal_samples)
         return out
 
     def run(self, ctx: MethodContext) -> MethodResult:
@@ -124,7 +135,40 @@ class ADLMethod(Method):
         result.figures["delta_norm"] = _norm_heatmap(result.tables["delta_norms"])
         if c.steering_prompts and c.steering_alphas:
             self._steer(ctx, means, text_slots, steer_layer, result)
+        if c.causal_samples:
+            self._causal(ctx, means, text_slots, steer_layer, result)
         return result
+
+    def _causal(self, ctx: MethodContext, means: DeltaMeans, text_slots: list[str], layer: int,
+                result: MethodResult) -> None:
+        """The causal effect of the steering layer's mean δ on each causal dataset (`diffgame.methods.adl_causal`)."""
+        c, base, org = self.config, ctx.base, ctx.organism
+        delta = torch.stack([means.delta[layer][s] for s in text_slots]).mean(0)  # [D]
+        rows = []
+        for key, texts in ctx.texts.items():
+            if not key.startswith("causal/"):
+                continue
+            name = key.removeprefix("causal/")
+            seqs = encode(texts, org.tokenizer, c.causal_context)
+            if not seqs:
+                continue
+            e = causal_effect(base.model, org.model, seqs, layer, delta, c.causal_random, seed=int(ctx.seed),
+                              pad_id=org.tokenizer.pad_token_id or 0)
+            random = torch.tensor(e.organism_without_random) - e.organism
+            prefix = f"adl/causal/{name}"
+            result.metrics.update({
+                f"{prefix}/ce": e.organism, f"{prefix}/ce_delta": e.organism_without_delta - e.organism,
+                f"{prefix}/random_ce_delta_mean": float(random.mean()) if len(random) else float("nan"),
+                f"{prefix}/random_ce_delta_std": float(random.std()) if len(random) > 1 else float("nan"),
+                f"{prefix}/base_ce": e.base, f"{prefix}/base_plus_delta_ce_delta": e.base_with_delta - e.base})
+            rows += [{"dataset": name, "intervention": "project out delta", "ce_delta": e.organism_without_delta
+                      - e.organism}] + [{"dataset": name, "intervention": "project out random", "ce_delta": float(r)}
+                                        for r in random] + [
+                     {"dataset": name, "intervention": "base + delta", "ce_delta": e.base_with_delta - e.base}]
+        if rows:
+            table = pd.DataFrame(rows)
+            result.tables["causal"] = table
+            result.figures["causal"] = _causal_plot(table, layer)
 
     def _lens_rows(self, layer: int, slot: str, means: DeltaMeans, base, org) -> list[dict]:
         """Token table: +delta and -delta through both models' lens; base and organism means as controls."""
@@ -181,6 +225,18 @@ class ADLMethod(Method):
         result.metrics.update({"adl/steering/layer": float(layer), "adl/steering/alpha": float(best["alpha"]),
                                "adl/steering/ppl_ratio": float(best["ppl_ratio"]),
                                "adl/steering/coherent": float(coherent)})
+
+
+def _causal_plot(table: pd.DataFrame, layer: int):
+    """Change of next-token loss per intervention and dataset (random directions: mean and spread)."""
+    import seaborn as sns
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(6, 3), layout="constrained")
+    ax = fig.subplots()
+    sns.barplot(table, x="dataset", y="ce_delta", hue="intervention", errorbar="sd", ax=ax)
+    ax.set(title=f"ADL causal effect at layer {layer}", ylabel="Δ cross-entropy (nats/token)")
+    return fig
 
 
 def _norm_heatmap(table: pd.DataFrame):

@@ -48,6 +48,8 @@ class TextRequest:
     kind: Literal["text", "chat"] = "text"
     split: str = "test"
     max_samples: int | None = None
+    optional: bool = False
+    """Skipped (left out of `ctx.texts`) when the source cannot be read, e.g. an organism without training data."""
 
 
 @dataclass

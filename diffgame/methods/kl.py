@@ -15,14 +15,13 @@ import pandas as pd
 import torch
 
 from diffgame import plots, stats
-from diffgame.batching import length_batches, pad_right
 from diffgame.divergence import divergence_fn
 from diffgame.data import ROLES
 from diffgame.errors import ConfigError
 from diffgame.evidence import RankedTokens
 from diffgame.examples import TopKSequences, token_decoder
 from diffgame.methods.base import Method, MethodContext, MethodResult
-from diffgame.models import lm_logits, unembedding
+from diffgame.paired import default_chunk_tokens, logit_chunks, vocab_size
 
 
 @dataclass
@@ -63,11 +62,7 @@ class KLConfig:
 
     def chunk_tokens(self, vocab: int, device: torch.device) -> int:
         """Tokens per divergence chunk for a `vocab`-sized head on `device`."""
-        if self.chunk_elements:
-            return max(1, self.chunk_elements // vocab)
-        if device.type == "cpu":
-            return max(256, 2 ** 19 // vocab)
-        return max(1, 2 ** 28 // vocab)
+        return default_chunk_tokens(vocab, device, self.chunk_elements)
 
 
 @torch.inference_mode()
@@ -78,24 +73,12 @@ def per_token_divergence(base_model, org_model, input_ids: torch.Tensor, seq_off
     `input_ids` [N] holds sequences back to back; `seq_offsets` [S+1] marks where each starts and ends.
     """
     device = next(base_model.parameters()).device
-    offsets = seq_offsets.tolist()
-    lengths = [b - a for a, b in zip(offsets[:-1], offsets[1:])]
     out = torch.zeros(len(input_ids), dtype=torch.float32)
-    vocab = unembedding(base_model).weight.shape[0]
-    chunk = config.chunk_tokens(vocab, device)
+    chunk = config.chunk_tokens(vocab_size(base_model), device)
     divergence = config.divergence_fn()
-    for batch in length_batches(lengths, config.batch_tokens):
-        ids, mask = pad_right([input_ids[offsets[s]:offsets[s + 1]] for s in batch], 0)
-        ids, mask = ids.to(device), mask.to(device)
-        # final hidden states of the valid tokens, row-major: [n, D]
-        h_base = base_model.get_decoder()(input_ids=ids, attention_mask=mask).last_hidden_state[mask.bool()]
-        h_org = org_model.get_decoder()(input_ids=ids, attention_mask=mask).last_hidden_state[mask.bool()]
-        div = torch.cat([divergence(lm_logits(org_model, h_org[i:i + chunk]),
-                                    lm_logits(base_model, h_base[i:i + chunk]),
-                                    config.divergence, config.temperature)
-                         for i in range(0, len(h_base), chunk)])
-        where = torch.cat([torch.arange(offsets[s], offsets[s + 1]) for s in batch])
-        out[where] = div.float().cpu()
+    for where, logits_org, logits_base in logit_chunks(base_model, org_model, input_ids, seq_offsets,
+                                                       config.batch_tokens, chunk):
+        out[where] = divergence(logits_org, logits_base, config.divergence, config.temperature).float().cpu()
     return out
 
 
