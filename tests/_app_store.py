@@ -15,7 +15,7 @@ def fill_store(zoo_uri: str) -> str:
     """Diff runs of every registered store/stream method on the micro zoo for `ORGANISMS`; returns the URI."""
     from diffgame.pipeline import execute
 
-    methods = [m for m in ("kl", "normdiff", "adl") if m in known_methods()]
+    methods = [m for m in ("kl", "normdiff", "adl", "diffmining") if m in known_methods()]
     execute([*APP_OVERRIDES, f"organism={','.join(ORGANISMS)}", f"method=[{','.join(methods)}]"],
             multirun=True, tracking_uri=zoo_uri)
     tracking.set_uri(zoo_uri)

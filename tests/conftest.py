@@ -4,14 +4,8 @@ from __future__ import annotations
 
 import os
 
-# One set of CPU kernels on every machine, so the micro zoo trained in the suite is the same model everywhere: with
-# PyTorch's AVX-512 kernels (an AMD EPYC CI machine) taboo_gold's middle-layer lens reads 0.75 where the AVX2 kernels
-# pass (>= 0.80; 0.80-0.85 on earlier CI machines), with identical code before and after the architecture change.
-# Set before torch is imported.
-os.environ.setdefault("ATEN_CPU_CAPABILITY", "avx2")
-
-import pytest  # noqa: E402
-import torch  # noqa: E402
+import pytest
+import torch
 
 torch.set_num_threads(2)
 

@@ -246,6 +246,40 @@ def test_adl_page_token_tables_and_samples(monkeypatch, store):
     assert any(len(d.value) == len(artifacts.load_samples(row["run_id"], names[0])) for d in at.dataframe)
 
 
+@pytest.mark.slow
+def test_adl_page_causal_effect(monkeypatch, store):
+    uri, latest = store
+    row = latest[("caps", "adl")]
+    at = _app(monkeypatch, uri, "adl")
+    at.selectbox(key="adl_run").set_value(backend.run_label(row)).run()
+    metrics = tracking.client().get_run(row["run_id"]).data.metrics
+    shown = next(d.value for d in at.dataframe if "random_ce_delta_mean" in d.value.columns)
+    assert set(shown["dataset"]) == {"organism", "generic"}
+    for _, r in shown.iterrows():
+        for col in ("ce", "ce_delta", "random_ce_delta_mean", "base_plus_delta_ce_delta"):
+            assert r[col] == pytest.approx(metrics[f"adl/causal/{r['dataset']}/{col}"])
+
+
+@pytest.mark.slow
+def test_diffmining_page_tokens_topics_and_peaks(monkeypatch, store):
+    uri, latest = store
+    row = latest[("caps", "diffmining")]
+    at = _app(monkeypatch, uri, "diffmining")
+    at.selectbox(key="diffmining_run").set_value(backend.run_label(row)).run()
+    ranked = artifacts.load_ranked_tokens(row["run_id"])
+    at.selectbox(key="diffmining_ranked").set_value("top_k_occurrence").run()
+    shown = next(d.value for d in at.dataframe if list(d.value.columns) == ["rank", "token", "token_id", "score"])
+    assert list(shown["token_id"]) == ranked["top_k_occurrence"].token_ids
+    topics = artifacts.load_table(row["run_id"], "topics")
+    lines = [m.value for m in at.markdown if m.value.startswith("**topic ")]
+    assert len(lines) == topics["topic"].nunique()
+    first = topics[topics["topic"] == topics["topic"].min()].sort_values("rank")["token"]
+    assert lines[0] == f"**topic {topics['topic'].min()}**: " + ", ".join(f"`{t}`" for t in first)
+    peaks = artifacts.load_examples(row["run_id"], "peaks")
+    html = at.html[0].value
+    assert html.count('class="tok"') == len(peaks[0].tokens)
+
+
 @pytest.fixture(scope="module")
 def caps_pair(store, zoo_uri):
     from diffgame.config import compose

@@ -24,7 +24,8 @@ REPO = Path(__file__).resolve().parent.parent
 SHOTS = REPO / "test-artifacts" / "screenshots"
 # page url path -> text that only shows once the page has rendered its data
 PAGES = {"": "Runs by model, organism and method", "compare": "Chart metric", "kl": "kl runs",
-         "normdiff": "normdiff runs", "adl": "adl runs", "interactive": "Normdiff layer",
+         "normdiff": "normdiff runs", "adl": "adl runs", "diffmining": "diffmining runs",
+         "interactive": "Normdiff layer",
          "game": "has been drawn"}
 
 

@@ -19,8 +19,8 @@ row = widgets.pick_run(runs, key="adl_run")
 run_id = row["run_id"]
 st.caption(f"run `{run_id}` · [open in MLflow]({backend.mlflow_run_url(row['experiment_id'], run_id)})")
 paths = cache.artifact_paths(uri, run_id)
-lens_tab, ranked_tab, ps_tab, steer_tab, stats_tab, plots_tab = st.tabs(
-    ["Token tables", "Evidence lists", "Patchscope", "Steering", "Statistics", "Plots"])
+lens_tab, ranked_tab, ps_tab, steer_tab, causal_tab, stats_tab, plots_tab = st.tabs(
+    ["Token tables", "Evidence lists", "Patchscope", "Steering", "Causal effect", "Statistics", "Plots"])
 
 with lens_tab:
     if artifacts.has_table(paths, "lens"):
@@ -61,6 +61,17 @@ with steer_tab:
             right.text(f"steered: {s['steered'].strip()}")
     widgets.show_samples(uri, run_id, paths, "adl")
     widgets.show_tables(uri, run_id, paths, "adl")
+
+with causal_tab:
+    causal = backend.causal_summary(row["metrics"])
+    if causal.empty:
+        st.info("This run has no causal effect (method.adl.causal_samples=0).")
+    else:
+        st.caption("Change of the organism's next-token loss (nats/token) with the difference direction projected "
+                   "out at the steering layer, against random directions; and the base with δ added.")
+        st.dataframe(causal, hide_index=True, width="stretch")
+        if "causal" in artifacts.names(paths, "plots"):
+            st.image(cache.plot_bytes(uri, run_id, "causal"))
 
 with stats_tab:
     widgets.show_metrics(row, "adl")

@@ -157,6 +157,18 @@ def model_config(model: str, organism: str, overrides: tuple[str, ...] = (), par
     return compose([*base, *overrides])
 
 
+def causal_summary(metrics: dict[str, float]) -> pd.DataFrame:
+    """ADL's causal-effect metrics (`adl/causal/<dataset>/...`) as one row per dataset."""
+    rows: dict[str, dict] = {}
+    for key, value in metrics.items():
+        parts = key.split("/")
+        if len(parts) == 4 and parts[:2] == ["adl", "causal"]:
+            rows.setdefault(parts[2], {"dataset": parts[2]})[parts[3]] = value
+    cols = ["dataset", "ce", "ce_delta", "random_ce_delta_mean", "random_ce_delta_std", "base_ce",
+            "base_plus_delta_ce_delta"]
+    return pd.DataFrame(list(rows.values()), columns=cols)
+
+
 def select_rows(table: pd.DataFrame, **equal) -> pd.DataFrame:
     """Rows of `table` whose columns equal the given values (None leaves a column unfiltered)."""
     mask = pd.Series(True, index=table.index)
