@@ -21,7 +21,7 @@ forked memory's high-water mark is carried across exec), so it reports the paren
 fallback only where /proc is missing. Targets:
 (b)/(a) >= 0.85; peak RSS of (b) at 10x <= 1.1x its 1x; (c) grows with the positions.
 
-  python benchmarks/diffmining.py                                   # toy (zoo `small` Llama): ~1-2 min, 2 idle CPU cores
+  python benchmarks/diffmining.py                  # toy (zoo `small` Llama): ~1-2 min on 2 idle CPU cores
   python benchmarks/diffmining.py --shape gemma3_1b --n-layers 2 --batch 2 --seq 64 --batches 2 --rss-scale 4
   python benchmarks/diffmining.py --shape gemma3_1b --batch 8 --seq 512 --batches 2 --dtype bfloat16   # GPU
 """
