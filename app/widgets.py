@@ -102,8 +102,8 @@ def show_samples(uri: str, run_id: str, paths: list[str], key: str) -> None:
     st.dataframe(frame, width="stretch", hide_index=True)
 
 
-def method_page(method: str, settings) -> None:
-    """A method's runs: statistics, plots, tables, ranked tokens, examples and samples of the picked run."""
+def method_run(method: str, settings) -> pd.Series:
+    """A method page's title and run picker with its links; the picked run (or a message naming the command)."""
     st.title(f"{method} runs")
     runs = require_runs(settings)
     runs = runs[runs["method"] == method]
@@ -111,9 +111,16 @@ def method_page(method: str, settings) -> None:
         st.warning(f"No finished `{method}` runs yet; make one with `diffgame run method={method}`.")
         st.stop()
     row = pick_run(runs, key=f"{method}_run")
-    uri, run_id = settings.tracking_uri, row["run_id"]
+    run_id = row["run_id"]
     st.caption(f"run `{run_id}` · [open in MLflow]({backend.mlflow_run_url(row['experiment_id'], run_id)})"
                + (f" · preprocess run `{row['preprocess_run_id']}`" if row["preprocess_run_id"] else ""))
+    return row
+
+
+def method_page(method: str, settings) -> None:
+    """A method's runs: statistics, plots, tables, ranked tokens, examples and samples of the picked run."""
+    row = method_run(method, settings)
+    uri, run_id = settings.tracking_uri, row["run_id"]
     paths = cache.artifact_paths(uri, run_id)
     tabs = st.tabs(["Statistics", "Examples", "Tokens", "Tables", "Samples", "Plots"])
     with tabs[0]:

@@ -9,15 +9,8 @@ from diffgame.ui import runs as backend
 
 settings = cache.settings()
 uri = settings.tracking_uri
-st.title("adl runs")
-runs = widgets.require_runs(settings)
-runs = runs[runs["method"] == "adl"]
-if runs.empty:
-    st.warning("No finished `adl` runs yet; make one with `diffgame run method=adl`.")
-    st.stop()
-row = widgets.pick_run(runs, key="adl_run")
+row = widgets.method_run("adl", settings)
 run_id = row["run_id"]
-st.caption(f"run `{run_id}` · [open in MLflow]({backend.mlflow_run_url(row['experiment_id'], run_id)})")
 paths = cache.artifact_paths(uri, run_id)
 lens_tab, ranked_tab, ps_tab, steer_tab, causal_tab, stats_tab, plots_tab = st.tabs(
     ["Token tables", "Evidence lists", "Patchscope", "Steering", "Causal effect", "Statistics", "Plots"])

@@ -8,13 +8,7 @@ from diffgame import artifacts
 
 settings = cache.settings()
 uri = settings.tracking_uri
-st.title("diffmining runs")
-runs = widgets.require_runs(settings)
-runs = runs[runs["method"] == "diffmining"]
-if runs.empty:
-    st.warning("No finished `diffmining` runs yet; make one with `diffgame run method=diffmining`.")
-    st.stop()
-row = widgets.pick_run(runs, key="diffmining_run")
+row = widgets.method_run("diffmining", settings)
 run_id = row["run_id"]
 paths = cache.artifact_paths(uri, run_id)
 tokens_tab, topics_tab, peaks_tab, stats_tab = st.tabs(["Raised tokens", "Topics", "Peaks", "Statistics"])
