@@ -34,7 +34,6 @@ import gc
 import json
 import os
 import platform
-import resource
 import subprocess
 import sys
 import time
@@ -45,7 +44,7 @@ from diffgame.methods.diffmining import DiffStats
 from diffgame.paired import default_chunk_tokens, logit_chunks
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # the shapes and helpers of extraction.py
-from extraction import make_batches, model_config, sync
+from extraction import make_batches, model_config, status_mib, sync
 
 DEFAULTS = {  # (n_layers, batch, seq, batches) per shape and device kind
     ("toy", "cpu"): (None, 16, 128, 8), ("toy", "gpu"): (None, 64, 512, 4),
@@ -147,19 +146,6 @@ def rss_child(args) -> None:
     peak = status_mib("VmHWM")
     print(json.dumps({"peak_rss_mib": peak, "whole_process_peak_mib": max(build_peak, peak),
                       "models_rss_mib": models, "reset": reset}))
-
-
-def status_mib(field: str) -> float:
-    """`VmHWM` (RSS high-water mark) or `VmRSS` of this process from /proc/self/status, in MiB; without /proc,
-    ru_maxrss (which in an exec'd child also counts the parent's RSS at fork time)."""
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith(field + ":"):
-                    return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def child_rss(args, path: str, n_batches: int) -> dict:

@@ -138,13 +138,28 @@ def layers_of(model, fractions: list[float]) -> list[int]:
 
 
 def rss_child(args) -> None:
-    """Subprocess body: paired extraction of `args.batches` batches, then print peak RSS in MiB."""
+    """Subprocess body: paired extraction of `args.batches` batches, then print this process's own peak RSS in MiB
+    (VmHWM: `ru_maxrss` of a child starts at its parent's RSS at spawn on Linux, which floored earlier figures)."""
     base, org = make_models(args)
     layers = layers_of(base, args.layers)
     batches = make_batches(args, base.config.vocab_size, args.batches)
     with tempfile.TemporaryDirectory() as tmp:
         paired_store(base, org, batches, layers, args, Path(tmp) / "store", shard_tokens=args.shard_tokens)
-    print(json.dumps({"peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+    print(json.dumps({"peak_rss_mib": status_mib("VmHWM")}))
+
+
+def status_mib(field: str) -> float:
+    """`VmHWM` (RSS high-water mark) or `VmRSS` of this process from /proc/self/status, in MiB; without /proc,
+    ru_maxrss (which in an exec'd child also counts the parent's RSS at fork time)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
 
 
 def main() -> None:
