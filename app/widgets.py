@@ -9,6 +9,7 @@ import cache
 from diffgame import artifacts
 from diffgame.ui import heat
 from diffgame.ui import runs as backend
+from diffgame.configtree import CONTROL
 from diffgame.errors import DiffgameError
 
 
@@ -26,8 +27,9 @@ def require_runs(settings, stage: str = "diff") -> pd.DataFrame:
 
 
 def pick_run(runs: pd.DataFrame, key: str, label: str = "Run") -> pd.Series:
-    """A selectbox over runs (newest per model/organism/method first); returns the chosen row."""
+    """A selectbox over runs (newest first, the control's after every organism's); returns the chosen row."""
     runs = backend.latest(runs, ("model", "organism", "method", "run_id"))
+    runs = runs.sort_values("organism", key=lambda o: o == CONTROL, kind="stable")  # the control's runs last
     labels = [backend.run_label(r) for _, r in runs.iterrows()]
     choice = st.selectbox(label, labels, key=key)
     return runs.iloc[labels.index(choice)]

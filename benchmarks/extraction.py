@@ -202,7 +202,7 @@ def main() -> None:
           f"d_model={base.config.hidden_size} vocab={base.config.vocab_size} B={args.batch} T={args.seq} "
           f"batches={args.batches} captured={layers} dtype={args.dtype} device={args.device} "
           f"threads={torch.get_num_threads()} rounds={args.rounds} (median)")
-    print(f"| path | tokens/s | x (a) | note |\n|---|---:|---:|---|")
+    print("| path | tokens/s | x (a) | note |\n|---|---:|---:|---|")
     for name, r in rates.items():
         note = ""
         if name.startswith("(d)"):

@@ -198,6 +198,14 @@ def test_kl_page_metrics_and_example_heat(monkeypatch, store):
 
 
 @pytest.mark.slow
+def test_run_picker_opens_on_an_organism_not_the_control(monkeypatch, store):
+    uri, _ = store
+    picker = _app(monkeypatch, uri, "kl").selectbox(key="kl_run")
+    assert any(o.startswith("control · ") for o in picker.options)
+    assert not picker.value.startswith("control · ") and picker.options.index(picker.value) == 0
+
+
+@pytest.mark.slow
 def test_normdiff_page_tables_and_search(monkeypatch, store):
     uri, latest = store
     row = latest[("caps", "normdiff")]
