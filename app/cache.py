@@ -57,6 +57,21 @@ def vectors(uri: str, run_id: str) -> dict:
 
 
 @st.cache_data(show_spinner=False)
+def lens_table(uri: str, run_id: str) -> pd.DataFrame | None:
+    return artifacts.lens_table(run_id)
+
+
+@st.cache_data(show_spinner=False)
+def steering_samples(uri: str, run_id: str) -> list[dict]:
+    return artifacts.steering_samples(run_id, artifact_paths(uri, run_id))
+
+
+@st.cache_data(show_spinner=False)
+def runs_with_vectors(uri: str, run_ids: tuple[str, ...]) -> list[str]:
+    return artifacts.runs_with_vectors(list(run_ids))
+
+
+@st.cache_data(show_spinner=False)
 def plot_bytes(uri: str, run_id: str, name: str) -> bytes:
     return artifacts.plot_file(run_id, name).read_bytes()
 

@@ -16,8 +16,8 @@ lens_tab, ranked_tab, ps_tab, steer_tab, causal_tab, stats_tab, plots_tab = st.t
     ["Token tables", "Evidence lists", "Patchscope", "Steering", "Causal effect", "Statistics", "Plots"])
 
 with lens_tab:
-    if artifacts.has_table(paths, "lens"):
-        lens = cache.table(uri, run_id, "lens")
+    lens = cache.lens_table(uri, run_id)
+    if lens is not None:
         c1, c2, c3, c4 = st.columns(4)
         layer = c1.selectbox("Layer", sorted(lens["layer"].unique()), key="adl_layer")
         slot = c2.selectbox("Position", sorted(lens["slot"].unique()), key="adl_slot",
@@ -43,9 +43,8 @@ with ps_tab:
         st.info("This run logged no patchscope sweep.")
 
 with steer_tab:
-    names = artifacts.names(paths, "samples")
-    if names:
-        samples = cache.samples(uri, run_id, "steering" if "steering" in names else names[0])
+    samples = cache.steering_samples(uri, run_id)
+    if samples:
         model = st.radio("Model", ["organism", "base"], horizontal=True, key="adl_steer_model")
         for s in backend.side_by_side(samples, model):
             st.markdown(f"**{s['prompt']}** · α = {s['alpha']}")

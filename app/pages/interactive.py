@@ -4,7 +4,6 @@ import streamlit as st
 
 import cache
 import widgets
-from diffgame import artifacts
 from diffgame.errors import DiffgameError
 from diffgame.ui import heat
 from diffgame.ui import runs as backend
@@ -74,8 +73,8 @@ with gen:
 
 with steer_tab:
     same = runs[(runs["model"] == pair["model"])]
-    sources = {backend.run_label(r): r["run_id"] for _, r in same.iterrows()
-               if artifacts.has_vectors(cache.artifact_paths(uri, r["run_id"]))}
+    with_vectors = cache.runs_with_vectors(uri, tuple(same["run_id"]))
+    sources = {backend.run_label(r): r["run_id"] for _, r in same.iterrows() if r["run_id"] in with_vectors}
     if not sources:
         st.info("No run on this model logged vectors; `normdiff` and `adl` runs do.")
     else:
