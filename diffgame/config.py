@@ -63,7 +63,7 @@ def _canonical(overrides: list[str]) -> list[str]:
                 raw = f"method={','.join(names)}" if o.is_sweep_override() else (
                     f"method=[{','.join(names)}]" if is_list else f"method={names[0]}")
         elif group.startswith("method."):
-            head, _, rest = group.removeprefix("method.").partition(".")
+            head = group.removeprefix("method.").partition(".")[0]
             if head in alias:
                 raw = raw.replace(f"method.{head}", f"method.{alias[head]}", 1)
         out.append(raw)
@@ -140,7 +140,7 @@ def _explain_compose_error(err: Exception, overrides: list[str]) -> str:
                 continue
             try:
                 base = _hydra_compose([])
-            except (ConfigError, Exception):  # noqa: BLE001 - only an explanation; fall back to Hydra's words
+            except Exception:  # noqa: BLE001 - only an explanation; fall back to Hydra's words
                 break
             parent, _, leaf = key.rpartition(".")
             node = OmegaConf.select(base, parent) if parent else base
@@ -158,8 +158,8 @@ def validate(cfg: DictConfig) -> None:
     for name in list(cfg.method.keys()):
         if cfg.method[name] is None:
             cfg.method[name] = {}
-        build_method_config(str(name), cfg.method[name])
-        check_node(cfg.method[name], registry.config_class(str(name)), f"method.{name}")
+        check_node(cfg.method[name], registry.config_class(str(name)), f"method.{name}")  # fills the defaults
+        build_method_config(str(name), cfg.method[name])  # the dataclass's own range checks
     configtree.weights_spec(cfg.organism, str(cfg.model.name))
 
 

@@ -17,6 +17,7 @@ import pandas as pd
 import torch
 
 from diffgame.batching import pad_right
+from diffgame.errors import ConfigError
 from diffgame.evidence import Example, RankedTokens
 from diffgame.examples import token_decoder
 from diffgame.methods.base import Method, MethodContext, MethodResult, TextRequest
@@ -52,8 +53,6 @@ class DiffMiningConfig:
     """Columns of the topic matrix: the tokens most often in a top-K."""
 
     def __post_init__(self):
-        from diffgame.errors import ConfigError
-
         for name in ("max_samples", "context_length", "top_k", "batch_tokens", "n_ranked", "reservoir",
                      "topic_vocab"):
             if getattr(self, name) <= 0:
