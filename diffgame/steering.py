@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Literal
 
 import torch
@@ -98,3 +99,55 @@ def patch(model: torch.nn.Module, vector: torch.Tensor, layer: int, position: in
 
     with on_output(model, layer, replace, what="patch layer"):
         yield
+
+
+@dataclass
+class SteeringSweep:
+    """Steering strengths tried on the organism, the one kept, and both models' samples with it."""
+
+    sweep: list[dict]
+    """Per strength: `alpha`, `ppl_ratio` (steered ÷ unsteered perplexity under the base), `coherent`."""
+    alpha: float
+    """The largest coherent strength (the smallest tried when none is coherent)."""
+    ppl_ratio: float
+    coherent: bool
+    samples: list[dict]
+    """Rows `prompt, model (organism|base), alpha, unsteered, steered` at `alpha`."""
+
+
+def coherent_sweep(base, organism, vector: torch.Tensor, layer: int, prompts: Sequence[str],
+                   alphas: Sequence[float], max_new_tokens: int = 24, coherence_factor: float = 2.0,
+                   seed: int = 0) -> SteeringSweep:
+    """Steer the organism with `alpha * vector` for each strength, keep the largest whose samples' perplexity under
+    the base stays within `coherence_factor` of the unsteered samples', then sample both models with it.
+
+    `base`, `organism`: loaded models with `.model` and `.tokenizer`."""
+    def samples(handle, alpha: float | None) -> list[str]:
+        if alpha is None:
+            return generate(handle.model, handle.tokenizer, prompts, max_new_tokens, seed=seed)
+        with steer(handle.model, vector, layer, scale=alpha):
+            return generate(handle.model, handle.tokenizer, prompts, max_new_tokens, seed=seed)
+
+    def ppl(texts: list[str]) -> float:
+        values = [v for v in perplexity(base.model, base.tokenizer, prompts, texts) if v == v]
+        return sum(values) / max(len(values), 1)
+
+    plain = samples(organism, None)
+    ppl_plain = ppl(plain)
+    sweep, texts, chosen = [], [], None
+    for alpha in sorted(alphas):
+        steered = samples(organism, alpha)
+        ratio = ppl(steered) / ppl_plain
+        sweep.append({"alpha": alpha, "ppl_ratio": ratio, "coherent": ratio <= coherence_factor})
+        texts.append(steered)
+        if ratio <= coherence_factor:
+            chosen = len(sweep) - 1
+    coherent = chosen is not None
+    best = chosen if coherent else 0
+    alpha = sweep[best]["alpha"]
+    base_plain, base_steered = samples(base, None), samples(base, alpha)
+    rows = [{"prompt": p, "model": "organism", "alpha": alpha, "unsteered": u, "steered": s}
+            for p, u, s in zip(prompts, plain, texts[best])]
+    rows += [{"prompt": p, "model": "base", "alpha": alpha, "unsteered": u, "steered": s}
+             for p, u, s in zip(prompts, base_plain, base_steered)]
+    return SteeringSweep(sweep, alpha, sweep[best]["ppl_ratio"], coherent, rows)

@@ -18,7 +18,7 @@ from diffgame.methods.adl_causal import causal_effect, encode
 from diffgame.methods.adl_means import DeltaMeans, delta_means
 from diffgame.methods.base import Method, MethodContext, MethodResult, TextRequest
 from diffgame.models import resolve_layers
-from diffgame.steering import generate, perplexity, steer
+from diffgame.steering import coherent_sweep
 
 
 @dataclass
@@ -187,44 +187,16 @@ class ADLMethod(Method):
     def _steer(self, ctx: MethodContext, means: DeltaMeans, text_slots: list[str], layer: int,
                result: MethodResult) -> None:
         """Sweep strengths on the organism, keep the largest coherent one, and sample both models with it."""
-        c, base, org = self.config, ctx.base, ctx.organism
+        c = self.config
         delta = torch.stack([means.delta[layer][s] for s in text_slots]).mean(0)  # [D]
         vector = delta / delta.norm().clamp_min(1e-12) * means.mean_norm[layer]
-        prompts = means.prompts[: c.steering_prompts]
-        seed = int(ctx.seed)
-
-        def samples(handle, alpha: float | None) -> list[str]:
-            if alpha is None:
-                return generate(handle.model, handle.tokenizer, prompts, c.steering_tokens, seed=seed)
-            with steer(handle.model, vector, layer, scale=alpha):
-                return generate(handle.model, handle.tokenizer, prompts, c.steering_tokens, seed=seed)
-
-        def ppl(texts: list[str]) -> float:
-            values = [v for v in perplexity(base.model, base.tokenizer, prompts, texts) if v == v]
-            return sum(values) / max(len(values), 1)
-
-        plain = samples(org, None)
-        ppl_plain = ppl(plain)
-        sweep, chosen = [], None
-        for alpha in sorted(c.steering_alphas):
-            texts = samples(org, alpha)
-            ratio = ppl(texts) / ppl_plain
-            sweep.append({"alpha": alpha, "ppl_ratio": ratio, "coherent": ratio <= c.coherence_factor, "texts": texts})
-            if ratio <= c.coherence_factor:
-                chosen = len(sweep) - 1
-        coherent = chosen is not None
-        best = sweep[chosen if coherent else 0]
-        base_plain, base_steered = samples(base, None), samples(base, best["alpha"])
-        rows = [{"prompt": p, "model": "organism", "alpha": best["alpha"], "unsteered": u, "steered": s}
-                for p, u, s in zip(prompts, plain, best["texts"])]
-        rows += [{"prompt": p, "model": "base", "alpha": best["alpha"], "unsteered": u, "steered": s}
-                 for p, u, s in zip(prompts, base_plain, base_steered)]
-        result.samples["steering"] = rows
-        result.tables["steering_sweep"] = pd.DataFrame(
-            [{k: v for k, v in r.items() if k != "texts"} | {"layer": layer} for r in sweep])
-        result.metrics.update({"adl/steering/layer": float(layer), "adl/steering/alpha": float(best["alpha"]),
-                               "adl/steering/ppl_ratio": float(best["ppl_ratio"]),
-                               "adl/steering/coherent": float(coherent)})
+        found = coherent_sweep(ctx.base, ctx.organism, vector, layer, means.prompts[: c.steering_prompts],
+                               c.steering_alphas, c.steering_tokens, c.coherence_factor, seed=int(ctx.seed))
+        result.samples["steering"] = found.samples
+        result.tables["steering_sweep"] = pd.DataFrame([r | {"layer": layer} for r in found.sweep])
+        result.metrics.update({"adl/steering/layer": float(layer), "adl/steering/alpha": float(found.alpha),
+                               "adl/steering/ppl_ratio": float(found.ppl_ratio),
+                               "adl/steering/coherent": float(found.coherent)})
 
 
 def _causal_plot(table: pd.DataFrame, layer: int):
