@@ -2,7 +2,8 @@
 and the activation store inside a preprocess run. Nothing else spells an artifact path.
 
 Diff run layout: `tables/<name>.parquet`, `examples/<name>.json`, `vectors.safetensors`, `plots/<name>.png`,
-`evidence/ranked_tokens.json`, `samples/<name>.json`; a preprocess run keeps its store under `store/`.
+`evidence/ranked_tokens.json`, `samples/<name>.json`, `weights/<name>.safetensors` (trained dictionaries) and, for
+methods that train, `checkpoints/` while they run; a preprocess run keeps its store under `store/`.
 Local artifact stores are read in place; remote ones are downloaded once per file through MLflow.
 """
 
@@ -28,7 +29,9 @@ STORE = "store"
 """Folder of a preprocess run's activation store."""
 RANKED = "evidence/ranked_tokens.json"
 VECTORS = "vectors.safetensors"
-_FOLDERS = {"tables": ".parquet", "examples": ".json", "plots": ".png", "samples": ".json"}
+CHECKPOINTS = "checkpoints"
+"""Folder of a training method's checkpoints inside its diff run (kept so an interrupted run resumes)."""
+_FOLDERS = {"tables": ".parquet", "examples": ".json", "plots": ".png", "samples": ".json", "weights": ".safetensors"}
 
 
 # --- writing ---------------------------------------------------------------------------------------
@@ -56,6 +59,9 @@ def log_result(run: tracking.StageRun, result: "MethodResult") -> None:
                 json.dumps({k: v.to_dict() for k, v in result.ranked_tokens.items()}))
         for name, rows in result.samples.items():
             (_mkdir(root / "samples") / f"{name}.json").write_text(json.dumps(rows))
+        for name, state in result.weights.items():
+            save_file({k: v.detach().cpu().contiguous() for k, v in state.items()},
+                      str(_mkdir(root / "weights") / f"{name}.safetensors"))
         if any(root.iterdir()):
             run.log_artifacts(root)
 
@@ -138,6 +144,13 @@ def load_vectors(run_id: str) -> dict:
     return load_file(str(artifact_file(run_id, VECTORS)))
 
 
+def load_weights(run_id: str, name: str) -> dict:
+    """`weights/<name>.safetensors` (e.g. the trained dictionary `layer2`) as {parameter: tensor}."""
+    from safetensors.torch import load_file
+
+    return load_file(str(artifact_file(run_id, f"weights/{name}.safetensors")))
+
+
 def load_ranked_tokens(run_id: str) -> dict[str, RankedTokens]:
     """`evidence/ranked_tokens.json` as {name: RankedTokens}."""
     data = json.loads(artifact_file(run_id, RANKED).read_text())
@@ -178,6 +191,15 @@ def lens_table(run_id: str) -> "pd.DataFrame | None":
 def runs_with_vectors(run_ids: list[str]) -> list[str]:
     """The runs among `run_ids` that logged steering vectors."""
     return [r for r in run_ids if has_vectors(list_artifacts(r))]
+
+
+def checkpoint_dir(run: tracking.StageRun, key: str) -> Path:
+    """Where a training method keeps its checkpoints: `checkpoints/` inside its run when the artifact store is local
+    (in place, so they are run artifacts), else a local cache folder named by `key` (the run's fingerprint)."""
+    local = run.artifact_dir
+    if local is not None:
+        return local / CHECKPOINTS
+    return Path(os.environ.get("DIFFGAME_CACHE", Path.home() / ".cache" / "diffgame")) / CHECKPOINTS / key
 
 
 def store_dir(run_id: str) -> Path:

@@ -79,7 +79,10 @@ def config_class(name: str) -> type:
 
 # --- built-in methods -------------------------------------------------------------------------------
 register("adl", "diffgame.methods.adl:ADLMethod", "diffgame.methods.adl:ADLConfig")
+register("crosscoder", "diffgame.methods.crosscoder:CrosscoderMethod", "diffgame.methods.crosscoder:CrosscoderConfig")
 register("diffmining", "diffgame.methods.diffmining:DiffMiningMethod", "diffgame.methods.diffmining:DiffMiningConfig")
 register("kl", "diffgame.methods.kl:KLMethod", "diffgame.methods.kl:KLConfig")
 register("normdiff", "diffgame.methods.normdiff:NormDiffMethod", "diffgame.methods.normdiff:NormDiffConfig",
          aliases=("activation_analysis",))
+register("pca", "diffgame.methods.pca:PCAMethod", "diffgame.methods.pca:PCAConfig")
+register("sae", "diffgame.methods.sae:SAEMethod", "diffgame.methods.sae:SAEConfig")

@@ -86,12 +86,16 @@ def run_methods(plan: Plan, parent_run_id: str | None = None, control: ControlPl
         params.update({"dataset": cfg.dataset.name, "layers": list(store.layers) if store is not None else None})
         if plan.pair.organism.identity.get("kind") == "zoo":
             params["zoo.size"] = cfg.zoo.size  # the app loads zoo models of this size
+        resumable = tracking.find_resumable("diff", fp) if cls.resumable else None
         with tracking.stage_run("diff", fp=fp, tags=tags, experiment=cfg.tracking.experiment,
-                                run_name=f"{name}-{plan.organism_name}", params=params,
-                                parent_run_id=parent_run_id) as run:
+                                run_name=f"{name}-{plan.organism_name}", params=params, parent_run_id=parent_run_id,
+                                resume_run_id=resumable.info.run_id if resumable else None) as run:
             texts = method_texts(method, cfg.organism)
             ctx = MethodContext(config=config, layers=list(plan.layers), seed=int(cfg.seed), tokenizer=plan.tokenizer,
                                 store=store if cls.needs_store else None, base=base, organism=organism, texts=texts)
+            if cls.resumable:
+                ctx.logger = tracking.lightning_logger(run.run_id)
+                ctx.workdir = artifacts.checkpoint_dir(run, fp)
             result = method.run(ctx)
             artifacts.log_result(run, result)
             grades = _grade(plan, name, result, control)

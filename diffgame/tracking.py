@@ -241,6 +241,18 @@ def stage_run(stage: str, *, fp: str, tags: dict[str, Any], experiment: str = "d
         c.set_terminated(run.run_id, status="FINISHED")
 
 
+def lightning_logger(run_id: str):
+    """Lightning's MLflow logger writing into the open run `run_id`, whose status stays ours: Lightning's own
+    `finalize` would mark the run FINISHED when one `fit` ends, while the stage is still running."""
+    from lightning.pytorch.loggers import MLFlowLogger
+
+    class StageLogger(MLFlowLogger):
+        def finalize(self, status: str = "success") -> None:
+            pass
+
+    return StageLogger(tracking_uri=resolve_uri(), run_id=run_id)
+
+
 def run_url(experiment_id: str, run_id: str) -> str:
     """Link to a run in the MLflow UI: the tracking server itself for http URIs, else a local `mlflow ui`."""
     uri = resolve_uri()

@@ -2,7 +2,6 @@
 args), the empty-store message, and every page against the micro zoo's real diff runs, with widgets set and what is
 shown compared with the tracking store, the run artifacts and a direct two-model computation."""
 
-import math
 import re
 import socket
 import sys

@@ -9,7 +9,6 @@ import json
 import re
 
 import pytest
-import torch
 from omegaconf import OmegaConf
 
 from diffgame import tracking
@@ -17,7 +16,6 @@ from diffgame.configtree import builtin_dir
 from diffgame.errors import ConfigError, DataError
 from diffgame.zoo import SIZES, build_zoo, corpus, get_size, list_zoo, locate, zoo_organisms
 from diffgame.zoo.build import train_base
-from diffgame.corpora import CORPORA
 from diffgame.zoo.lm import IGNORE, encode_rows, pack
 from diffgame.zoo.recipes import mixed_rows
 from diffgame.zoo.tokenizer import EOT, render_chat, train_tokenizer

@@ -10,6 +10,8 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     import pandas as pd
     import torch
     from matplotlib.figure import Figure
@@ -37,6 +39,8 @@ class MethodResult:
     """Token evidence for grading and the app, logged as `evidence/ranked_tokens.json`."""
     samples: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
     """Generated texts (e.g. steered vs unsteered), logged as `samples/<name>.json`."""
+    weights: dict[str, dict[str, "torch.Tensor"]] = field(default_factory=dict)
+    """Trained parameters (a dictionary per layer), logged as `weights/<name>.safetensors`, loadable by run id."""
 
 
 @dataclass(frozen=True)
@@ -70,6 +74,10 @@ class MethodContext:
     """Both models loaded (methods with `needs_models`)."""
     texts: dict[str, list[dict]] = field(default_factory=dict)
     """Rows of each `Method.texts()` request, by its name."""
+    logger: Any = None
+    """A Lightning logger writing to this method's run (training curves of methods that train); None logs nothing."""
+    workdir: "Path | None" = None
+    """A local folder kept across an interrupted run of a `resumable` method (its checkpoints); None: no resume."""
 
 
 class Method:
@@ -81,6 +89,8 @@ class Method:
     """Needs both models loaded (the runner loads them once and shares them across methods)."""
     headline: ClassVar[tuple[str, ...]] = ()
     """Metric patterns (globs) shown in the closing summary after the grades."""
+    resumable: ClassVar[bool] = False
+    """An interrupted run is reopened (not started anew) and `ctx.workdir` keeps its checkpoints."""
 
     def __init__(self, config: Any):
         self.config = config

@@ -19,11 +19,35 @@ from diffgame.errors import StoreError
 from diffgame.store.layout import MODEL_ROLES, ST_DTYPES, act_file, rebuild_hint, tokens_file
 from diffgame.store.writer import StoreWriter
 
-def mmap_tensors(path: Path) -> dict[str, torch.Tensor]:
-    """All tensors of a safetensors file as copy-on-write memory maps (nothing is read until touched)."""
+def _header(path: Path) -> tuple[int, dict]:
+    """(data start, header) of a safetensors file."""
     with open(path, "rb") as f:
         (n,) = struct.unpack("<Q", f.read(8))
-        header = json.loads(f.read(n))
+        return 8 + n, json.loads(f.read(n))
+
+
+def read_rows(path: Path, name: str, start: int, stop: int) -> torch.Tensor:
+    """Rows `start:stop` of 2-D tensor `name` of a safetensors file, read into fresh memory (no map stays behind,
+    so reading a store larger than RAM in blocks keeps memory bounded)."""
+    data, header = _header(path)
+    info = header[name]
+    dtype, (rows, cols) = ST_DTYPES[info["dtype"]], info["shape"]
+    start, stop = max(0, start), min(stop, rows)
+    row_bytes = cols * torch.finfo(dtype).bits // 8 if dtype.is_floating_point else cols * torch.iinfo(dtype).bits // 8
+    buf = bytearray(max(stop - start, 0) * row_bytes)
+    with open(path, "rb", buffering=0) as f:
+        f.seek(data + info["data_offsets"][0] + start * row_bytes)
+        got = f.readinto(buf)
+    if got != len(buf):
+        raise StoreError(f"store file {path} is shorter than its header says; rebuild the store")
+    if not buf:
+        return torch.empty(0, cols, dtype=dtype)
+    return torch.frombuffer(buf, dtype=dtype).reshape(-1, cols)
+
+
+def mmap_tensors(path: Path) -> dict[str, torch.Tensor]:
+    """All tensors of a safetensors file as copy-on-write memory maps (nothing is read until touched)."""
+    data, header = _header(path)
     out = {}
     for name, info in header.items():
         if name == "__metadata__":
@@ -33,7 +57,7 @@ def mmap_tensors(path: Path) -> dict[str, torch.Tensor]:
         if end == start:
             out[name] = torch.empty(info["shape"], dtype=dtype)
             continue
-        raw = np.memmap(path, dtype=np.uint8, mode="c", offset=8 + n + start, shape=(end - start,))
+        raw = np.memmap(path, dtype=np.uint8, mode="c", offset=data + start, shape=(end - start,))
         out[name] = torch.from_numpy(raw).view(dtype).reshape(info["shape"])
     return out
 
@@ -184,6 +208,16 @@ class ActivationStore:
         for s in range(len(off) - 1):
             a, e = off[s], off[s + 1]
             yield SequenceView(s, int(ts.sequence_ids[s]), ts.input_ids[a:e], ts.roles[a:e], ts.positions[a:e], a, e)
+
+    def shard_sizes(self, dataset: str) -> list[int]:
+        """Tokens per shard of `dataset`, in stream order."""
+        return [int(sh["n_tokens"]) for sh in self._ds(dataset)["shards"]]
+
+    def read_block(self, dataset: str, role: str, layer: int, shard: int, start: int, stop: int) -> torch.Tensor:
+        """Rows `start:stop` of shard `shard` (index) of one role and layer, read into fresh memory `[n, D]`."""
+        self._check(role, layer)
+        name = self._ds(dataset)["shards"][shard]["name"]
+        return read_rows(self.root / act_file(dataset, role, layer, name), "act", start, stop)
 
     def shuffled_batches(self, dataset: str, layer: int, batch_size: int, seed: int = 0
                          ) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:

@@ -1,0 +1,114 @@
+"""Shuffled training batches of one layer of an activation store, with memory bounded by a shuffle buffer.
+
+The store's tokens are cut into blocks of consecutive rows; each epoch visits the blocks in a seeded order, reads
+`buffer_blocks` of them at a time with plain file reads (no memory map stays resident, so a store larger than RAM
+trains in bounded memory), and shuffles the rows inside that buffer. Batch i of the stream is a pure function of
+(seed, i), so a run resumed at step s continues with exactly the batches an uninterrupted run would have seen.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+from torch.utils.data import IterableDataset
+
+from diffgame.errors import ConfigError
+
+Inputs = Literal["delta", "pair"]
+"""`delta`: h_org - h_base as one input [N, 1, D]; `pair`: [h_base; h_org] as two inputs [N, 2, D]."""
+
+
+@dataclass(frozen=True)
+class Block:
+    dataset: str
+    shard: int
+    start: int
+    stop: int
+
+    def __len__(self) -> int:
+        return self.stop - self.start
+
+
+def blocks(store, datasets: Sequence[str], block_tokens: int) -> list[Block]:
+    """Every token of `datasets` as blocks of at most `block_tokens` consecutive rows (never across shards)."""
+    out = []
+    for ds in datasets:
+        for s, n in enumerate(store.shard_sizes(ds)):
+            out += [Block(ds, s, a, min(a + block_tokens, n)) for a in range(0, n, block_tokens)]
+    return out
+
+
+def read_inputs(store, block: Block, layer: int, inputs: Inputs) -> torch.Tensor:
+    """The block's rows as dictionary inputs `[n, M, D]` fp32 (raw activation units)."""
+    base = store.read_block(block.dataset, "base", layer, block.shard, block.start, block.stop).float()
+    org = store.read_block(block.dataset, "organism", layer, block.shard, block.start, block.stop).float()
+    return (org - base)[:, None] if inputs == "delta" else torch.stack([base, org], 1)
+
+
+class ShuffledStream(IterableDataset):
+    """Batches `[batch_size, M, D]` (fp32) of one layer from batch `start_step` on, up to `steps` (None: endless).
+
+    No `__len__`: Lightning then counts steps, not epochs, so a resumed fit never restarts the stream."""
+
+    def __init__(self, store, layer: int, datasets: Sequence[str], inputs: Inputs, batch_size: int, steps: int | None,
+                 seed: int = 0, block_tokens: int = 1024, buffer_blocks: int = 16, start_step: int = 0):
+        super().__init__()
+        self.store, self.layer, self.inputs = store, layer, inputs
+        self.batch_size, self.steps, self.seed, self.start_step = batch_size, steps, seed, start_step
+        self.buffer_blocks = buffer_blocks
+        self.blocks = blocks(store, datasets, block_tokens)
+        self.n_tokens = sum(len(b) for b in self.blocks)
+        if self.n_tokens == 0:
+            raise ConfigError(f"the store has no tokens in datasets {list(datasets)} to train a dictionary on")
+
+    def _buffers(self) -> Iterator[list[Block]]:
+        """The blocks of each shuffle buffer, epoch after epoch (block order seeded per epoch)."""
+        epoch = 0
+        while True:
+            gen = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+            order = torch.randperm(len(self.blocks), generator=gen).tolist()
+            for i in range(0, len(order), self.buffer_blocks):
+                yield [self.blocks[j] for j in order[i:i + self.buffer_blocks]]
+            epoch += 1
+
+    def __iter__(self) -> Iterator[torch.Tensor]:
+        skip = self.start_step * self.batch_size  # tokens before the first batch we yield
+        carry: torch.Tensor | None = None
+        made = self.start_step
+        for n_buf, group in enumerate(self._buffers()):
+            size = sum(len(b) for b in group)
+            if skip >= size:  # fast-forward without reading
+                skip -= size
+                continue
+            rows = torch.cat([read_inputs(self.store, b, self.layer, self.inputs) for b in group])
+            gen = torch.Generator().manual_seed(self.seed * 7_919 + n_buf)
+            rows = rows[torch.randperm(len(rows), generator=gen)][skip:]
+            skip = 0
+            if carry is not None:
+                rows = torch.cat([carry, rows])
+            while len(rows) >= self.batch_size:
+                if self.steps is not None and made >= self.steps:
+                    return
+                yield rows[:self.batch_size]
+                rows = rows[self.batch_size:]
+                made += 1
+            carry = rows
+            if self.steps is not None and made >= self.steps:
+                return
+
+
+def input_scale(store, layer: int, datasets: Sequence[str], inputs: Inputs, max_tokens: int = 65536) -> torch.Tensor:
+    """Per input, sqrt(D) / mean ‖x‖ over the first `max_tokens` tokens: scaled inputs have mean norm sqrt(D), so
+    the learning rate and k do not depend on the model's activation scale."""
+    got, norms = 0, []
+    for b in blocks(store, datasets, 4096):
+        x = read_inputs(store, b, layer, inputs)
+        norms.append(x.norm(dim=-1))
+        got += len(x)
+        if got >= max_tokens:
+            break
+    mean = torch.cat(norms).mean(0).clamp_min(1e-12)  # [M]
+    return store.d_model ** 0.5 / mean

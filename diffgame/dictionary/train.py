@@ -1,0 +1,148 @@
+"""Train a BatchTopK dictionary on one layer of an activation store with Lightning, resumable from its checkpoint.
+
+`train_dictionary` is the one entry point: it streams shuffled store batches (`diffgame.dictionary.data`), trains in
+the configured precision on whatever accelerator Lightning finds, logs loss / FVU / L0 / dead share per step to the
+given Lightning logger, checkpoints into `workdir`, and resumes from the last checkpoint there; a layer whose training
+finished is loaded from `workdir` instead of trained again.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import lightning.pytorch as pl
+import torch
+from safetensors.torch import load_file, save_file
+
+from diffgame.dictionary.data import Inputs, ShuffledStream, input_scale
+from diffgame.dictionary.model import BatchTopK
+from diffgame.errors import ConfigError
+
+
+@dataclass
+class TrainConfig:
+    """How a dictionary is trained (fields shared by the `sae` and `crosscoder` methods)."""
+
+    n_latents: int = 512
+    """Dictionary size F."""
+    k: int = 16
+    """Mean active latents per token (BatchTopK)."""
+    steps: int | None = None
+    """Optimizer steps per layer; null: `epochs` passes over the fitted tokens."""
+    epochs: float = 10.0
+    """Passes over the fitted tokens when `steps` is null (a small store is seen several times, a large one once)."""
+    batch_size: int = 1024
+    """Tokens per step."""
+    topk: Literal["batch", "token"] = "batch"
+    """`batch`: BatchTopK, the k·N best latent scores of a batch; `token`: TopK, the k best of each token. BatchTopK
+    gives tokens of large norm more of the budget and can split a direction carried by such tokens over several
+    co-firing latents (see the README's dictionary section); TopK does not."""
+    lr: float = 1e-3
+    """Adam learning rate (inputs are scaled to mean norm sqrt(D), so it does not depend on the model's scale)."""
+    aux_coef: float = 0.03125
+    """Weight of the dead-latent auxiliary loss (1/32, Gao et al. 2024)."""
+    dead_steps: int = 100
+    """A latent that has not fired for this many steps counts as dead."""
+    precision: Literal["32-true", "bf16-mixed", "16-mixed"] = "32-true"
+    """Lightning precision; `bf16-mixed` on accelerators with fast bf16."""
+    accelerator: str = "auto"
+    """Lightning accelerator (auto: a GPU when there is one)."""
+    checkpoint_every: int = 100
+    """Steps between checkpoints (an interrupted run resumes from the last one)."""
+    block_tokens: int = 1024
+    """Consecutive store rows read at once."""
+    buffer_blocks: int = 32
+    """Blocks shuffled together: memory holds about block_tokens × buffer_blocks tokens of inputs."""
+    log_every: int = 10
+    """Steps between logged training metrics."""
+
+    def __post_init__(self):
+        if self.steps is not None and self.steps <= 0:
+            raise ConfigError(f"steps must be > 0 (or null for `epochs`), got {self.steps}")
+        if self.epochs <= 0:
+            raise ConfigError(f"epochs must be > 0, got {self.epochs}")
+        for name in ("n_latents", "k", "batch_size", "checkpoint_every", "block_tokens", "buffer_blocks",
+                     "log_every", "dead_steps"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"{name} must be > 0, got {getattr(self, name)}")
+        if self.k > self.n_latents:
+            raise ConfigError(f"k ({self.k}) must be <= n_latents ({self.n_latents})")
+        if self.lr <= 0:
+            raise ConfigError(f"lr must be > 0, got {self.lr}")
+        nxt = getattr(super(), "__post_init__", None)  # cooperative: a method config also inherits ReadoutConfig
+        if nxt is not None:
+            nxt()
+
+
+class DictionaryModule(pl.LightningModule):
+    """Lightning glue around `BatchTopK`: one step = scale the batch, forward, log the numbers."""
+
+    def __init__(self, dictionary: BatchTopK, cfg: TrainConfig, prefix: str):
+        super().__init__()
+        self.dictionary, self.cfg, self.prefix = dictionary, cfg, prefix
+
+    def training_step(self, batch: torch.Tensor, batch_idx: int) -> torch.Tensor:
+        # normalised before (not after) each step: a checkpoint written after step s then resumes exactly
+        self.dictionary.normalize_decoder()
+        out = self.dictionary(self.dictionary.scale(batch), aux_coef=self.cfg.aux_coef, mode=self.cfg.topk)
+        self.log_dict({f"{self.prefix}/loss": out.loss.detach(), f"{self.prefix}/fvu": out.fvu,
+                       f"{self.prefix}/l0": out.l0, f"{self.prefix}/aux": out.aux,
+                       f"{self.prefix}/dead": self.dictionary.dead_share()},
+                      on_step=True, on_epoch=False, batch_size=batch.shape[0])
+        return out.loss
+
+    def configure_optimizers(self):
+        return torch.optim.Adam(self.dictionary.parameters(), lr=self.cfg.lr)
+
+
+FINAL = "dictionary.safetensors"
+"""A finished layer's dictionary inside its checkpoint folder (reused instead of training again)."""
+
+
+def train_dictionary(store, layer: int, datasets: Sequence[str], inputs: Inputs, cfg: TrainConfig, seed: int = 0,
+                     logger=None, workdir: Path | None = None, prefix: str = "dictionary") -> BatchTopK:
+    """A trained dictionary of `layer` (on CPU, eval mode); `workdir/layer<L>/` holds its checkpoints."""
+    n_inputs = 1 if inputs == "delta" else 2
+    model = BatchTopK(n_inputs, store.d_model, cfg.n_latents, cfg.k, dead_steps=cfg.dead_steps, seed=seed)
+    folder = Path(workdir) / f"layer{layer}" if workdir is not None else None
+    if folder is not None and (folder / FINAL).is_file():
+        model.load_state_dict(load_file(folder / FINAL))
+        return model.eval()
+    model.input_scale.copy_(input_scale(store, layer, datasets, inputs))
+    stream = ShuffledStream(store, layer, datasets, inputs, cfg.batch_size, None, seed=seed,
+                            block_tokens=cfg.block_tokens, buffer_blocks=cfg.buffer_blocks)
+    steps = cfg.steps or max(1, math.ceil(cfg.epochs * stream.n_tokens / cfg.batch_size))
+    last = folder / "last.ckpt" if folder is not None and (folder / "last.ckpt").is_file() else None
+    start = int(torch.load(last, map_location="cpu", weights_only=False)["global_step"]) if last else 0
+    stream.start_step = start
+    callbacks = []
+    if folder is not None:
+        from lightning.pytorch.callbacks import ModelCheckpoint
+
+        callbacks.append(ModelCheckpoint(dirpath=folder, every_n_train_steps=cfg.checkpoint_every, save_last=True,
+                                         save_top_k=0, save_on_train_epoch_end=False))
+    module = DictionaryModule(model, cfg, prefix)
+    loader = torch.utils.data.DataLoader(stream, batch_size=None, num_workers=0)
+    trainer = pl.Trainer(max_steps=steps, max_epochs=-1, precision=cfg.precision, accelerator=cfg.accelerator,
+                         devices=1, logger=logger if logger is not None else False, callbacks=callbacks,
+                         enable_checkpointing=folder is not None, enable_model_summary=False,
+                         log_every_n_steps=cfg.log_every, num_sanity_val_steps=0, deterministic=False,
+                         default_root_dir=str(folder) if folder is not None else None)
+    if start < steps:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*(does not have many workers|resuming from a checkpoint "
+                                                      "that ended|infer the batch|LeafSpec|litlogger).*")
+            trainer.fit(module, train_dataloaders=loader, ckpt_path=str(last) if last else None)
+    elif last:
+        module.load_state_dict(torch.load(last, map_location="cpu", weights_only=False)["state_dict"])
+    model = model.cpu().eval()
+    model.normalize_decoder()
+    if folder is not None:
+        folder.mkdir(parents=True, exist_ok=True)
+        save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(folder / FINAL))
+    return model

@@ -1,0 +1,132 @@
+"""PCA on the activation difference δ = h_org - h_base: the directions along which the finetuning moved tokens most.
+
+Per stored layer, scikit-learn's `IncrementalPCA` is fitted on δ streamed from the store in blocks (bounded memory).
+Each component is read through both models' logit lens with both signs (a component's sign is arbitrary), its
+max-activating examples are the sequences with the largest projection, and the first component of the middle layer
+steers both models.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+import torch
+
+from diffgame.dictionary.data import blocks, read_inputs
+from diffgame.dictionary.readout import (ReadoutConfig, fitted_datasets, fitted_layers, lens_readouts, mean_norm,
+                                         scan, steering_evidence)
+from diffgame.errors import ConfigError
+from diffgame.methods.base import Method, MethodContext, MethodResult, TextRequest
+
+
+@dataclass
+class PCAConfig(ReadoutConfig):
+    """PCA of δ per layer. Steering strengths are multiples of the layer's mean ‖h_org‖ along the unit component."""
+
+    n_components: int = 8
+    """Components fitted per layer."""
+    evidence: int = 4
+    """Components whose organism-lens readouts (both signs) are graded."""
+
+    def __post_init__(self):
+        if self.n_components <= 0:
+            raise ConfigError(f"n_components must be > 0, got {self.n_components}")
+        super().__post_init__()
+
+
+def fit_pca(store, layer: int, datasets: list[str], n_components: int, batch_tokens: int):
+    """IncrementalPCA of δ at `layer`, fed block by block (a short last block joins the one before it)."""
+    from sklearn.decomposition import IncrementalPCA
+
+    if store.d_model < n_components:
+        raise ConfigError(f"n_components ({n_components}) exceeds d_model ({store.d_model})")
+    pca = IncrementalPCA(n_components=n_components)
+    pending: list[np.ndarray] = []
+    have = 0
+    for b in blocks(store, datasets, batch_tokens):
+        pending.append(read_inputs(store, b, layer, "delta")[:, 0].numpy())
+        have += len(b)
+        if have >= max(batch_tokens, n_components):
+            pca.partial_fit(np.concatenate(pending))
+            pending, have = [], 0
+    if pending:
+        rest = np.concatenate(pending)
+        if len(rest) >= n_components or not hasattr(pca, "components_"):
+            pca.partial_fit(rest)
+    if not hasattr(pca, "components_"):
+        raise ConfigError(f"the store has fewer than {n_components} tokens at layer {layer} to fit PCA on")
+    return pca
+
+
+class PCAMethod(Method):
+    """Principal components of h_org - h_base per layer, as tokens, examples and steering directions."""
+
+    needs_store = True
+    needs_models = True
+    headline = ("pca/*/explained_variance_ratio/pc0",)
+
+    def texts(self) -> dict[str, TextRequest]:
+        c = self.config
+        if not c.steering_prompts:
+            return {}
+        return {"steering": TextRequest(c.steering_dataset, "text", "test", c.steering_prompts)}
+
+    def run(self, ctx: MethodContext) -> MethodResult:
+        c, store = self.config, ctx.store
+        layers = fitted_layers(c, store, ctx.organism.n_layers)
+        datasets = fitted_datasets(c, store)
+        result = MethodResult()
+        variance_rows, lens_rows = [], []
+        for layer in layers:
+            pca = fit_pca(store, layer, datasets, c.n_components, c.batch_tokens)
+            comps = torch.as_tensor(pca.components_, dtype=torch.float32)  # [K, D], unit rows
+            mean = torch.as_tensor(pca.mean_, dtype=torch.float32)  # [D]
+            ratio = pca.explained_variance_ratio_
+            for k in range(len(comps)):
+                variance_rows.append({"layer": layer, "component": k,
+                                      "explained_variance": float(pca.explained_variance_[k]),
+                                      "ratio": float(ratio[k]), "cumulative": float(ratio[:k + 1].sum())})
+                result.vectors[f"layer{layer}/pc{k}"] = comps[k]
+            result.vectors[f"layer{layer}/mean"] = mean
+            prefix = f"pca/layer{layer}"
+            result.metrics.update({f"{prefix}/explained_variance_ratio/pc{k}": float(ratio[k])
+                                   for k in range(min(3, len(ratio)))})
+            result.metrics[f"{prefix}/explained_variance_ratio/top{len(ratio)}"] = float(ratio.sum())
+            directions = {f"layer{layer}/pc{k}": comps[k] for k in range(len(comps))}
+            rows, ranked = lens_readouts(ctx.base, ctx.organism, directions, c.top_k)
+            lens_rows += [r | {"layer": layer} for r in rows]
+            for k in range(min(c.evidence, len(comps))):
+                for key in (f"layer{layer}/pc{k}", f"layer{layer}/pc{k}/neg"):
+                    result.ranked_tokens[key] = ranked[key]
+            signed = torch.cat([comps, -comps])  # [2K, D]: + then - projections
+
+            def project(x: torch.Tensor) -> torch.Tensor:
+                return (x[:, 0] - mean) @ signed.T  # [n, 2K]
+
+            found = scan(store, layer, datasets, "delta", project, len(signed), c.top_k_examples, ctx.tokenizer,
+                         c.batch_tokens)
+            for k in range(len(comps)):
+                result.examples[f"layer{layer}_pc{k}"] = found[k]
+                result.examples[f"layer{layer}_pc{k}_neg"] = found[len(comps) + k]
+        variance = pd.DataFrame(variance_rows)
+        result.tables.update({"components": variance, "lens": pd.DataFrame(lens_rows)})
+        result.figures["explained_variance"] = _variance_plot(variance)
+        if c.steering_prompts:
+            layer = layers[len(layers) // 2]
+            vector = result.vectors[f"layer{layer}/pc0"] * mean_norm(store, layer, datasets)
+            steering_evidence(ctx, c, vector, layer, "pca", result)
+        return result
+
+
+def _variance_plot(table: pd.DataFrame):
+    """Explained variance ratio by component, one line per layer."""
+    import seaborn as sns
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(6, 3), layout="constrained")
+    ax = fig.subplots()
+    sns.lineplot(table, x="component", y="ratio", hue="layer", marker="o", palette="viridis", ax=ax)
+    ax.set(title="PCA of h_org - h_base", ylabel="explained variance ratio", xlabel="component")
+    return fig
