@@ -232,3 +232,74 @@ def test_bad_training_values_are_config_errors():
         TrainConfig(steps=0)
     with pytest.raises(ConfigError, match="organism_only_above"):
         CrosscoderConfig(organism_only_above=0.4)
+
+
+# --- through the runner on the micro zoo ---------------------------------------------------------------
+SMALL = ("dataset.sources.generic_text.max_samples=24", "dataset.sources.generic_chat.max_samples=12",
+         "dataset.sources.organism.max_samples=24", "preprocessing.dtype=float32")
+
+
+def _small(method: str, steps: int = 60) -> tuple[str, ...]:
+    m = f"method.{method}"
+    return (f"method={method}", f"{m}.n_latents=64", f"{m}.k=4", f"{m}.steps={steps}", f"{m}.batch_size=128",
+            f"{m}.checkpoint_every=20", f"{m}.steering_prompts=2", f"{m}.steering_tokens=6",
+            f"{m}.steering_alphas=[1.0]", f"{m}.evidence=3")
+
+
+def test_runner_logs_training_curves_weights_and_evidence_then_reuses(micro_cfg):
+    from diffgame import artifacts, tracking
+    from diffgame.pipeline import run_one
+
+    cfg = micro_cfg("organism=caps", *SMALL, *_small("crosscoder"), "pipeline.mode=full")
+    (row,) = run_one(cfg)
+    run = tracking.client().get_run(row.run_id)
+    assert run.info.status == "FINISHED"
+    layer = int(run.data.params["layers"].strip("[]").split(",")[0])
+    curve = tracking.client().get_metric_history(row.run_id, f"crosscoder/layer{layer}/fvu")
+    assert len(curve) >= 5 and curve[-1].value < curve[0].value  # Lightning's logger wrote into this run, per step
+    state = artifacts.load_weights(row.run_id, f"layer{layer}")
+    cc = BatchTopK(2, state["W_dec"].shape[-1], 64, 4)
+    cc.load_state_dict(state)
+    latents = artifacts.load_table(row.run_id, "latents")
+    assert set(latents.tag) <= {"base_only", "shared", "organism_only", "other"}
+    ranked = artifacts.ranked_tokens(row.run_id)
+    assert len([k for k in ranked if k.startswith(f"layer{layer}/latent")]) == 3
+    assert artifacts.steering_samples(row.run_id)
+    assert "grade/relative/precision_at_20" in run.data.metrics  # graded beside the control, like every method
+    (again,) = run_one(cfg)
+    assert (again.run_id, again.reused) == (row.run_id, True)
+
+
+def test_an_interrupted_diff_run_resumes_in_place_to_the_uninterrupted_dictionary(micro_cfg, monkeypatch):
+    from diffgame import artifacts, tracking
+    from diffgame.dictionary import train
+    from diffgame.pipeline import run_one
+    from diffgame.runner import find_store
+    from diffgame.planner import make_plan
+
+    cfg = micro_cfg("organism=caps", *SMALL, *_small("sae", steps=70), "method.sae.steering_prompts=0")
+    step = train.DictionaryModule.training_step
+
+    def failing(self, batch, i):
+        if self.global_step == 50:
+            raise RuntimeError("power cut")
+        return step(self, batch, i)
+
+    monkeypatch.setattr(train.DictionaryModule, "training_step", failing)
+    with pytest.raises(RuntimeError, match="power cut"):
+        run_one(cfg)
+    monkeypatch.setattr(train.DictionaryModule, "training_step", step)
+    failed = tracking.find_resumable("diff", make_plan(cfg).diff_fingerprints["sae"])
+    assert failed.info.status == "FAILED" and "power cut" in failed.data.tags[tracking.TAG_ERROR]
+    (row,) = run_one(cfg)
+    assert row.run_id == failed.info.run_id  # reopened, not duplicated
+    run = tracking.client().get_run(row.run_id)
+    assert run.info.status == "FINISHED" and tracking.TAG_ERROR not in run.data.tags
+    # equal to training the same layer in one go on the same store and config
+    plan = make_plan(cfg)
+    _, store = find_store(plan)
+    layer = store.layers[0]
+    whole = train.train_dictionary(store, layer, store.datasets, "delta", plan.methods["sae"], seed=int(cfg.seed))
+    resumed = artifacts.load_weights(row.run_id, f"layer{layer}")
+    for name, value in whole.state_dict().items():
+        assert torch.allclose(value.float(), resumed[name].float(), atol=1e-6), name

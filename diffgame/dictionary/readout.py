@@ -26,6 +26,7 @@ Scores = Callable[[torch.Tensor], torch.Tensor]
 """Raw inputs `[n, M, D]` -> per-token scores `[n, L]` (one column per direction)."""
 
 
+@torch.no_grad()
 def scan(store, layer: int, datasets: Sequence[str], inputs: Inputs, score: Scores, n_columns: int,
          k_examples: int, tokenizer, batch_tokens: int = 8192) -> list[list[Example]]:
     """Run `score` over every token of `datasets`; the `k_examples` sequences with the highest max score per column.
