@@ -257,9 +257,8 @@ def test_runner_logs_training_curves_weights_and_evidence_then_reuses(micro_cfg)
     layer = int(run.data.params["layers"].strip("[]").split(",")[0])
     curve = tracking.client().get_metric_history(row.run_id, f"crosscoder/layer{layer}/fvu")
     assert len(curve) >= 5 and curve[-1].value < curve[0].value  # Lightning's logger wrote into this run, per step
-    state = artifacts.load_weights(row.run_id, f"layer{layer}")
-    cc = BatchTopK(2, state["W_dec"].shape[-1], 64, 4)
-    cc.load_state_dict(state)
+    cc = BatchTopK.from_state(artifacts.load_weights(row.run_id, f"layer{layer}"))  # loadable by run id
+    assert (cc.n_inputs, cc.n_latents) == (2, 64) and float(cc.threshold) > 0
     latents = artifacts.load_table(row.run_id, "latents")
     assert set(latents.tag) <= {"base_only", "shared", "organism_only", "other"}
     ranked = artifacts.ranked_tokens(row.run_id)

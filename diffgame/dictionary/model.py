@@ -54,6 +54,15 @@ class BatchTopK(nn.Module):
         self.register_buffer("threshold", torch.tensor(-1.0))  # < 0: not estimated yet
         self.register_buffer("since_fired", torch.zeros(n_latents, dtype=torch.long))
 
+    @classmethod
+    def from_state(cls, state: dict[str, torch.Tensor], k: int | None = None) -> "BatchTopK":
+        """A dictionary from its saved parameters (e.g. `artifacts.load_weights(run_id, "layer2")`), in eval mode;
+        `k` only matters for further training (inference uses the learned threshold)."""
+        n_latents, n_inputs, d_model = state["W_dec"].shape
+        model = cls(n_inputs, d_model, n_latents, k or 1)
+        model.load_state_dict(state)
+        return model.eval()
+
     # --- parts ---------------------------------------------------------------------------------------
     def decoder_norms(self) -> torch.Tensor:
         """‖W_dec[f, m]‖ -> [F, M]."""

@@ -8,6 +8,7 @@ finished is loaded from `workdir` instead of trained again.
 
 from __future__ import annotations
 
+import logging
 import math
 import warnings
 from collections.abc import Sequence
@@ -48,8 +49,8 @@ class TrainConfig:
     """Weight of the dead-latent auxiliary loss (1/32, Gao et al. 2024)."""
     dead_steps: int = 100
     """A latent that has not fired for this many steps counts as dead."""
-    precision: Literal["32-true", "bf16-mixed", "16-mixed"] = "32-true"
-    """Lightning precision; `bf16-mixed` on accelerators with fast bf16."""
+    precision: Literal["auto", "32-true", "bf16-mixed", "16-mixed"] = "auto"
+    """Lightning precision; `auto`: bf16-mixed on a GPU with bf16, else 32-true (CPU autocast gains little)."""
     accelerator: str = "auto"
     """Lightning accelerator (auto: a GPU when there is one)."""
     checkpoint_every: int = 100
@@ -100,6 +101,33 @@ class DictionaryModule(pl.LightningModule):
         return torch.optim.Adam(self.dictionary.parameters(), lr=self.cfg.lr)
 
 
+def _precision(cfg: TrainConfig) -> str:
+    if cfg.precision != "auto":
+        return cfg.precision
+    gpu = cfg.accelerator in ("auto", "gpu", "cuda") and torch.cuda.is_available()
+    return "bf16-mixed" if gpu and torch.cuda.is_bf16_supported() else "32-true"
+
+
+class StepProgress(pl.Callback):
+    """A tqdm bar over optimizer steps (Lightning's own bar counts epochs of a stream that has none)."""
+
+    def __init__(self, total: int, start: int, desc: str):
+        self.total, self.start, self.desc = total, start, desc
+
+    def on_train_start(self, trainer, module) -> None:
+        from tqdm.auto import tqdm
+
+        self.bar = tqdm(total=self.total, initial=self.start, desc=self.desc, unit="step", leave=False)
+
+    def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx) -> None:
+        self.bar.update(trainer.global_step - self.bar.n)
+        self.bar.set_postfix(fvu=f"{float(trainer.callback_metrics.get(f'{module.prefix}/fvu', float('nan'))):.3f}",
+                             refresh=False)
+
+    def on_train_end(self, trainer, module) -> None:
+        self.bar.close()
+
+
 FINAL = "dictionary.safetensors"
 """A finished layer's dictionary inside its checkpoint folder (reused instead of training again)."""
 
@@ -120,7 +148,9 @@ def train_dictionary(store, layer: int, datasets: Sequence[str], inputs: Inputs,
     last = folder / "last.ckpt" if folder is not None and (folder / "last.ckpt").is_file() else None
     start = int(torch.load(last, map_location="cpu", weights_only=False)["global_step"]) if last else 0
     stream.start_step = start
-    callbacks = []
+    for name in ("lightning.pytorch.utilities.rank_zero", "lightning.pytorch.accelerators.cuda"):
+        logging.getLogger(name).setLevel(logging.WARNING)  # no "GPU available" banners per layer
+    callbacks: list[pl.Callback] = [StepProgress(steps, start, f"train {prefix}")]
     if folder is not None:
         from lightning.pytorch.callbacks import ModelCheckpoint
 
@@ -128,9 +158,9 @@ def train_dictionary(store, layer: int, datasets: Sequence[str], inputs: Inputs,
                                          save_top_k=0, save_on_train_epoch_end=False))
     module = DictionaryModule(model, cfg, prefix)
     loader = torch.utils.data.DataLoader(stream, batch_size=None, num_workers=0)
-    trainer = pl.Trainer(max_steps=steps, max_epochs=-1, precision=cfg.precision, accelerator=cfg.accelerator,
+    trainer = pl.Trainer(max_steps=steps, max_epochs=-1, precision=_precision(cfg), accelerator=cfg.accelerator,
                          devices=1, logger=logger if logger is not None else False, callbacks=callbacks,
-                         enable_checkpointing=folder is not None, enable_model_summary=False,
+                         enable_checkpointing=folder is not None, enable_model_summary=False, enable_progress_bar=False,
                          log_every_n_steps=cfg.log_every, num_sanity_val_steps=0, deterministic=False,
                          default_root_dir=str(folder) if folder is not None else None)
     if start < steps:
