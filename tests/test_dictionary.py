@@ -93,8 +93,11 @@ def test_stream_resumed_at_a_step_yields_the_same_batches_and_covers_every_token
     full = list(ShuffledStream(store, 1, ["text"], "delta", 1000, 40, seed=3, block_tokens=700, buffer_blocks=3))
     resumed = list(ShuffledStream(store, 1, ["text"], "delta", 1000, 40, seed=3, block_tokens=700, buffer_blocks=3,
                                   start_step=23))
+    prefetched = list(ShuffledStream(store, 1, ["text"], "delta", 1000, 40, seed=3, block_tokens=700,
+                                     buffer_blocks=3, prefetch=2))
     assert len(full) == 40 and len(resumed) == 17
     assert all(torch.equal(a, b) for a, b in zip(full[23:], resumed))
+    assert all(torch.equal(a, b) for a, b in zip(full, prefetched))
     # the first epoch (16 batches of 1000 = all 16000 tokens) visits every token exactly once
     epoch = torch.cat(full[:16])[:, 0]
     every = store.activations("text", "organism", 1).float() - store.activations("text", "base", 1).float()

@@ -51,11 +51,15 @@ def read_inputs(store, block: Block, layer: int, inputs: Inputs) -> torch.Tensor
 class ShuffledStream(IterableDataset):
     """Batches `[batch_size, M, D]` (fp32) of one layer from batch `start_step` on, up to `steps` (None: endless).
 
-    No `__len__`: Lightning then counts steps, not epochs, so a resumed fit never restarts the stream."""
+    No `__len__`: Lightning then counts steps, not epochs, so a resumed fit never restarts the stream. Buffers hold
+    raw rows in the store's dtype and each batch is gathered and converted on its own; `prefetch` > 0 makes that many
+    batches ahead in a background thread (worth it beside a GPU step, not on a small CPU)."""
 
     def __init__(self, store, layer: int, datasets: Sequence[str], inputs: Inputs, batch_size: int, steps: int | None,
-                 seed: int = 0, block_tokens: int = 1024, buffer_blocks: int = 16, start_step: int = 0):
+                 seed: int = 0, block_tokens: int = 1024, buffer_blocks: int = 16, start_step: int = 0,
+                 prefetch: int = 0):
         super().__init__()
+        self.prefetch = prefetch
         self.store, self.layer, self.inputs = store, layer, inputs
         self.batch_size, self.steps, self.seed, self.start_step = batch_size, steps, seed, start_step
         self.buffer_blocks = buffer_blocks
@@ -75,29 +79,96 @@ class ShuffledStream(IterableDataset):
             epoch += 1
 
     def __iter__(self) -> Iterator[torch.Tensor]:
+        batches = self._batches()
+        return batches if not self.prefetch else _prefetched(batches, self.prefetch)
+
+    def _raw_buffer(self, group: list[Block]) -> torch.Tensor:
+        """The blocks' rows as one `[n, 2, D]` tensor of both roles in the store's dtype (converted per batch)."""
+        out = torch.empty(sum(len(b) for b in group), 2, self.store.d_model, dtype=self.store.dtype)
+        at = 0
+        for b in group:
+            for r, role in enumerate(("base", "organism")):
+                out[at:at + len(b), r] = self.store.read_block(b.dataset, role, self.layer, b.shard, b.start, b.stop)
+            at += len(b)
+        return out
+
+    def _batches(self) -> Iterator[torch.Tensor]:
         skip = self.start_step * self.batch_size  # tokens before the first batch we yield
-        carry: torch.Tensor | None = None
+        carry: torch.Tensor | None = None  # raw rows left over from the previous buffer
         made = self.start_step
         for n_buf, group in enumerate(self._buffers()):
             size = sum(len(b) for b in group)
             if skip >= size:  # fast-forward without reading
                 skip -= size
                 continue
-            rows = torch.cat([read_inputs(self.store, b, self.layer, self.inputs) for b in group])
+            raw = self._raw_buffer(group)
             gen = torch.Generator().manual_seed(self.seed * 7_919 + n_buf)
-            rows = rows[torch.randperm(len(rows), generator=gen)][skip:]
+            order = torch.randperm(size, generator=gen)[skip:]
             skip = 0
-            if carry is not None:
-                rows = torch.cat([carry, rows])
-            while len(rows) >= self.batch_size:
+            at = 0
+            if carry is not None:  # complete the batch the previous buffer started
+                need = self.batch_size - len(carry)
+                if len(order) < need:
+                    carry = torch.cat([carry, raw[order]])
+                    continue
                 if self.steps is not None and made >= self.steps:
                     return
-                yield rows[:self.batch_size]
-                rows = rows[self.batch_size:]
+                yield to_inputs(torch.cat([carry, raw[order[:need]]]), self.inputs)
+                made, at, carry = made + 1, need, None
+            while len(order) - at >= self.batch_size:
+                if self.steps is not None and made >= self.steps:
+                    return
+                yield to_inputs(raw[order[at:at + self.batch_size]], self.inputs)
+                at += self.batch_size
                 made += 1
-            carry = rows
+            carry = raw[order[at:]]
             if self.steps is not None and made >= self.steps:
                 return
+
+
+def to_inputs(raw: torch.Tensor, inputs: Inputs) -> torch.Tensor:
+    """Raw `[n, 2, D]` (base, organism) rows -> dictionary inputs `[n, M, D]` fp32."""
+    x = raw.float()
+    return (x[:, 1] - x[:, 0])[:, None] if inputs == "delta" else x
+
+
+def _prefetched(batches: Iterator[torch.Tensor], depth: int) -> Iterator[torch.Tensor]:
+    """`batches` made ahead in a background thread (file reads and copies release the GIL), at most `depth` waiting;
+    the order is unchanged."""
+    import queue
+    import threading
+
+    q: queue.Queue = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+    done = object()
+
+    def produce() -> None:
+        try:
+            for batch in batches:
+                while not stop.is_set():
+                    try:
+                        q.put(batch, timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+                if stop.is_set():
+                    return
+            q.put(done)
+        except BaseException as e:  # handed to the consumer
+            q.put(e)
+
+    thread = threading.Thread(target=produce, daemon=True, name="diffgame-store-prefetch")
+    thread.start()
+    try:
+        while True:
+            item = q.get()
+            if item is done:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
 
 
 def input_scale(store, layer: int, datasets: Sequence[str], inputs: Inputs, max_tokens: int = 65536) -> torch.Tensor:

@@ -101,11 +101,14 @@ class DictionaryModule(pl.LightningModule):
         return torch.optim.Adam(self.dictionary.parameters(), lr=self.cfg.lr)
 
 
+def _on_gpu(cfg: TrainConfig) -> bool:
+    return cfg.accelerator in ("auto", "gpu", "cuda") and torch.cuda.is_available()
+
+
 def _precision(cfg: TrainConfig) -> str:
     if cfg.precision != "auto":
         return cfg.precision
-    gpu = cfg.accelerator in ("auto", "gpu", "cuda") and torch.cuda.is_available()
-    return "bf16-mixed" if gpu and torch.cuda.is_bf16_supported() else "32-true"
+    return "bf16-mixed" if _on_gpu(cfg) and torch.cuda.is_bf16_supported() else "32-true"
 
 
 class StepProgress(pl.Callback):
@@ -148,6 +151,7 @@ def train_dictionary(store, layer: int, datasets: Sequence[str], inputs: Inputs,
     last = folder / "last.ckpt" if folder is not None and (folder / "last.ckpt").is_file() else None
     start = int(torch.load(last, map_location="cpu", weights_only=False)["global_step"]) if last else 0
     stream.start_step = start
+    stream.prefetch = 2 if _on_gpu(cfg) else 0
     for name in ("lightning.pytorch.utilities.rank_zero", "lightning.pytorch.accelerators.cuda"):
         logging.getLogger(name).setLevel(logging.WARNING)  # no "GPU available" banners per layer
     callbacks: list[pl.Callback] = [StepProgress(steps, start, f"train {prefix}")]
