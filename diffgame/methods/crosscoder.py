@@ -133,7 +133,7 @@ class CrosscoderMethod(Method):
     needs_store = True
     needs_models = True
     resumable = True
-    headline = ("crosscoder/*/organism_specific", "crosscoder/*/fvu")
+    headline = ("crosscoder/*/max_relative_norm", "crosscoder/*/organism_specific")
 
     def texts(self) -> dict[str, TextRequest]:
         c = self.config
@@ -183,6 +183,7 @@ class CrosscoderMethod(Method):
             live = table[table.frequency > 0]
             result.metrics.update({f"{prefix}/{t}": float((live.tag == t).mean()) for t in TAGS})
             result.metrics.update({f"{prefix}/organism_specific": float(table.organism_specific.sum()),
+                                   f"{prefix}/max_relative_norm": float(live.relative_norm.max()),
                                    f"{prefix}/dead_share": float((table.frequency == 0).mean()),
                                    f"{prefix}/fvu": scaling.unexplained.value})
         latents = pd.concat(tables, ignore_index=True)
