@@ -188,3 +188,18 @@ class Unexplained:
         if self.sum is None:
             return float("nan")
         return self.err / max(self.sq - float((self.sum ** 2).sum()) / self.n, 1e-12)
+
+
+def latent_evidence(ctx, cfg: ReadoutConfig, result, layer: int, chosen: list[int], examples: list[list[Example]],
+                    directions: torch.Tensor, max_activation) -> list[dict]:
+    """Put the chosen latents' evidence into `result` (examples `layer<L>_latent<j>`, organism-lens ranked tokens
+    `layer<L>/latent<j>`, steering vectors = decoder direction × max activation); returns their lens table rows.
+
+    `directions`: decoder rows `[F, D]` in raw units; `max_activation[j]`: the latent's largest activation."""
+    unit = {f"layer{layer}/latent{j}": directions[j] / directions[j].norm().clamp_min(1e-12) for j in chosen}
+    rows, ranked = lens_readouts(ctx.base, ctx.organism, unit, cfg.top_k)
+    for j, found in zip(chosen, examples):
+        result.examples[f"layer{layer}_latent{j}"] = found
+        result.ranked_tokens[f"layer{layer}/latent{j}"] = ranked[f"layer{layer}/latent{j}"]
+        result.vectors[f"layer{layer}/latent{j}"] = directions[j] * float(max_activation[j])
+    return [r | {"layer": layer} for r in rows]

@@ -21,11 +21,11 @@ import pandas as pd
 import torch
 
 from diffgame.dictionary.model import BatchTopK
-from diffgame.dictionary.readout import (ReadoutConfig, Unexplained, fitted_datasets, fitted_layers, lens_readouts, scan,
-                                         steering_evidence)
+from diffgame.dictionary.readout import ReadoutConfig, Unexplained, latent_evidence, scan, steering_evidence
 from diffgame.dictionary.train import TrainConfig, train_dictionary
 from diffgame.errors import ConfigError
-from diffgame.methods.base import Method, MethodContext, MethodResult, TextRequest
+from diffgame.methods.base import MethodContext, MethodResult
+from diffgame.methods.readout import ReadoutMethod
 
 TAGS = ("base_only", "shared", "organism_only", "other")
 
@@ -127,24 +127,15 @@ def organism_specific(table: pd.DataFrame, c: CrosscoderConfig) -> list[int]:
     return (specific.latent.tolist() + rest.latent.tolist())[: c.evidence]
 
 
-class CrosscoderMethod(Method):
+class CrosscoderMethod(ReadoutMethod):
     """Latents shared by both models and latents only the organism has, with Latent Scaling against artefacts."""
 
-    needs_store = True
-    needs_models = True
     resumable = True
     headline = ("crosscoder/*/max_relative_norm", "crosscoder/*/organism_specific")
 
-    def texts(self) -> dict[str, TextRequest]:
-        c = self.config
-        if not c.steering_prompts:
-            return {}
-        return {"steering": TextRequest(c.steering_dataset, "text", "test", c.steering_prompts)}
-
     def run(self, ctx: MethodContext) -> MethodResult:
         c, store = self.config, ctx.store
-        layers = fitted_layers(c, store, ctx.organism.n_layers)
-        datasets = fitted_datasets(c, store)
+        layers, datasets = self.fitted(ctx)
         result = MethodResult()
         tables, lens_rows, first = [], [], {}
         for layer in layers:
@@ -168,14 +159,7 @@ class CrosscoderMethod(Method):
                 table.nu_error.abs() < c.beta_ratio_max)
             found = scan(store, layer, datasets, "pair", lambda raw: cc.encode(cc.scale(raw))[:, chosen], len(chosen),
                          c.top_k_examples, ctx.tokenizer, c.batch_tokens)
-            d_org = cc.directions(1)
-            unit = {f"layer{layer}/latent{j}": d_org[j] / d_org[j].norm().clamp_min(1e-12) for j in chosen}
-            rows, ranked = lens_readouts(ctx.base, ctx.organism, unit, c.top_k)
-            lens_rows += [r | {"layer": layer} for r in rows]
-            for j, ex in zip(chosen, found):
-                result.examples[f"layer{layer}_latent{j}"] = ex
-                result.ranked_tokens[f"layer{layer}/latent{j}"] = ranked[f"layer{layer}/latent{j}"]
-                result.vectors[f"layer{layer}/latent{j}"] = d_org[j] * float(table.max_activation[j])
+            lens_rows += latent_evidence(ctx, c, result, layer, chosen, found, cc.directions(1), table.max_activation)
             table.insert(0, "layer", layer)
             table["evidence_rank"] = table.latent.map({j: i for i, j in enumerate(chosen)})
             tables.append(table)

@@ -15,10 +15,10 @@ import pandas as pd
 import torch
 
 from diffgame.dictionary.data import blocks, read_inputs
-from diffgame.dictionary.readout import (ReadoutConfig, fitted_datasets, fitted_layers, lens_readouts, mean_norm,
-                                         scan, steering_evidence)
+from diffgame.dictionary.readout import ReadoutConfig, lens_readouts, mean_norm, scan, steering_evidence
 from diffgame.errors import ConfigError
-from diffgame.methods.base import Method, MethodContext, MethodResult, TextRequest
+from diffgame.methods.base import MethodContext, MethodResult
+from diffgame.methods.readout import ReadoutMethod
 
 
 @dataclass
@@ -60,23 +60,14 @@ def fit_pca(store, layer: int, datasets: list[str], n_components: int, batch_tok
     return pca
 
 
-class PCAMethod(Method):
+class PCAMethod(ReadoutMethod):
     """Principal components of h_org - h_base per layer, as tokens, examples and steering directions."""
 
-    needs_store = True
-    needs_models = True
     headline = ("pca/*/explained_variance_ratio/pc0",)
-
-    def texts(self) -> dict[str, TextRequest]:
-        c = self.config
-        if not c.steering_prompts:
-            return {}
-        return {"steering": TextRequest(c.steering_dataset, "text", "test", c.steering_prompts)}
 
     def run(self, ctx: MethodContext) -> MethodResult:
         c, store = self.config, ctx.store
-        layers = fitted_layers(c, store, ctx.organism.n_layers)
-        datasets = fitted_datasets(c, store)
+        layers, datasets = self.fitted(ctx)
         result = MethodResult()
         variance_rows, lens_rows = [], []
         for layer in layers:

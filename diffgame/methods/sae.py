@@ -14,10 +14,10 @@ import pandas as pd
 import torch
 
 from diffgame.dictionary.model import BatchTopK
-from diffgame.dictionary.readout import (ReadoutConfig, Unexplained, fitted_datasets, fitted_layers, lens_readouts, scan,
-                                         steering_evidence)
+from diffgame.dictionary.readout import ReadoutConfig, Unexplained, latent_evidence, scan, steering_evidence
 from diffgame.dictionary.train import TrainConfig, train_dictionary
-from diffgame.methods.base import Method, MethodContext, MethodResult, TextRequest
+from diffgame.methods.base import MethodContext, MethodResult
+from diffgame.methods.readout import ReadoutMethod
 
 
 @dataclass
@@ -78,24 +78,15 @@ def store_pass(store, layer: int, datasets: list[str], dictionary: BatchTopK, in
     return stats, examples
 
 
-class SAEMethod(Method):
+class SAEMethod(ReadoutMethod):
     """Sparse latents of h_org - h_base: which directions the finetuning adds, on which tokens, read as tokens."""
 
-    needs_store = True
-    needs_models = True
     resumable = True
     headline = ("sae/*/fvu", "sae/*/top_norm_share")
 
-    def texts(self) -> dict[str, TextRequest]:
-        c = self.config
-        if not c.steering_prompts:
-            return {}
-        return {"steering": TextRequest(c.steering_dataset, "text", "test", c.steering_prompts)}
-
     def run(self, ctx: MethodContext) -> MethodResult:
         c, store = self.config, ctx.store
-        layers = fitted_layers(c, store, ctx.organism.n_layers)
-        datasets = fitted_datasets(c, store)
+        layers, datasets = self.fitted(ctx)
         result = MethodResult()
         tables, lens_rows, top_latent = [], [], {}
         for layer in layers:
@@ -108,14 +99,7 @@ class SAEMethod(Method):
             chosen = table.sort_values("norm_share", ascending=False).latent.head(c.evidence).tolist()
             _, found = store_pass(store, layer, datasets, sae, "delta", c.batch_tokens, ctx.tokenizer, chosen,
                                   c.top_k_examples)
-            directions = sae.directions(0)  # [F, D] raw units
-            unit = {f"layer{layer}/latent{j}": directions[j] / directions[j].norm().clamp_min(1e-12) for j in chosen}
-            rows, ranked = lens_readouts(ctx.base, ctx.organism, unit, c.top_k)
-            lens_rows += [r | {"layer": layer} for r in rows]
-            for j, ex in zip(chosen, found):
-                result.examples[f"layer{layer}_latent{j}"] = ex
-                result.ranked_tokens[f"layer{layer}/latent{j}"] = ranked[f"layer{layer}/latent{j}"]
-                result.vectors[f"layer{layer}/latent{j}"] = directions[j] * float(table.max_activation[j])
+            lens_rows += latent_evidence(ctx, c, result, layer, chosen, found, sae.directions(0), table.max_activation)
             table.insert(0, "layer", layer)
             table["evidence_rank"] = table.latent.map({j: i for i, j in enumerate(chosen)})
             tables.append(table)
