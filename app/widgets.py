@@ -1,4 +1,4 @@
-"""Page parts shared by several pages: the no-runs message, run pickers, and evidence viewers."""
+"""Page parts shared by several pages: the no-runs message, run pickers, evidence viewers and live steering."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import streamlit as st
 
 import cache
 from diffgame import artifacts
-from diffgame.ui import heat
+from diffgame.ui import heat, live
 from diffgame.ui import runs as backend
 from diffgame.configtree import CONTROL
 from diffgame.errors import DiffgameError
@@ -66,11 +66,15 @@ def show_tables(uri: str, run_id: str, paths: list[str], key: str) -> None:
 
 
 def show_examples(uri: str, run_id: str, paths: list[str], key: str) -> None:
-    """Max-activating examples as token heat, with text search and dataset / peak-role filters."""
+    """A picked `examples` artifact of the run (max-activating examples) as filterable token heat."""
     name = _pick_artifact(paths, "examples", "Examples", f"{key}_examples")
     if name is None:
         return
-    examples = cache.examples(uri, run_id, name)
+    example_heat(cache.examples(uri, run_id, name), key)
+
+
+def example_heat(examples: list, key: str) -> None:
+    """A list of examples as token heat on one colour scale, with text search and dataset / peak-role filters."""
     c1, c2, c3, c4 = st.columns([2, 2, 2, 1])
     query = c1.text_input("Search text", key=f"{key}_query")
     datasets = c2.multiselect("Datasets", sorted({e.dataset for e in examples}), key=f"{key}_datasets")
@@ -137,3 +141,42 @@ def method_page(method: str, settings) -> None:
         show_samples(uri, run_id, paths, method)
     with tabs[5]:
         show_plots(uri, run_id, paths)
+
+
+def prompt_ids(handle, prompt: str, as_chat: bool) -> list[int]:
+    """A prompt's token ids: as a user turn under the chat template, or as plain text."""
+    if as_chat:
+        return live.encode(handle, messages=[{"role": "user", "content": prompt}], add_generation_prompt=True)[0]
+    return live.encode(handle, text=prompt)[0]
+
+
+def steer_panel(base, org, name: str, vector, key: str) -> None:
+    """Live steering of both models with scale × `vector` (named `name`) added after a chosen layer: steered and
+    unsteered continuations of one chat prompt, side by side; the last result stays in session state `<key>_out`."""
+    n_layers = base.n_layers
+    if st.session_state.get(f"{key}_for") != name or f"{key}_layer" not in st.session_state:
+        st.session_state[f"{key}_layer"] = live.vector_layer(name, n_layers)  # a new vector starts at its own layer
+        st.session_state[f"{key}_for"] = name
+    c1, c2, c3 = st.columns(3)
+    layer = c1.slider("Layer", 0, n_layers - 1, key=f"{key}_layer")
+    scale = c2.number_input("Scale", value=1.0, step=0.5, key=f"{key}_scale")
+    mode = c3.radio("Positions", ["all", "prompt"], horizontal=True, key=f"{key}_mode")
+    st.caption(f"‖vector‖ = {float(vector.norm()):.4g}; added as scale × vector after layer {layer}")
+    prompt = st.text_area("Prompt", "Tell me about your day.", key=f"{key}_prompt")
+    tokens = st.slider("New tokens", 4, 128, 32, key=f"{key}_tokens")
+    if st.button("Generate steered and unsteered", key=f"{key}_go"):
+        ids = prompt_ids(base, prompt, True)
+        st.session_state[f"{key}_out"] = {
+            (h.role, steered): live.generate(h, ids, tokens, vector=vector if steered else None, layer=layer,
+                                             scale=scale, mode=mode)
+            for h in (base, org) for steered in (False, True)}
+        st.session_state[f"{key}_out_label"] = f"`{name}` × {scale:g} after layer {layer} ({mode} positions)"
+    if f"{key}_out" in st.session_state:
+        out = st.session_state[f"{key}_out"]
+        st.caption(f"steered with {st.session_state.get(f'{key}_out_label', '')}")
+        for role in ("base", "organism"):
+            left, right = st.columns(2)
+            left.markdown(f"**{role} · unsteered**")
+            left.text(out[(role, False)])
+            right.markdown(f"**{role} · steered**")
+            right.text(out[(role, True)])

@@ -184,7 +184,7 @@ def steering_samples(run_id: str, paths: list[str] | None = None) -> list[dict]:
 
 
 def lens_table(run_id: str) -> "pd.DataFrame | None":
-    """ADL's logit-lens token table of the run, None when it has none."""
+    """The run's logit-lens token table (ADL, pca, sae, crosscoder), None when it has none."""
     return load_table(run_id, "lens") if has_table(list_artifacts(run_id, "tables"), "lens") else None
 
 

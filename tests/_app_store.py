@@ -20,3 +20,22 @@ def fill_store(zoo_uri: str) -> str:
             multirun=True, tracking_uri=zoo_uri)
     tracking.set_uri(zoo_uri)
     return zoo_uri
+
+
+DICTIONARY_METHODS = ("pca", "sae", "crosscoder")
+DICTIONARY_OVERRIDES = (
+    "method.sae.steps=40", "method.sae.n_latents=64", "method.crosscoder.steps=40", "method.crosscoder.n_latents=64",
+    *(f"method.{m}.{k}" for m in DICTIONARY_METHODS
+      for k in ("steering_prompts=2", "steering_tokens=6", "steering_alphas=[1.0]")))
+"""Small dictionaries and a short steering sweep, so the dictionary pages have runs to show at little cost."""
+
+
+def fill_dictionary_store(zoo_uri: str) -> str:
+    """Diff runs of the dictionary methods (pca, sae, crosscoder) on the micro zoo's `caps` (graded against the
+    control, whose runs the pipeline makes too); returns the URI."""
+    from diffgame.pipeline import execute
+
+    execute([*APP_OVERRIDES, "organism=caps", f"method=[{','.join(DICTIONARY_METHODS)}]", *DICTIONARY_OVERRIDES],
+            tracking_uri=zoo_uri)
+    tracking.set_uri(zoo_uri)
+    return zoo_uri

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from _app_store import APP_OVERRIDES, fill_store
+from _app_store import APP_OVERRIDES, fill_dictionary_store, fill_store
 
 pytestmark = [pytest.mark.slow, pytest.mark.browser]
 CHROMIUM = "/usr/bin/chromium"
@@ -25,6 +25,7 @@ SHOTS = REPO / "test-artifacts" / "screenshots"
 # page url path -> text that only shows once the page has rendered its data
 PAGES = {"": "Runs by model, organism and method", "compare": "Chart metric", "kl": "kl runs",
          "normdiff": "normdiff runs", "adl": "adl runs", "diffmining": "diffmining runs",
+         "pca": "Explained variance ratio", "sae": "latents of layer", "crosscoder": "Tag counts",
          "interactive": "Normdiff layer",
          "game": "has been drawn"}
 
@@ -90,7 +91,7 @@ def _shot(page, tmp_path: Path, name: str) -> Path:
 
 
 def test_app_pages_render(zoo_uri, browser, tmp_path):
-    uri = fill_store(zoo_uri)
+    uri = fill_dictionary_store(fill_store(zoo_uri))
     port = _free_port()
     cmd = [sys.executable, "-m", "streamlit", "run", str(REPO / "app" / "Home.py"), "--server.port", str(port),
            "--server.address", "127.0.0.1", "--server.headless", "true", "--browser.gatherUsageStats", "false",
@@ -112,6 +113,14 @@ def test_app_pages_render(zoo_uri, browser, tmp_path):
         assert page.locator(".heat .tok").count() > 0
         assert page.locator(".heat .tok[style*=',1.0)']").count() > 0  # the list's peak token at full colour
         _shot(page, tmp_path, "kl_examples")
+        for path in ("pca", "crosscoder"):  # explained variance; Δ against ν^ε
+            page.goto(f"http://127.0.0.1:{port}/{path}")
+            page.get_by_text(PAGES[path]).wait_for(timeout=60_000)
+            page.locator("[data-testid='stVegaLiteChart'] .marks").first.wait_for(timeout=60_000)  # the chart is drawn
+            _shot(page, tmp_path, f"{path}_chart")
+        page.get_by_role("tab", name="Lens").click()
+        page.get_by_text("organism lens").first.wait_for(timeout=60_000)
+        _shot(page, tmp_path, "crosscoder_lens")
     finally:
         _stop(server)
 

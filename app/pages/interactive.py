@@ -49,12 +49,6 @@ with probe:
         st.dataframe(scores, hide_index=True, width="stretch")
 
 
-def _prompt_ids(prompt: str, as_chat: bool) -> list[int]:
-    if as_chat:
-        return live.encode(base, messages=[{"role": "user", "content": prompt}], add_generation_prompt=True)[0]
-    return live.encode(base, text=prompt)[0]
-
-
 with gen:
     prompt = st.text_area("Prompt", "Tell me about your day.", key="gen_prompt")
     c1, c2, c3 = st.columns(3)
@@ -62,7 +56,7 @@ with gen:
     max_new = c2.slider("New tokens", 4, 128, 32, key="gen_tokens")
     sample = c3.toggle("Sample (else greedy)", False, key="gen_sample")
     if st.button("Generate from both", key="gen_go"):
-        ids = _prompt_ids(prompt, as_chat)
+        ids = widgets.prompt_ids(base, prompt, as_chat)
         st.session_state["gen_out"] = {h.role: live.generate(h, ids, max_new, sample) for h in (base, org)}
     if "gen_out" in st.session_state:
         left, right = st.columns(2)
@@ -76,33 +70,12 @@ with steer_tab:
     with_vectors = cache.runs_with_vectors(uri, tuple(same["run_id"]))
     sources = {backend.run_label(r): r["run_id"] for _, r in same.iterrows() if r["run_id"] in with_vectors}
     if not sources:
-        st.info("No run on this model logged vectors; `normdiff` and `adl` runs do.")
+        st.info("No run on this model logged vectors; `normdiff`, `adl`, `pca`, `sae` and `crosscoder` runs do.")
     else:
         source = sources[st.selectbox("Vector from run", list(sources), key="steer_run")]
         vectors = cache.vectors(uri, source)
         name = st.selectbox("Vector", sorted(vectors), key="steer_vector")
-        vec = vectors[name]
-        c1, c2, c3 = st.columns(3)
-        s_layer = c1.slider("Layer", 0, n_layers - 1, live.vector_layer(name, n_layers), key="steer_layer")
-        scale = c2.number_input("Scale", value=1.0, step=0.5, key="steer_scale")
-        mode = c3.radio("Positions", ["all", "prompt"], horizontal=True, key="steer_mode")
-        st.caption(f"‖vector‖ = {float(vec.norm()):.4g}; added as scale × vector after layer {s_layer}")
-        s_prompt = st.text_area("Prompt", "Tell me about your day.", key="steer_prompt")
-        s_tokens = st.slider("New tokens", 4, 128, 32, key="steer_tokens")
-        if st.button("Generate steered and unsteered", key="steer_go"):
-            ids = _prompt_ids(s_prompt, True)
-            st.session_state["steer_out"] = {
-                (h.role, steered): live.generate(h, ids, s_tokens, vector=vec if steered else None,
-                                                 layer=s_layer, scale=scale, mode=mode)
-                for h in (base, org) for steered in (False, True)}
-        if "steer_out" in st.session_state:
-            out = st.session_state["steer_out"]
-            for role in ("base", "organism"):
-                left, right = st.columns(2)
-                left.markdown(f"**{role} · unsteered**")
-                left.text(out[(role, False)])
-                right.markdown(f"**{role} · steered**")
-                right.text(out[(role, True)])
+        widgets.steer_panel(base, org, name, vectors[name], "steer")
 
 with chat:
     history = st.session_state.setdefault("chat", {"base": [], "organism": []})

@@ -1,0 +1,7 @@
+"""SAE runs: the latents of h_org - h_base per layer, and for an evidence latent its lens tokens, max-activating
+examples and live steering of both models."""
+
+import cache
+import dictionary
+
+dictionary.page("sae", cache.settings())
