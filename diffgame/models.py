@@ -211,13 +211,14 @@ def load_pair(pair: PairSources) -> tuple[ModelHandle, ModelHandle]:
     return base, org
 
 
-def resolve_layers(layers: list[float | int], n_layers: int) -> list[int]:
-    """Map layers given as fractions of depth (0.5) or indices (6, -1) to sorted unique indices."""
+def resolve_layers(layers: list[float | int], n_layers: int, key: str = "preprocessing.layers") -> list[int]:
+    """Map layers given as fractions of depth (0.5) or indices (6, -1) to sorted unique indices; `key` is the
+    config key an error names."""
     out = set()
     for layer in layers:
         if isinstance(layer, float):
             if not 0.0 <= layer <= 1.0:
-                raise ConfigError(f"layer fraction {layer} is outside [0, 1]")
+                raise ConfigError(f"layer fraction {layer} is outside [0, 1]; fix {key}")
             idx = min(int(layer * n_layers), n_layers - 1)
         else:
             idx = int(layer)
@@ -226,7 +227,7 @@ def resolve_layers(layers: list[float | int], n_layers: int) -> list[int]:
             if not 0 <= idx < n_layers:
                 raise ConfigError(
                     f"layer {int(layer)} is out of range for a model with {n_layers} layers "
-                    f"(valid: 0..{n_layers - 1}, or fractions like 0.5); fix preprocessing.layers")
+                    f"(valid: 0..{n_layers - 1}, or fractions like 0.5); fix {key}")
         out.add(idx)
     return sorted(out)
 

@@ -49,6 +49,8 @@ def build(cls: type, node: Any, path: str):
     values = OmegaConf.to_container(node, resolve=True)
     try:
         return cls(**values)
+    except ConfigError as e:  # a range check that does not know its own path (a config shared by methods)
+        raise e if path in str(e) else ConfigError(f"invalid '{path}': {e}") from None
     except (TypeError, ValueError) as e:
         raise ConfigError(f"invalid '{path}': {e}") from None
 

@@ -18,7 +18,7 @@ from diffgame.dictionary.train import TrainConfig, train_dictionary
 from diffgame.errors import ConfigError
 from diffgame.methods.crosscoder import CrosscoderConfig, LatentScaling, relative_norm, tag
 from diffgame.methods.pca import fit_pca
-from diffgame.methods.sae import store_pass
+from diffgame.methods.sae import SAEConfig, store_pass
 
 D, N, G = 32, 16000, 16
 PLANT_IDS = 3  # the planted direction fires on tokens with id < 3 (about 6% of tokens)
@@ -235,6 +235,12 @@ def test_bad_training_values_are_config_errors():
         TrainConfig(steps=0)
     with pytest.raises(ConfigError, match="organism_only_above"):
         CrosscoderConfig(organism_only_above=0.4)
+    from diffgame.validate import build  # through the one validator, the message names the key's path
+
+    with pytest.raises(ConfigError, match=r"invalid 'method.sae': k must be > 0, got 0"):
+        build(SAEConfig, {"k": 0}, "method.sae")
+    with pytest.raises(ConfigError, match=r"invalid value 'foo' for 'method.crosscoder.topk'; valid: batch, token"):
+        build(CrosscoderConfig, {"topk": "foo"}, "method.crosscoder")
 
 
 # --- through the runner on the micro zoo ---------------------------------------------------------------

@@ -126,24 +126,25 @@ class ReadoutConfig:
             nxt()
 
 
-def fitted_layers(cfg: ReadoutConfig, store, n_layers: int) -> list[int]:
-    """The configured layers as store layer indices; a layer the store lacks is a ConfigError naming the stored."""
+def fitted_layers(cfg: ReadoutConfig, store, n_layers: int, key: str = "layers") -> list[int]:
+    """The configured layers as store layer indices; a layer the store lacks is a ConfigError naming the stored
+    (`key`: the config key errors name, e.g. `method.sae.layers`)."""
     if cfg.layers is None:
         return list(store.layers)
-    layers = resolve_layers(list(cfg.layers), n_layers)
+    layers = resolve_layers(list(cfg.layers), n_layers, key)
     missing = [layer for layer in layers if layer not in store.layers]
     if missing:
-        raise ConfigError(f"layers {missing} are not in the store (stored: {store.layers}); pick stored layers or "
-                          f"preprocess with preprocessing.layers including them")
+        raise ConfigError(f"{key}: layers {missing} are not in the store (stored: {store.layers}); pick stored "
+                          f"layers or preprocess with preprocessing.layers including them")
     return layers
 
 
-def fitted_datasets(cfg: ReadoutConfig, store) -> list[str]:
+def fitted_datasets(cfg: ReadoutConfig, store, key: str = "datasets") -> list[str]:
     if cfg.datasets is None:
         return list(store.datasets)
     missing = [d for d in cfg.datasets if d not in store.datasets]
     if missing:
-        raise ConfigError(f"datasets {missing} are not in the store; stored: {', '.join(store.datasets)}")
+        raise ConfigError(f"{key}: datasets {missing} are not in the store; stored: {', '.join(store.datasets)}")
     return list(cfg.datasets)
 
 

@@ -88,8 +88,9 @@ class ADLMethod(Method):
     def run(self, ctx: MethodContext) -> MethodResult:
         c, base, org = self.config, ctx.base, ctx.organism
         n_layers = org.n_layers
-        layers = resolve_layers(list(c.layers), n_layers) if c.layers is not None else list(ctx.layers)
-        steer_layer = resolve_layers([c.steering_layer], n_layers)[0]
+        layers = (resolve_layers(list(c.layers), n_layers, "method.adl.layers") if c.layers is not None
+                  else list(ctx.layers))
+        steer_layer = resolve_layers([c.steering_layer], n_layers, "method.adl.steering_layer")[0]
         capture = sorted(set(layers) | {steer_layer})
         means = delta_means(c, base, org, capture, ctx.texts["documents"], ctx.texts.get("chats", []))
         result = MethodResult()

@@ -135,7 +135,7 @@ class CrosscoderMethod(ReadoutMethod):
 
     def run(self, ctx: MethodContext) -> MethodResult:
         c, store = self.config, ctx.store
-        layers, datasets = self.fitted(ctx)
+        layers, datasets = self.fitted(ctx, "crosscoder")
         result = MethodResult()
         tables, lens_rows, first = [], [], {}
         for layer in layers:

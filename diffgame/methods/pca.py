@@ -67,7 +67,7 @@ class PCAMethod(ReadoutMethod):
 
     def run(self, ctx: MethodContext) -> MethodResult:
         c, store = self.config, ctx.store
-        layers, datasets = self.fitted(ctx)
+        layers, datasets = self.fitted(ctx, "pca")
         result = MethodResult()
         variance_rows, lens_rows = [], []
         for layer in layers:

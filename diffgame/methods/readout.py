@@ -22,6 +22,7 @@ class ReadoutMethod(Method):
             return {}
         return {"steering": TextRequest(c.steering_dataset, "text", "test", c.steering_prompts)}
 
-    def fitted(self, ctx: MethodContext) -> tuple[list[int], list[str]]:
-        """The store layers and datasets this run fits."""
-        return fitted_layers(self.config, ctx.store, ctx.organism.n_layers), fitted_datasets(self.config, ctx.store)
+    def fitted(self, ctx: MethodContext, name: str) -> tuple[list[int], list[str]]:
+        """The store layers and datasets this run fits (`name`: the method's registry name, for error messages)."""
+        return (fitted_layers(self.config, ctx.store, ctx.organism.n_layers, f"method.{name}.layers"),
+                fitted_datasets(self.config, ctx.store, f"method.{name}.datasets"))

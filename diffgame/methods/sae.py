@@ -86,7 +86,7 @@ class SAEMethod(ReadoutMethod):
 
     def run(self, ctx: MethodContext) -> MethodResult:
         c, store = self.config, ctx.store
-        layers, datasets = self.fitted(ctx)
+        layers, datasets = self.fitted(ctx, "sae")
         result = MethodResult()
         tables, lens_rows, top_latent = [], [], {}
         for layer in layers:
