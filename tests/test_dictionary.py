@@ -17,7 +17,7 @@ from diffgame.dictionary.readout import scan
 from diffgame.dictionary.train import TrainConfig, train_dictionary
 from diffgame.errors import ConfigError
 from diffgame.methods.crosscoder import CrosscoderConfig, LatentScaling, relative_norm, tag
-from diffgame.methods.pca import fit_pca
+from diffgame.methods.pca import TokenProjections, fit_pca
 from diffgame.methods.sae import SAEConfig, store_pass
 
 D, N, G = 32, 16000, 16
@@ -115,8 +115,23 @@ def test_pca_first_component_is_the_planted_direction(tmp_path):
     plant = (ids < 10).float() * torch.rand(N, generator=g).add(1.0)
     store = _store(tmp_path / "s", base, base + plant[:, None] * v + 0.1 * torch.randn(N, D, generator=g), ids)
     pca = fit_pca(store, 1, ["text"], 4, 3000)
-    assert abs(float(torch.as_tensor(pca.components_[0]).float() @ v)) > 0.95
+    c0 = torch.as_tensor(pca.components_[0]).float()
+    assert abs(float(c0 @ v)) > 0.95
     assert pca.explained_variance_ratio_[0] > 0.5
+    # the input tokens projecting most on the planted side of pc0 are exactly the planted token ids
+    signed, mean = torch.stack([c0, -c0]), torch.as_tensor(pca.mean_).float()
+    by_token = TokenProjections(store.tokens("text").input_ids, 2)
+
+    def project(x):
+        scores = (x[:, 0] - mean) @ signed.T
+        by_token.add(scores)
+        return scores
+
+    scan(store, 1, ["text"], "delta", project, 2, 0, _Tok(), 3000)
+    rows = by_token.rows(_Tok(), 1, 1, top=10)
+    planted_side = "+" if float(c0 @ v) > 0 else "-"
+    assert {r["token_id"] for r in rows if r["sign"] == planted_side} == set(range(10))
+    assert all(r["token_id"] >= 10 for r in rows if r["sign"] != planted_side)  # the other side: unplanted tokens
 
 
 def _sae(store, **kw) -> BatchTopK:
@@ -192,6 +207,9 @@ class _Tok:
 
     def batch_decode(self, ids, skip_special_tokens=False):
         return [f"w{i[0]}" for i in ids]
+
+    def convert_ids_to_tokens(self, i):
+        return f"w{i}"
 
 
 # --- resume ------------------------------------------------------------------------------------------

@@ -1,9 +1,9 @@
 """PCA on the activation difference δ = h_org - h_base: the directions along which the finetuning moved tokens most.
 
 Per stored layer, scikit-learn's `IncrementalPCA` is fitted on δ streamed from the store in blocks (bounded memory).
-Each component is read through both models' logit lens with both signs (a component's sign is arbitrary), its
-max-activating examples are the sequences with the largest projection, and the first component of the middle layer
-steers both models.
+Each component is read through both models' logit lens with both signs (a component's sign is arbitrary), the input
+tokens whose δ projects on it most (mean per token id) are tabled, its max-activating examples are the sequences with
+the largest projection, and the first component of the middle layer steers both models.
 """
 
 from __future__ import annotations
@@ -60,6 +60,36 @@ def fit_pca(store, layer: int, datasets: list[str], n_components: int, batch_tok
     return pca
 
 
+class TokenProjections:
+    """Mean projection on each signed component per input token id, over one pass in stream order."""
+
+    def __init__(self, ids: torch.Tensor, n_columns: int):
+        self.ids, self.at = ids, 0  # [N] token ids of the fitted datasets, in the order the pass reads them
+        vocab = int(ids.max()) + 1 if len(ids) else 1
+        self.sum = torch.zeros(vocab, n_columns, dtype=torch.float64)
+        self.count = torch.zeros(vocab, dtype=torch.long)
+
+    def add(self, scores: torch.Tensor) -> None:
+        ids = self.ids[self.at:self.at + len(scores)]
+        self.at += len(scores)
+        self.sum.index_add_(0, ids, scores.double())
+        self.count += torch.bincount(ids, minlength=len(self.count))
+
+    def rows(self, tokenizer, layer: int, n_components: int, top: int, min_count: int = 3) -> list[dict]:
+        """The `top` token ids with the largest mean projection per component and sign (seen >= `min_count`)."""
+        seen = self.count >= min_count
+        mean = self.sum / self.count.clamp_min(1)[:, None]
+        out = []
+        for col in range(self.sum.shape[1]):
+            k, sign = col % n_components, "+" if col < n_components else "-"
+            ids = seen.nonzero().squeeze(1)
+            best = ids[mean[ids, col].argsort(descending=True)[:top]].tolist()
+            out += [{"layer": layer, "component": k, "sign": sign, "rank": r, "token_id": t,
+                     "token": tokenizer.convert_ids_to_tokens(t), "mean_projection": float(mean[t, col]),
+                     "count": int(self.count[t])} for r, t in enumerate(best)]
+        return out
+
+
 class PCAMethod(ReadoutMethod):
     """Principal components of h_org - h_base per layer, as tokens, examples and steering directions."""
 
@@ -69,7 +99,7 @@ class PCAMethod(ReadoutMethod):
         c, store = self.config, ctx.store
         layers, datasets = self.fitted(ctx, "pca")
         result = MethodResult()
-        variance_rows, lens_rows = [], []
+        variance_rows, lens_rows, token_rows = [], [], []
         for layer in layers:
             pca = fit_pca(store, layer, datasets, c.n_components, c.batch_tokens)
             comps = torch.as_tensor(pca.components_, dtype=torch.float32)  # [K, D], unit rows
@@ -92,17 +122,22 @@ class PCAMethod(ReadoutMethod):
                 for key in (f"layer{layer}/pc{k}", f"layer{layer}/pc{k}/neg"):
                     result.ranked_tokens[key] = ranked[key]
             signed = torch.cat([comps, -comps])  # [2K, D]: + then - projections
+            by_token = TokenProjections(torch.cat([store.tokens(d).input_ids for d in datasets]), len(signed))
 
             def project(x: torch.Tensor) -> torch.Tensor:
-                return (x[:, 0] - mean) @ signed.T  # [n, 2K]
+                scores = (x[:, 0] - mean) @ signed.T  # [n, 2K]
+                by_token.add(scores)
+                return scores
 
             found = scan(store, layer, datasets, "delta", project, len(signed), c.top_k_examples, ctx.tokenizer,
                          c.batch_tokens)
+            token_rows += by_token.rows(ctx.tokenizer, layer, len(comps), c.top_k)
             for k in range(len(comps)):
                 result.examples[f"layer{layer}_pc{k}"] = found[k]
                 result.examples[f"layer{layer}_pc{k}_neg"] = found[len(comps) + k]
         variance = pd.DataFrame(variance_rows)
-        result.tables.update({"components": variance, "lens": pd.DataFrame(lens_rows)})
+        result.tables.update({"components": variance, "lens": pd.DataFrame(lens_rows),
+                              "token_projections": pd.DataFrame(token_rows)})
         result.figures["explained_variance"] = _variance_plot(variance)
         if c.steering_prompts:
             layer = layers[len(layers) // 2]
