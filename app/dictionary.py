@@ -98,6 +98,11 @@ def page(method: str, settings) -> None:
             widgets.example_heat(cache.examples(uri, run_id, found), method)
         else:
             st.info(f"This run logged no max-activating examples for `{name}` ({SIGNS[sign]}).")
+        if method == "pca" and artifacts.has_table(paths, "token_projections"):
+            st.markdown("**Input tokens projecting most** on this component and sign (mean over their occurrences)")
+            projections = cache.table(uri, run_id, "token_projections")
+            st.dataframe(backend.select_rows(projections, layer=layer, component=j, sign=sign), hide_index=True,
+                         width="stretch", key="pca_token_projections")
     with tabs[3]:
         _steer(row, settings, d, name, sign, f"{method}_steer")
     with tabs[4]:

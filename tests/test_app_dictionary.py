@@ -125,6 +125,10 @@ def test_pca_page_components_variance_lens_and_examples(monkeypatch, store):
     assert list(organism_lens["token"]) == ranked[f"{name}/neg"].tokens  # pc1 is graded: the same readout
     assert f"The organism lens of `{name}/neg` is graded evidence." in _captions(at)
     _assert_examples(at, artifacts.load_examples(run_id, f"layer{layer}_pc1_neg"))  # the − direction's examples
+    proj = artifacts.load_table(run_id, "token_projections")
+    expected = proj[(proj["layer"] == layer) & (proj["component"] == 1) & (proj["sign"] == "-")]
+    shown = [df.value.reset_index(drop=True) for df in at.dataframe if list(df.value.columns) == list(proj.columns)]
+    assert len(expected) and any(f.equals(expected.reset_index(drop=True)) for f in shown)  # the input tokens table
 
     last = int(rows["component"].max())  # beyond the graded components: lens tokens, no evidence note
     at.selectbox(key="pca_component").set_value(last).run()
