@@ -30,6 +30,8 @@ TAG_PREPROCESS = "diffgame.preprocess_run_id"
 TAG_GRADING = "diffgame.grading_version"
 TAG_ERROR = "diffgame.error"
 TAG_PARENT = "mlflow.parentRunId"
+ERROR_FILE = "error.txt"
+"""A failed or killed run's traceback (removed when the run is resumed)."""
 
 
 def resolve_uri(uri: str | None = None) -> str:
@@ -212,9 +214,15 @@ def stage_run(stage: str, *, fp: str, tags: dict[str, Any], experiment: str = "d
         all_tags[TAG_PARENT] = parent_run_id
     if resume_run_id:
         c.update_run(resume_run_id, status="RUNNING")
-        if TAG_ERROR in c.get_run(resume_run_id).data.tags:
+        had_error = TAG_ERROR in c.get_run(resume_run_id).data.tags
+        if had_error:
             c.delete_tag(resume_run_id, TAG_ERROR)
         run = StageRun(resume_run_id, resumed=True)
+        local = run.artifact_dir
+        if local is not None:  # the interrupted attempt's error is no longer this run's
+            (local / ERROR_FILE).unlink(missing_ok=True)
+        elif had_error:  # a remote artifact store cannot delete: the file says so instead
+            c.log_text(resume_run_id, "resumed: the error of the interrupted attempt no longer applies\n", ERROR_FILE)
         run.set_tags({"diffgame.resumed": "true"})
     else:
         from mlflow.utils.mlflow_tags import MLFLOW_RUN_NAME
@@ -229,11 +237,13 @@ def stage_run(stage: str, *, fp: str, tags: dict[str, Any], experiment: str = "d
     try:
         yield run
     except BaseException as e:
-        status = "KILLED" if isinstance(e, KeyboardInterrupt) else "FAILED"
-        text = f"{type(e).__name__}: {e}"
+        killed = interrupted(e)
+        status = "KILLED" if killed else "FAILED"
+        text = ("KeyboardInterrupt: interrupted; run the same command again to resume" if killed
+                else f"{type(e).__name__}: {e}")
         try:
             c.set_tag(run.run_id, TAG_ERROR, text[:4900])
-            c.log_text(run.run_id, "".join(traceback.format_exception(e)), "error.txt")
+            c.log_text(run.run_id, "".join(traceback.format_exception(e)), ERROR_FILE)
         finally:
             c.set_terminated(run.run_id, status=status)
         raise
@@ -251,6 +261,11 @@ def lightning_logger(run_id: str):
             pass
 
     return StageLogger(tracking_uri=resolve_uri(), run_id=run_id)
+
+
+def interrupted(e: BaseException) -> bool:
+    """Ctrl-C, also after Lightning turned it into `sys.exit(1)` at the end of its graceful shutdown."""
+    return isinstance(e, KeyboardInterrupt) or (isinstance(e, SystemExit) and isinstance(e.__context__, KeyboardInterrupt))
 
 
 def run_url(experiment_id: str, run_id: str) -> str:

@@ -121,6 +121,36 @@ def test_keyboard_interrupt_marks_killed(store):
     assert tracking.find_resumable("diff", fp).info.run_id == run.run_id
 
 
+def test_lightnings_interrupt_exit_marks_killed_and_a_resume_clears_the_error(store):
+    """Lightning ends a Ctrl-C with `sys.exit(1)` after its graceful shutdown: still KILLED, with a resume hint; the
+    resumed run finishes without the old error tag or error.txt."""
+    fp = _fp()
+    with pytest.raises(SystemExit):
+        with tracking.stage_run("diff", fp=fp, tags={}, experiment="diffgame-test") as run:
+            try:
+                raise KeyboardInterrupt
+            except KeyboardInterrupt:
+                raise SystemExit(1)
+    killed = tracking.client().get_run(run.run_id)
+    assert killed.info.status == "KILLED"
+    assert "run the same command again to resume" in killed.data.tags[tracking.TAG_ERROR]
+    assert "Traceback" in _error_text(run.run_id)
+    with tracking.stage_run("diff", fp=fp, tags={}, resume_run_id=run.run_id):
+        pass
+    assert tracking.client().get_run(run.run_id).info.status == "FINISHED"
+    assert "Traceback" not in _error_text(run.run_id)  # gone (local store) or replaced by a note (server)
+
+
+def _error_text(run_id: str) -> str:
+    from diffgame import artifacts
+    from diffgame.errors import TrackingError
+
+    try:
+        return artifacts.artifact_file(run_id, tracking.ERROR_FILE).read_text()
+    except TrackingError:
+        return ""
+
+
 def test_sweep_parent_and_children(store):
     sweep_fp = _fp()
     with tracking.stage_run("sweep", fp=sweep_fp, tags={"diffgame.sweep": "organism=caps,control"},
