@@ -22,7 +22,7 @@ zoo_app = typer.Typer(help="Build and list the embedded toy organism zoo (traine
 app.add_typer(zoo_app, name="zoo")
 
 Overrides = Annotated[Optional[list[str]], typer.Argument(
-    help="Config overrides, Hydra style: `organism=caps method=[kl,normdiff] preprocessing.layers=[0.5]`.",
+    help="Config overrides, Hydra style: `organism=caps method=\\[kl,normdiff] preprocessing.layers=\\[0.5]`.",
     show_default=False)]
 TrackingUri = Annotated[Optional[str], typer.Option(
     "--tracking-uri", help="MLflow tracking URI (a remote `http://host:5000` server or `sqlite:///path.db`); "
@@ -89,7 +89,7 @@ def run(overrides: Overrides = None, multirun: Multirun = False, tracking_uri: T
 
     `pipeline.mode=preprocessing` stops after the store; `pipeline.mode=diffing` requires an existing one.
 
-    Example: diffgame run organism=caps method=[kl,normdiff]
+    Example: diffgame run organism=caps method=\\[kl,normdiff]
     """
     _pipeline(overrides, None, multirun, tracking_uri)
 
@@ -98,7 +98,7 @@ def run(overrides: Overrides = None, multirun: Multirun = False, tracking_uri: T
 def preprocess(overrides: Overrides = None, multirun: Multirun = False, tracking_uri: TrackingUri = None) -> None:
     """Cache base and organism activations on the same tokens into an activation store (a `preprocess` run).
 
-    Example: diffgame preprocess organism=caps preprocessing.layers=[0.5]
+    Example: diffgame preprocess organism=caps preprocessing.layers=\\[0.5]
     """
     _pipeline(overrides, "preprocessing", multirun, tracking_uri)
 

@@ -8,6 +8,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
+from diffgame.errors import ConfigError
+
 Dtype = Literal["float32", "bfloat16", "float16"]
 
 
@@ -121,6 +123,12 @@ class DatasetSource:
     max_tokens: int | None = None
     """Stop once this many tokens are taken."""
 
+    def __post_init__(self):
+        for name in ("max_samples", "max_tokens"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ConfigError(f"{name} must be >= 1 (or null for all), got {value}")
+
 
 @dataclass
 class DatasetConfig:
@@ -162,6 +170,13 @@ class PreprocessingConfig:
     """Lightning strategy (`auto`, `ddp`, `ddp_spawn`, ...)."""
     num_nodes: int = 1
     """Nodes (SLURM or torchrun clusters)."""
+
+    def __post_init__(self):
+        for name in ("context_length", "batch_size", "num_nodes"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.devices < 1 and self.devices != -1:
+            raise ConfigError(f"devices must be >= 1 (or -1 for all), got {self.devices}")
 
 
 @dataclass

@@ -34,6 +34,17 @@ def check_node(node: Any, cls: type, path: str) -> None:
                 # plain containers: OmegaConf's structured configs reject Literal annotations
                 node[name] = dataclasses.asdict(value) if dataclasses.is_dataclass(value) else value
         check_value(node[name], hints[name], join(path, name))
+    if hasattr(cls, "__post_init__"):  # the dataclass's own range and cross-field checks, before any work
+        _construct(cls, OmegaConf.to_container(node, resolve=True), path)
+
+
+def _construct(cls: type, values: dict, path: str):
+    try:
+        return cls(**values)
+    except ConfigError as e:  # a range check that does not know its own path (e.g. a config shared by methods)
+        raise e if path and path in str(e) else ConfigError(f"invalid '{path or 'config'}': {e}") from None
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"invalid '{path or 'config'}': {e}") from None
 
 
 def build(cls: type, node: Any, path: str):
@@ -46,13 +57,7 @@ def build(cls: type, node: Any, path: str):
     node = node.copy()
     OmegaConf.set_struct(node, False)
     check_node(node, cls, path)
-    values = OmegaConf.to_container(node, resolve=True)
-    try:
-        return cls(**values)
-    except ConfigError as e:  # a range check that does not know its own path (a config shared by methods)
-        raise e if path in str(e) else ConfigError(f"invalid '{path}': {e}") from None
-    except (TypeError, ValueError) as e:
-        raise ConfigError(f"invalid '{path}': {e}") from None
+    return _construct(cls, OmegaConf.to_container(node, resolve=True), path)
 
 
 def check_value(value: Any, tp: Any, path: str) -> None:

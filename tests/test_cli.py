@@ -38,6 +38,14 @@ def _summaries() -> dict[str, str]:
     return out
 
 
+def test_help_shows_list_overrides_whole():
+    """Rich markup must not swallow `[kl,normdiff]` in the examples and the overrides' help."""
+    for command, example in (("run", "method=[kl,normdiff]"), ("preprocess", "preprocessing.layers=[0.5]")):
+        result = runner.invoke(app, [command, "--help"], env={"COLUMNS": "200"})
+        assert result.exit_code == 0
+        assert example in result.output
+
+
 def test_help_lists_every_command_with_its_summary():
     result = runner.invoke(app, ["--help"], env={"COLUMNS": "100"})
     assert result.exit_code == 0

@@ -166,6 +166,11 @@ ERRORS = [
     (["model.trust_remote_code=yes"], "invalid value 'yes' for 'model.trust_remote_code'; expected bool"),
     (["preprocessing.layers=[0.5,abc]"], "invalid value 'abc' for 'preprocessing.layers[1]'; expected float"),
     (["preprocessing.layers=0.5"], "'preprocessing.layers' must be a list, got 0.5"),
+    (["preprocessing.batch_size=-3"], "invalid 'preprocessing': batch_size must be >= 1, got -3"),
+    (["preprocessing.devices=0"], "invalid 'preprocessing': devices must be >= 1 (or -1 for all), got 0"),
+    (["dataset.sources.generic_text.max_samples=-5"],
+     "invalid 'dataset.sources.generic_text': max_samples must be >= 1 (or null for all), got -5"),
+    (["method=sae", "method.sae.k=0"], "invalid 'method.sae': k must be > 0, got 0"),
     (["preprocessing=3"], "'preprocessing' must be a mapping of PreprocessingConfig fields, got 3"),
     (["organism.variant=bogus"], "unknown variant 'bogus' of organism 'roman_concrete' for model 'toy'; "
                                  "known: default"),
