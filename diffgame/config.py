@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import itertools
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from diffgame import configtree, registry
 from diffgame.configtree import GROUPS
@@ -113,6 +113,8 @@ def compose(overrides: list[str] | tuple[str, ...] = ()) -> DictConfig:
         OmegaConf.resolve(cfg)
     except OmegaConfBaseException as e:
         raise ConfigError(f"cannot resolve the config: {str(e).strip().splitlines()[0]}") from None
+    with open_dict(cfg):
+        cfg.overrides = [o for o in overrides if not o.split("=", 1)[0].lstrip("+~").startswith("overrides")]
     validate(cfg)
     return cfg
 

@@ -7,6 +7,7 @@ the method configs, so no stage below the pipeline resolves, searches the tracki
 
 from __future__ import annotations
 
+import shlex
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -71,7 +72,12 @@ class Plan:
         return str(self.cfg.pipeline.mode)
 
     def command(self, stage: str = "preprocess") -> str:
-        """The command line that makes this configuration's `stage` run, quoted in error messages."""
-        return (f"diffgame {stage} model={self.model_name} organism={self.organism_name} "
-                f"dataset={self.cfg.dataset.name} "
-                f"preprocessing.layers=[{','.join(str(x) for x in self.cfg.preprocessing.layers)}]")
+        """The command line that makes this configuration's `stage` run, quoted in error messages: the names that
+        identify the store, then every override the user gave (so `zoo.size=micro` and the like are kept)."""
+        given = [str(o) for o in (self.cfg.get("overrides") or [])
+                 if not str(o).lstrip("+~").startswith("pipeline.mode=")]  # the stage's command sets its mode
+        keys = {o.split("=", 1)[0].lstrip("+~") for o in given}
+        named = {"model": self.model_name, "organism": self.organism_name, "dataset": self.cfg.dataset.name,
+                 "preprocessing.layers": f"[{','.join(str(x) for x in self.cfg.preprocessing.layers)}]"}
+        parts = [f"{k}={v}" for k, v in named.items() if k not in keys] + given
+        return " ".join(["diffgame", stage, *(shlex.quote(p) if " " in p else p for p in parts)])

@@ -211,3 +211,6 @@ class RootConfig:
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     seed: int = 0
     """Seed for every sampled choice (data order is deterministic regardless)."""
+    overrides: list[str] = field(default_factory=list)
+    """The command-line overrides this config was composed from (set by `compose`), repeated in recovery hints so a
+    hint rebuilds the same store (`zoo.size=micro` included); never part of a fingerprint."""

@@ -148,8 +148,8 @@ ERRORS = [
     (["dataset=big"], "unknown dataset 'big'; known: toy"),
     (["method=kll"], "unknown method 'kll'; known: "),
     (["method=[kl,kll]"], "unknown method 'kll'; known: "),
-    (["foo=3"], "unknown key 'foo'; known: dataset, method, model, organism, pipeline, preprocessing, seed, "
-                "tracking, zoo"),
+    (["foo=3"], "unknown key 'foo'; known: dataset, method, model, organism, overrides, pipeline, preprocessing, "
+                "seed, tracking, zoo"),
     (["preprocessing.batchsize=3"], "unknown key 'preprocessing.batchsize'; known: accelerator, batch_size, "
                                     "context_length, devices, dtype, layers, num_nodes, sequential, strategy"),
     (["+preprocessing.batchsize=3"], "unknown key 'preprocessing.batchsize'; known: accelerator, batch_size, "),
@@ -188,6 +188,12 @@ ERRORS = [
     (["organism=[caps"], "cannot parse overrides ['organism=[caps']: "),
     (["model.id=${nowhere.id}"], "cannot resolve the config: Interpolation key 'nowhere.id' not found"),
 ]
+
+
+def test_compose_records_the_overrides_for_recovery_hints():
+    cfg = C.compose(["organism=caps", "zoo.size=micro", "method=[kl]"])
+    assert list(cfg.overrides) == ["organism=caps", "zoo.size=micro", "method=[kl]"]
+    assert list(C.compose([]).overrides) == []
 
 
 @pytest.mark.parametrize("overrides,message", ERRORS, ids=[" ".join(o) for o, _ in ERRORS])

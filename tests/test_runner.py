@@ -86,9 +86,13 @@ def test_run_log_read_back_and_reuse(tiny):
 
 
 def test_diffing_mode_without_store_names_the_command(tiny):
+    """The hint names the store's identity and repeats the user's own overrides (so it rebuilds the same store)."""
     cfg = _cfg(tiny, db="empty.db")
     cfg.pipeline.mode = "diffing"
-    with pytest.raises(StoreError, match=r"diffgame preprocess"):
+    cfg.overrides = ["zoo.size=micro", "organism.variant=default", "method=[kl]", "pipeline.mode=diffing"]
+    with pytest.raises(StoreError, match=r"run `diffgame preprocess model=tiny organism=\S+ dataset=\S+ "
+                                         r"preprocessing.layers=\[\S+\] zoo.size=micro organism.variant=default "
+                                         r"method=\[kl\]`"):
         run_one(cfg)
 
 
