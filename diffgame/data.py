@@ -169,6 +169,10 @@ def _tokenize_rows(name: str, rows: list[dict], kind: str, src: DictConfig, toke
         if kind == "chat":
             if not value:
                 continue
+            if not isinstance(value, list) or not all(isinstance(m, dict) and "role" in m and "content" in m
+                                                      for m in value):
+                raise DataError(f"dataset '{name}' ({src.source}) row {i}: '{column}' must be a list of "
+                                f"{{role, content}} messages, got {str(value)[:60]!r}")
             ids, roles = render_chat(list(value), tokenizer)
         else:
             if not value or not str(value).strip():

@@ -117,6 +117,21 @@ def test_empty_dataset(cfg, tok, tmp_path):
         load_sequences(cfg, tok)
 
 
+def test_malformed_chat_and_null_text_rows(cfg, tok, tmp_path):
+    """A chat row whose messages are not a list of {role, content} is a one-line DataError naming the row; a null
+    text is skipped like an empty one."""
+    (tmp_path / "bad_chat.jsonl").write_text(json.dumps({"messages": "a string"}) + "\n")
+    cfg.dataset.sources.chat.source = str(tmp_path / "bad_chat.jsonl")
+    with pytest.raises(DataError, match=r"row 0: 'messages' must be a list of \{role, content\} messages, got 'a str"):
+        load_sequences(cfg, tok)
+    cfg.dataset.sources.chat.source = str(tmp_path / "nulls.jsonl")
+    (tmp_path / "nulls.jsonl").write_text(json.dumps({"messages": None}) + "\n" + json.dumps({"messages": []}) + "\n")
+    (tmp_path / "text.jsonl").write_text(json.dumps({"text": None}) + "\n" + json.dumps({"text": "hello there"}) + "\n")
+    cfg.dataset.sources.text.source = str(tmp_path / "text.jsonl")
+    with pytest.raises(DataError, match="'chat'.*yielded no sequences"):
+        load_sequences(cfg, tok)
+
+
 def test_unreadable_and_missing_files(cfg, tok, tmp_path):
     (tmp_path / "bad.jsonl").write_text("{not json\n")
     cfg.dataset.sources.text.source = str(tmp_path / "bad.jsonl")

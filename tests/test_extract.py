@@ -177,6 +177,13 @@ def test_disk_full_fails_the_run_and_leaves_a_partial_store(cfg, monkeypatch):
     assert not (tracking.local_artifact_dir(run) / "store" / "manifest.json").exists()
 
 
+def test_a_permission_error_says_so_not_free_space(cfg, monkeypatch):
+    _fail_after(monkeypatch, 3, PermissionError(errno.EACCES, "Permission denied"))
+    with pytest.raises(StoreError, match=r"permission denied \(Permission denied\); the store stays partial; make "
+                                         r"the folder writable .*rerun `diffgame preprocess"):
+        preprocess(cfg, shard_tokens=300)
+
+
 def test_sequential_and_uploaded_stores_equal_paired(cfg, pair, tmp_path):
     paired = preprocess(cfg, shard_tokens=300)
     seq_cfg = tiny_cfg(*pair, tmp_path / "seq.db", sequential=True)

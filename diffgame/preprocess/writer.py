@@ -112,9 +112,14 @@ class ShardWriter(BasePredictionWriter):
 
     def _explain(self, e: BaseException, key) -> BaseException:
         if isinstance(e, OSError):
-            what = "the disk is full" if e.errno == errno.ENOSPC else f"{type(e).__name__}: {e}"
+            if e.errno == errno.ENOSPC:
+                what, fix = "the disk is full", "free space (or move the artifact store)"
+            elif e.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+                what, fix = f"permission denied ({e.strerror})", "make the folder writable (or move the artifact store)"
+            else:
+                what, fix = f"{type(e).__name__}: {e}", "fix the cause"
             return StoreError(f"cannot write shard {key[1]} of '{key[0]}' to {self.root}: {what}; the store stays "
-                              f"partial; free space (or move the artifact store) and rerun `{self.command}` to resume")
+                              f"partial; {fix} and rerun `{self.command}` to resume")
         return e
 
     def _write_shard(self, dataset: str, shard: str, batches: list[dict]) -> None:
