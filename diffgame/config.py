@@ -160,8 +160,8 @@ def validate(cfg: DictConfig) -> None:
     for name in list(cfg.method.keys()):
         if cfg.method[name] is None:
             cfg.method[name] = {}
-        check_node(cfg.method[name], registry.config_class(str(name)), f"method.{name}")  # fills the defaults
-        build_method_config(str(name), cfg.method[name])  # the dataclass's own range checks
+        # fills the defaults; runs the dataclass's own range checks too
+        check_node(cfg.method[name], registry.config_class(str(name)), f"method.{registry.canonical_name(str(name))}")
     configtree.weights_spec(cfg.organism, str(cfg.model.name))
 
 

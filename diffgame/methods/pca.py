@@ -77,12 +77,11 @@ class TokenProjections:
 
     def rows(self, tokenizer, layer: int, n_components: int, top: int, min_count: int = 3) -> list[dict]:
         """The `top` token ids with the largest mean projection per component and sign (seen >= `min_count`)."""
-        seen = self.count >= min_count
+        ids = (self.count >= min_count).nonzero().squeeze(1)
         mean = self.sum / self.count.clamp_min(1)[:, None]
         out = []
         for col in range(self.sum.shape[1]):
             k, sign = col % n_components, "+" if col < n_components else "-"
-            ids = seen.nonzero().squeeze(1)
             best = ids[mean[ids, col].argsort(descending=True)[:top]].tolist()
             out += [{"layer": layer, "component": k, "sign": sign, "rank": r, "token_id": t,
                      "token": tokenizer.convert_ids_to_tokens(t), "mean_projection": float(mean[t, col]),
