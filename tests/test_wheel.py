@@ -92,6 +92,17 @@ def test_imports_from_the_venv(wheel_env):
     assert builtin == site / "diffgame" / "experiments", builtin
 
 
+def test_every_subpackage_is_in_the_wheel(wheel_env):
+    """A subpackage missing from setup.cfg's list imports from the source tree but not from an installed wheel."""
+    venv, _, run = wheel_env
+    source = sorted("diffgame." + ".".join(p.parent.relative_to(REPO / "diffgame").parts)
+                    for p in (REPO / "diffgame").glob("*/__init__.py"))
+    code = f"import importlib; [importlib.import_module(m) for m in {source!r}]; print('ok')"
+    proc = run(str(venv / "bin" / "python"), "-c", code)
+    assert proc.returncode == 0 and "ok" in proc.stdout, _tail(proc)
+    assert "diffgame.dictionary" in source
+
+
 def test_config_builtin_organism(wheel_env):
     venv, _, run = wheel_env
     proc = run(str(venv / "bin" / "diffgame"), "config", "organism=caps")
