@@ -36,12 +36,11 @@ _FOLDERS = {"tables": ".parquet", "examples": ".json", "plots": ".png", "samples
 
 # --- writing ---------------------------------------------------------------------------------------
 def log_result(run: tracking.StageRun, result: "MethodResult") -> None:
-    """Log every field of a method's result under `run`, in one artifact upload."""
+    """Log every field of a method's result under `run`, in one artifact upload. When logging fails, what was computed
+    is kept in `unlogged_dir(run.run_id)` and the TrackingError names that folder."""
     import matplotlib.pyplot as plt
     from safetensors.torch import save_file
 
-    if result.metrics:
-        run.log_metrics(result.metrics)
     with tempfile.TemporaryDirectory(prefix="diffgame-result-") as tmp:
         root = Path(tmp)
         for name, table in result.tables.items():
@@ -62,8 +61,42 @@ def log_result(run: tracking.StageRun, result: "MethodResult") -> None:
         for name, state in result.weights.items():
             save_file({k: v.detach().cpu().contiguous() for k, v in state.items()},
                       str(_mkdir(root / "weights") / f"{name}.safetensors"))
-        if any(root.iterdir()):
-            run.log_artifacts(root)
+        try:
+            if result.metrics:
+                run.log_metrics(result.metrics)
+            if any(root.iterdir()):
+                run.log_artifacts(root)
+        except Exception as e:
+            reason = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+            raise TrackingError(f"could not log the result of run {run.run_id} ({reason}); "
+                                f"{_keep_unlogged(run.run_id, root, result.metrics)}") from e
+
+
+UNLOGGED = "unlogged"
+"""Folder (in the user cache, or DIFFGAME_UNLOGGED_DIR itself) of results whose logging failed, one per run id."""
+
+
+def unlogged_dir(run_id: str) -> Path:
+    """Where `log_result` keeps run `run_id`'s result when it cannot log it: `$DIFFGAME_UNLOGGED_DIR/<run_id>`, else
+    `unlogged/<run_id>` in DIFFGAME_CACHE, else in `$XDG_CACHE_HOME/diffgame` (default `~/.cache/diffgame`)."""
+    if os.environ.get("DIFFGAME_UNLOGGED_DIR"):
+        return Path(os.environ["DIFFGAME_UNLOGGED_DIR"]) / run_id
+    xdg = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    return Path(os.environ.get("DIFFGAME_CACHE") or xdg / "diffgame") / UNLOGGED / run_id
+
+
+def _keep_unlogged(run_id: str, files: Path, metrics: dict[str, float]) -> str:
+    """Copy a result's files (and `metrics.json`) to `unlogged_dir(run_id)`; says where, for the error message."""
+    import shutil
+
+    dest = unlogged_dir(run_id)
+    try:
+        shutil.copytree(files, dest, dirs_exist_ok=True)
+        (dest / "metrics.json").write_text(json.dumps(metrics, indent=1))
+    except OSError as e:
+        return (f"it could not be kept either ({type(e).__name__} in {dest}): set DIFFGAME_UNLOGGED_DIR to a "
+                f"writable folder")
+    return f"what was computed is kept in {dest}"
 
 
 def _mkdir(path: Path) -> Path:

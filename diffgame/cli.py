@@ -30,6 +30,9 @@ TrackingUri = Annotated[Optional[str], typer.Option(
 Multirun = Annotated[bool, typer.Option(
     "--multirun", "-m", help="Expand comma-separated values (`organism=caps,control`) into a sweep: "
                              "one parent run, one child per combination.")]
+Rebuild = Annotated[bool, typer.Option(
+    "--rebuild", help="Rebuild the activation store even when a finished one matches (the old run is marked "
+                      "FAILED); same as preprocessing.rebuild=true.")]
 ZooSize = Annotated[str, typer.Option("--size", help="Zoo size: micro (tests), small (default), smol / smol_gpu (LoRA organisms on SmolLM2-135M; use with model=smollm2_135m).")]
 
 
@@ -73,34 +76,37 @@ def _summary(rows) -> None:
     console.print(f"inspect in the app:        diffgame app --tracking-uri {uri}")
 
 
-def _pipeline(overrides, mode, multirun, tracking_uri) -> None:
+def _pipeline(overrides, mode, multirun, tracking_uri, rebuild: bool = False) -> None:
     from diffgame.pipeline import execute
 
     try:
-        rows = execute(list(overrides or []), mode=mode, multirun=multirun, tracking_uri=tracking_uri)
+        rows = execute(list(overrides or []) + (["preprocessing.rebuild=true"] if rebuild else []), mode=mode,
+                       multirun=multirun, tracking_uri=tracking_uri)
     except DiffgameError as e:
         _fail(e)
     _summary(rows)
 
 
 @app.command()
-def run(overrides: Overrides = None, multirun: Multirun = False, tracking_uri: TrackingUri = None) -> None:
+def run(overrides: Overrides = None, multirun: Multirun = False, tracking_uri: TrackingUri = None,
+        rebuild: Rebuild = False) -> None:
     """Run the pipeline: preprocess (or reuse the store), then one diff run per method.
 
     `pipeline.mode=preprocessing` stops after the store; `pipeline.mode=diffing` requires an existing one.
 
     Example: diffgame run organism=caps method=\\[kl,normdiff]
     """
-    _pipeline(overrides, None, multirun, tracking_uri)
+    _pipeline(overrides, None, multirun, tracking_uri, rebuild)
 
 
 @app.command()
-def preprocess(overrides: Overrides = None, multirun: Multirun = False, tracking_uri: TrackingUri = None) -> None:
+def preprocess(overrides: Overrides = None, multirun: Multirun = False, tracking_uri: TrackingUri = None,
+               rebuild: Rebuild = False) -> None:
     """Cache base and organism activations on the same tokens into an activation store (a `preprocess` run).
 
     Example: diffgame preprocess organism=caps preprocessing.layers=\\[0.5]
     """
-    _pipeline(overrides, "preprocessing", multirun, tracking_uri)
+    _pipeline(overrides, "preprocessing", multirun, tracking_uri, rebuild)
 
 
 @app.command()
@@ -216,10 +222,11 @@ def zoo_build(names: Annotated[Optional[list[str]], typer.Argument(
     Example: diffgame zoo build --size micro caps control
     """
     from diffgame import tracking
-    from diffgame.zoo import build_zoo, print_zoo
+    from diffgame.zoo import EXPERIMENT, build_zoo, print_zoo
 
     tracking.set_uri(tracking_uri)
     try:
+        tracking.check_writable(EXPERIMENT)  # before any training
         entries = build_zoo(size=size, names=list(names or []))
     except DiffgameError as e:
         _fail(e)
@@ -274,7 +281,13 @@ def _app_entry() -> Path:
     _fail(DiffgameError("the app is not installed with this diffgame (no app/Home.py beside it); reinstall it"))
 
 
+LOG_REPAINT_S = "30"
+"""Seconds between progress-bar repaints when stderr is a log file, not a terminal (tqdm's TQDM_MININTERVAL)."""
+
+
 def main() -> None:
+    if not sys.stderr.isatty():  # a log file gets a bar line every half minute, not one per update
+        os.environ.setdefault("TQDM_MININTERVAL", LOG_REPAINT_S)
     app()
 
 

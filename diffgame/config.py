@@ -7,6 +7,7 @@ Validation runs before any model is loaded: unknown group options, keys and valu
 from __future__ import annotations
 
 import itertools
+import re
 
 from omegaconf import DictConfig, OmegaConf, open_dict
 
@@ -135,6 +136,11 @@ def _allow_new_keys(overrides: list[str]) -> list[str]:
 
 def _explain_compose_error(err: Exception, overrides: list[str]) -> str:
     msg = str(err).strip().splitlines()[0]
+    if msg.startswith("Error merging override "):  # a mapping given for a list or the reverse (`layers={a:1}`)
+        key, _, value = msg.removeprefix("Error merging override ").lstrip("+~").partition("=")
+        target = re.search(r"object_type=(list|dict)", str(err.__cause__))
+        if target:
+            return f"invalid value {value} for '{key}'; expected {'a list' if target[1] == 'list' else 'a mapping'}"
     if "Could not override" in msg or "not in struct" in msg or "Key '" in msg:
         for o in _parse(overrides):
             key = o.key_or_group

@@ -20,11 +20,15 @@ from diffgame.runner import StageSummary, run_methods
 def execute(overrides: list[str], mode: str | None = None, multirun: bool = False,
             tracking_uri: str | None = None) -> list[StageSummary]:
     """Run the pipeline for `overrides` (a sweep when `multirun`); validates all configs before any work."""
+    from diffgame.zoo import EXPERIMENT as ZOO_EXPERIMENT
+
     combos = config_mod.expand_sweep(overrides) if multirun else [list(overrides)]
     if mode:
         combos = [c + [f"pipeline.mode={mode}"] for c in combos]
     cfgs = [config_mod.compose(c) for c in combos]
     tracking.set_uri(tracking_uri or cfgs[0].tracking.uri)
+    # before any work: the zoo's experiment too, as a missing zoo model is trained on first use
+    tracking.check_writable(*dict.fromkeys([*(c.tracking.experiment for c in cfgs), ZOO_EXPERIMENT]))
     if not multirun:
         return run_one(cfgs[0])
     summaries: list[StageSummary] = []

@@ -74,8 +74,8 @@ class Plan:
     def command(self, stage: str = "preprocess") -> str:
         """The command line that makes this configuration's `stage` run, quoted in error messages: the names that
         identify the store, then every override the user gave (so `zoo.size=micro` and the like are kept)."""
-        given = [str(o) for o in (self.cfg.get("overrides") or [])
-                 if not str(o).lstrip("+~").startswith("pipeline.mode=")]  # the stage's command sets its mode
+        given = [str(o) for o in (self.cfg.get("overrides") or [])  # the stage's command sets its mode; a hint
+                 if not str(o).lstrip("+~").startswith(("pipeline.mode=", "preprocessing.rebuild="))]  # never rebuilds
         keys = {o.split("=", 1)[0].lstrip("+~") for o in given}
         named = {"model": self.model_name, "organism": self.organism_name, "dataset": self.cfg.dataset.name,
                  "preprocessing.layers": f"[{','.join(str(x) for x in self.cfg.preprocessing.layers)}]"}

@@ -14,7 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from types import SimpleNamespace
 
-from diffgame import artifacts, registry, tracking
+from diffgame import artifacts, claims, registry, tracking
 from diffgame.configtree import CONTROL, candidate_organisms, has_ground_truth, organism_node
 from diffgame.data import read_rows
 from diffgame.errors import DataError, StoreError
@@ -77,31 +77,43 @@ def run_methods(plan: Plan, parent_run_id: str | None = None, control: ControlPl
     base = organism = None
     if any(cls.needs_models for _, cls, _, _ in todo):
         base, organism = load_pair(plan.pair)
-    cfg = plan.cfg
     for name, cls, config, fp in todo:
-        method = cls(config)
-        tags = {tracking.TAG_MODEL: plan.model_name, tracking.TAG_ORGANISM: plan.organism_name,
-                tracking.TAG_METHOD: name, tracking.TAG_PREPROCESS: pre_run_id, tracking.TAG_GRADING: GRADING_VERSION}
-        params = {f"method.{k}": v for k, v in dataclasses.asdict(config).items()}
-        params.update({"dataset": cfg.dataset.name, "layers": list(store.layers) if store is not None else None})
-        if plan.pair.organism.identity.get("kind") == "zoo":
-            params["zoo.size"] = cfg.zoo.size  # the app loads zoo models of this size
-        resumable = tracking.find_resumable("diff", fp) if cls.resumable else None
-        with tracking.stage_run("diff", fp=fp, tags=tags, experiment=cfg.tracking.experiment,
-                                run_name=f"{name}-{plan.organism_name}", params=params, parent_run_id=parent_run_id,
-                                resume_run_id=resumable.info.run_id if resumable else None) as run:
-            texts = method_texts(method, cfg.organism)
-            ctx = MethodContext(config=config, layers=list(plan.layers), seed=int(cfg.seed), tokenizer=plan.tokenizer,
-                                store=store if cls.needs_store else None, base=base, organism=organism, texts=texts)
-            if cls.resumable:
-                ctx.logger = tracking.lightning_logger(run.run_id)
-                ctx.workdir = artifacts.checkpoint_dir(run, fp)
-            result = method.run(ctx)
-            artifacts.log_result(run, result)
-            grades = _grade(plan, name, result, control)
-            run.log_metrics(grades)
-        summaries.append(_summary(plan, name, cls, run.run_id, {**result.metrics, **grades}, reused=False))
+        with claims.claim("diff", fp, f"{name} diff of {plan.model_name}/{plan.organism_name}"):
+            done = tracking.find_finished("diff", fp)  # a process we waited for may have made it meanwhile
+            if done is not None:
+                summaries.append(_summary(plan, name, cls, done.info.run_id, dict(done.data.metrics), reused=True))
+                continue
+            summaries.append(_run_method(plan, name, cls, config, fp, store, pre_run_id, base, organism,
+                                         parent_run_id, control))
     return summaries
+
+
+def _run_method(plan: Plan, name: str, cls, config, fp: str, store, pre_run_id, base, organism,
+                parent_run_id: str | None, control: ControlPlan) -> StageSummary:
+    """One new (or resumed) diff run of method `name`: run it, log its result, grade it."""
+    cfg = plan.cfg
+    method = cls(config)
+    tags = {tracking.TAG_MODEL: plan.model_name, tracking.TAG_ORGANISM: plan.organism_name,
+            tracking.TAG_METHOD: name, tracking.TAG_PREPROCESS: pre_run_id, tracking.TAG_GRADING: GRADING_VERSION}
+    params = {f"method.{k}": v for k, v in dataclasses.asdict(config).items()}
+    params.update({"dataset": cfg.dataset.name, "layers": list(store.layers) if store is not None else None})
+    if plan.pair.organism.identity.get("kind") == "zoo":
+        params["zoo.size"] = cfg.zoo.size  # the app loads zoo models of this size
+    resumable = tracking.find_resumable("diff", fp) if cls.resumable else None
+    with tracking.stage_run("diff", fp=fp, tags=tags, experiment=cfg.tracking.experiment,
+                            run_name=f"{name}-{plan.organism_name}", params=params, parent_run_id=parent_run_id,
+                            resume_run_id=resumable.info.run_id if resumable else None) as run:
+        texts = method_texts(method, cfg.organism)
+        ctx = MethodContext(config=config, layers=list(plan.layers), seed=int(cfg.seed), tokenizer=plan.tokenizer,
+                            store=store if cls.needs_store else None, base=base, organism=organism, texts=texts)
+        if cls.resumable:
+            ctx.logger = tracking.lightning_logger(run.run_id)
+            ctx.workdir = artifacts.checkpoint_dir(run, fp)
+        result = method.run(ctx)
+        artifacts.log_result(run, result)
+        grades = _grade(plan, name, result, control)
+        run.log_metrics(grades)
+    return _summary(plan, name, cls, run.run_id, {**result.metrics, **grades}, reused=False)
 
 
 def method_texts(method, organism=None) -> dict[str, list[dict]]:
@@ -119,12 +131,26 @@ def method_texts(method, organism=None) -> dict[str, list[dict]]:
 
 def find_store(plan: Plan) -> tuple[str, ActivationStore]:
     """Run id and opened store of the FINISHED preprocess run of `plan`, else a StoreError naming the command."""
-    run = tracking.find_finished("preprocess", plan.store_fingerprint)
-    if run is None:
-        raise StoreError(f"no preprocess run for model={plan.model_name} organism={plan.organism_name} "
-                         f"dataset={plan.cfg.dataset.name} (fingerprint {plan.store_fingerprint}) in "
-                         f"{tracking.resolve_uri()}; run `{plan.command()}`")
-    return run.info.run_id, ActivationStore.open(artifacts.store_dir(run.info.run_id))
+    fp, command = plan.store_fingerprint, plan.command()
+    run = tracking.find_finished("preprocess", fp)
+    if run is not None:
+        try:
+            return run.info.run_id, ActivationStore.open(artifacts.store_dir(run.info.run_id))
+        except StoreError as e:
+            tracking.abandon(run.info.run_id, f"store unusable: {e}")
+            raise StoreError(f"the store of preprocess run {run.info.run_id} is unusable ({str(e)[:300]}); the run "
+                             f"is now marked FAILED; run `{command}` to build it again") from None
+    busy = tracking.find_live("preprocess", fp)
+    if busy is not None:
+        raise StoreError(f"preprocess run {busy.info.run_id} for this store is still running in another process; "
+                         f"wait for it to finish, then run this command again")
+    stopped = tracking.find_resumable("preprocess", fp)
+    if stopped is not None:
+        raise StoreError(f"preprocess run {stopped.info.run_id} for this store did not finish "
+                         f"({stopped.info.status}); run `{command}` to resume it")
+    raise StoreError(f"no preprocess run for model={plan.model_name} organism={plan.organism_name} "
+                     f"dataset={plan.cfg.dataset.name} (fingerprint {fp}) in {tracking.resolve_uri()}; "
+                     f"run `{command}`")
 
 
 def _open_store(plan: Plan, parent_run_id: str | None) -> tuple[ActivationStore, str]:

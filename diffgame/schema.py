@@ -13,6 +13,19 @@ from diffgame.errors import ConfigError
 Dtype = Literal["float32", "bfloat16", "float16"]
 
 
+def check_layers(layers: list | None, name: str) -> None:
+    """A layer list is non-empty and its fractions of depth (floats) lie in [0, 1]; integer indices are checked
+    against the model's depth once it is known (`models.resolve_layers`). None (a method's default) passes."""
+    if layers is None:
+        return
+    if len(layers) == 0:
+        raise ConfigError(f"{name} must name at least one layer (fractions of depth like 0.5, or indices like 6)")
+    for layer in layers:
+        if isinstance(layer, float) and not 0.0 <= layer <= 1.0:
+            raise ConfigError(f"{name} has layer fraction {layer} outside [0, 1]; give fractions of depth in "
+                              f"[0, 1] or integer indices (6, -1)")
+
+
 @dataclass
 class ModelConfig:
     """A base model: where its weights come from and how to load them."""
@@ -170,8 +183,11 @@ class PreprocessingConfig:
     """Lightning strategy (`auto`, `ddp`, `ddp_spawn`, ...)."""
     num_nodes: int = 1
     """Nodes (SLURM or torchrun clusters)."""
+    rebuild: bool = False
+    """Rebuild the store even when a finished one matches (`--rebuild`); the old run is marked FAILED."""
 
     def __post_init__(self):
+        check_layers(self.layers, "layers")
         for name in ("context_length", "batch_size", "num_nodes"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")

@@ -9,6 +9,10 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import socket
+import sys
+import threading
+import time
 import traceback
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -18,6 +22,7 @@ from typing import Any
 from urllib.parse import unquote, urlparse
 
 from diffgame import __version__
+from diffgame import locations
 from diffgame.errors import TrackingError
 
 STAGES = ("zoo", "preprocess", "diff", "sweep")
@@ -30,8 +35,15 @@ TAG_PREPROCESS = "diffgame.preprocess_run_id"
 TAG_GRADING = "diffgame.grading_version"
 TAG_ERROR = "diffgame.error"
 TAG_PARENT = "mlflow.parentRunId"
+TAG_LEASE = "diffgame.lease"
+"""`host:pid:expiry` of the process executing a RUNNING run, refreshed while it lives (see `live`)."""
+TAG_ABANDONED = "diffgame.abandoned"
+"""Set on a run marked FAILED because its results are unusable: it is rebuilt from scratch, never resumed."""
+LEASE_S = 120.0
 ERROR_FILE = "error.txt"
 """A failed or killed run's traceback (removed when the run is resumed)."""
+_usable: set[str] = set()
+"""URIs whose store `locations.check_store` accepted in this process."""
 
 
 def resolve_uri(uri: str | None = None) -> str:
@@ -49,12 +61,16 @@ def set_uri(uri: str | None = None) -> str:
     return resolved
 
 
-def client():
-    """An MlflowClient on the resolved URI; a store MLflow refuses (e.g. a plain `file:` store) is a TrackingError."""
+def client(verb: str = "reach"):
+    """An MlflowClient on the resolved URI; a store MLflow refuses (e.g. a plain `file:` store), a server that does not
+    answer or a database folder that does not exist is a TrackingError ("cannot {verb} tracking store ...")."""
     from mlflow.exceptions import MlflowException
     from mlflow.tracking import MlflowClient
 
     uri = resolve_uri()
+    if uri not in _usable:
+        locations.check_store(uri, verb)
+        _usable.add(uri)
     try:
         return MlflowClient(tracking_uri=uri)
     except MlflowException as e:
@@ -92,9 +108,37 @@ def _default_artifact_location(experiment: str) -> str | None:
     return None
 
 
+def check_writable(*experiments: str) -> None:
+    """Fail before any work, in one line, where this process could not record its runs: a read-only SQLite database
+    or database folder (SQLite writes its journal beside the database), or a local artifact folder of `experiments`
+    (their own, or the default `mlartifacts/` beside the database) that cannot be written."""
+    c = client()
+    db = locations.sqlite_file(resolve_uri())
+    if db is not None and db.exists():
+        try:
+            open(db, "r+b").close()
+        except OSError:
+            raise TrackingError(f"tracking database {db} is read-only; make it writable (chmod u+w {db}) "
+                                f"{locations.ELSEWHERE}") from None
+    if db is not None and not locations.can_create_in(db.parent):
+        raise TrackingError(f"folder {db.parent} of tracking database {db.name} is read-only (SQLite writes its "
+                            f"journal there); make it writable {locations.ELSEWHERE}")
+    for name in experiments:
+        try:
+            exp = c.get_experiment_by_name(name)
+        except Exception as e:
+            raise TrackingError(f"cannot reach tracking store {resolve_uri()}: {str(e).splitlines()[0]}") from None
+        location = exp.artifact_location if exp is not None else _default_artifact_location(name)
+        parsed = urlparse(location or "")
+        folder = Path(unquote(parsed.path)) if location and parsed.scheme in ("", "file") else None
+        if folder is not None and not locations.can_create_in(folder):
+            raise TrackingError(f"artifact folder {folder} of experiment '{name}' is not writable; make it writable "
+                                f"or pick another tracking store with --tracking-uri or MLFLOW_TRACKING_URI")
+
+
 def search(filters: dict[str, str] | None = None, statuses: tuple[str, ...] = (), max_results: int = 1000):
     """Runs in all experiments whose tags equal `filters`, newest first."""
-    c = client()
+    c = client("query")
     clauses = [f"tags.`{k}` = '{v}'" for k, v in (filters or {}).items()]
     try:
         exps = [e.experiment_id for e in c.search_experiments()]
@@ -115,9 +159,71 @@ def find_finished(stage: str, fp: str):
 
 
 def find_resumable(stage: str, fp: str):
-    """The newest unfinished (RUNNING, FAILED, KILLED) run of `stage` with fingerprint `fp`, or None."""
-    runs = search({TAG_STAGE: stage, TAG_FINGERPRINT: fp}, statuses=("RUNNING", "FAILED", "KILLED"), max_results=1)
-    return runs[0] if runs else None
+    """The newest unfinished (RUNNING, FAILED, KILLED) run of `stage` with fingerprint `fp` that no live process
+    holds and that was not abandoned, or None."""
+    runs = search({TAG_STAGE: stage, TAG_FINGERPRINT: fp}, statuses=("RUNNING", "FAILED", "KILLED"))
+    return next((r for r in runs if not live(r) and TAG_ABANDONED not in r.data.tags), None)
+
+
+def find_live(stage: str, fp: str):
+    """The newest RUNNING run of `stage` with fingerprint `fp` that a live process (another one) holds, or None."""
+    runs = search({TAG_STAGE: stage, TAG_FINGERPRINT: fp}, statuses=("RUNNING",))
+    return next((r for r in runs if live(r)), None)
+
+
+def live(run) -> bool:
+    """A RUNNING run whose lease is unexpired and, when held on this host, whose process is still alive."""
+    value = run.data.tags.get(TAG_LEASE, "")
+    if run.info.status != "RUNNING" or value.count(":") < 2:
+        return False
+    host, pid, until = value.rsplit(":", 2)
+    if host == socket.gethostname() and pid.isdigit():
+        if int(pid) == os.getpid():
+            return False  # our own run (an earlier attempt in this process that did not close)
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            pass  # alive, another user's
+    try:
+        return float(until) > time.time()
+    except ValueError:
+        return False
+
+
+def abandon(run_id: str, reason: str) -> None:
+    """Mark a run FAILED with `reason` so that it is neither reused nor resumed: the next call rebuilds."""
+    c = client()
+    c.set_tag(run_id, TAG_ERROR, reason[:4900])
+    c.set_tag(run_id, TAG_ABANDONED, "true")
+    c.set_terminated(run_id, status="FAILED")
+
+
+@contextmanager
+def _lease(run_id: str) -> Iterator[None]:
+    """Hold `run_id`'s lease for the life of the block: a daemon thread refreshes it every third of `LEASE_S`."""
+    stop = threading.Event()
+
+    def beat() -> None:
+        client().set_tag(run_id, TAG_LEASE, f"{socket.gethostname()}:{os.getpid()}:{time.time() + LEASE_S:.0f}")
+
+    def refresh() -> None:
+        while not stop.wait(LEASE_S / 3):
+            try:
+                beat()
+            except Exception:  # a transient tracking error: the next beat tries again
+                pass
+
+    beat()  # held before the body starts, so no other process sees this run unclaimed
+
+    refresh_thread = threading.Thread(target=refresh, name=f"diffgame-lease-{run_id[:8]}", daemon=True)
+    refresh_thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        refresh_thread.join(timeout=5)
 
 
 def local_artifact_dir(run) -> Path | None:
@@ -195,6 +301,20 @@ def _project_run(exp_id: str) -> str | None:
     return run_id if run.info.experiment_id == exp_id else None
 
 
+def _record_failure(c, run_id: str, status: str, text: str, error: BaseException) -> None:
+    """Record `error` on the run as far as the store lets us (tag, `error.txt`, then the status, each tried on its
+    own); raises nothing, so the caller re-raises the original error rather than, say, a PermissionError."""
+    steps = (("error tag", lambda: c.set_tag(run_id, TAG_ERROR, text[:4900])),
+             (ERROR_FILE, lambda: c.log_text(run_id, "".join(traceback.format_exception(error)), ERROR_FILE)),
+             (f"status {status}", lambda: c.set_terminated(run_id, status=status)))
+    for what, record in steps:
+        try:
+            record()
+        except Exception as failure:
+            print(f"[diffgame] could not record the {what} of run {run_id}: {type(failure).__name__}: "
+                  f"{str(failure).splitlines()[0] if str(failure) else ''}", file=sys.stderr, flush=True)
+
+
 @contextmanager
 def stage_run(stage: str, *, fp: str, tags: dict[str, Any], experiment: str = "diffgame",
               run_name: str | None = None, params: dict[str, Any] | None = None,
@@ -235,17 +355,15 @@ def stage_run(stage: str, *, fp: str, tags: dict[str, Any], experiment: str = "d
     if params:
         run.log_params(params)
     try:
-        yield run
+        with _lease(run.run_id):
+            yield run
     except BaseException as e:
         killed = interrupted(e)
         status = "KILLED" if killed else "FAILED"
-        text = ("KeyboardInterrupt: interrupted; run the same command again to resume" if killed
+        signal = "SIGTERM" if "SIGTERM" in type(e).__name__ else "KeyboardInterrupt"
+        text = (f"{signal}: interrupted; run the same command again to resume" if killed
                 else f"{type(e).__name__}: {e}")
-        try:
-            c.set_tag(run.run_id, TAG_ERROR, text[:4900])
-            c.log_text(run.run_id, "".join(traceback.format_exception(e)), ERROR_FILE)
-        finally:
-            c.set_terminated(run.run_id, status=status)
+        _record_failure(c, run.run_id, status, text, e)
         raise
     else:
         c.set_terminated(run.run_id, status="FINISHED")
@@ -264,8 +382,11 @@ def lightning_logger(run_id: str):
 
 
 def interrupted(e: BaseException) -> bool:
-    """Ctrl-C, also after Lightning turned it into `sys.exit(1)` at the end of its graceful shutdown."""
-    return isinstance(e, KeyboardInterrupt) or (isinstance(e, SystemExit) and isinstance(e.__context__, KeyboardInterrupt))
+    """Ctrl-C, also after Lightning turned it into `sys.exit(1)` at the end of its graceful shutdown, or a SIGTERM
+    (a preempted cluster job) that Lightning's loop turned into its `SIGTERMException`."""
+    if isinstance(e, KeyboardInterrupt) or type(e).__name__ == "SIGTERMException":
+        return True
+    return isinstance(e, SystemExit) and interrupted(e.__context__) if e.__context__ is not None else False
 
 
 def run_url(experiment_id: str, run_id: str) -> str:

@@ -7,6 +7,8 @@ one-line `ConfigError` wherever it comes from (`invalid value 'abc' for 'method.
 from __future__ import annotations
 
 import dataclasses
+import functools
+import math
 import types
 import typing
 from typing import Any, Literal
@@ -20,7 +22,7 @@ def check_node(node: Any, cls: type, path: str) -> None:
     """Check `node` (a DictConfig) against dataclass `cls`; unknown keys raise, missing fields get their defaults."""
     if not isinstance(node, DictConfig):
         raise ConfigError(f"'{path}' must be a mapping of {cls.__name__} fields, got {node!r}")
-    hints = typing.get_type_hints(cls)
+    hints = _hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls)}
     for key in list(node.keys()):
         if key not in fields:
@@ -36,6 +38,11 @@ def check_node(node: Any, cls: type, path: str) -> None:
         check_value(node[name], hints[name], join(path, name))
     if hasattr(cls, "__post_init__"):  # the dataclass's own range and cross-field checks, before any work
         _construct(cls, OmegaConf.to_container(node, resolve=True), path)
+
+
+@functools.cache
+def _hints(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)  # once per class: evaluating string annotations is slow
 
 
 def _construct(cls: type, values: dict, path: str):
@@ -98,6 +105,8 @@ def check_value(value: Any, tp: Any, path: str) -> None:
     ok = _SCALARS.get(tp)
     if ok is not None and not ok(value):
         raise ConfigError(f"invalid value {value!r} for '{path}'; expected {tp.__name__}")
+    if tp is float and not math.isfinite(value):  # `nan` and `inf` parse as floats but pass every range check
+        raise ConfigError(f"invalid value {value!r} for '{path}'; expected a finite float")
 
 
 _SCALARS = {

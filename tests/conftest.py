@@ -27,6 +27,15 @@ def zoo_uri(tmp_path_factory) -> str:
         os.environ["MLFLOW_TRACKING_URI"] = old
 
 
+@pytest.fixture(autouse=True)
+def _on_the_zoo_store(request):
+    """A test that uses the micro zoo reads its store, even when an earlier test pointed tracking elsewhere."""
+    if "zoo_uri" in request.fixturenames:
+        from diffgame import tracking
+
+        tracking.set_uri(request.getfixturevalue("zoo_uri"))
+
+
 @pytest.fixture
 def micro_cfg(zoo_uri):
     """`(*overrides) -> DictConfig`: a composed config on the micro zoo (tracking points at `zoo_uri`)."""
@@ -38,3 +47,22 @@ def micro_cfg(zoo_uri):
         return compose([*overrides, "zoo.size=micro"])
 
     return make
+
+
+@pytest.fixture(scope="module")
+def pair(tmp_path_factory):
+    """`(base dir, organism dir, data files)`: the tiny random pair saved hub-style, with small local datasets."""
+    from _tiny_models import make_pair, write_data
+
+    root = tmp_path_factory.mktemp("pair")
+    base, org = make_pair(root)
+    return base, org, write_data(root / "data", n_text=16, n_chat=10)
+
+
+@pytest.fixture
+def cfg(pair, tmp_path):
+    """A composed config on `pair` with a fresh SQLite tracking store in `tmp_path`."""
+    from _tiny_models import tiny_cfg
+
+    return tiny_cfg(*pair, tmp_path / "mlflow.db")
+

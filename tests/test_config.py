@@ -151,7 +151,7 @@ ERRORS = [
     (["foo=3"], "unknown key 'foo'; known: dataset, method, model, organism, overrides, pipeline, preprocessing, "
                 "seed, tracking, zoo"),
     (["preprocessing.batchsize=3"], "unknown key 'preprocessing.batchsize'; known: accelerator, batch_size, "
-                                    "context_length, devices, dtype, layers, num_nodes, sequential, strategy"),
+                                    "context_length, devices, dtype, layers, num_nodes, rebuild, sequential, strategy"),
     (["+preprocessing.batchsize=3"], "unknown key 'preprocessing.batchsize'; known: accelerator, batch_size, "),
     (["model.bogus=1"], "unknown key 'model.bogus'; known: attn_implementation, device, device_map, dtype, "),
     (["method.kl.nonexistent_key=1"], "unknown key 'method.kl.nonexistent_key'; known: "),

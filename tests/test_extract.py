@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from _tiny_models import make_pair, make_tokenizer, tiny_cfg, write_data
+from _tiny_models import make_pair, make_tokenizer, tiny_cfg
 
 import diffgame.store.writer as store_mod
 from diffgame import tracking
@@ -20,18 +20,6 @@ from diffgame.models import final_norm
 from diffgame.residuals import capture_residuals
 from diffgame.runner import find_store as _find_store
 from diffgame.store import ActivationStore
-
-
-@pytest.fixture(scope="module")
-def pair(tmp_path_factory):
-    root = tmp_path_factory.mktemp("pair")
-    base, org = make_pair(root)
-    return base, org, write_data(root / "data", n_text=16, n_chat=10)
-
-
-@pytest.fixture
-def cfg(pair, tmp_path):
-    return tiny_cfg(*pair, tmp_path / "mlflow.db")
 
 
 def _models(pair):

@@ -247,6 +247,6 @@ def test_uncached_hub_id_offline_says_how_to_use_a_local_path(tmp_path):
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf"), "TRANSFORMERS_OFFLINE": "1"}
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
     lines = [line for line in out.stdout.splitlines() if line.startswith("ERR")]
-    assert lines == ["ERR model 'some/missing-repo' is not a local directory and is not in the Hugging Face cache "
-                     "(offline?); download it where the hub is reachable, or set model.id=/path/to/local/dir "
-                     "(or the organism's finetuned.<model>.<variant>.id)"], out.stderr[-2000:]
+    assert lines == ["ERR 'some/missing-repo' is not in the local Hugging Face cache and the hub is unreachable "
+                     "(offline); download it where there is network (`hf download some/missing-repo`) and copy the "
+                     "cache (HF_HOME), or point model.id at a local folder"], out.stderr[-2000:]

@@ -20,6 +20,7 @@ from diffgame.evidence import Example, RankedTokens
 from diffgame.examples import TopKSequences, token_decoder
 from diffgame.lens import logit_lens, top_tokens
 from diffgame.models import resolve_layers
+from diffgame.schema import check_layers
 from diffgame.steering import coherent_sweep
 
 Scores = Callable[[torch.Tensor], torch.Tensor]
@@ -88,9 +89,9 @@ def mean_norm(store, layer: int, datasets: Sequence[str], role: str = "organism"
 class ReadoutConfig:
     """Which layers and store datasets a dictionary method reads, and how its evidence is read out and steered."""
 
-    layers: list | None = None
+    layers: list[float] | None = None
     """Stored layers fitted (indices or fractions of depth); null: every layer of the store."""
-    datasets: list | None = None
+    datasets: list[str] | None = None
     """Store datasets fitted on (e.g. [generic_text, generic_chat]); null: all of them."""
     top_k: int = 20
     """Tokens kept per lens readout."""
@@ -121,6 +122,9 @@ class ReadoutConfig:
                 raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}")
         if self.coherence_factor <= 0:
             raise ConfigError(f"coherence_factor must be > 0, got {self.coherence_factor}")
+        check_layers(self.layers, "layers")
+        if self.datasets is not None and len(self.datasets) == 0:
+            raise ConfigError("datasets must name at least one store dataset (or null for all)")
         nxt = getattr(super(), "__post_init__", None)  # cooperative: a config may also inherit TrainConfig
         if nxt is not None:
             nxt()

@@ -75,6 +75,8 @@ class TrainConfig:
             raise ConfigError(f"k ({self.k}) must be <= n_latents ({self.n_latents})")
         if self.lr <= 0:
             raise ConfigError(f"lr must be > 0, got {self.lr}")
+        if self.aux_coef < 0:
+            raise ConfigError(f"aux_coef must be >= 0, got {self.aux_coef}")
         nxt = getattr(super(), "__post_init__", None)  # cooperative: a method config also inherits ReadoutConfig
         if nxt is not None:
             nxt()

@@ -12,12 +12,14 @@ from dataclasses import dataclass, field
 import pandas as pd
 import torch
 
+from diffgame.errors import ConfigError
 from diffgame.evidence import RankedTokens
 from diffgame.lens import logit_lens, patchscope, top_tokens
 from diffgame.methods.adl_causal import causal_effect, encode
 from diffgame.methods.adl_means import DeltaMeans, delta_means
 from diffgame.methods.base import Method, MethodContext, MethodResult, TextRequest
 from diffgame.models import resolve_layers
+from diffgame.schema import check_layers
 from diffgame.steering import coherent_sweep
 
 
@@ -37,7 +39,7 @@ class ADLConfig:
     """Tokens kept per document; only the first positions matter."""
     batch_size: int = 16
     """Sequences per forward pass."""
-    layers: list | None = None
+    layers: list[float] | None = None
     """Layers (fractions of depth or indices); null uses `preprocessing.layers`."""
     positions: int = 5
     """First k token positions averaged per document; position 0 is reported but not used for evidence."""
@@ -47,11 +49,11 @@ class ADLConfig:
     """First reply tokens read out (`assistant0` ...)."""
     top_k: int = 20
     """Tokens kept per readout."""
-    patchscope_scales: list = field(default_factory=lambda: [0.5, 1.0, 2.0, 4.0, 8.0])
+    patchscope_scales: list[float] = field(default_factory=lambda: [0.5, 1.0, 2.0, 4.0, 8.0])
     """Patched norm as multiples of the layer's mean activation norm; empty skips patchscope."""
     steering_layer: float = 0.5
     """Layer steered (fraction of depth or index); its mean delta over positions 1..k-1 is the vector."""
-    steering_alphas: list = field(default_factory=lambda: [0.25, 0.5, 1.0, 2.0, 4.0])
+    steering_alphas: list[float] = field(default_factory=lambda: [0.25, 0.5, 1.0, 2.0, 4.0])
     """Steering strengths tried, in units of the layer's mean activation norm."""
     steering_prompts: int = 6
     """Generic prompts (first words of held-out documents) continued per strength; 0 skips steering."""
@@ -66,6 +68,19 @@ class ADLConfig:
     """Random unit directions projected out as the causal effect's baseline."""
     causal_context: int = 64
     """Tokens per sequence in the causal effect."""
+
+    def __post_init__(self):
+        # k >= 2: positions 1..k-1 make the steering vector (position 0 is never evidence)
+        for name, low in (("max_samples", 1), ("context_length", 1), ("batch_size", 1), ("positions", 2),
+                          ("pre_reply", 0), ("reply", 0), ("top_k", 1), ("steering_prompts", 0),
+                          ("steering_tokens", 1), ("causal_samples", 0), ("causal_random", 0),
+                          ("causal_context", 1)):
+            if getattr(self, name) < low:
+                raise ConfigError(f"method.adl.{name} must be >= {low}, got {getattr(self, name)}")
+        if self.coherence_factor <= 0:
+            raise ConfigError(f"method.adl.coherence_factor must be > 0, got {self.coherence_factor}")
+        check_layers(self.layers, "method.adl.layers")
+        check_layers([self.steering_layer], "method.adl.steering_layer")
 
 
 class ADLMethod(Method):

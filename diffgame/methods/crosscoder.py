@@ -50,6 +50,8 @@ class CrosscoderConfig(TrainConfig, ReadoutConfig):
                               f"{self.base_only_below} and {self.organism_only_above}")
         if not 0 < self.shared_within < 0.5:
             raise ConfigError(f"shared_within must be in (0, 0.5), got {self.shared_within}")
+        if self.beta_ratio_max <= 0:
+            raise ConfigError(f"beta_ratio_max must be > 0, got {self.beta_ratio_max}")
         super().__post_init__()
 
 

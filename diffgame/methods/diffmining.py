@@ -57,8 +57,9 @@ class DiffMiningConfig:
                      "topic_vocab"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"method.diffmining.{name} must be > 0, got {getattr(self, name)}")
-        if self.topics < 0 or self.n_examples < 0 or self.chunk_elements < 0:
-            raise ConfigError("method.diffmining.topics, n_examples and chunk_elements must be >= 0")
+        for name in ("topics", "n_examples", "chunk_elements"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"method.diffmining.{name} must be >= 0, got {getattr(self, name)}")
 
 
 class DiffStats:

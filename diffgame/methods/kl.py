@@ -53,6 +53,9 @@ class KLConfig:
                 raise ConfigError(f"method.kl.{name} must be > 0, got {getattr(self, name)}")
         if self.chunk_elements < 0:
             raise ConfigError(f"method.kl.chunk_elements must be >= 0 (0: auto), got {self.chunk_elements}")
+        for name in ("top_k_examples", "min_token_count"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"method.kl.{name} must be >= 0, got {getattr(self, name)}")
         if self.compile not in ("auto", "on", "off"):
             raise ConfigError(f"method.kl.compile must be one of auto, on, off; got {self.compile!r}")
 

@@ -38,6 +38,8 @@ class NormDiffConfig:
         for name in ("positions", "batch_tokens"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"method.normdiff.{name} must be > 0, got {getattr(self, name)}")
+        if self.top_k_examples < 0:
+            raise ConfigError(f"method.normdiff.top_k_examples must be >= 0, got {self.top_k_examples}")
 
 
 def token_measures(base: torch.Tensor, org: torch.Tensor) -> dict[str, torch.Tensor]:

@@ -8,6 +8,7 @@ same bytes as an uninterrupted run because the shard plan (batches, shard bounda
 from __future__ import annotations
 
 import os
+import sys
 import tempfile
 import time
 import warnings
@@ -18,10 +19,10 @@ import lightning as L
 import torch
 from omegaconf import DictConfig
 
-from diffgame import tracking
+from diffgame import claims, tracking
 from diffgame.artifacts import STORE, store_dir
 from diffgame.data import load_sequences
-from diffgame.errors import ModelError
+from diffgame.errors import ModelError, StoreError
 from diffgame.preprocess.module import PairedExtraction, PlannedBatches, TokenProgress
 from diffgame.preprocess.plan import shard_plan
 from diffgame.preprocess.writer import PendingParts, ShardWriter
@@ -33,6 +34,8 @@ STAGE = "preprocess"
 SHARD_BYTES = 64 << 20
 """Target size of one activation shard file; sets how many tokens a shard holds for a given d_model."""
 _ENV_RUN, _ENV_STORE = "DIFFGAME_PREPROCESS_RUN", "DIFFGAME_PREPROCESS_STORE"
+_STARTED_MS = int(time.time() * 1000)
+"""`preprocessing.rebuild=true` rebuilds stores finished before this process started, not the ones it made."""
 
 
 @dataclass
@@ -77,14 +80,43 @@ def preprocess(plan: Plan, parent_run_id: str | None = None, *, shard_tokens: in
     `shard_tokens` overrides the shard size (tests); `upload` forces uploading shards as artifacts even
     when the artifact store is local (default: upload only when it is remote).
     """
-    cfg, fp, layers, tokenizer = plan.cfg, plan.store_fingerprint, plan.layers, plan.tokenizer
     if os.environ.get(_ENV_RUN) and world_rank_from_env() > 0:  # a re-launched DDP rank: extract only
         return _extract_only(plan)
-    done = tracking.find_finished(STAGE, fp)
-    if done is not None:
-        store = ActivationStore.open(store_dir(done.info.run_id))
+    with claims.claim(STAGE, plan.store_fingerprint, f"preprocess of {plan.model_name}/{plan.organism_name}"):
+        reused = reuse_store(plan)
+        if reused is not None:
+            return reused
+        return _build(plan, parent_run_id, shard_tokens, upload)
+
+
+def reuse_store(plan: Plan) -> PreprocessResult | None:
+    """The plan's FINISHED store, verified; a run whose store is missing or broken (or older than this process
+    under `preprocessing.rebuild=true`) is marked FAILED with the reason and never reused or resumed again."""
+    fp = plan.store_fingerprint
+    while (done := tracking.find_finished(STAGE, fp)) is not None:
+        if plan.cfg.preprocessing.get("rebuild") and done.info.start_time < _STARTED_MS:
+            tracking.abandon(done.info.run_id, "rebuilt on request (preprocessing.rebuild=true)")
+            _say(f"preprocess run {done.info.run_id} marked FAILED: rebuilding its store on request")
+            continue
+        try:
+            store = ActivationStore.open(store_dir(done.info.run_id))
+        except StoreError as e:
+            tracking.abandon(done.info.run_id, f"store unusable: {e}")
+            _say(f"preprocess run {done.info.run_id} marked FAILED (its store is unusable: {str(e)[:200]}); "
+                 f"building the store again")
+            continue
         return PreprocessResult(done.info.run_id, str(store.root), sum(store.n_tokens(d) for d in store.datasets),
                                 True, fp, _store_bytes(store.manifest))
+    return None
+
+
+def _say(msg: str) -> None:
+    print(f"[diffgame] {msg}", file=sys.stderr, flush=True)
+
+
+def _build(plan: Plan, parent_run_id: str | None, shard_tokens: int | None, upload: bool | None) -> PreprocessResult:
+    """A new (or resumed) preprocess run that writes the store."""
+    cfg, fp, layers, tokenizer = plan.cfg, plan.store_fingerprint, plan.layers, plan.tokenizer
     _check_organism_tokenizer(plan)
     sequences = load_sequences(cfg, tokenizer)
     resumable = tracking.find_resumable(STAGE, fp)
@@ -102,6 +134,7 @@ def preprocess(plan: Plan, parent_run_id: str | None = None, *, shard_tokens: in
         itemsize = torch.finfo(DTYPES[cfg.preprocessing.dtype]).bits // 8
         shards = shard_plan(plan, root, sequences, shard_tokens or max(256, SHARD_BYTES // (plan.d_model * itemsize)))
         uploader = _uploader(run, root) if upload else None
+        todo = _pending_tokens(shards, root)  # a resumed run's rate counts only what this attempt extracts
         t0 = time.perf_counter()
         _run_passes(plan, shards, sequences, root, uploader, run.run_id)
         seconds = time.perf_counter() - t0
@@ -111,7 +144,7 @@ def preprocess(plan: Plan, parent_run_id: str | None = None, *, shard_tokens: in
         n_tokens = sum(d["n_tokens"] for d in manifest["datasets"].values())
         n_bytes = _store_bytes(manifest)
         metrics = {"preprocess/tokens": n_tokens, "preprocess/bytes": n_bytes, "preprocess/seconds": seconds,
-                   "preprocess/tokens_per_s": n_tokens / max(seconds, 1e-9)}
+                   "preprocess/tokens_per_s": todo / max(seconds, 1e-9), "preprocess/resumed_tokens": n_tokens - todo}
         for name, d in manifest["datasets"].items():
             metrics[f"preprocess/{name}/tokens"] = d["n_tokens"]
             metrics[f"preprocess/{name}/sequences"] = d["n_sequences"]
@@ -119,6 +152,13 @@ def preprocess(plan: Plan, parent_run_id: str | None = None, *, shard_tokens: in
         run.log_params({"store": str(root) if not upload else "artifacts:store"})
         store_path = str(root) if not upload or local is None else str(local / STORE)
     return PreprocessResult(run.run_id, store_path, n_tokens, False, fp, n_bytes)
+
+
+def _pending_tokens(shards: dict, root: Path) -> int:
+    """Tokens of the planned shards that still miss a part on disk (all of them in a fresh run)."""
+    pending = PendingParts(root, list(PARTS))
+    return sum(sh["n_tokens"] for name, entries in shards["shards"].items() for sh in entries
+               if pending(name, sh["name"]))
 
 
 def world_rank_from_env() -> int:

@@ -124,6 +124,9 @@ class StoreWriter:
                 entries.append({**sh, "rank": rank, "files": files})
             datasets[name] = {"n_tokens": sum(s["n_tokens"] for s in shards),
                               "n_sequences": sum(s["n_sequences"] for s in shards), "shards": entries}
+        if not any(d["n_tokens"] for d in datasets.values()):  # never a FINISHED store a later run would reuse
+            raise StoreError(f"store {self.root} would hold no tokens (datasets: {', '.join(datasets) or 'none'}); "
+                             f"check the dataset sources and their limits (max_samples, max_tokens)")
         manifest = {k: v for k, v in plan.items() if k != "shards"}
         manifest.update({"format": FORMAT, "datasets": datasets, **extra})
         _write_json(self.root / "manifest.json", manifest)

@@ -12,12 +12,12 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from diffgame import tracking
+from diffgame import claims, tracking
 from diffgame.configtree import model_node
 from diffgame.corpora import CORPORA, CORPUS_VERSION, corpus
 from diffgame.errors import ModelError
 from diffgame.sources import resolve_model
-from diffgame.zoo.recipes import mixed_rows, recipe_identity, recipe_rows
+from diffgame.zoo.recipes import mixed_rows, recipe_identity, recipe_rows, validate_data
 from diffgame.zoo.sizes import ZooSize, new_model
 
 EXPERIMENT = "diffgame-zoo"
@@ -101,9 +101,7 @@ def _find_built(fp: str):
     if local is None or (local / "model" / "config.json").is_file():
         return found
     error = f"model artifacts missing from {local / 'model'}"
-    c = tracking.client()
-    c.set_tag(found.info.run_id, tracking.TAG_ERROR, error)
-    c.set_terminated(found.info.run_id, "FAILED")
+    tracking.abandon(found.info.run_id, error)
     _say(f"zoo run {found.info.run_id}: {error}; marked FAILED")
     return _find_built(fp)
 
@@ -193,9 +191,14 @@ def ensure_base(size: ZooSize, progress: bool = True, model_cfg=None) -> ZooEntr
         path, ident = pretrained_source(size, model_cfg)
         return ZooEntry(BASE, size.name, "", Path(path), base_fingerprint(size, ident), reused=True)
     fp = base_fingerprint(size)
-    found = _find_built(fp)
-    if found is not None:
-        return _entry(found, BASE, size.name, reused=True)
+    with claims.claim("zoo", fp, f"training of the {size.name} zoo base"):
+        found = _find_built(fp)
+        if found is not None:
+            return _entry(found, BASE, size.name, reused=True)
+        return _train_base(size, fp, progress)
+
+
+def _train_base(size: ZooSize, fp: str, progress: bool) -> ZooEntry:
     _say(f"training base ({size.name}: {size.n_layers} layers, d={size.d_model}, {size.base_steps} steps)")
     from diffgame.zoo.lm import mean_loss  # Lightning: only when training
 
@@ -235,15 +238,21 @@ def ensure_organism(size: ZooSize, organism, progress: bool = True, model_cfg=No
     """The organism (an `organism` config node) of `size`, trained now unless a matching run exists.
 
     `model_cfg`, when given, resolves a pretrained base with its overrides (see `pretrained_source`)."""
+    name = str(organism.name)
+    validate_data(organism.zoo)  # bad data fails before any run is created or the base trains
+    base = ensure_base(size, progress=progress, model_cfg=model_cfg)
+    fp = organism_fingerprint(size, organism, base.fingerprint)
+    with claims.claim("zoo", fp, f"training of {size.name} zoo organism {name}"):
+        found = _find_built(fp)
+        if found is not None:
+            return _entry(found, name, size.name, reused=True)
+        return _train_organism(size, organism, base, fp, progress)
+
+
+def _train_organism(size: ZooSize, organism, base: ZooEntry, fp: str, progress: bool) -> ZooEntry:
     from diffgame.zoo.checks import run_checks  # Lightning (through the trainer): only when training
 
     name = str(organism.name)
-    recipe_identity(organism.zoo)  # bad data paths fail before the base trains
-    base = ensure_base(size, progress=progress, model_cfg=model_cfg)
-    fp = organism_fingerprint(size, organism, base.fingerprint)
-    found = _find_built(fp)
-    if found is not None:
-        return _entry(found, name, size.name, reused=True)
     _say(f"training organism {name} ({size.name}: {size.organism_steps} steps on {organism.zoo.data})")
     params = {**{f"recipe.{k}": v for k, v in recipe_identity(organism.zoo).items()},
               "base_run_id": base.run_id or "pretrained", "organism_steps": size.organism_steps,

@@ -7,10 +7,12 @@ from __future__ import annotations
 
 import logging
 import math
+import sys
 from dataclasses import dataclass
 
 import lightning as L
 import torch
+from lightning.pytorch.callbacks import TQDMProgressBar
 from torch.utils.data import DataLoader, TensorDataset
 
 from diffgame.batching import pad_right
@@ -136,9 +138,11 @@ def train_lm(model, blocks: tuple[torch.Tensor, torch.Tensor], spec: TrainSpec, 
     loader = DataLoader(TensorDataset(*blocks), batch_size=spec.batch_size, shuffle=True, generator=gen,
                         drop_last=len(blocks[0]) >= spec.batch_size)
     epochs = math.ceil(spec.steps / max(1, len(loader)))  # max_steps stops it; this only labels the progress bar
+    # Lightning repaints its bar every `refresh_rate` steps whatever tqdm's interval: in a log file, ten times a run
+    bar = [TQDMProgressBar(refresh_rate=max(1, spec.steps // 10))] if progress and not sys.stderr.isatty() else []
     trainer = L.Trainer(max_steps=spec.steps, max_epochs=epochs, accelerator="auto", devices=1, logger=False,
                         enable_checkpointing=False, enable_model_summary=False, enable_progress_bar=progress,
-                        gradient_clip_val=1.0, num_sanity_val_steps=0)
+                        gradient_clip_val=1.0, num_sanity_val_steps=0, callbacks=bar)
     # An organism close to its base (control) gets tiny LoRA updates whose subnormal floats make CPU matmuls
     # many times slower; flushing them to zero changes no result that matters.
     torch.set_flush_denormal(True)

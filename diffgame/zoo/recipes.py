@@ -48,12 +48,33 @@ def read_jsonl(path: Path, fmt: str) -> list[dict]:
             if not isinstance(row, dict) or key not in row:
                 raise DataError(f"{path}:{i} has no '{key}' field (organism.zoo.format={fmt}); each line must be "
                                 f'{{"{key}": ...}}, or set organism.zoo.format to match the file')
-            if fmt == "chat" and not all(m.get("role") in ("user", "assistant") for m in row["messages"]):
-                raise DataError(f"{path}:{i} has a message whose role is not 'user' or 'assistant'")
+            _check_row(path, i, key, row[key])
             rows.append({key: row[key]})
     if not rows:
         raise DataError(f"{path} holds no rows; write one JSON object per line")
     return rows
+
+
+def _check_row(path: Path, line: int, key: str, value) -> None:
+    """A row's `text` is a non-empty string; its `messages` a non-empty list of {role: user|assistant, content: str}."""
+    where = f"{path}:{line}"
+    if key == "text":
+        if not isinstance(value, str) or not value.strip():
+            raise DataError(f"{where}: 'text' must be a non-empty string, got {str(value)[:60]!r}")
+        return
+    if not isinstance(value, list) or not value:
+        raise DataError(f"{where}: 'messages' must be a non-empty list of {{\"role\", \"content\"}} objects, "
+                        f"got {str(value)[:60]!r}")
+    for m in value:
+        if not isinstance(m, dict) or not isinstance(m.get("content"), str):
+            raise DataError(f"{where}: each message must be an object with a string 'content', got {str(m)[:60]!r}")
+        if m.get("role") not in ("user", "assistant"):
+            raise DataError(f"{where}: has a message whose role is not 'user' or 'assistant' ({m.get('role')!r})")
+
+
+def validate_data(recipe) -> None:
+    """Read and check every row of the recipe's data now, before any run is created or model loaded."""
+    recipe_rows(recipe, "train")
 
 
 def recipe_rows(recipe, split: str) -> list[dict]:

@@ -1,0 +1,87 @@
+"""Whether a tracking URI can be used, found out in seconds: a server that does not answer, a SQLite database whose
+folder is missing or read-only. MLflow alone retries a refused server for minutes or creates folders silently.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from pathlib import Path
+from urllib.parse import unquote, urlparse
+
+from diffgame.errors import TrackingError
+
+PROBE_TIMEOUT_S = 5.0
+"""Seconds the one health check of an http(s) tracking server waits before calling it unreachable."""
+HTTP_RETRY_DEFAULTS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "3", "MLFLOW_HTTP_REQUEST_TIMEOUT": "60"}
+"""MLflow's HTTP retry budget in our processes (its own, 7 retries with backoff and 120 s each, waits minutes on a
+server that went away); a value the user set is kept."""
+ELSEWHERE = "or pick another with --tracking-uri or MLFLOW_TRACKING_URI"
+
+
+def check_store(uri: str, verb: str) -> None:
+    """Fail in seconds, with the fix, on a server that does not answer (MLflow alone retries for minutes) and on a
+    SQLite database that cannot exist: its folder is missing (MLflow would create it) or, for a new one, read-only."""
+    db = sqlite_file(uri)
+    if db is not None and not db.parent.is_dir():
+        raise TrackingError(f"cannot {verb} tracking store {uri}: folder {db.parent} does not exist; "
+                            f"create it (mkdir -p {db.parent}) {ELSEWHERE}")
+    if db is not None and not db.exists() and not can_create_in(db.parent):
+        raise TrackingError(f"cannot {verb} tracking store {uri}: folder {db.parent} is read-only, so no database "
+                            f"can be created there; make it writable {ELSEWHERE}")
+    if uri.startswith(("http://", "https://")):
+        for key, value in HTTP_RETRY_DEFAULTS.items():
+            os.environ.setdefault(key, value)
+        reason = _unanswered(uri)
+        if reason:
+            where = urlparse(uri)
+            port = where.port or (443 if where.scheme == "https" else 80)
+            fix = ("check the host name" if reason.startswith("unknown host") else
+                   f"start a server there (mlflow server --host {where.hostname} --port {port} "
+                   f"--backend-store-uri sqlite:///mlflow.db)")
+            raise TrackingError(f"cannot {verb} tracking store {uri}: {reason}; {fix} {ELSEWHERE}")
+
+
+def _unanswered(uri: str) -> str | None:
+    """Why one GET of `<uri>/health` got no answer within `PROBE_TIMEOUT_S`, or None when the server answered."""
+    import ssl
+    import urllib.error
+    import urllib.request
+
+    try:
+        urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=PROBE_TIMEOUT_S).close()
+    except urllib.error.HTTPError:
+        return None  # it answered (a login, a path prefix): MLflow reports what follows
+    except (OSError, ValueError) as e:
+        cause = getattr(e, "reason", e)
+        if isinstance(cause, ssl.SSLError):
+            return None  # it answered; MLflow has its own TLS settings (MLFLOW_TRACKING_INSECURE_TLS, ...)
+        if isinstance(cause, ConnectionRefusedError):
+            return "connection refused"
+        if isinstance(cause, TimeoutError):
+            return f"no answer within {PROBE_TIMEOUT_S:g} s"
+        if isinstance(cause, socket.gaierror):
+            return f"unknown host {urlparse(uri).hostname}"
+        return str(cause)
+    return None
+
+
+def sqlite_file(uri: str) -> Path | None:
+    """The database file of a `sqlite:///` URI (relative to the working directory unless absolute), else None."""
+    if not uri.startswith("sqlite:///"):
+        return None
+    return Path(unquote(uri.removeprefix("sqlite:///").split("?")[0]))
+
+
+def can_create_in(folder: Path) -> bool:
+    """Whether a file can be created in `folder`, or where it is missing in the nearest folder above it (MLflow makes
+    the rest). Tried for real: permission bits do not tell for root, read-only mounts or immutable folders."""
+    import tempfile
+
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    try:
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".diffgame-write-check-"):
+            return True
+    except OSError:
+        return False
