@@ -2,19 +2,25 @@
 
 (a) bare full forward (LM head included)      (b) bare forward truncated after the deepest requested layer
 (c) naive: output_hidden_states, then .cpu()   (d) diffgame: paired base+organism extraction writing a store
-Targets (issue 4): (d) >= 0.9x the rate of two truncated forwards, i.e. d / (b/2) >= 0.9; (d) well above (c)/2;
-peak RSS of (d) flat when the token count grows 10x (each measured in a fresh subprocess).
+(e) the disk's sequential write rate: fresh files of the shard size, 8 MiB writes, each fsynced
+Targets (issues 4, 18): d / (b/2) >= 0.9 and d / min(b/2, e / bytes per paired token) >= 0.9; (d) well above
+(c)/2; peak RSS of (d) flat when the token count grows 10x (each measured in a fresh subprocess).
+`--synthetic-gbps X` instead feeds bf16 batches of the shape at X GB/s (0: as fast as it can) through the same
+ShardWriter, without models, and reports the input rate the writer sustains (issue 18: >= min(1.6 GB/s, e)).
 
   python benchmarks/extraction.py --shape toy
   python benchmarks/extraction.py --shape gemma3_1b --n-layers 6 --batch 2 --seq 64 --batches 4   # CPU
   python benchmarks/extraction.py --shape gemma3_1b --batch 16 --seq 1024 --dtype bfloat16        # GPU
+  python benchmarks/extraction.py --shape gemma3_1b --batch 16 --seq 1024 --synthetic-gbps 1.6    # writer alone
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -131,6 +137,82 @@ def paired_store(base, organism, batches, layers, args, root: Path, shard_tokens
     return sum(b.numel() for b in batches) / seconds
 
 
+def store_bytes(root: Path) -> int:
+    """Bytes of all files a finished store lists (shards of both models and the token stream)."""
+    manifest = json.loads((root / "manifest.json").read_text())
+    return sum(f["bytes"] for d in manifest["datasets"].values() for s in d["shards"] for f in s["files"].values())
+
+
+def disk_rate(folder: Path, file_bytes: int, n_files: int) -> float:
+    """(e) bytes/s writing `n_files` fresh files of `file_bytes` each in 8 MiB sequential writes, each file fsynced:
+    the device's rate, not the page cache's (which here swings 0.4-5 GB/s with the VM's first touch of its memory).
+    One untimed file goes first; the files are deleted afterwards."""
+    block = memoryview(os.urandom(8 << 20))
+    folder.mkdir(parents=True, exist_ok=True)
+
+    def write(i: int) -> None:
+        with open(folder / f"f{i}", "wb", buffering=0) as f:
+            left = file_bytes
+            while left:
+                left -= f.write(block[:min(left, len(block))])
+            os.fsync(f.fileno())
+
+    write(n_files)
+    t0 = time.perf_counter()
+    for i in range(n_files):
+        write(i)
+    seconds = time.perf_counter() - t0
+    for i in range(n_files + 1):
+        (folder / f"f{i}").unlink()
+    return n_files * file_bytes / seconds
+
+
+def synthetic(args, d_model: int, n_layers: int, gbps: float, total_bytes: int, root: Path
+              ) -> tuple[float, float, float]:
+    """Feed bf16 batches (B x T tokens, both roles, `n_layers` layers) at `gbps` GB/s (0: unthrottled) through the
+    ShardWriter into a store at `root`, as the predict loop would; returns (input bytes/s sustained until every
+    file is written, user and system CPU seconds per input GB). A few pre-made tensors are reused, so the producer
+    costs little."""
+    from diffgame.data import TokenizedSequence
+    from diffgame.preprocess.module import PlannedBatches
+    from diffgame.preprocess.stage import SHARD_BYTES
+    from diffgame.preprocess.plan import plan_shards
+    from diffgame.preprocess.writer import PendingParts, ShardWriter
+    from diffgame.store import PARTS, StoreWriter
+
+    n = args.batch * args.seq
+    batch_bytes = 2 * n_layers * n * d_model * 2
+    n_batches = max(1, round(total_bytes / batch_bytes))
+    g = torch.Generator().manual_seed(0)
+    seqs = {"synthetic": [TokenizedSequence("synthetic", i, torch.randint(3, 1000, (args.seq,), generator=g).tolist(),
+                                            [0] * args.seq) for i in range(n_batches * args.batch)]}
+    plan = {"layers": list(range(n_layers)), "d_model": d_model, "dtype": "bfloat16", "command": "benchmark",
+            "shards": plan_shards(seqs, args.batch, SHARD_BYTES // (d_model * 2))}
+    StoreWriter(root).write_plan(plan)
+    pool = [torch.randn(n, d_model, generator=g).to(torch.bfloat16) for _ in range(4)]
+    pending = PendingParts(root, list(PARTS))
+    writer = ShardWriter(root, pending, command="benchmark")
+    writer.on_predict_start(None, None)
+    t0, sent, cpu0 = time.perf_counter(), 0, resource.getrusage(resource.RUSAGE_SELF)
+    for i, batch in enumerate(PlannedBatches(plan, seqs, 0, pending)):
+        if gbps:  # batch i is ready at (i + 1) intervals, as if a model took that long to make it
+            time.sleep(max(0.0, t0 + (sent + batch_bytes) / (gbps * 1e9) - time.perf_counter()))
+        acts = {(role, layer): pool[(i + k) % len(pool)]
+                for k, (role, layer) in enumerate((r, la) for r in ("base", "organism") for la in range(n_layers))}
+        writer.write_on_batch_end(None, None, {"meta": batch["meta"].meta, "acts": acts, "event": None, "held": [],
+                                               "pool": None}, None, None, i)
+        sent += batch_bytes
+    writer.close()
+    seconds, cpu1 = time.perf_counter() - t0, resource.getrusage(resource.RUSAGE_SELF)
+    StoreWriter(root).finalize(plan, {})
+    gb = sent / 1e9
+    return sent / seconds, (cpu1.ru_utime - cpu0.ru_utime) / gb, (cpu1.ru_stime - cpu0.ru_stime) / gb
+
+
+def load_average() -> float:
+    return os.getloadavg()[0]
+
+
 def layers_of(model, fractions: list[float]) -> list[int]:
     from diffgame.models import decoder_layers, resolve_layers
 
@@ -175,6 +257,10 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--rss-scale", type=int, default=10, help="Token-count factor for the peak-RSS check (0: skip).")
     p.add_argument("--rounds", type=int, default=3, help="Interleaved rounds; the median rate per path is reported.")
+    p.add_argument("--disk-files", type=int, default=8, help="Shard-size files (64 MiB) written per round of (e).")
+    p.add_argument("--synthetic-gbps", type=float, default=None,
+                   help="Writer alone: feed bf16 batches at this many GB/s (0: unthrottled) instead of the models.")
+    p.add_argument("--synthetic-gb", type=float, default=2.0, help="GB of activations fed per synthetic round.")
     p.add_argument("--shard-tokens", type=int, default=None, help=argparse.SUPPRESS)
     p.add_argument("--rss-child", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args()
@@ -182,11 +268,17 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     if args.rss_child:
         return rss_child(args)
+    if args.synthetic_gbps is not None:
+        return main_synthetic(args)
+
+    from diffgame.preprocess.stage import SHARD_BYTES
 
     base, org = make_models(args)
     layers = layers_of(base, args.layers)
     batches = make_batches(args, base.config.vocab_size, args.batches)
     runs: dict[str, list[float]] = {}
+    load_before, per_token = load_average(), []
+    n_tokens = sum(b.numel() for b in batches)
     with tempfile.TemporaryDirectory() as tmp:
         paired_store(base, org, batches[:1], layers, args, Path(tmp) / "warmup")
         for r in range(args.rounds):  # interleaved, so load drifts on a shared machine hit every path alike
@@ -196,20 +288,28 @@ def main() -> None:
                 runs.setdefault(name, []).append(rate(fn, batches, args.device))
             runs.setdefault("(d) diffgame paired -> store", []).append(
                 paired_store(base, org, batches, layers, args, Path(tmp) / f"store{r}"))
+            per_token.append(store_bytes(Path(tmp) / f"store{r}") / n_tokens)
+        # (e) last: the pages its deleted files free are slow to touch again on a VM, which would slow (d)'s writes
+        disk = [disk_rate(Path(tmp) / "disk", SHARD_BYTES, args.disk_files) for _ in range(args.rounds)]
     rates = {k: sorted(v)[len(v) // 2] for k, v in runs.items()}
-    a, b = rates["(a) full forward"], rates["(b) truncated forward"]
+    a, b, d = rates["(a) full forward"], rates["(b) truncated forward"], rates["(d) diffgame paired -> store"]
+    e, bpt = sorted(disk)[len(disk) // 2], per_token[0]
     print(f"\nshape={args.shape} layers={len(__import__('diffgame.models', fromlist=['x']).decoder_layers(base))} "
           f"d_model={base.config.hidden_size} vocab={base.config.vocab_size} B={args.batch} T={args.seq} "
           f"batches={args.batches} captured={layers} dtype={args.dtype} device={args.device} "
           f"threads={torch.get_num_threads()} rounds={args.rounds} (median)")
+    print(f"1-minute load average: {load_before:.2f} before, {load_average():.2f} after")
     print("| path | tokens/s | x (a) | note |\n|---|---:|---:|---|")
     for name, r in rates.items():
         note = ""
         if name.startswith("(d)"):
             note = f"paired tokens/s; vs two truncated forwards (b/2): {r / (b / 2):.2f}x"
         elif name.startswith("(c)"):
-            note = f"one model; (d) per model-forward is {2 * rates['(d) diffgame paired -> store'] / r:.2f}x (c)"
+            note = f"one model; (d) per model-forward is {2 * d / r:.2f}x (c)"
         print(f"| {name} | {r:,.0f} | {r / a:.2f} | {note} |" if r >= 100 else f"| {name} | {r:.2f} | {r / a:.2f} | {note} |")
+    print(f"| (e) disk, {SHARD_BYTES >> 20} MiB files | {e / bpt:,.0f} | {e / bpt / a:.2f} | {e / 1e9:.2f} GB/s at "
+          f"{bpt:,.0f} bytes per paired token (all runs: {', '.join(f'{x / 1e9:.2f}' for x in disk)} GB/s) |")
+    print(f"(d) / (b/2) = {d / (b / 2):.2f}; (d) / min(b/2, e/bytes per token) = {d / min(b / 2, e / bpt):.2f}")
     if args.rss_scale:
         rss = {}
         shard_tokens = args.batches * args.batch * args.seq // 2  # both runs span several shards
@@ -223,6 +323,46 @@ def main() -> None:
         (n1, r1), (n2, r2) = rss.items()
         print(f"peak RSS of (d): {r1:,.0f} MiB at {n1 * args.batch * args.seq:,} tokens, "
               f"{r2:,.0f} MiB at {n2 * args.batch * args.seq:,} tokens ({r2 / r1:.2f}x)")
+
+
+def main_synthetic(args) -> None:
+    """The writer alone: per round, the sustained input rate unthrottled and at `--synthetic-gbps`; then (e).
+
+    An untimed run goes first: the first writes after large deletes pay the VM's first touch of the freed memory
+    (as (e)'s first round shows), which is the machine's, not the writer's, cost."""
+    from diffgame.preprocess.stage import SHARD_BYTES
+
+    d_model, n_layers = model_config(args.shape, args.n_layers).hidden_size, len(args.layers)
+    total = int(args.synthetic_gb * 1e9)
+    runs: dict[str, list[float]] = {"unthrottled": [], "target": []}
+    cpu: list[tuple[float, float]] = []
+    load_before = load_average()
+    with tempfile.TemporaryDirectory() as tmp:
+        synthetic(args, d_model, n_layers, 0.0, total // 2, Path(tmp) / "warmup")
+        shutil.rmtree(Path(tmp) / "warmup")
+        for r in range(args.rounds):
+            for key, gbps in (("unthrottled", 0.0), ("target", args.synthetic_gbps)):
+                if key == "target" and not gbps:
+                    continue
+                sustained, user, system = synthetic(args, d_model, n_layers, gbps, total, Path(tmp) / f"{key}{r}")
+                runs[key].append(sustained)
+                cpu.append((user, system))
+                shutil.rmtree(Path(tmp) / f"{key}{r}")
+        runs["disk"] = [disk_rate(Path(tmp) / "disk", SHARD_BYTES, args.disk_files) for _ in range(args.rounds)]
+    med = {k: sorted(v)[len(v) // 2] for k, v in runs.items() if v}
+    e = med["disk"] / 1e9
+    print(f"\nsynthetic producer: shape={args.shape} d_model={d_model} layers captured={n_layers} "
+          f"B={args.batch} T={args.seq} ({2 * n_layers * args.batch * args.seq * d_model * 2 / 1e6:.1f} MB a batch), "
+          f"{total / 1e9:.1f} GB a round, rounds={args.rounds} (median), cpus={os.cpu_count()}")
+    print(f"1-minute load average: {load_before:.2f} before, {load_average():.2f} after")
+    user, system = (sorted(x)[len(x) // 2] for x in zip(*cpu))
+    print(f"(e) disk: {e:.2f} GB/s ({', '.join(f'{x / 1e9:.2f}' for x in runs['disk'])}); the writer's process "
+          f"spends {user:.2f} user + {system:.2f} system CPU s per input GB (medians)")
+    for key, limit, of in (("target", min(args.synthetic_gbps, e), "fed rate"), ("unthrottled", min(1.6, e), "1.6 GB/s")):
+        if key in med:
+            what = f"fed at {args.synthetic_gbps:.2f} GB/s" if key == "target" else "fed unthrottled"
+            print(f"writer sustains {med[key] / 1e9:.2f} GB/s of input {what} "
+                  f"({', '.join(f'{x / 1e9:.2f}' for x in runs[key])}); ÷ min({of}, e) = {med[key] / 1e9 / limit:.2f}")
 
 
 if __name__ == "__main__":

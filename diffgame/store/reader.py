@@ -1,6 +1,7 @@
 """Reading a complete store: memory-mapped safetensors shards, the token stream, and token-aligned batches.
 
-`ActivationStore.open` refuses a partial store (no manifest) and checks every file's size and sha256.
+`ActivationStore.open` refuses a partial store (no manifest) and checks every file's size and checksum (xxh3_128,
+or sha256 in stores written before it).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import numpy as np
 import torch
 
 from diffgame.errors import StoreError
-from diffgame.store.layout import MODEL_ROLES, ST_DTYPES, act_file, rebuild_hint, tokens_file
+from diffgame.store.layout import CHECKSUMS, MODEL_ROLES, ST_DTYPES, act_file, rebuild_hint, tokens_file
 from diffgame.store.writer import StoreWriter
 
 def _header(path: Path) -> tuple[int, dict]:
@@ -98,7 +99,7 @@ class ActivationStore:
 
     @classmethod
     def open(cls, path: str | Path, verify: bool = True) -> "ActivationStore":
-        """Open a store, refusing a partial one; `verify` checks every file's sha256 against the manifest."""
+        """Open a store, refusing a partial one; `verify` checks every file's checksum against the manifest."""
         root = Path(path)
         mpath = root / "manifest.json"
         if not mpath.is_file():
@@ -117,7 +118,7 @@ class ActivationStore:
         return store
 
     def check_files(self, checksums: bool = True) -> None:
-        """Every listed file exists with its recorded size (and sha256)."""
+        """Every listed file exists with its recorded size (and checksum, by whichever algorithm it records)."""
         for ds in self.manifest["datasets"].values():
             for sh in ds["shards"]:
                 for rel, info in sh["files"].items():
@@ -127,8 +128,12 @@ class ActivationStore:
                         why = "is missing"
                     elif f.stat().st_size != info["bytes"]:
                         why = f"has {f.stat().st_size} bytes, manifest says {info['bytes']}"
-                    elif checksums and _sha256(f) != info["sha256"]:
-                        why = "fails its sha256 checksum"
+                    elif checksums:
+                        algorithm = next((a for a in CHECKSUMS if a in info), None)
+                        if algorithm is None:
+                            why = f"records no checksum this version knows ({', '.join(CHECKSUMS)})"
+                        elif file_digest(f, algorithm) != info[algorithm]:
+                            why = f"fails its {algorithm} checksum"
                     if why:
                         raise StoreError(f"corrupt store: shard file {f} {why}; rebuild it with "
                                          f"`{rebuild_hint(self.manifest)}` (after deleting the run or its store)")
@@ -238,9 +243,7 @@ class ActivationStore:
             yield idx, out_b, out_o
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 24), b""):
-            h.update(chunk)
-    return h.hexdigest()
+def file_digest(path: Path, algorithm: str) -> str:
+    """Hex digest of a file by one of `CHECKSUMS`, streamed in constant memory."""
+    with open(path, "rb", buffering=0) as f:
+        return hashlib.file_digest(f, CHECKSUMS[algorithm]).hexdigest()

@@ -4,54 +4,119 @@ and the manifest last.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
-from collections.abc import Callable
+import secrets
+import struct
+import sys
+from collections.abc import Callable, Sequence
 from concurrent.futures import Executor
+from contextvars import ContextVar
 from pathlib import Path
 
 import torch
 
 from diffgame.errors import StoreError
-from diffgame.store.layout import FORMAT, PARTS, rebuild_hint
+from diffgame.store.layout import CHECKSUMS, FORMAT, PARTS, rebuild_hint
 
-TensorsOrMaker = dict[str, torch.Tensor] | Callable[[], dict[str, torch.Tensor]]
+Tensors = dict[str, torch.Tensor | Sequence[torch.Tensor]]
+TensorsOrMaker = Tensors | Callable[[], Tensors]
+_CHUNK = 8 << 20
+"""Bytes hashed then written per step: hashing brings them into cache, the write copies them from there."""
+_checksum: ContextVar[str] = ContextVar("diffgame_store_checksum", default="sha256")
+"""Algorithm `write_file` records when not told: each `StoreWriter` sets it around its calls, so `write_file` keeps
+the two-argument form that callers and tests wrap."""
 
 
-def write_file(path: Path, tensors: dict[str, torch.Tensor]) -> dict:
-    """Write one safetensors file atomically (tmp + rename); return its sha256 and size.
+def tmp_path(path: Path) -> Path:
+    """A temporary name beside `path`, unique per process and call, so two writers never share one."""
+    return path.with_name(f"{path.name}.{os.getpid()}.{secrets.token_hex(6)}.tmp")
 
-    `save_file` writes straight from the tensors' memory and the hash reads the file back from the page cache:
-    serialising to `bytes` first costs two more copies, one of them under the GIL, which serialised the writer
-    threads (1.3-1.7x slower on the CPU; benchmarks/extraction.py measures the whole path)."""
-    from safetensors.torch import save_file
 
+def _header(tensors: dict[str, list[torch.Tensor]]) -> tuple[bytes, list[str]]:
+    """The safetensors header (length prefix, JSON, space padding to 8 bytes) of `tensors` (name -> row chunks),
+    and the names in the order their data follows it.
+
+    safetensors orders entries by dtype then name and spells dtypes its own way; both are taken from the library
+    itself by saving empty placeholders, so the header is the one `safetensors.torch.save` would write."""
+    from safetensors.torch import save
+
+    probe = save({name: torch.empty(0, dtype=chunks[0].dtype) for name, chunks in tensors.items()})
+    (n,) = struct.unpack_from("<Q", probe)
+    header, offset = {}, 0
+    for name, info in json.loads(probe[8:8 + n]).items():
+        chunks = tensors[name]
+        shape = list(chunks[0].shape) if len(chunks) == 1 else [sum(c.shape[0] for c in chunks), *chunks[0].shape[1:]]
+        size = sum(c.numel() for c in chunks) * chunks[0].element_size()
+        header[name] = {"dtype": info["dtype"], "shape": shape, "data_offsets": [offset, offset + size]}
+        offset += size
+    raw = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode()
+    raw += b" " * (-len(raw) % 8)
+    return struct.pack("<Q", len(raw)) + raw, list(header)
+
+
+def _chunks(name: str, value: torch.Tensor | Sequence[torch.Tensor]) -> list[torch.Tensor]:
+    """`value` as a list of contiguous CPU row chunks that concatenate along dim 0."""
+    chunks = [value] if isinstance(value, torch.Tensor) else list(value)
+    if not chunks:
+        raise ValueError(f"tensor '{name}' has no chunks")
+    first = chunks[0]
+    if any(c.dtype != first.dtype or c.shape[1:] != first.shape[1:] or c.dim() == 0 for c in chunks[1:]):
+        raise ValueError(f"chunks of tensor '{name}' differ in dtype or trailing shape")
+    return [c.detach().cpu().contiguous() for c in chunks]  # no-ops for the writer's CPU tensors
+
+
+def _raw(t: torch.Tensor) -> memoryview:
+    """The bytes of a contiguous CPU tensor, without a copy (safetensors stores little-endian, as x86 and ARM are)."""
+    return memoryview(t.reshape(-1).view(torch.uint8).numpy())
+
+
+def write_file(path: Path, tensors: Tensors, checksum: str | None = None) -> dict:
+    """Write one safetensors file atomically (unique tmp + rename); return `{checksum: hex digest, "bytes": size}`.
+
+    The header and each tensor's bytes go from memory to the file in large sequential writes and are hashed on the
+    way, so nothing is serialised to `bytes`, concatenated or read back; a list of tensors is stored as their
+    concatenation along dim 0. `checksum` (a key of `CHECKSUMS`) defaults to the calling `StoreWriter`'s, else sha256."""
+    assert sys.byteorder == "little", "safetensors stores little-endian bytes"
+    algorithm = checksum or _checksum.get()
+    chunks = {name: _chunks(name, value) for name, value in tensors.items()}
+    digest, size = CHECKSUMS[algorithm](), 0
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp))
-    digest, size, buf = hashlib.sha256(), 0, bytearray(1 << 24)
-    view = memoryview(buf)
-    with open(tmp, "rb", buffering=0) as f:
-        while n := f.readinto(buf):
-            digest.update(view[:n])
-            size += n
-    os.replace(tmp, path)
-    return {"sha256": digest.hexdigest(), "bytes": size}
+    header, order = _header(chunks)
+    tmp = tmp_path(path)
+    try:
+        with open(tmp, "xb", buffering=0) as f:
+            for piece in (memoryview(header), *(_raw(c) for name in order for c in chunks[name])):
+                for i in range(0, len(piece), _CHUNK):
+                    step = piece[i:i + _CHUNK]
+                    digest.update(step)
+                    size += len(step)
+                    while step:
+                        step = step[f.write(step):]
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return {algorithm: digest.hexdigest(), "bytes": size}
 
 
 def _write_json(path: Path, obj: dict) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
+    tmp = tmp_path(path)
     tmp.write_text(json.dumps(obj, indent=1))
     os.replace(tmp, path)
 
 
 class StoreWriter:
-    """Writes a store part by part; each part is marked complete only after its files are on disk."""
+    """Writes a store part by part; each part is marked complete only after its files are on disk.
 
-    def __init__(self, root: str | Path):
-        self.root = Path(root)
+    `checksum` (a key of `CHECKSUMS`) is what file entries record: sha256 unless told, as in every store before
+    issue #18; extraction passes "xxh3_128", an order of magnitude faster, which keeps hashing off its hot path."""
+
+    def __init__(self, root: str | Path, checksum: str = "sha256"):
+        if checksum not in CHECKSUMS:
+            raise ValueError(f"unknown checksum '{checksum}'; known: {', '.join(CHECKSUMS)}")
+        self.root, self.checksum = Path(root), checksum
 
     def marker(self, dataset: str, shard: str, part: str) -> Path:
         return self.root / "_parts" / f"{dataset}.{shard}.{part}.json"
@@ -75,12 +140,16 @@ class StoreWriter:
         """Write each part's files, then each part's marker; returns the relpaths written.
 
         A file's tensors may be given as a callable that makes them (a concatenation, say), so that with an
-        `executor` every file of every part is made, serialised, hashed and written in parallel."""
+        `executor` every file of every part is made, hashed and written in parallel."""
         jobs = [(part, rel, tensors) for part, files in parts.items() for rel, tensors in files.items()]
 
         def write(job) -> dict:
             _, rel, tensors = job
-            return write_file(self.root / rel, tensors() if callable(tensors) else tensors)
+            token = _checksum.set(self.checksum)  # per call: pool threads do not share a context
+            try:
+                return write_file(self.root / rel, tensors() if callable(tensors) else tensors)
+            finally:
+                _checksum.reset(token)
 
         last = {part: i for i, (part, _, _) in enumerate(jobs)}
         files: dict[str, dict] = {part: {} for part in parts}
