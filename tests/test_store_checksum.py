@@ -189,3 +189,17 @@ def test_interrupted_extraction_resumes_to_the_uninterrupted_store(tmp_path, mon
     assert all(set(info) == {"xxh3_128", "bytes"} for info in _files(got_root).values())
     assert not list(got_root.rglob("*.tmp"))
     ActivationStore.open(got_root)
+
+
+def test_a_store_of_a_newer_format_is_refused_in_one_line(tmp_path):
+    """A reader reads every format up to its own (sha256-only stores are format 1) and refuses a newer one."""
+    import json
+
+    from diffgame.store.layout import FORMAT
+
+    root = tmp_path / "store"
+    root.mkdir()
+    (root / "manifest.json").write_text(json.dumps({"format": FORMAT + 1, "datasets": {}}))
+    with pytest.raises(StoreError, match=rf"has format {FORMAT + 1}, newer than this diffgame reads \(up to "
+                                         rf"{FORMAT}\); upgrade diffgame"):
+        ActivationStore.open(root)

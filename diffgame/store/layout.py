@@ -17,7 +17,9 @@ import hashlib
 import torch
 import xxhash
 
-FORMAT = 1
+FORMAT = 2
+"""Manifest format: 2 records each file's checksum under its algorithm's name (xxh3_128 or sha256); 1 only sha256.
+Readers read every format up to theirs and refuse a newer one."""
 MODEL_ROLES = ("base", "organism")
 PARTS = ("tokens", *MODEL_ROLES)
 ST_DTYPES = {"BF16": torch.bfloat16, "F16": torch.float16, "F32": torch.float32, "I64": torch.int64,

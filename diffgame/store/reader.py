@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from diffgame.errors import StoreError
-from diffgame.store.layout import CHECKSUMS, MODEL_ROLES, ST_DTYPES, act_file, rebuild_hint, tokens_file
+from diffgame.store.layout import CHECKSUMS, FORMAT, MODEL_ROLES, ST_DTYPES, act_file, rebuild_hint, tokens_file
 from diffgame.store.writer import StoreWriter
 
 def _header(path: Path) -> tuple[int, dict]:
@@ -113,6 +113,9 @@ class ActivationStore:
             manifest = json.loads(mpath.read_text())
         except (OSError, json.JSONDecodeError) as e:
             raise StoreError(f"unreadable manifest {mpath}: {e}; rebuild with `diffgame preprocess ...`") from None
+        if int(manifest.get("format", 1)) > FORMAT:
+            raise StoreError(f"store {root} has format {manifest['format']}, newer than this diffgame reads "
+                             f"(up to {FORMAT}); upgrade diffgame, or rebuild the store with this version")
         store = cls(root, manifest)
         store.check_files(checksums=verify)
         return store
