@@ -16,7 +16,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from diffgame import tracking
+from diffgame import locations, tracking
 
 POLL_S = 5.0
 
@@ -24,8 +24,9 @@ POLL_S = 5.0
 def lock_dir() -> Path:
     """Where the locks of the current tracking URI live: beside a SQLite database, else in the user cache."""
     uri = tracking.resolve_uri()
-    if uri.startswith("sqlite:///"):
-        return Path(uri.removeprefix("sqlite:///")).parent / ".diffgame-locks"
+    db = locations.sqlite_file(uri)
+    if db is not None:
+        return db.parent / ".diffgame-locks"
     cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
     return cache / "diffgame" / "locks" / hashlib.sha256(uri.encode()).hexdigest()[:16]
 
