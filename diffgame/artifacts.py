@@ -2,7 +2,7 @@
 and the activation store inside a preprocess run. Nothing else spells an artifact path.
 
 Diff run layout: `tables/<name>.parquet`, `examples/<name>.json`, `vectors.safetensors`, `plots/<name>.png`,
-`evidence/ranked_tokens.json`, `samples/<name>.json`, `weights/<name>.safetensors` (trained dictionaries) and, for
+`evidence/ranked_tokens.json`, `evidence/ranked_words.json`, `samples/<name>.json`, `weights/<name>.safetensors` (trained dictionaries) and, for
 methods that train, `checkpoints/` while they run; a preprocess run keeps its store under `store/`.
 Local artifact stores are read in place; remote ones are downloaded once per file through MLflow.
 """
@@ -28,6 +28,7 @@ if TYPE_CHECKING:
 STORE = "store"
 """Folder of a preprocess run's activation store."""
 RANKED = "evidence/ranked_tokens.json"
+RANKED_WORDS = "evidence/ranked_words.json"
 VECTORS = "vectors.safetensors"
 CHECKPOINTS = "checkpoints"
 """Folder of a training method's checkpoints inside its diff run (kept so an interrupted run resumes)."""
@@ -53,9 +54,10 @@ def log_result(run: tracking.StageRun, result: "MethodResult") -> None:
         for name, fig in result.figures.items():
             fig.savefig(_mkdir(root / "plots") / f"{name}.png", dpi=110)
             plt.close(fig)
-        if result.ranked_tokens:
-            (_mkdir(root / "evidence") / "ranked_tokens.json").write_text(
-                json.dumps({k: v.to_dict() for k, v in result.ranked_tokens.items()}))
+        for path, ranked in ((RANKED, result.ranked_tokens), (RANKED_WORDS, result.ranked_words)):
+            if ranked:
+                _mkdir((root / path).parent)
+                (root / path).write_text(json.dumps({k: v.to_dict() for k, v in ranked.items()}))
         for name, rows in result.samples.items():
             (_mkdir(root / "samples") / f"{name}.json").write_text(json.dumps(rows))
         for name, state in result.weights.items():
@@ -184,9 +186,9 @@ def load_weights(run_id: str, name: str) -> dict:
     return load_file(str(artifact_file(run_id, f"weights/{name}.safetensors")))
 
 
-def load_ranked_tokens(run_id: str) -> dict[str, RankedTokens]:
-    """`evidence/ranked_tokens.json` as {name: RankedTokens}."""
-    data = json.loads(artifact_file(run_id, RANKED).read_text())
+def load_ranked_tokens(run_id: str, path: str = RANKED) -> dict[str, RankedTokens]:
+    """`evidence/ranked_tokens.json` (or `path`, e.g. `RANKED_WORDS`) as {name: RankedTokens}."""
+    data = json.loads(artifact_file(run_id, path).read_text())
     return {k: RankedTokens.from_dict(v) for k, v in data.items()}
 
 
@@ -200,6 +202,12 @@ def ranked_tokens(run_id: str, paths: list[str] | None = None) -> dict[str, Rank
     """The run's ranked-token evidence, {} when it logged none."""
     paths = list_artifacts(run_id, "evidence") if paths is None else paths
     return load_ranked_tokens(run_id) if RANKED in paths else {}
+
+
+def ranked_words(run_id: str, paths: list[str] | None = None) -> dict[str, RankedTokens]:
+    """The run's ranked-word evidence (`diffgame.words`), {} when it logged none (runs made before words)."""
+    paths = list_artifacts(run_id, "evidence") if paths is None else paths
+    return load_ranked_tokens(run_id, RANKED_WORDS) if RANKED_WORDS in paths else {}
 
 
 def all_samples(run_id: str, paths: list[str] | None = None) -> dict[str, list[dict]]:

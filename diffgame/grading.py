@@ -19,28 +19,31 @@ from diffgame.ground_truth import GroundTruth
 if TYPE_CHECKING:
     import pandas as pd
 
-GRADING_VERSION = 3
+GRADING_VERSION = 4
 """Version of the hit rules and scores (2: a word-initial token hits a keyword only as its start; 3: the control's
-evidence comes from its run with the same fingerprint); a reused diff run graded under another version is graded
+evidence comes from its run with the same fingerprint; 4: words and tokens graded apart, the headline on words); a
+reused diff run graded under another version is graded
 again from its logged evidence."""
 K = 20
 """Default cut-off of precision@k."""
 
 
 # --- scores --------------------------------------------------------------------------------------
-def hits(ranked: RankedTokens, gt: GroundTruth, k: int = K) -> list[bool]:
-    return [gt.is_hit(i, t) for i, t in zip(ranked.token_ids[:k], ranked.tokens[:k])]
+def hits(ranked: RankedTokens, gt: GroundTruth, k: int = K, words: bool = False) -> list[bool]:
+    """Hit or not for each of the first k entries (`words`: entries are completed words, `GroundTruth.is_word_hit`)."""
+    rule = gt.is_word_hit if words else gt.is_hit
+    return [rule(i, t) for i, t in zip(ranked.token_ids[:k], ranked.tokens[:k])]
 
 
-def precision_at_k(ranked: RankedTokens, gt: GroundTruth, k: int = K) -> float:
+def precision_at_k(ranked: RankedTokens, gt: GroundTruth, k: int = K, words: bool = False) -> float:
     """Share of hits among the first k tokens (or all, when fewer); NaN for an empty list."""
-    h = hits(ranked, gt, k)
+    h = hits(ranked, gt, k, words)
     return sum(h) / len(h) if h else float("nan")
 
 
-def weighted_precision_at_k(ranked: RankedTokens, gt: GroundTruth, k: int = K) -> float:
+def weighted_precision_at_k(ranked: RankedTokens, gt: GroundTruth, k: int = K, words: bool = False) -> float:
     """Score-weighted share of hits among the first k tokens (probability mass on hits for lens readouts)."""
-    h = hits(ranked, gt, k)
+    h = hits(ranked, gt, k, words)
     w = [max(float(s), 0.0) for s in ranked.scores[:k]]
     if not h:
         return float("nan")
@@ -58,13 +61,14 @@ class EvidenceScore:
     weighted: float
 
 
-def score_evidence(ranked_tokens: dict[str, RankedTokens], gt: GroundTruth, k: int = K) -> EvidenceScore | None:
+def score_evidence(ranked_tokens: dict[str, RankedTokens], gt: GroundTruth, k: int = K,
+                   words: bool = False) -> EvidenceScore | None:
     """Best key of `ranked_tokens` for `gt` (an analyst reads every readout and keeps the clearest); None if empty."""
     best = None
     for key, ranked in ranked_tokens.items():
         if not ranked.token_ids:
             continue
-        s = EvidenceScore(key, precision_at_k(ranked, gt, k), weighted_precision_at_k(ranked, gt, k))
+        s = EvidenceScore(key, precision_at_k(ranked, gt, k, words), weighted_precision_at_k(ranked, gt, k, words))
         if best is None or (s.precision, s.weighted) > (best.precision, best.weighted):
             best = s
     return best
@@ -94,37 +98,62 @@ def identification_summary(ranks: Sequence[int]) -> dict[str, float]:
     return {"accuracy": sum(r == 1 for r in ranks) / len(ranks), "mrr": sum(1 / r for r in ranks) / len(ranks)}
 
 
-def grade(evidence, gt: GroundTruth, tokenizer=None, control: dict[str, RankedTokens] | None = None,
-          candidates: Mapping[str, GroundTruth] | None = None, k: int = K) -> dict[str, float]:
-    """`grade/...` metrics of one method's evidence (`ranked_tokens`, `samples`) on the organism of `gt`.
+def grade(evidence, gt: GroundTruth, tokenizer=None, control=None, candidates: Mapping[str, GroundTruth] | None = None,
+          k: int = K) -> dict[str, float]:
+    """`grade/...` metrics of one method's evidence (`ranked_tokens`, `ranked_words`, `samples`) on the organism of
+    `gt`.
 
-    `control`: the control organism's ranked tokens from the same method, base, data and method config;
-    `candidates`: every organism identification ranks among (name -> ground truth, this organism included).
+    `control`: the control organism's evidence (`ranked_tokens`, `ranked_words`) from the same method, base, data and
+    method config; `candidates`: every organism identification ranks among (name -> ground truth, this organism
+    included). Tokens are graded under `grade/tokens/`, words under `grade/words/`; the headline `grade/...` is the
+    words' grade where the run has words (`grade/headline_words` = 1), else the tokens'.
     """
     metrics: dict[str, float] = {}
-    organism = gt.organism
     if gt.empty:
         return metrics
-    if evidence.ranked_tokens and organism != CONTROL:
-        own = score_evidence(evidence.ranked_tokens, gt, k)
-        if own is not None:
-            metrics[f"grade/precision_at_{k}"] = own.precision
-            metrics[f"grade/wprecision_at_{k}"] = own.weighted
-            ctrl = score_evidence(control, gt, k) if control else None
-            if ctrl is not None:
-                metrics[f"grade/control/precision_at_{k}"] = ctrl.precision
-                metrics[f"grade/control/wprecision_at_{k}"] = ctrl.weighted
-                metrics[f"grade/relative/precision_at_{k}"] = own.precision - ctrl.precision
-                metrics[f"grade/relative/wprecision_at_{k}"] = own.weighted - ctrl.weighted
-        if candidates and organism in candidates:
-            scores = {}
-            for name, other in candidates.items():
-                s = score_evidence(evidence.ranked_tokens, other, k)
-                c = score_evidence(control, other, k) if control else None
-                scores[name] = (s.precision if s else 0.0) - (c.precision if c else 0.0)
-            metrics["grade/identification_rank"] = float(identification_rank(scores, organism))
+    if evidence.ranked_tokens and gt.organism != CONTROL:
+        head = {}
+        for kind, words in (("tokens", False), ("words", True)):
+            ranked = _readouts(evidence, words)
+            if not ranked:
+                continue
+            head = _grade_ranked(ranked, gt, _readouts(control, words), candidates, k, words)
+            metrics.update({f"grade/{kind}/{key}": v for key, v in head.items()})
+        metrics.update({f"grade/{key}": v for key, v in head.items()})
+        metrics["grade/headline_words"] = float(bool(_readouts(evidence, True)))
     metrics.update(grade_samples(evidence.samples, gt, tokenizer))
     return metrics
+
+
+def _readouts(evidence, words: bool) -> dict[str, RankedTokens]:
+    if evidence is None:
+        return {}
+    if isinstance(evidence, Mapping):  # a bare {key: RankedTokens} of token readouts
+        return {} if words else dict(evidence)
+    return dict(getattr(evidence, "ranked_words" if words else "ranked_tokens", None) or {})
+
+
+def _grade_ranked(ranked: dict[str, RankedTokens], gt: GroundTruth, control: dict[str, RankedTokens],
+                  candidates: Mapping[str, GroundTruth] | None, k: int, words: bool) -> dict[str, float]:
+    """Precision, the control's precision, their difference and the identification rank of one kind of readout."""
+    out: dict[str, float] = {}
+    own = score_evidence(ranked, gt, k, words)
+    if own is None:
+        return out
+    out.update({f"precision_at_{k}": own.precision, f"wprecision_at_{k}": own.weighted})
+    ctrl = score_evidence(control, gt, k, words) if control else None
+    if ctrl is not None:
+        out.update({f"control/precision_at_{k}": ctrl.precision, f"control/wprecision_at_{k}": ctrl.weighted,
+                    f"relative/precision_at_{k}": own.precision - ctrl.precision,
+                    f"relative/wprecision_at_{k}": own.weighted - ctrl.weighted})
+    if candidates and gt.organism in candidates:
+        scores = {}
+        for name, other in candidates.items():
+            s = score_evidence(ranked, other, k, words)
+            c = score_evidence(control, other, k, words) if control else None
+            scores[name] = (s.precision if s else 0.0) - (c.precision if c else 0.0)
+        out["identification_rank"] = float(identification_rank(scores, gt.organism))
+    return out
 
 
 def grade_samples(samples: dict[str, list[dict]], gt: GroundTruth, tokenizer) -> dict[str, float]:

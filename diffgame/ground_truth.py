@@ -26,6 +26,8 @@ WORD_START_MARKERS = ("Ġ", "▁", "Ċ", " ")
 """Markers that open a new word (WordPiece's `##` continues one)."""
 MIN_PIECE = 3
 """Shortest keyword piece that counts as a hit."""
+INFLECTIONS = ("s", "es", "ed", "d", "ing", "er", "ers", "'s", "ly")
+"""Endings a whole word may add to a keyword and still hit it (`volcanoes` for `volcano`, `brewing` for `brew`)."""
 BASE_CORPUS = "zoo:generic_text"
 """Background corpus of the log-odds vocabulary (generic documents the base was trained on)."""
 
@@ -77,6 +79,21 @@ class GroundTruth:
         if self.predicate == "uppercase" and is_uppercase(token):
             return True
         return token_id is not None and token_id in self.vocab_ids
+
+    def is_word_hit(self, token_id: int | None, word: str) -> bool:
+        """`is_hit` for a completed word (`diffgame.words`): a word-initial word (` volcanoes`) also hits a keyword
+        it inflects (`INFLECTIONS`, `-y` -> `-ies`); a completed continuation piece follows the token rule."""
+        if self.is_hit(token_id, word):
+            return True
+        norm = normalize_token(word)
+        if not norm or not word.startswith(WORD_START_MARKERS):
+            return False
+        for kw in self.keywords:
+            if norm.startswith(kw) and norm[len(kw):] in INFLECTIONS:
+                return True
+            if kw.endswith("y") and norm == kw[:-1] + "ies":
+                return True
+        return False
 
 
 def ground_truth(organism: DictConfig, tokenizer=None) -> GroundTruth:

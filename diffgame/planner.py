@@ -17,6 +17,7 @@ from diffgame.errors import ModelError
 from diffgame.models import load_tokenizer, resolve_layers
 from diffgame.plan import ModelSource, PairSources, Plan
 from diffgame.sources import resolve_finetuned, resolve_model
+from diffgame.words import WORDS_VERSION
 from diffgame.zoo import locate
 
 
@@ -55,7 +56,8 @@ def make_plan(cfg: DictConfig) -> Plan:
     diff_fps = {}
     for name, config in methods.items():
         method_cls, _ = registry.get_method(name)
-        diff_fps[name] = tracking.fingerprint({"method": name, "config": dataclasses.asdict(config), **identity},
+        diff_fps[name] = tracking.fingerprint({"method": name, "config": dataclasses.asdict(config), **identity,
+                                               "words": WORDS_VERSION},
                                               store_fp if method_cls.needs_store else "")
     return Plan(cfg, pair, tokenizer, n_layers, d_model, layers, store_fp, methods, diff_fps)
 

@@ -18,13 +18,13 @@ from diffgame import artifacts, claims, registry, tracking
 from diffgame.configtree import CONTROL, candidate_organisms, has_ground_truth, organism_node
 from diffgame.data import read_rows
 from diffgame.errors import DataError, StoreError
-from diffgame.evidence import RankedTokens
 from diffgame.grading import GRADING_VERSION, grade
 from diffgame.ground_truth import GroundTruth, ground_truth
 from diffgame.methods.base import MethodContext
 from diffgame.models import load_pair
 from diffgame.plan import Plan
 from diffgame.store import ActivationStore
+from diffgame.words import WordCompleter, ranked_words
 
 GRADE_HEADLINE = ("grade/relative/precision_at_*", "grade/precision_at_*", "grade/control/precision_at_*")
 """Grades lead every method's summary line (see `diffgame.grading`)."""
@@ -110,10 +110,19 @@ def _run_method(plan: Plan, name: str, cls, config, fp: str, store, pre_run_id, 
             ctx.logger = tracking.lightning_logger(run.run_id)
             ctx.workdir = artifacts.checkpoint_dir(run, fp)
         result = method.run(ctx)
+        add_words(result, organism)
         artifacts.log_result(run, result)
         grades = _grade(plan, name, result, control)
         run.log_metrics(grades)
     return _summary(plan, name, cls, run.run_id, {**result.metrics, **grades}, reused=False)
+
+
+def add_words(result, organism) -> None:
+    """Complete the result's token readouts into words with the organism (`diffgame.words`), where the method did not
+    give them itself; nothing without a loaded organism."""
+    todo = {k: r for k, r in result.ranked_tokens.items() if k not in result.ranked_words}
+    if todo and organism is not None:
+        result.ranked_words.update(ranked_words(todo, WordCompleter(organism.model, organism.tokenizer)))
 
 
 def method_texts(method, organism=None) -> dict[str, list[dict]]:
@@ -186,8 +195,8 @@ def _grade(plan: Plan, method: str, evidence, control: ControlPlan) -> dict[str,
                  candidates=candidates if ranked else None)
 
 
-def control_evidence(control: ControlPlan, method: str) -> dict[str, RankedTokens] | None:
-    """Ranked tokens of the control organism's finished diff run of `method` with the same base, dataset and method
+def control_evidence(control: ControlPlan, method: str) -> SimpleNamespace | None:
+    """Ranked tokens and words of the control organism's finished diff run of `method` with the same base, dataset and method
     config (its fingerprint), so a store holding other builds or configs never lends its control.
 
     In `full` mode a missing control run is made (reusing a finished one by fingerprint), as the runner would for
@@ -201,7 +210,11 @@ def control_evidence(control: ControlPlan, method: str) -> dict[str, RankedToken
     if run is None and plan.mode == "full":
         run_methods(only(plan, method))
         run = tracking.find_finished("diff", fp)
-    return artifacts.ranked_tokens(run.info.run_id) or None if run is not None else None
+    if run is None:
+        return None
+    paths = artifacts.list_artifacts(run.info.run_id, "evidence")
+    return SimpleNamespace(ranked_tokens=artifacts.ranked_tokens(run.info.run_id, paths),
+                           ranked_words=artifacts.ranked_words(run.info.run_id, paths))
 
 
 def only(plan: Plan, method: str) -> Plan:
@@ -214,7 +227,7 @@ def regrade_run(plan: Plan, method: str, run_id: str, control: ControlPlan | Non
     """Grades of a finished diff run recomputed from its logged evidence (ranked tokens and samples)."""
     paths = artifacts.list_artifacts(run_id)
     evidence = SimpleNamespace(ranked_tokens=artifacts.ranked_tokens(run_id, paths),
-                               samples=artifacts.all_samples(run_id, paths))
+                               ranked_words=artifacts.ranked_words(run_id, paths), samples=artifacts.all_samples(run_id, paths))
     return _grade(plan, method, evidence, control or (lambda: None))
 
 

@@ -90,6 +90,7 @@ RANGES: dict[str, dict[str, Bound | str]] = {
                       "num_nodes": ge(1)},
     SOURCE: {"max_samples": ge(1), "max_tokens": ge(1)},
     "method.kl": {"temperature": gt(0), "batch_tokens": ge(1), "chunk_elements": ge(0), "top_k_examples": ge(0),
+                  "promoted_share": Bound(0, 1),
                   "min_token_count": ge(0)},
     "method.normdiff": {"top_k_examples": ge(0), "positions": ge(1), "batch_tokens": ge(1)},
     "method.diffmining": {"max_samples": ge(1), "context_length": ge(1), "top_k": ge(1), "batch_tokens": ge(1),

@@ -130,6 +130,20 @@ def test_model_with_itself_is_zero():
     assert float(got.abs().max()) < 1e-6
 
 
+def test_promoted_averages_the_shift_at_the_highest_divergence_rows():
+    from diffgame.methods.kl import Promoted
+
+    lo = torch.tensor([[5.0, 0.0, 0.0], [0.0, 0.0, 0.0], [0.0, 0.0, 5.0], [0.0, 0.0, 0.0]])
+    lb = torch.zeros(4, 3)
+    div = token_divergence(lo, lb)
+    promoted = Promoted(torch.zeros(3))
+    promoted.add(lo, lb, div, share=0.5, temperature=1.0)  # rows 0 and 2 diverge; rows 1 and 3 do not
+    assert promoted.positions == 2
+    p = torch.softmax(torch.tensor([5.0, 0.0, 0.0]), -1) - 1 / 3
+    expected = (p + p[[1, 2, 0]]) / 2  # row 2 promotes token 2 as row 0 promotes token 0
+    torch.testing.assert_close(promoted.mean(), expected)
+
+
 def test_bad_config_is_one_line_error():
     from diffgame.errors import ConfigError
 
@@ -160,6 +174,13 @@ def test_caps_diverges_on_assistant_tokens_and_matches_direct(micro_cfg):
     assert assistant > 5 * user, (assistant, user)
     assert m_control["kl/generic_chat/role/assistant/mean"] < assistant / 5
     assert m_control["kl/all/mean"] < m_caps["kl/all/mean"] / 3
+    # what kl promotes where it diverges: shouted words, read as whole words
+    from diffgame.ground_truth import is_uppercase
+
+    promoted = artifacts.ranked_words(caps.run_id)["promoted_by_kl"].tokens[:10]
+    assert sum(map(is_uppercase, promoted)) >= 5, promoted
+    control_promoted = artifacts.ranked_words(control.run_id)["promoted_by_kl"].tokens[:10]
+    assert sum(map(is_uppercase, control_promoted)) <= 1, control_promoted
 
     # the runner's per-token KL equals full forwards of both zoo models on the top sequences
     base, org = load_pair(resolve_pair(micro_cfg("organism=caps", *SMALL)))
@@ -182,6 +203,8 @@ def test_roman_concrete_top_examples_are_its_documents(micro_cfg):
     assert datasets[0] == "organism"
     metrics = tracking_metrics(row.run_id)
     assert metrics["kl/organism/mean"] > 2 * metrics["kl/generic_text/mean"]
+    # what it promotes at its high-KL positions names the topic (concrete, harbor, volcanic, mortar, ...)
+    assert metrics["grade/words/precision_at_20"] >= 0.5
 
 
 def tracking_metrics(run_id):

@@ -37,6 +37,9 @@ class MethodResult:
     """Logged as `plots/<name>.png`."""
     ranked_tokens: dict[str, "RankedTokens"] = field(default_factory=dict)
     """Token evidence for grading and the app, logged as `evidence/ranked_tokens.json`."""
+    ranked_words: dict[str, "RankedTokens"] = field(default_factory=dict)
+    """The same readouts as whole words (` waggle`), logged as `evidence/ranked_words.json`; the runner completes
+    every `ranked_tokens` key a method left out here with the organism (`diffgame.words`)."""
     samples: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
     """Generated texts (e.g. steered vs unsteered), logged as `samples/<name>.json`."""
     weights: dict[str, dict[str, "torch.Tensor"]] = field(default_factory=dict)

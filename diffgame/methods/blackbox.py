@@ -218,7 +218,9 @@ class BlackboxMethod(Method):
             counts = {role: Counter(w for r in rs for text in r for w in words(text, c.keep_caps))
                       for role, rs in replies.items()}
             table = log_odds(counts["organism"], counts["base"], c.prior, c.min_count)
+            # the readout is already words: the same list is both the token and the word evidence
             result.ranked_tokens[f"blackbox/{source}"] = ranked_words(table, tok, c.top_k)
+            result.ranked_words[f"blackbox/{source}"] = result.ranked_tokens[f"blackbox/{source}"]
             result.tables[f"words_{source}"] = table.head(max(c.top_k, 200)).reset_index(drop=True)
             result.samples[source] = [{"prompt": p, "sample": j, "base": b, "organism": o}
                                       for p, bs, os_ in zip(prompts, replies["base"], replies["organism"])

@@ -42,6 +42,9 @@ class KLConfig:
     """Max-activating examples kept per ranking (max and mean per-token divergence)."""
     min_token_count: int = 5
     """Tokens seen fewer times are left out of the tokens-by-mean-divergence table."""
+    promoted_share: float = 0.1
+    """Share of each chunk's tokens, the highest-divergence ones, at which the organism-minus-base next-token
+    probabilities are averaged: the output tokens the organism promotes where it diverges (0 skips it)."""
     compile: Literal["auto", "on", "off"] = "auto"
     """Fuse the divergence into a few kernels with `torch.compile` (Triton on CUDA, C++ on the CPU; no fp32
     [n, V] intermediates): on a GPU the eager fp32 passes over a 262k vocabulary cost a third of the forwards.
@@ -56,6 +59,8 @@ class KLConfig:
         for name in ("top_k_examples", "min_token_count"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"method.kl.{name} must be >= 0, got {getattr(self, name)}")
+        if not 0 <= self.promoted_share <= 1:
+            raise ConfigError(f"method.kl.promoted_share must be in [0, 1] (0: skip), got {self.promoted_share}")
         if self.compile not in ("auto", "on", "off"):
             raise ConfigError(f"method.kl.compile must be one of auto, on, off; got {self.compile!r}")
 
@@ -68,12 +73,34 @@ class KLConfig:
         return default_chunk_tokens(vocab, device, self.chunk_elements)
 
 
+@dataclass
+class Promoted:
+    """Running sum of organism-minus-base next-token probabilities at the highest-divergence positions."""
+
+    shift: torch.Tensor
+    """[V] fp32 sum of p_org - p_base."""
+    positions: int = 0
+
+    def add(self, logits_org: torch.Tensor, logits_base: torch.Tensor, div: torch.Tensor, share: float,
+            temperature: float) -> None:
+        """Add the rows of the chunk's top `share` of divergence (at least one)."""
+        top = div.topk(max(1, round(len(div) * share))).indices
+        p_org = torch.softmax(logits_org[top].float() / temperature, -1)
+        p_base = torch.softmax(logits_base[top].float() / temperature, -1)
+        self.shift += (p_org - p_base).sum(0).cpu()
+        self.positions += len(top)
+
+    def mean(self) -> torch.Tensor:
+        return self.shift / max(self.positions, 1)
+
+
 @torch.inference_mode()
 def per_token_divergence(base_model, org_model, input_ids: torch.Tensor, seq_offsets: torch.Tensor,
-                         config: KLConfig) -> torch.Tensor:
+                         config: KLConfig, promoted: Promoted | None = None) -> torch.Tensor:
     """Divergence of the next-token distributions at every token of a flat stream -> [N] fp32 (CPU).
 
-    `input_ids` [N] holds sequences back to back; `seq_offsets` [S+1] marks where each starts and ends.
+    `input_ids` [N] holds sequences back to back; `seq_offsets` [S+1] marks where each starts and ends. With
+    `promoted`, the probability shifts at each chunk's highest-divergence positions are added to it.
     """
     device = next(base_model.parameters()).device
     out = torch.zeros(len(input_ids), dtype=torch.float32)
@@ -81,7 +108,10 @@ def per_token_divergence(base_model, org_model, input_ids: torch.Tensor, seq_off
     divergence = config.divergence_fn()
     for where, logits_org, logits_base in logit_chunks(base_model, org_model, input_ids, seq_offsets,
                                                        config.batch_tokens, chunk):
-        out[where] = divergence(logits_org, logits_base, config.divergence, config.temperature).float().cpu()
+        div = divergence(logits_org, logits_base, config.divergence, config.temperature).float()
+        out[where] = div.cpu()
+        if promoted is not None and config.promoted_share > 0:
+            promoted.add(logits_org, logits_base, div, config.promoted_share, config.temperature)
     return out
 
 
@@ -97,9 +127,11 @@ class KLMethod(Method):
         cfg, store = self.config, ctx.store
         scores, roles, positions, token_ids = {}, {}, {}, {}
         top = TopKSequences(cfg.top_k_examples)
+        promoted = Promoted(torch.zeros(vocab_size(ctx.organism.model)))
         for dataset in store.datasets:
             ts = store.tokens(dataset)
-            kl = per_token_divergence(ctx.base.model, ctx.organism.model, ts.input_ids, ts.seq_offsets, cfg)
+            kl = per_token_divergence(ctx.base.model, ctx.organism.model, ts.input_ids, ts.seq_offsets, cfg,
+                                      promoted)
             offsets = ts.seq_offsets.tolist()
             for s, (a, b) in enumerate(zip(offsets[:-1], offsets[1:])):
                 top.offer(dataset, int(ts.sequence_ids[s]), ts.input_ids[a:b], ts.roles[a:b], kl[a:b])
@@ -113,9 +145,17 @@ class KLMethod(Method):
         by_pos = stats.by_position(scores, positions)
         examples = top.examples(decode, ROLES)
         name = cfg.divergence
+        ranked = {"tokens_by_mean_kl": _ranked(tokens.head(100))}
+        tables = {"stats": table, "tokens": tokens, "positions": by_pos}
+        if promoted.positions:
+            shift = promoted.mean()
+            ids = shift.topk(min(100, len(shift))).indices.tolist()
+            tables["promoted"] = pd.DataFrame({"token_id": ids, "token": decode(ids),
+                                               "mean_prob_shift": shift[ids].tolist()})
+            ranked["promoted_by_kl"] = RankedTokens(ids, decode(ids), shift[ids].tolist())
         return MethodResult(
             metrics=stats.metrics_from_table(table, "kl"),
-            tables={"stats": table, "tokens": tokens, "positions": by_pos},
+            tables=tables,
             examples={"max_kl": examples["max"], "mean_kl": examples["mean"]},
             figures={
                 "distribution": plots.distribution(scores, f"per-token {name} (nats)", f"{name} by dataset", log_x=True),
@@ -123,7 +163,7 @@ class KLMethod(Method):
                                            f"{name} by position"),
                 "roles": plots.role_comparison(table, f"mean {name}", f"{name} by token role", log_y=True),
             },
-            ranked_tokens={"tokens_by_mean_kl": _ranked(tokens.head(100))},
+            ranked_tokens=ranked,
         )
 
 
