@@ -47,6 +47,12 @@ def ranked_tokens(uri: str, run_id: str) -> dict:
 
 
 @st.cache_data(show_spinner=False)
+def ranked_words(uri: str, run_id: str) -> dict:
+    """{name: RankedTokens} of whole words (`diffgame.words`), empty for runs made before words."""
+    return artifacts.ranked_words(run_id, artifact_paths(uri, run_id))
+
+
+@st.cache_data(show_spinner=False)
 def samples(uri: str, run_id: str, name: str) -> list[dict]:
     return artifacts.load_samples(run_id, name)
 

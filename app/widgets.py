@@ -95,7 +95,18 @@ def show_ranked(uri: str, run_id: str, key: str) -> None:
         st.info("This run logged no ranked tokens.")
         return
     name = st.selectbox("Token list", sorted(ranked), key=f"{key}_ranked")
-    st.dataframe(heat.ranked_frame(ranked[name]), width="stretch", hide_index=True)
+    ranked_side_by_side(uri, run_id, name, ranked)
+
+
+def ranked_side_by_side(uri: str, run_id: str, name: str, ranked: dict, rows: int | None = None) -> None:
+    """Readout `name` as words (each token completed by the organism, pieces pooled) beside its raw tokens."""
+    words = cache.ranked_words(uri, run_id).get(name)
+    left, right = st.columns(2) if words is not None else (None, st.container())
+    if words is not None:
+        left.caption("words")
+        left.dataframe(heat.ranked_frame(words, "word").head(rows), width="stretch", hide_index=True)
+    right.caption("tokens")
+    right.dataframe(heat.ranked_frame(ranked[name]).head(rows), width="stretch", hide_index=True)
 
 
 def show_samples(uri: str, run_id: str, paths: list[str], key: str) -> None:

@@ -237,6 +237,9 @@ def test_adl_page_token_tables_and_samples(monkeypatch, store):
     shown = next(d.value for d in at.dataframe if list(d.value.columns) == ["rank", "token", "token_id", "score"])
     assert list(shown["token"]) == ranked[key].tokens
     assert list(shown["score"]) == pytest.approx(ranked[key].scores)
+    words = artifacts.ranked_words(row["run_id"])[key]  # beside the tokens: the same readout as whole words
+    shown = next(d.value for d in at.dataframe if list(d.value.columns) == ["rank", "word", "token_id", "score"])
+    assert list(shown["word"]) == words.tokens and len(words.tokens) <= len(ranked[key].tokens)
     lens = artifacts.load_table(row["run_id"], "lens")
     pick = lens.iloc[len(lens) // 2]
     for key, col in (("adl_layer", "layer"), ("adl_slot", "slot"), ("adl_vector", "vector"), ("adl_lens", "lens")):

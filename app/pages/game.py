@@ -30,7 +30,7 @@ for _, row in hidden.iterrows():
         ranked = cache.ranked_tokens(uri, row["run_id"])
         if ranked:
             name = st.selectbox("Token list", sorted(ranked), key=f"game_ranked_{row['method']}")
-            st.dataframe(heat.ranked_frame(ranked[name]).head(20), hide_index=True)
+            widgets.ranked_side_by_side(uri, row["run_id"], name, ranked, rows=20)
         for ex_name in artifacts.names(paths, "examples")[:1]:
             st.caption(f"top examples ({ex_name})")
             for ex in cache.examples(uri, row["run_id"], ex_name)[:3]:

@@ -53,9 +53,9 @@ def filter_examples(examples: list, query: str = "", datasets: list[str] | None 
     return out
 
 
-def ranked_frame(ranked) -> pd.DataFrame:
-    """A RankedTokens as a table: rank, token, id, score."""
-    return pd.DataFrame({"rank": range(1, len(ranked.tokens) + 1), "token": ranked.tokens,
+def ranked_frame(ranked, label: str = "token") -> pd.DataFrame:
+    """A RankedTokens as a table: rank, token (or `label`), id, score."""
+    return pd.DataFrame({"rank": range(1, len(ranked.tokens) + 1), label: ranked.tokens,
                          "token_id": ranked.token_ids, "score": ranked.scores})
 
 
