@@ -194,18 +194,24 @@ def grades(model: Annotated[str, typer.Option(help="Base model name (the diffgam
                             f"make some with `diffgame run model={model} ...`"))
     cols = [("precision_at_20", "p@20"), ("control/precision_at_20", "control p@20"),
             ("relative/precision_at_20", "relative"), ("identification_rank", "ident. rank"),
+            ("tokens/relative/precision_at_20", "tokens relative"), ("tokens/identification_rank", "tokens rank"),
             ("samples/steered_hit_rate", "steered hits"), ("samples/unsteered_hit_rate", "unsteered hits")]
     table = Table(title=f"grades of model {model} in {tracking.resolve_uri()}")
     for head in ("method", "organism", *(h for _, h in cols), "run id"):
         table.add_column(head)
     for _, row in found[found["organism"] != CONTROL].iterrows():  # the control is the reference column
-        cells = [("" if k not in row or row[k] != row[k] else f"{row[k]:.0f}" if k == "identification_rank"
-                  else f"{row[k]:+.2f}" if k.startswith("relative") else f"{row[k]:.2f}") for k, _ in cols]
+        cells = [("" if k not in row or row[k] != row[k] else f"{row[k]:.0f}" if k.endswith("identification_rank")
+                  else f"{row[k]:+.2f}" if "relative" in k else f"{row[k]:.2f}") for k, _ in cols]
         table.add_row(row["method"], row["organism"], *cells, row["run_id"])
     console = Console(width=200)
     console.print(table)
+    console.print("headline columns grade whole words where a run has them (tokens otherwise); `tokens` columns grade "
+                  "the raw token lists")
+    by_tokens = grading.identification_by_method(found, "tokens/identification_rank")
     for method, summary in grading.identification_by_method(found).items():
-        console.print(f"{method}: identification accuracy {summary['accuracy']:.2f}, MRR {summary['mrr']:.2f}")
+        tok = by_tokens.get(method)
+        console.print(f"{method}: identification accuracy {summary['accuracy']:.2f}, MRR {summary['mrr']:.2f}"
+                      + (f" (tokens: accuracy {tok['accuracy']:.2f}, MRR {tok['mrr']:.2f})" if tok else ""))
     stale = found[found["grading_version"] != str(grading.GRADING_VERSION)]
     if len(stale):
         console.print(f"{len(stale)} of these runs were graded under older rules than version "

@@ -169,9 +169,10 @@ def grade_samples(samples: dict[str, list[dict]], gt: GroundTruth, tokenizer) ->
 
 
 # --- over runs -----------------------------------------------------------------------------------
-def identification_by_method(table: "pd.DataFrame") -> dict[str, dict[str, float]]:
-    """Accuracy and MRR of organism identification per method, over the rows of `grade_table`."""
-    if table.empty or "identification_rank" not in table:
+def identification_by_method(table: "pd.DataFrame", column: str = "identification_rank") -> dict[str, dict[str, float]]:
+    """Accuracy and MRR of organism identification per method, over the rows of `grade_table` (`column`: the
+    headline rank, or `tokens/identification_rank`, `words/identification_rank`)."""
+    if table.empty or column not in table:
         return {}
-    ranked = table.dropna(subset=["identification_rank"])
-    return {m: identification_summary([int(r) for r in g["identification_rank"]]) for m, g in ranked.groupby("method")}
+    ranked = table.dropna(subset=[column])
+    return {m: identification_summary([int(r) for r in g[column]]) for m, g in ranked.groupby("method")}

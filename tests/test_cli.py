@@ -129,14 +129,16 @@ def test_grades_table_newest_run_per_organism_and_method(tmp_path, monkeypatch):
                 tracking.TAG_MODEL: "toy", tracking.TAG_ORGANISM: organism, tracking.TAG_METHOD: method,
                 **graded}) as run:
             run.log_metrics({"grade/precision_at_20": own, "grade/control/precision_at_20": ctrl,
-                             "grade/relative/precision_at_20": own - ctrl, "grade/identification_rank": rank})
+                             "grade/relative/precision_at_20": own - ctrl, "grade/identification_rank": rank,
+                             "grade/tokens/relative/precision_at_20": own - ctrl - 0.25,
+                             "grade/tokens/identification_rank": rank + 1})
             ids.append(run.run_id)
     result = runner.invoke(app, ["grades", "--tracking-uri", uri], env={"COLUMNS": "200"})
     assert result.exit_code == 0, result.output
     rows = {_flat(line).split()[1]: _flat(line).split() for line in result.output.splitlines() if " kl " in line}
-    assert rows["caps"] == ["kl", "caps", "0.50", "0.10", "+0.40", "2", ids[1]]
-    assert rows["roman_concrete"] == ["kl", "roman_concrete", "0.30", "0.20", "+0.10", "2", ids[2]]
-    assert "kl: identification accuracy 0.00, MRR 0.50" in result.output
+    assert rows["caps"] == ["kl", "caps", "0.50", "0.10", "+0.40", "2", "+0.15", "3", ids[1]]
+    assert rows["roman_concrete"] == ["kl", "roman_concrete", "0.30", "0.20", "+0.10", "2", "-0.15", "3", ids[2]]
+    assert "kl: identification accuracy 0.00, MRR 0.50 (tokens: accuracy 0.00, MRR 0.33)" in result.output
     assert f"1 of these runs were graded under older rules than version {GRADING_VERSION}" in _flat(result.output)
     assert f"regrades them ({ids[1]})" in _flat(result.output)
 
