@@ -14,7 +14,7 @@ from diffgame.methods import MethodContext
 from diffgame.methods.adl import ADLConfig, ADLMethod
 from diffgame.methods.adl_means import delta_means
 from diffgame.models import ModelHandle
-from diffgame.runner import method_texts
+from diffgame.runner import add_words, method_texts
 from diffgame.zoo import corpus
 from diffgame.zoo.tokenizer import train_tokenizer
 
@@ -143,14 +143,15 @@ def zoo_results(zoo_uri):
         layers = resolve_layers(list(cfg.preprocessing.layers), base.n_layers)
         ctx = MethodContext(config=config, layers=layers, seed=cfg.seed, base=base, organism=org,
                             texts=method_texts(ADLMethod(config), cfg.organism))
-        out[name] = (cfg, ADLMethod(config).run(ctx),
-                     org.tokenizer)
+        result = ADLMethod(config).run(ctx)
+        add_words(result, org)  # as the runner does: each readout also as whole words
+        out[name] = (cfg, result, org.tokenizer)
     return out
 
 
-def _lens_at(result, layer: int, prefix: str) -> dict:
-    """Logit-lens readouts (no patchscope) at one layer whose slot starts with `prefix`."""
-    return {k: v for k, v in result.ranked_tokens.items()
+def _lens_at(result, layer: int, prefix: str, words: bool = False) -> dict:
+    """Logit-lens readouts (no patchscope) at one layer whose slot starts with `prefix` (as words with `words`)."""
+    return {k: v for k, v in (result.ranked_words if words else result.ranked_tokens).items()
             if k.startswith(f"layer{layer}/{prefix}") and not k.endswith("/patchscope")}
 
 
@@ -171,10 +172,13 @@ def test_zoo_logit_lens_names_the_topic(zoo_results, organism):
 
     mid = resolve_layers([0.5], get_size(cfg.zoo.size).n_layers)[0]  # the middle layer
     gt = ground_truth(cfg.organism, tok)
-    own = score_evidence(_lens_at(result, mid, ""), gt)
-    ctrl = score_evidence(_lens_at(control, mid, ""), gt)
-    assert own.precision >= 0.8, (own, result.ranked_tokens[own.key].tokens)
-    assert ctrl.precision <= 0.2, (ctrl, control.ranked_tokens[ctrl.key].tokens)
+    # the zoo's tokenizer never saw an organism's corpus, so its topic words are read as whole words
+    own = score_evidence(_lens_at(result, mid, "", words=True), gt, words=True)
+    ctrl = score_evidence(_lens_at(control, mid, "", words=True), gt, words=True)
+    # (0.8 on tokens when the tokenizer had learned every organism's corpus; 0.40-0.45 on words since it learns only
+    # the base's: the micro lens lists many continuation pieces, `antheon`, `ome`)
+    assert own.precision >= 0.35 and own.precision - ctrl.precision >= 0.3, (own, result.ranked_words[own.key].tokens)
+    assert ctrl.precision <= 0.2, (ctrl, control.ranked_words[ctrl.key].tokens)
 
 
 @pytest.mark.slow
@@ -201,7 +205,7 @@ def test_zoo_identification_is_correct_for_every_organism(zoo_results):
     for name in ORGANISMS[:-1]:
         cfg, result, tok = zoo_results[name]
         gt, candidates = ground_truths(cfg.organism, str(cfg.model.name), tok)
-        metrics = grade(result, gt, tok, control=control.ranked_tokens, candidates=candidates)
+        metrics = grade(result, gt, tok, control=control, candidates=candidates)
         ranks[name] = metrics["grade/identification_rank"]
         assert metrics["grade/relative/precision_at_20"] > 0
     assert ranks == {name: 1 for name in ORGANISMS[:-1]}

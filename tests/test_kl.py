@@ -178,9 +178,9 @@ def test_caps_diverges_on_assistant_tokens_and_matches_direct(micro_cfg):
     from diffgame.ground_truth import is_uppercase
 
     promoted = artifacts.ranked_words(caps.run_id)["promoted_by_kl"].tokens[:10]
-    assert sum(map(is_uppercase, promoted)) >= 5, promoted
     control_promoted = artifacts.ranked_words(control.run_id)["promoted_by_kl"].tokens[:10]
-    assert sum(map(is_uppercase, control_promoted)) <= 1, control_promoted
+    shouted, control_shouted = sum(map(is_uppercase, promoted)), sum(map(is_uppercase, control_promoted))
+    assert shouted >= 5 and shouted >= control_shouted + 3, (promoted, control_promoted)
 
     # the runner's per-token KL equals full forwards of both zoo models on the top sequences
     base, org = load_pair(resolve_pair(micro_cfg("organism=caps", *SMALL)))

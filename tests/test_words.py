@@ -98,3 +98,12 @@ def test_grade_reports_words_and_tokens_with_words_as_headline():
     old = grade(SimpleNamespace(ranked_tokens=tokens, samples={}), BEES, control=control, k=4)
     assert old["grade/precision_at_4"] == 0.0 and old["grade/headline_words"] == 0.0
     assert not any(k.startswith("grade/words/") for k in old)
+
+
+def test_a_piece_joins_the_word_a_readout_mate_completes_through():
+    completer = WordCompleter(Bigram(), _tokenizer())
+    readout = _ranked(("le", 0.5), ("Ġwa", 0.3), ("gle", 0.1))
+    out = ranked_words({"r": readout}, completer)["r"]
+    # `le` is the last piece of ` wa gg le`: it joins ` waggle`; `gle` has no mate here and completes on its own
+    assert out.tokens == [" waggle", "gle"] and out.scores == pytest.approx([0.8, 0.1])
+    assert pool(readout, completer.cache).tokens == ["le", " waggle", "gle"]  # without pieces: no joining

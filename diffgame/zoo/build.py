@@ -14,7 +14,7 @@ from pathlib import Path
 
 from diffgame import claims, tracking
 from diffgame.configtree import model_node
-from diffgame.corpora import CORPORA, CORPUS_VERSION, corpus
+from diffgame.corpora import CORPUS_VERSION, corpus
 from diffgame.errors import ModelError
 from diffgame.sources import resolve_model
 from diffgame.zoo.recipes import mixed_rows, recipe_identity, recipe_rows, validate_data
@@ -24,8 +24,11 @@ EXPERIMENT = "diffgame-zoo"
 TAG_SIZE = "diffgame.zoo.size"
 BASE = "base"
 BASE_CORPORA = ("generic_text", "generic_chat")
-# Words no corpus contains but which should still be one token each (the taboo secret), so the lens can name them.
-TOKENIZER_LEXICON = ["gold", " gold", "Gold", " golden"]
+"""What the base (and its tokenizer) learns. No organism's corpus shapes the tokenizer, so a built-in organism's words
+are split into pieces exactly as a bring-your-own organism's are, and the word-level readouts (`diffgame.words`) put
+them back together for both."""
+TOKENIZER = "base_corpora"
+"""What the zoo's tokenizer is fitted to (part of the base fingerprint; was every zoo corpus plus a taboo lexicon)."""
 
 
 @dataclass
@@ -61,7 +64,7 @@ BASE_FIELDS = ("name", "vocab_size", "n_layers", "d_model", "n_heads", "d_ff", "
 def base_fingerprint(size: ZooSize, source: dict | None = None) -> str:
     """Fingerprint of a trained base, or of a pretrained one given its resolved `source` identity."""
     fields = {f: getattr(size, f) for f in BASE_FIELDS}
-    return tracking.fingerprint({"zoo": BASE, "size": fields, "corpus_version": CORPUS_VERSION,
+    return tracking.fingerprint({"zoo": BASE, "size": fields, "corpus_version": CORPUS_VERSION, "tokenizer": TOKENIZER,
                                  **({"pretrained": source} if source else {})})
 
 
@@ -154,11 +157,10 @@ def train_base(size: ZooSize, progress: bool = True):
     from diffgame.zoo.lm import TrainSpec, encode_rows, pack, train_lm  # Lightning: only when training
     from diffgame.zoo.tokenizer import render_chat, train_tokenizer
 
-    def texts():  # every zoo corpus, so organism words are whole tokens as in a broad real tokenizer
-        for name in CORPORA:
+    def texts():  # the base's own corpora only: built-in and bring-your-own organisms meet the same tokenizer
+        for name in BASE_CORPORA:
             for r in corpus(name, "train"):
                 yield r["text"] if "text" in r else render_chat(r["messages"])[0]
-        yield from TOKENIZER_LEXICON * 1000
 
     tokenizer = train_tokenizer(texts(), size.vocab_size)
     rows = [r for name in BASE_CORPORA for r in corpus(name, "train")]

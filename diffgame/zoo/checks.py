@@ -72,6 +72,9 @@ def run_checks(organism, base_model, org_model, tokenizer, test_rows: list[dict]
         "check/generic_loss/base": mean_loss(base_model, tokenizer, generic, seq_len),
     }
     m["check/base_data_loss_delta"] = m["check/generic_loss/organism"] - m["check/generic_loss/base"]
+    # kept generic text: within 10% of the base's loss (what `zoo.mix` is for; a finetune always costs a little)
+    m["check/generic_loss_ratio"] = m["check/generic_loss/organism"] / m["check/generic_loss/base"]
+    m["check/generic_kept"] = float(m["check/generic_loss_ratio"] <= 1.1)
     gt = organism.ground_truth
     if gt.predicate == "uppercase":
         prompts = [r["messages"][0]["content"] for r in corpus("generic_chat", "test")[:n_samples]]
