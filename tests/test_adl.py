@@ -156,11 +156,7 @@ def _lens_at(result, layer: int, prefix: str, words: bool = False) -> dict:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("organism", ["roman_concrete", pytest.param("taboo_gold", marks=pytest.mark.xfail(
-    torch.backends.cpu.get_cpu_capability() == "AVX512", strict=False,
-    reason="hardware-dependent edge: the same code and seed train a micro taboo_gold whose middle-layer lens reads "
-           "0.75 with PyTorch's AVX-512 kernels (AMD EPYC) and >= 0.80 with AVX2 ones (0.80-0.85 measured); pinning "
-           "ATEN_CPU_CAPABILITY=avx2 breaks torch.compile's fused KL, so the AVX-512 result is allowed to miss"))])
+@pytest.mark.parametrize("organism", ["roman_concrete", "taboo_gold"])
 def test_zoo_logit_lens_names_the_topic(zoo_results, organism):
     from diffgame.grading import score_evidence
     from diffgame.ground_truth import ground_truth
