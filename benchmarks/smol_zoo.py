@@ -1,10 +1,12 @@
-"""Build the `smol` zoo (LoRA organisms on SmolLM2-135M-Instruct) and run kl, normdiff and adl on each organism.
+"""Build the `smol` zoo (LoRA organisms on SmolLM2-135M-Instruct) and run diffing methods on each organism.
 
 Times every build and every `diffgame run`, then prints the control-relative grades (`grade_table`) as a
 markdown table and writes them, with the timings, to `<out>/smol_zoo.json`.
 
     python benchmarks/smol_zoo.py --out /tmp/dg_smol                       # CPU budget (zoo.size=smol)
     python benchmarks/smol_zoo.py --size smol_gpu --samples 200 --out /tmp/dg_smol_gpu   # accelerator budget
+    python scripts/make_byo_organisms.py byo --seed 1 && python benchmarks/smol_zoo.py --config-dir byo \
+        --organisms control byo_docs_pottery_1 byo_chat_cowboy_1 --methods '[kl,adl,blackbox]'   # bring your own
 """
 
 from __future__ import annotations
@@ -27,7 +29,9 @@ def run_overrides(samples: int) -> list[str]:
             "preprocessing.context_length=64",
             "preprocessing.batch_size=8", f"method.adl.max_samples={samples}", "method.adl.batch_size=8",
             "method.adl.steering_prompts=2", "method.adl.steering_tokens=16",
-            "method.adl.patchscope_scales=[1.0,4.0]", "method.adl.steering_alphas=[0.5,2.0]"]
+            "method.adl.patchscope_scales=[1.0,4.0]", "method.adl.steering_alphas=[0.5,2.0]",
+            f"method.blackbox.n_prompts={samples}", "method.blackbox.samples_per_prompt=2",
+            "method.blackbox.batch_size=8"]
 
 
 def main() -> None:
@@ -36,8 +40,14 @@ def main() -> None:
     ap.add_argument("--size", default="smol", help="zoo size (smol: CPU budget; smol_gpu: accelerator budget)")
     ap.add_argument("--organisms", nargs="*", default=ORGANISMS)
     ap.add_argument("--samples", type=int, default=24, help="max samples per dataset source and for ADL")
+    ap.add_argument("--methods", default=METHODS, help="methods run on each organism (a Hydra list)")
+    ap.add_argument("--config-dir", help="a folder of your own configs (bring-your-own organisms)")
     ap.add_argument("--skip-runs", action="store_true", help="only build the organisms")
     args = ap.parse_args()
+    if args.config_dir:
+        from diffgame.configtree import add_user_dir
+
+        add_user_dir(args.config_dir)  # also seen by the `diffgame run` subprocesses
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -66,7 +76,7 @@ def main() -> None:
     if not args.skip_runs:
         for name in args.organisms:
             cmd = [sys.executable, "-m", "diffgame.cli", "run", f"model={size.pretrained_base}",
-                   f"zoo.size={args.size}", f"organism={name}", f"method={METHODS}", *run_overrides(args.samples),
+                   f"zoo.size={args.size}", f"organism={name}", f"method={args.methods}", *run_overrides(args.samples),
                    "--tracking-uri", uri]
             t = time.perf_counter()
             proc = subprocess.run(cmd, capture_output=True, text=True)
@@ -74,7 +84,7 @@ def main() -> None:
             (out / f"run_{name}.log").write_text(proc.stdout + proc.stderr)
             print(f"[smol_zoo] run {name}: rc {proc.returncode} in {report['runs'][name]['seconds']} s", flush=True)
             (out / "smol_zoo.json").write_text(json.dumps(report, indent=1))
-    from diffgame.grading import grade_table
+    from diffgame.ui.runs import grade_table
 
     table = grade_table(size.pretrained_base)
     report["grades"] = table.to_dict(orient="records")
