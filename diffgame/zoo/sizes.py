@@ -45,7 +45,7 @@ SIZES: dict[str, ZooSize] = {
     "micro": ZooSize("micro", vocab_size=2048, n_layers=4, d_model=64, n_heads=4, d_ff=192, seq_len=64,
                      batch_size=32, base_steps=200, base_lr=5e-3, organism_steps=160, organism_lr=2e-3),
     "small": ZooSize("small", vocab_size=2560, n_layers=4, d_model=128, n_heads=4, d_ff=384, seq_len=128,
-                     batch_size=16, base_steps=240, base_lr=3e-3, organism_steps=40, organism_lr=2e-3),
+                     batch_size=16, base_steps=240, base_lr=3e-3, organism_steps=120, organism_lr=2e-3),
     # LoRA organisms on SmolLM2-135M-Instruct; the architecture fields restate that model (nothing is built from
     # them). `smol` fits a 2-core CPU in minutes per organism; `smol_gpu` is the budget for an accelerator.
     "smol": ZooSize("smol", vocab_size=49152, n_layers=30, d_model=576, n_heads=9, d_ff=1536, seq_len=64,
