@@ -1,4 +1,4 @@
-"""The `diffgame` command line: one command per stage (zoo, preprocess, diff, run, runs, app, config).
+"""The `diffgame` command line: one command per stage (zoo, preprocess, diff, run, runs, grades, play, app, config).
 
 Each command imports what it needs when it runs, so `diffgame --help` and `diffgame config` never load torch,
 Lightning or MLflow.
@@ -217,6 +217,51 @@ def grades(model: Annotated[str, typer.Option(help="Base model name (the diffgam
         console.print(f"{len(stale)} of these runs were graded under older rules than version "
                       f"{grading.GRADING_VERSION}; `diffgame run` with their config regrades them "
                       f"({', '.join(stale['run_id'].head(3))}{', ...' if len(stale) > 3 else ''})")
+
+
+@app.command()
+def play(organisms: Annotated[Optional[list[str]], typer.Argument(
+             help="Organisms to play (default: every drawable organism with runs of the methods).")] = None,
+         model: Annotated[str, typer.Option(help="Base model name (the diffgame.model tag).")] = "toy",
+         method: Annotated[Optional[list[str]], typer.Option(
+             "--method", help="Methods whose evidence the agent reads (repeat; default: adl and blackbox).")] = None,
+         agent: Annotated[str, typer.Option(help="The agent: lens (offline, no LLM).")] = "lens",
+         tracking_uri: TrackingUri = None) -> None:
+    """An agent plays the diffing game on finished diff runs: one `play` run per organism, scored.
+
+    Example: diffgame play --method adl --method kl
+    """
+    from rich.console import Console
+    from rich.table import Table
+
+    from diffgame import tracking
+    from diffgame.play import DEFAULT_METHODS, play as play_one, playable
+
+    tracking.set_uri(tracking_uri)
+    methods = list(method or DEFAULT_METHODS)
+    try:
+        names = list(organisms or playable(model, methods))
+        if not names:
+            raise DiffgameError(f"no organism of model '{model}' has finished diff runs of {', '.join(methods)} in "
+                                f"{tracking.resolve_uri()}; make them with `diffgame run model={model} "
+                                f"method=[{','.join(methods)}] organism=<name>`")
+        outcomes = [play_one(model, name, methods, agent) for name in names]
+    except DiffgameError as e:
+        _fail(e)
+    table = Table(title=f"{agent} agent on model {model}, evidence: {', '.join(methods)}")
+    for head in ("organism", "guess", "correct", "keyword hits", "run id", "reused"):
+        table.add_column(head)
+    for o in outcomes:
+        table.add_row(o.organism, o.guess or "(none)", "yes" if o.metrics["play/guess_correct"] else "no",
+                      f"{o.metrics['play/keyword_hits']:.0f}", o.run_id, "yes" if o.reused else "")
+    console = Console(width=200)
+    console.print(table)
+    for o in outcomes:
+        console.print(f"{o.organism}: {o.description}")
+    accuracy = sum(o.metrics["play/guess_correct"] for o in outcomes) / len(outcomes)
+    keyword = sum(o.metrics["play/keyword_correct"] for o in outcomes) / len(outcomes)
+    console.print(f"accuracy {accuracy:.2f} ({len(outcomes)} organisms), keyword grader {keyword:.2f}; "
+                  f"runs in {tracking.resolve_uri()}")
 
 
 @zoo_app.command("build")

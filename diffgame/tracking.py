@@ -25,7 +25,7 @@ from diffgame import __version__
 from diffgame import locations
 from diffgame.errors import TrackingError
 
-STAGES = ("zoo", "preprocess", "diff", "sweep")
+STAGES = ("zoo", "preprocess", "diff", "sweep", "play")
 TAG_STAGE = "diffgame.stage"
 TAG_MODEL = "diffgame.model"
 TAG_ORGANISM = "diffgame.organism"

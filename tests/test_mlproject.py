@@ -22,7 +22,7 @@ def _project():
 
 def test_entry_points_mirror_the_cli():
     project = _project()
-    assert set(project._entry_points) == {"main", "sweep", "preprocess", "diff", "zoo", "config", "runs"}
+    assert set(project._entry_points) == {"main", "sweep", "preprocess", "diff", "zoo", "config", "runs", "play"}
     for name in ("main", "sweep", "preprocess", "diff", "config"):
         params = project.get_entry_point(name).parameters
         assert set(params) == {"overrides"} and params["overrides"].type == "string"
@@ -57,6 +57,9 @@ def test_commands_split_overrides_into_cli_arguments(tmp_path):
     assert not (tmp_path / "pwned").exists()
     assert _argv("runs", {"stage": "diff"}, tmp_path) == ["runs", "--stage", "diff"]
     assert _argv("runs", {}, tmp_path) == ["runs"]
+    assert _argv("play", {}, tmp_path) == ["play", "--model", "toy", "--method", "adl", "--method", "blackbox"]
+    assert _argv("play", {"methods": "kl", "organisms": "caps tea_lover"}, tmp_path) == [
+        "play", "--model", "toy", "--method", "kl", "caps", "tea_lover"]
 
 
 def _mlflow_run(tmp_path: Path, overrides: str):
