@@ -250,7 +250,7 @@ def play(organisms: Annotated[Optional[list[str]], typer.Argument(
         _fail(e)
     table = Table(title=f"{agent} agent on model {model}, evidence: {', '.join(methods)}")
     for head in ("organism", "guess", "correct", "keyword hits", "run id", "reused"):
-        table.add_column(head)
+        table.add_column(head, no_wrap=True)
     for o in outcomes:
         table.add_row(o.organism, o.guess or "(none)", "yes" if o.metrics["play/guess_correct"] else "no",
                       f"{o.metrics['play/keyword_hits']:.0f}", o.run_id, "yes" if o.reused else "")
