@@ -364,3 +364,17 @@ def test_game_reveal_and_grade(monkeypatch, store):
     assert at.metric[0].value == "❌ not quite"
     ranking = at.dataframe[-1].value.set_index("organism")["matching words"]
     assert ranking["caps"] == 0
+
+
+def test_metric_tables_order_position_buckets_by_number():
+    import pandas as pd
+
+    keys = ["kl/all/pos/16-63/mean", "kl/all/pos/4-15/mean", "kl/all/pos/0/mean", "kl/all/pos/1-3/mean",
+            "kl/all/pos/64-inf/mean", "kl/all/mean"]
+    runs = pd.DataFrame([{"run_id": "abcdef12", "organism": "caps", "method": "kl", "model": "toy",
+                          "metrics": {k: float(i) for i, k in enumerate(keys)}}])
+    expected = ["kl/all/mean", "kl/all/pos/0/mean", "kl/all/pos/1-3/mean", "kl/all/pos/4-15/mean",
+                "kl/all/pos/16-63/mean", "kl/all/pos/64-inf/mean"]
+    assert backend.metric_keys(runs, "kl/") == expected
+    table = backend.metrics_table(runs, "pos")
+    assert list(table.index) == expected[1:] and table.iloc[0, 0] == 2.0

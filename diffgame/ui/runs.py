@@ -7,6 +7,8 @@ works the same against a local SQLite store and a shared remote server.
 
 from __future__ import annotations
 
+import re
+
 import sys
 from dataclasses import dataclass
 
@@ -90,12 +92,17 @@ def coverage(runs: pd.DataFrame) -> pd.DataFrame:
             .sort_index())
 
 
+def natural_key(key: str) -> list:
+    """Sort key that orders the numbers inside a metric key by value: `pos/4-15` before `pos/16-63`."""
+    return [(0, int(part), "") if part.isdigit() else (1, 0, part) for part in re.split(r"(\d+)", key)]
+
+
 def metric_keys(runs: pd.DataFrame, prefix: str = "") -> list[str]:
-    """Sorted metric keys present in any run, optionally only those starting with `prefix`."""
+    """Metric keys present in any run (numbers in order), optionally only those starting with `prefix`."""
     keys = set()
     for m in runs["metrics"]:
         keys.update(k for k in m if k.startswith(prefix))
-    return sorted(keys)
+    return sorted(keys, key=natural_key)
 
 
 def metrics_table(runs: pd.DataFrame, contains: str = "") -> pd.DataFrame:
@@ -104,7 +111,7 @@ def metrics_table(runs: pd.DataFrame, contains: str = "") -> pd.DataFrame:
     table = pd.DataFrame(cols)
     if contains and not table.empty:
         table = table[table.index.str.contains(contains, case=False, regex=False)]
-    return table.sort_index()
+    return table.loc[sorted(table.index, key=natural_key)] if not table.empty else table
 
 
 def grade_matrix(runs: pd.DataFrame, metric: str, model: str | None = None,
