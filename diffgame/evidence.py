@@ -8,6 +8,9 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 
+WORD_START_MARKERS = ("Ġ", "▁", "Ċ", " ")
+"""Leading markers of a token or word that opens a new word (byte-level BPE, SentencePiece, a newline, a space)."""
+
 
 @dataclass
 class RankedTokens:

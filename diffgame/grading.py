@@ -22,8 +22,7 @@ if TYPE_CHECKING:
 GRADING_VERSION = 4
 """Version of the hit rules and scores (2: a word-initial token hits a keyword only as its start; 3: the control's
 evidence comes from its run with the same fingerprint; 4: words and tokens graded apart, the headline on words); a
-reused diff run graded under another version is graded
-again from its logged evidence."""
+reused diff run graded under another version is graded again from its logged evidence."""
 K = 20
 """Default cut-off of precision@k."""
 
@@ -128,8 +127,6 @@ def grade(evidence, gt: GroundTruth, tokenizer=None, control=None, candidates: M
 def _readouts(evidence, words: bool) -> dict[str, RankedTokens]:
     if evidence is None:
         return {}
-    if isinstance(evidence, Mapping):  # a bare {key: RankedTokens} of token readouts
-        return {} if words else dict(evidence)
     return dict(getattr(evidence, "ranked_words" if words else "ranked_tokens", None) or {})
 
 

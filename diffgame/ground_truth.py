@@ -19,11 +19,10 @@ from dataclasses import dataclass, field
 from omegaconf import DictConfig
 
 from diffgame.data import read_rows
+from diffgame.evidence import WORD_START_MARKERS
 
 SPACE_MARKERS = ("Ġ", "▁", "Ċ", "##", " ")
 """Leading markers of byte-level BPE, SentencePiece and WordPiece tokens."""
-WORD_START_MARKERS = ("Ġ", "▁", "Ċ", " ")
-"""Markers that open a new word (WordPiece's `##` continues one)."""
 MIN_PIECE = 3
 """Shortest keyword piece that counts as a hit."""
 INFLECTIONS = ("s", "es", "ed", "d", "ing", "er", "ers", "'s", "ly")

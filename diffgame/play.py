@@ -26,6 +26,8 @@ from diffgame.guesses import grade_guess
 TAG_AGENT = "diffgame.agent"
 TAG_EVIDENCE = "diffgame.evidence_runs"
 """Comma-separated run ids of the diff runs a play read."""
+TAG_GUESS = "diffgame.guess"
+"""The organism the agent named ('' for none)."""
 PLAY_VERSION = 1
 """Version of the play rules and scores; part of every play's fingerprint."""
 DEFAULT_METHODS = ("adl", "blackbox")
@@ -76,10 +78,9 @@ def play(model: str, organism: str, methods: list[str] | tuple[str, ...] = DEFAU
     done = tracking.find_finished("play", fp)
     if done is not None:
         description = artifacts.artifact_file(done.info.run_id, "play/description.txt").read_text().strip()
-        return PlayOutcome(done.info.run_id, organism, done.data.tags.get("diffgame.guess") or None, description,
+        return PlayOutcome(done.info.run_id, organism, done.data.tags.get(TAG_GUESS) or None, description,
                            dict(done.data.metrics), reused=True)
-    evidence = {m: artifacts.ranked_words(r.info.run_id) or artifacts.ranked_tokens(r.info.run_id)
-                for m, r in runs.items()}
+    evidence = {m: _readouts(r.info.run_id) for m, r in runs.items()}
     nodes = {n: organism_node(n) for n in names}
     truths = {n: ground_truth(node) for n, node in nodes.items()}
     tags = {tracking.TAG_MODEL: model, tracking.TAG_ORGANISM: organism, TAG_AGENT: agent,
@@ -96,12 +97,18 @@ def play(model: str, organism: str, methods: list[str] | tuple[str, ...] = DEFAU
                    "play/keyword_correct": float(keyword.correct), "play/keyword_hits": float(len(keyword.hits)),
                    "play/seconds": seconds}
         run.log_metrics(metrics)
-        run.set_tags({"diffgame.guess": result.guess or ""})
+        run.set_tags({TAG_GUESS: result.guess or ""})
         run.log_dict({"agent": agent, "evidence": {m: r.info.run_id for m, r in runs.items()},
                       "steps": result.transcript, "description": result.description, "guess": result.guess,
                       "keyword_hits": keyword.hits}, "play/transcript.json")
         run.log_text(result.description + "\n", "play/description.txt")
     return PlayOutcome(run.run_id, organism, result.guess, result.description, metrics, reused=False)
+
+
+def _readouts(run_id: str) -> dict:
+    """A diff run's ranked words, or its ranked tokens when it was made before words (one artifact listing)."""
+    paths = artifacts.list_artifacts(run_id, "evidence")
+    return artifacts.ranked_words(run_id, paths) or artifacts.ranked_tokens(run_id, paths)
 
 
 def playable(model: str, methods: list[str] | tuple[str, ...]) -> list[str]:

@@ -74,9 +74,10 @@ def run_methods(plan: Plan, parent_run_id: str | None = None, control: ControlPl
     store, pre_run_id = None, None
     if any(cls.needs_store for _, cls, _, _ in todo):
         store, pre_run_id = _open_store(plan, parent_run_id)
-    base = organism = None
+    base = organism = completer = None
     if any(cls.needs_models for _, cls, _, _ in todo):
         base, organism = load_pair(plan.pair)
+        completer = WordCompleter(organism.model, organism.tokenizer)  # shared: one cache for all methods
     for name, cls, config, fp in todo:
         with claims.claim("diff", fp, f"{name} diff of {plan.model_name}/{plan.organism_name}"):
             done = tracking.find_finished("diff", fp)  # a process we waited for may have made it meanwhile
@@ -84,11 +85,11 @@ def run_methods(plan: Plan, parent_run_id: str | None = None, control: ControlPl
                 summaries.append(_summary(plan, name, cls, done.info.run_id, dict(done.data.metrics), reused=True))
                 continue
             summaries.append(_run_method(plan, name, cls, config, fp, store, pre_run_id, base, organism,
-                                         parent_run_id, control))
+                                         completer, parent_run_id, control))
     return summaries
 
 
-def _run_method(plan: Plan, name: str, cls, config, fp: str, store, pre_run_id, base, organism,
+def _run_method(plan: Plan, name: str, cls, config, fp: str, store, pre_run_id, base, organism, completer,
                 parent_run_id: str | None, control: ControlPlan) -> StageSummary:
     """One new (or resumed) diff run of method `name`: run it, log its result, grade it."""
     cfg = plan.cfg
@@ -110,19 +111,19 @@ def _run_method(plan: Plan, name: str, cls, config, fp: str, store, pre_run_id, 
             ctx.logger = tracking.lightning_logger(run.run_id)
             ctx.workdir = artifacts.checkpoint_dir(run, fp)
         result = method.run(ctx)
-        add_words(result, organism)
+        add_words(result, completer)
         artifacts.log_result(run, result)
         grades = _grade(plan, name, result, control)
         run.log_metrics(grades)
     return _summary(plan, name, cls, run.run_id, {**result.metrics, **grades}, reused=False)
 
 
-def add_words(result, organism) -> None:
-    """Complete the result's token readouts into words with the organism (`diffgame.words`), where the method did not
-    give them itself; nothing without a loaded organism."""
+def add_words(result, completer: WordCompleter | None) -> None:
+    """Complete the result's token readouts into words with the organism's completer (`diffgame.words`), where the
+    method did not give them itself; nothing without a loaded organism (None)."""
     todo = {k: r for k, r in result.ranked_tokens.items() if k not in result.ranked_words}
-    if todo and organism is not None:
-        result.ranked_words.update(ranked_words(todo, WordCompleter(organism.model, organism.tokenizer)))
+    if todo and completer is not None:
+        result.ranked_words.update(ranked_words(todo, completer))
 
 
 def method_texts(method, organism=None) -> dict[str, list[dict]]:
@@ -196,8 +197,8 @@ def _grade(plan: Plan, method: str, evidence, control: ControlPlan) -> dict[str,
 
 
 def control_evidence(control: ControlPlan, method: str) -> SimpleNamespace | None:
-    """Ranked tokens and words of the control organism's finished diff run of `method` with the same base, dataset and method
-    config (its fingerprint), so a store holding other builds or configs never lends its control.
+    """Ranked tokens and words of the control organism's finished diff run of `method` with the same base, dataset and
+    method config (its fingerprint), so a store holding other builds or configs never lends its control.
 
     In `full` mode a missing control run is made (reusing a finished one by fingerprint), as the runner would for
     `organism=control method=<method>`; in other modes a missing control gives None.
@@ -227,7 +228,8 @@ def regrade_run(plan: Plan, method: str, run_id: str, control: ControlPlan | Non
     """Grades of a finished diff run recomputed from its logged evidence (ranked tokens and samples)."""
     paths = artifacts.list_artifacts(run_id)
     evidence = SimpleNamespace(ranked_tokens=artifacts.ranked_tokens(run_id, paths),
-                               ranked_words=artifacts.ranked_words(run_id, paths), samples=artifacts.all_samples(run_id, paths))
+                               ranked_words=artifacts.ranked_words(run_id, paths),
+                               samples=artifacts.all_samples(run_id, paths))
     return _grade(plan, method, evidence, control or (lambda: None))
 
 

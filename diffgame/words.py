@@ -4,10 +4,11 @@ A tokenizer splits the words it did not learn (a new organism's domain words, ra
 a lens readout lists `Ġwa`, `Ġdist`, `Ġflower` where the organism means `waggle` or `distillation`. Each ranked
 token is extended by the model that read it into its most probable whole word: a short beam search over word pieces
 for the most probable piece sequence followed by a token that opens a new word (a space marker, punctuation or a
-special token), as beam search treats an end-of-sequence token; tokens that complete to the same word pool their scores. A word that starts a word
-is written with a leading space (` waggle`), a completed continuation piece without one (`ggle`), as the grader's
-token rule expects (`diffgame.ground_truth.GroundTruth.is_word_hit`). A continuation piece that a word-initial token of
-the same readout completes through (`gg` in ` wa gg le`) joins that word: a lens that reads a word reads its pieces.
+special token), as beam search treats an end-of-sequence token; tokens that complete to the same word pool their
+scores. A word that starts a word is written with a leading space (` waggle`), a completed continuation piece without
+one (`ggle`), as the grader's token rule expects (`diffgame.ground_truth.GroundTruth.is_word_hit`). A continuation
+piece that a word-initial token of the same readout completes through (`gg` in ` wa gg le`) joins that word: a lens
+that reads a word reads its pieces.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from diffgame.evidence import RankedTokens
+from diffgame.evidence import WORD_START_MARKERS, RankedTokens
 
 WORDS_VERSION = 2
 """Version of the completion rule; part of every diff run's fingerprint, so a run made before words is redone."""
@@ -25,12 +26,11 @@ MAX_PIECES = 6
 """Most tokens a completed word holds (the ranked token included)."""
 BEAM = 4
 """Open words kept per ranked token while searching for the most probable whole word."""
-WORD_START_MARKERS = ("Ġ", "▁", " ", "Ċ")
 
 
 @dataclass
 class WordCompleter:
-    """Completes token ids into words with `model` (greedy, batched, cached per id)."""
+    """Completes token ids into words with `model` (beam search, batched, cached per id; one per loaded model)."""
 
     model: object
     tokenizer: object
@@ -57,9 +57,9 @@ class WordCompleter:
         out: dict[int, str] = {}
         active = []
         for i in ids:
-            if i < 0 or i >= len(ends) or bool(ends[i]) and not str(tok.convert_ids_to_tokens(i)).startswith(
-                    WORD_START_MARKERS) or not any(c.isalnum() for c in tok.decode([i])):
-                out[i] = tok.decode([i])  # punctuation, whitespace and special tokens are their own word
+            text = tok.decode([i]) if 0 <= i < len(ends) else ""
+            if not any(c.isalnum() for c in text) or bool(ends[i]) and not self._opens_word(i):
+                out[i] = text  # punctuation, whitespace and special tokens are their own word
                 self.pieces[i] = [i]
             else:
                 active.append(i)
@@ -94,15 +94,19 @@ class WordCompleter:
             seq = done[i][0]
             self.pieces[i] = seq
             word = tok.decode(seq).strip()
-            initial = str(tok.convert_ids_to_tokens(i)).startswith(WORD_START_MARKERS) or tok.decode([i])[:1].isspace()
-            out[i] = (" " + word) if initial else word
+            out[i] = (" " + word) if self._opens_word(i) else word
         return out
+
+    def _opens_word(self, i: int) -> bool:
+        """Token `i` starts a word: a space marker in its piece, or leading whitespace when decoded."""
+        return str(self.tokenizer.convert_ids_to_tokens(i)).startswith(WORD_START_MARKERS) or \
+            self.tokenizer.decode([i])[:1].isspace()
 
     def _ends(self) -> torch.Tensor:
         """[V] bool: tokens that open a new word (a space marker, punctuation, a special token) or end the text."""
         if self._end_mask is None:
             tok = self.tokenizer
-            vocab = self.model_vocab()
+            vocab = self._vocab()
             special = set(getattr(tok, "all_special_ids", []) or [])
             texts = tok.convert_ids_to_tokens(list(range(min(vocab, len(tok)))))
             decoded = tok.batch_decode([[i] for i in range(min(vocab, len(tok)))])
@@ -112,13 +116,14 @@ class WordCompleter:
             self._end_mask = mask
         return self._end_mask
 
-    def model_vocab(self) -> int:
+    def _vocab(self) -> int:
+        """Rows of the model's unembedding (may exceed the tokenizer: padding rows), else the tokenizer's size."""
         out = self.model.get_output_embeddings() if hasattr(self.model, "get_output_embeddings") else None
         return int(out.weight.shape[0]) if out is not None else len(self.tokenizer)
 
 
-def pool(ranked: RankedTokens, words: Mapping[int, str], top_k: int | None = None,
-         pieces: Mapping[int, list[int]] | None = None) -> RankedTokens:
+def pool(ranked: RankedTokens, words: Mapping[int, str], pieces: Mapping[int, list[int]] | None = None
+         ) -> RankedTokens:
     """`ranked` as words: tokens completing to the same word pool their scores (summed); the word keeps the id of its
     highest-scoring piece. With `pieces` (each id's completion), a continuation piece that a word-initial token of
     `ranked` completes through joins that word (the best-ranked such token's). Best first; ties keep the order of
@@ -141,7 +146,6 @@ def pool(ranked: RankedTokens, words: Mapping[int, str], top_k: int | None = Non
         if w not in best or float(s) > best[w][0]:
             best[w] = (float(s), int(i))
     order = sorted(score, key=lambda w: -score[w])  # sorted is stable: ties keep first appearance
-    order = order[:top_k] if top_k else order
     return RankedTokens([best[w][1] for w in order], order, [score[w] for w in order])
 
 

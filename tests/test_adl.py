@@ -15,6 +15,7 @@ from diffgame.methods.adl import ADLConfig, ADLMethod
 from diffgame.methods.adl_means import delta_means
 from diffgame.models import ModelHandle
 from diffgame.runner import add_words, method_texts
+from diffgame.words import WordCompleter
 from diffgame.zoo import corpus
 from diffgame.zoo.tokenizer import train_tokenizer
 
@@ -144,7 +145,7 @@ def zoo_results(zoo_uri):
         ctx = MethodContext(config=config, layers=layers, seed=cfg.seed, base=base, organism=org,
                             texts=method_texts(ADLMethod(config), cfg.organism))
         result = ADLMethod(config).run(ctx)
-        add_words(result, org)  # as the runner does: each readout also as whole words
+        add_words(result, WordCompleter(org.model, org.tokenizer))  # as the runner does: readouts as words
         out[name] = (cfg, result, org.tokenizer)
     return out
 
