@@ -27,6 +27,9 @@ class Play:
     guess_scores: dict[str, float] = field(default_factory=dict)
     """Each candidate's score for the guess."""
     transcript: list[dict] = field(default_factory=list)
+    outcome: str = "submitted"
+    """How the play ended: `submitted`, or why it stopped early (`budget_tool_calls`, `budget_tokens`, `malformed`,
+    `timeout`, `error`); a play that stopped early keeps its transcript and whatever description it reached."""
 
 
 def _stop_words() -> frozenset[str]:
