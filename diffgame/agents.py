@@ -30,6 +30,8 @@ class Play:
     outcome: str = "submitted"
     """How the play ended: `submitted`, or why it stopped early (`budget_tool_calls`, `budget_tokens`, `malformed`,
     `timeout`, `error`); a play that stopped early keeps its transcript and whatever description it reached."""
+    usage: dict[str, float] = field(default_factory=dict)
+    """What the play spent (an LLM agent's tool calls and tokens), logged as `play/<key>` metrics."""
 
 
 def _stop_words() -> frozenset[str]:
@@ -78,5 +80,7 @@ class LensAgent:
         return Play(self.name, description, guess, words, scores, transcript)
 
 
-AGENTS = {"lens": LensAgent}
-"""Agents `diffgame play` knows, by name."""
+AGENTS = {"lens": "offline: pools the evidence's ranked words, no LLM",
+          "llm": "an LLM over an OpenAI-compatible endpoint: reads evidence, asks both models, steers",
+          "llm_blackbox": "the LLM baseline that may only ask both models"}
+"""Agents `diffgame play` knows, by name (built by `diffgame.play.make_agent`)."""

@@ -135,7 +135,7 @@ def config(overrides: Overrides = None) -> None:
 
 
 @app.command()
-def runs(stage: Annotated[Optional[str], typer.Option(help="zoo | preprocess | diff | sweep")] = None,
+def runs(stage: Annotated[Optional[str], typer.Option(help="zoo | preprocess | diff | sweep | play | game")] = None,
          model: Annotated[Optional[str], typer.Option(help="Filter by base model name.")] = None,
          organism: Annotated[Optional[str], typer.Option(help="Filter by organism name.")] = None,
          method: Annotated[Optional[str], typer.Option(help="Filter by method name.")] = None,
@@ -225,7 +225,13 @@ def play(organisms: Annotated[Optional[list[str]], typer.Argument(
          model: Annotated[str, typer.Option(help="Base model name (the diffgame.model tag).")] = "toy",
          method: Annotated[Optional[list[str]], typer.Option(
              "--method", help="Methods whose evidence the agent reads (repeat; default: adl and blackbox).")] = None,
-         agent: Annotated[str, typer.Option(help="The agent: lens (offline, no LLM).")] = "lens",
+         agent: Annotated[str, typer.Option(
+             help="The agent: lens (offline, no LLM), llm (evidence, questions, steering) or llm_blackbox "
+                  "(questions only); the LLM agents need --set play.endpoint.model=NAME.")] = "lens",
+         settings: Annotated[Optional[list[str]], typer.Option(
+             "--set", help="Config overrides (repeat): the endpoint, budget and rubric, e.g. --set "
+                           "play.endpoint.base_url=http://127.0.0.1:8000/v1 --set play.endpoint.model=qwen "
+                           "--set play.budget.tool_calls=8.")] = None,
          tracking_uri: TrackingUri = None) -> None:
     """An agent plays the diffing game on finished diff runs: one `play` run per organism, scored.
 
@@ -245,15 +251,17 @@ def play(organisms: Annotated[Optional[list[str]], typer.Argument(
             raise DiffgameError(f"no organism of model '{model}' has finished diff runs of {', '.join(methods)} in "
                                 f"{tracking.resolve_uri()}; make them with `diffgame run model={model} "
                                 f"method=[{','.join(methods)}] organism=<name>`")
-        outcomes = [play_one(model, name, methods, agent) for name in names]
+        outcomes = [play_one(model, name, methods, agent, overrides=list(settings or [])) for name in names]
     except DiffgameError as e:
         _fail(e)
     table = Table(title=f"{agent} agent on model {model}, evidence: {', '.join(methods)}")
-    for head in ("organism", "guess", "correct", "keyword hits", "run id", "reused"):
+    for head in ("organism", "guess", "correct", "keyword hits", "rubric", "outcome", "run id", "reused"):
         table.add_column(head, no_wrap=True)
     for o in outcomes:
+        rubric = o.metrics.get("play/rubric_score")
         table.add_row(o.organism, o.guess or "(none)", "yes" if o.metrics["play/guess_correct"] else "no",
-                      f"{o.metrics['play/keyword_hits']:.0f}", o.run_id, "yes" if o.reused else "")
+                      f"{o.metrics['play/keyword_hits']:.0f}", "" if rubric is None else f"{rubric:.0f}",
+                      o.outcome, o.run_id, "yes" if o.reused else "")
     console = Console(width=200)
     console.print(table)
     for o in outcomes:

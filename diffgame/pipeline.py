@@ -2,7 +2,7 @@
 then execute.
 
 `full` preprocesses (or reuses the store) then diffs; `preprocessing` only builds the store; `diffing` requires an
-existing store. The control organism's plan is made beside each organism's (on first use), so grading compares
+existing store; `evaluation` lets an agent play the game on the finished diff runs (`diffgame.play`). The control organism's plan is made beside each organism's (on first use), so grading compares
 like with like. `--multirun` sweeps open one parent run with a child per combination.
 """
 
@@ -42,7 +42,10 @@ def execute(overrides: list[str], mode: str | None = None, multirun: bool = Fals
 
 
 def run_one(cfg: DictConfig, parent_run_id: str | None = None) -> list[StageSummary]:
-    """One configuration: its plan, then its preprocess run and/or one diff run per selected method."""
+    """One configuration: its plan, then its preprocess run and/or one diff run per selected method; in
+    `evaluation` mode, the configured agent's play on the finished diff runs instead."""
+    if cfg.pipeline.mode == "evaluation":
+        return [evaluate(cfg)]
     plan = planner.make_plan(cfg)
     if plan.mode == "preprocessing":
         from diffgame.preprocess import preprocess  # Lightning: only the stages that extract import it
@@ -52,3 +55,15 @@ def run_one(cfg: DictConfig, parent_run_id: str | None = None) -> list[StageSumm
                              headline={"tokens": float(result.n_tokens), "bytes": float(result.n_bytes)})]
     control = functools.cache(lambda: planner.control_plan(plan))
     return run_methods(plan, parent_run_id=parent_run_id, control=control)
+
+
+def evaluate(cfg: DictConfig) -> StageSummary:
+    """`pipeline.mode=evaluation`: `play.agent` plays the configured organism from `play.methods`' diff runs."""
+    from diffgame.play import play
+
+    methods = [str(m) for m in cfg.play.methods]
+    o = play(str(cfg.model.name), str(cfg.organism.name), methods, str(cfg.play.agent), cfg.tracking.experiment,
+             overrides=list(cfg.overrides))
+    keep = ("play/guess_correct", "play/keyword_hits", "play/rubric_score")
+    return StageSummary("play", o.run_id, str(cfg.model.name), o.organism,
+                        "+".join(methods), o.reused, {k: o.metrics[k] for k in keep if k in o.metrics})

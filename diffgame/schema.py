@@ -157,8 +157,9 @@ class DatasetConfig:
 class PipelineConfig:
     """Which stages `diffgame run` executes."""
 
-    mode: Literal["full", "preprocessing", "diffing"] = "full"
-    """`full`: preprocess then diff; `preprocessing`: only the store; `diffing`: reuse an existing store."""
+    mode: Literal["full", "preprocessing", "diffing", "evaluation"] = "full"
+    """`full`: preprocess then diff; `preprocessing`: only the store; `diffing`: reuse an existing store;
+    `evaluation`: an agent plays the game on finished diff runs (`play`)."""
 
 
 @dataclass
@@ -214,6 +215,59 @@ class TrackingConfig:
 
 
 @dataclass
+class EndpointConfig:
+    """An OpenAI-compatible chat-completions endpoint (vLLM, llama.cpp's server, Ollama, a hosted API)."""
+
+    base_url: str | None = None
+    """e.g. `http://127.0.0.1:8000/v1`; None: the client's default (OpenAI)."""
+    model: str | None = None
+    """Model name the endpoint serves; None or empty: no endpoint (LLM agents refuse to play, no rubric grading)."""
+    api_key_env: str = "OPENAI_API_KEY"
+    """Environment variable holding the API key (local servers need none)."""
+    timeout_s: float = 60.0
+    """Seconds before a request counts as timed out (a clear outcome of the play, not a crash)."""
+    temperature: float = 0.0
+
+    def __post_init__(self):
+        if self.timeout_s <= 0:
+            raise ConfigError(f"timeout_s must be > 0, got {self.timeout_s}")
+
+
+@dataclass
+class BudgetConfig:
+    """What an LLM agent may spend in one play; past it, the play ends with its budget outcome."""
+
+    tool_calls: int = 12
+    """Tool calls besides submit_description, failed ones included."""
+    tokens: int = 30000
+    """Sum of the replies' `usage.total_tokens` (len(text) // 4 when a reply reports none)."""
+
+    def __post_init__(self):
+        if self.tool_calls < 0 or self.tokens < 1:
+            raise ConfigError(f"budget needs tool_calls >= 0 and tokens >= 1, got {self.tool_calls}, {self.tokens}")
+
+
+@dataclass
+class PlayConfig:
+    """`diffgame play` and `pipeline.mode=evaluation`: the agent, its evidence, endpoint, budget and rubric."""
+
+    agent: str = "lens"
+    """`lens` (offline), `llm` (evidence, questions, steering) or `llm_blackbox` (questions only)."""
+    methods: list[str] = field(default_factory=lambda: ["adl", "blackbox"])
+    """Methods whose newest finished diff runs are the evidence."""
+    endpoint: EndpointConfig = field(default_factory=EndpointConfig)
+    budget: BudgetConfig = field(default_factory=BudgetConfig)
+    max_new_tokens: int = 48
+    """Tokens of each model reply the agent asks for."""
+    rubric: str | None = None
+    """Rubric grader prompt with `{truth}` and `{description}`; None: `diffgame.rubric.DEFAULT_RUBRIC`."""
+
+    def __post_init__(self):
+        if self.max_new_tokens < 1:
+            raise ConfigError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
+
+
+@dataclass
 class RootConfig:
     """The whole composed config (methods are validated by their registry entries)."""
 
@@ -225,6 +279,7 @@ class RootConfig:
     preprocessing: PreprocessingConfig = field(default_factory=PreprocessingConfig)
     zoo: ZooConfig = field(default_factory=ZooConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    play: PlayConfig = field(default_factory=PlayConfig)
     seed: int = 0
     """Seed for every sampled choice (data order is deterministic regardless)."""
     overrides: list[str] = field(default_factory=list)

@@ -7,6 +7,8 @@ ADL, later methods and the app use it. `generate` and `perplexity` are the two m
 
 from __future__ import annotations
 
+import re
+
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -151,3 +153,11 @@ def coherent_sweep(base, organism, vector: torch.Tensor, layer: int, prompts: Se
     rows += [{"prompt": p, "model": "base", "alpha": alpha, "unsteered": u, "steered": s}
              for p, u, s in zip(prompts, base_plain, base_steered)]
     return SteeringSweep(sweep, alpha, sweep[best]["ppl_ratio"], coherent, rows)
+
+
+def vector_layer(name: str, n_layers: int) -> int:
+    """The layer a vector's name points at (`layer_2/...`, `L2`, `layer2`), else the middle layer."""
+    m = re.search(r"(?:layer[_/]?|\bL)(\d+)", name)
+    if m and int(m.group(1)) < n_layers:
+        return int(m.group(1))
+    return n_layers // 2

@@ -150,15 +150,16 @@ ERRORS = [
     (["dataset=big"], "unknown dataset 'big'; known: toy"),
     (["method=kll"], "unknown method 'kll'; known: "),
     (["method=[kl,kll]"], "unknown method 'kll'; known: "),
-    (["foo=3"], "unknown key 'foo'; known: dataset, method, model, organism, overrides, pipeline, preprocessing, "
-                "seed, tracking, zoo"),
+    (["foo=3"], "unknown key 'foo'; known: dataset, method, model, organism, overrides, pipeline, play, "
+                "preprocessing, seed, tracking, zoo"),
     (["preprocessing.batchsize=3"], "unknown key 'preprocessing.batchsize'; known: accelerator, batch_size, "
                                     "context_length, devices, dtype, layers, num_nodes, rebuild, sequential, strategy"),
     (["+preprocessing.batchsize=3"], "unknown key 'preprocessing.batchsize'; known: accelerator, batch_size, "),
     (["model.bogus=1"], "unknown key 'model.bogus'; known: attn_implementation, device, device_map, dtype, "),
     (["method.kl.nonexistent_key=1"], "unknown key 'method.kl.nonexistent_key'; known: "),
     (["model.dtype=float8"], "invalid value 'float8' for 'model.dtype'; valid: float32, bfloat16, float16"),
-    (["pipeline.mode=fast"], "invalid value 'fast' for 'pipeline.mode'; valid: full, preprocessing, diffing"),
+    (["pipeline.mode=fast"],
+     "invalid value 'fast' for 'pipeline.mode'; valid: full, preprocessing, diffing, evaluation"),
     (["organism.finetuned.toy.default.kind=weird"],
      "invalid value 'weird' for 'organism.finetuned.toy.default.kind'; valid: zoo, full, lora"),
     (["dataset.sources.generic_text.kind=image"],

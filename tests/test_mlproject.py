@@ -57,9 +57,13 @@ def test_commands_split_overrides_into_cli_arguments(tmp_path):
     assert not (tmp_path / "pwned").exists()
     assert _argv("runs", {"stage": "diff"}, tmp_path) == ["runs", "--stage", "diff"]
     assert _argv("runs", {}, tmp_path) == ["runs"]
-    assert _argv("play", {}, tmp_path) == ["play", "--model", "toy", "--method", "adl", "--method", "blackbox"]
+    assert _argv("play", {}, tmp_path) == ["play", "--model", "toy", "--agent", "lens", "--method", "adl",
+                                           "--method", "blackbox"]
     assert _argv("play", {"methods": "kl", "organisms": "caps tea_lover"}, tmp_path) == [
-        "play", "--model", "toy", "--method", "kl", "caps", "tea_lover"]
+        "play", "--model", "toy", "--agent", "lens", "--method", "kl", "caps", "tea_lover"]
+    assert _argv("play", {"agent": "llm", "methods": "adl", "settings": "play.endpoint.model=m play.budget.tokens=9"},
+                 tmp_path) == ["play", "--model", "toy", "--agent", "llm", "--method", "adl", "--set",
+                               "play.endpoint.model=m", "--set", "play.budget.tokens=9"]
 
 
 def _mlflow_run(tmp_path: Path, overrides: str):
@@ -84,7 +88,7 @@ def test_mlflow_run_config_entry_point(tmp_path, monkeypatch):
 
     bad = _mlflow_run(tmp_path, "organism=cpas")
     assert bad.returncode != 0
-    assert "error: unknown organism 'cpas'; known: cake_bake, caps" in bad.stderr
+    assert "error: unknown organism 'cpas'; known: antarctic_rebound, cake_bake, caps" in bad.stderr
 
     c = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
     exp = c.get_experiment_by_name("mlproject-test")

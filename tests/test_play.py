@@ -74,7 +74,7 @@ def test_play_runs_on_the_micro_zoo(micro_cfg, zoo_uri):
     with pytest.raises(TrackingError, match=r"no finished adl diff run of model=toy organism=cake_bake .*"
                                             r"run `diffgame run model=toy organism=cake_bake method=adl` first"):
         play("toy", "cake_bake", ["adl"])
-    with pytest.raises(ConfigError, match=r"unknown agent 'oracle'; known: lens"):
+    with pytest.raises(ConfigError, match=r"unknown agent 'oracle'; known: lens, llm, llm_blackbox"):
         play("toy", "roman_concrete", ["adl"], agent="oracle")
     with pytest.raises(ConfigError, match=r"organism 'control' is not one the game draws"):
         play("toy", "control", ["adl"])
@@ -85,3 +85,72 @@ def test_play_runs_on_the_micro_zoo(micro_cfg, zoo_uri):
     assert result.exit_code == 0, result.output
     assert outcome.run_id in result.output, result.output
     assert "accuracy 1.00 (1 organisms)" in result.output, result.output
+
+
+@pytest.mark.slow
+def test_llm_agent_plays_through_a_scripted_endpoint(micro_cfg, zoo_uri):
+    """The LLM agent against a real local chat-completions server: its tools read the real diff run and the real
+    micro models; the rubric grader scores the description; budget overruns and timeouts end as outcomes of a
+    FINISHED play run that keeps its transcript."""
+    from _chat_server import chat_server, content_reply, tool_reply
+
+    from diffgame import artifacts, tracking
+    from diffgame.errors import ConfigError
+    from diffgame.pipeline import run_one
+    from diffgame.play import TAG_OUTCOME, play
+
+    adl = run_one(micro_cfg("organism=roman_concrete", *ADL))[0]
+    readout = next(iter(artifacts.ranked_words(adl.run_id)))
+    vector = sorted(artifacts.load_vectors(adl.run_id))[0]
+    description = "It was finetuned on documents about Roman concrete: volcanic ash, lime and seawater harbors."
+    script = [tool_reply(("list_evidence", {})), tool_reply(("drill_evidence", {"method": "adl", "readout": readout})),
+              tool_reply(("ask_models", {"prompt": "What do you know about building?"})),
+              tool_reply(("steer_organism", {"vector": f"adl:{vector}", "scale": 2.0, "prompt": "Hello"})),
+              tool_reply(("submit_description", {"description": description})),
+              content_reply("SCORE: 5\nNames Roman concrete and its ingredients.")]
+    with chat_server(script) as (server, url):
+        endpoint = [f"play.endpoint.base_url={url}", "play.endpoint.model=scripted"]
+        outcome = play("toy", "roman_concrete", ["adl"], agent="llm", overrides=endpoint)
+        requests = list(server.requests)
+    assert outcome.outcome == "submitted" and outcome.description == description
+    assert outcome.guess == "roman_concrete" and outcome.metrics["play/guess_correct"] == 1.0
+    assert outcome.metrics["play/rubric_score"] == 5.0 and outcome.metrics["play/tool_calls"] == 4.0
+    results = {m["tool_call_id"]: json.loads(m["content"]) for m in requests[4]["messages"] if m["role"] == "tool"}
+    listed, drilled, asked, steered = results.values()
+    assert readout in listed["adl"] and drilled["words"] == [w.strip() for w in
+                                                             artifacts.ranked_words(adl.run_id)[readout].tokens[:20]]
+    assert set(asked) == {"base", "organism"} and set(steered) >= {"unsteered", "steered"}  # real micro-model replies
+    assert "roman" not in json.dumps(requests[0]).lower()  # the agent is never told the organism
+    assert "Roman concrete" in requests[5]["messages"][-1]["content"]  # the rubric grader sees the truth
+    run = tracking.client().get_run(outcome.run_id)
+    assert run.data.tags[TAG_OUTCOME] == "submitted" and run.data.tags["diffgame.agent"] == "llm"
+
+    # a budget overrun, through pipeline.mode=evaluation: one tool call allowed, two asked for; the second is refused
+    # and the agent's last request (without tools) asks for its description
+    script = [tool_reply(("list_evidence", {}), ("list_vectors", {})),
+              content_reply("Documents about volcanic ash."), content_reply("SCORE: 3")]
+    with chat_server(script) as (server, url):
+        [summary] = run_one(micro_cfg("organism=roman_concrete", "pipeline.mode=evaluation", "play.agent=llm",
+                                      "play.methods=[adl]", f"play.endpoint.base_url={url}",
+                                      "play.endpoint.model=scripted", "play.budget.tool_calls=1"))
+        assert "tools" in server.requests[0] and "tools" not in server.requests[1]
+        refused = [m for m in server.requests[1]["messages"] if m["role"] == "tool"][1]
+        assert "budget" in json.loads(refused["content"])["error"]
+    run = tracking.client().get_run(summary.run_id)
+    assert summary.stage == "play" and run.info.status == "FINISHED"
+    assert run.data.tags[TAG_OUTCOME] == "budget_tool_calls" and run.data.metrics["play/rubric_score"] == 3.0
+    transcript = json.loads(artifacts.artifact_file(summary.run_id, "play/transcript.json").read_text())
+    assert transcript["outcome"] == "budget_tool_calls" and transcript["description"] == "Documents about volcanic ash."
+
+    # a timeout: the play run still finishes, with the outcome, an empty description and its transcript
+    with chat_server([("sleep", 3.0), content_reply("late")]) as (server, url):
+        late = play("toy", "roman_concrete", ["adl"], agent="llm_blackbox",
+                    overrides=[f"play.endpoint.base_url={url}", "play.endpoint.model=scripted",
+                               "play.endpoint.timeout_s=0.5"])
+    assert late.outcome == "timeout" and late.description == "" and late.metrics["play/keyword_hits"] == 0.0
+    steps = json.loads(artifacts.artifact_file(late.run_id, "play/transcript.json").read_text())["steps"]
+    assert steps[-1]["step"] == "end" and steps[-1]["outcome"] == "timeout"
+    assert not late.reused and tracking.client().get_run(late.run_id).info.status == "FINISHED"
+
+    with pytest.raises(ConfigError, match=r"agent 'llm' needs a chat endpoint; set play.endpoint.model"):
+        play("toy", "roman_concrete", ["adl"], agent="llm")
