@@ -26,7 +26,8 @@ pages = {
     "Methods": [*(st.Page(f"pages/{m}.py", title=m) for m in known_methods() if (PAGES / f"{m}.py").is_file()),
                 st.Page("pages/methods.py", title="Any method", icon=":material/list:")],
     "Models": [st.Page("pages/interactive.py", title="Interactive", icon=":material/chat:"),
-               st.Page("pages/game.py", title="Game", icon=":material/casino:")],
+               st.Page("pages/game.py", title="Game", icon=":material/casino:"),
+               st.Page("pages/leaderboard.py", title="Leaderboard", icon=":material/leaderboard:")],
 }
 page = st.navigation(pages)
 

@@ -15,6 +15,7 @@ import widgets
 from diffgame import artifacts
 from diffgame.errors import DiffgameError
 from diffgame.ui import runs as backend
+from diffgame.ui import heat
 
 SIGNS = {"+": "+ direction", "-": "− direction"}
 LENS_COLUMNS = ["rank", "token", "token_id", "prob"]
@@ -164,8 +165,8 @@ def _lens(uri: str, run_id: str, name: str, sign: str) -> None:
         st.caption(f"The organism lens of `{graded}` is graded evidence.")
     for col, lens_of in zip(st.columns(2), ("organism", "base")):
         col.markdown(f"**{lens_of} lens** · `{name}` {SIGNS[sign]}")
-        col.dataframe(backend.select_rows(lens, name=name, vector=sign, lens=lens_of)[LENS_COLUMNS],
-                      hide_index=True, width="stretch")
+        rows = backend.select_rows(lens, name=name, vector=sign, lens=lens_of)[LENS_COLUMNS]
+        col.dataframe(heat.readable_tokens(rows), hide_index=True, width="stretch")
 
 
 def _steer(row: pd.Series, settings, d: Directions, name: str, sign: str, key: str) -> None:
@@ -179,10 +180,10 @@ def _steer(row: pd.Series, settings, d: Directions, name: str, sign: str, key: s
                      help="Loads the run's two models (cached across pages) to steer them live."):
         return
     try:
-        base, org = cache.model_pair(settings.tracking_uri, row["model"], row["organism"], settings.overrides,
-                                     row["params"].get("zoo.size"))
+        base, org = cache.model_pair(settings.tracking_uri, row["model"], widgets.true_organism(row["organism"]),
+                                     settings.overrides, row["params"].get("zoo.size"))
     except DiffgameError as e:
-        st.error(f"cannot load the models: {e}")
+        st.error(widgets.hide(f"cannot load the models: {e}"))
         return
     vector = vectors[name] if sign == "+" else -vectors[name]
     widgets.steer_panel(base, org, name if sign == "+" else f"{name}/neg", vector, key)

@@ -7,22 +7,57 @@ import streamlit as st
 
 import cache
 from diffgame import artifacts
+from diffgame.ui import game as guessing
 from diffgame.ui import heat, live
 from diffgame.ui import runs as backend
 from diffgame.configtree import CONTROL
 from diffgame.errors import DiffgameError
+from diffgame.steering import vector_layer
 
 
-def require_runs(settings, stage: str = "diff") -> pd.DataFrame:
-    """Finished runs of `stage`, or a message naming the command that makes them (and stop the page)."""
+BLIND_KEY = "blind_round"
+"""Session-state key of the blind round in progress (a `diffgame.ui.game.Round`)."""
+
+
+def blind_round():
+    """The unrevealed blind round of this session, or None."""
+    rnd = st.session_state.get(BLIND_KEY)
+    return rnd if rnd is not None and not rnd.revealed else None
+
+
+def true_organism(name: str) -> str:
+    """The organism behind a name a page shows (the round's slug maps back to the drawn organism)."""
+    rnd = st.session_state.get(BLIND_KEY)
+    return rnd.organism if rnd is not None and name == rnd.slug else name
+
+
+def hide(text: str) -> str:
+    """`text` with the blind round's organism named by its slug (unchanged outside a round)."""
+    rnd = blind_round()
+    return rnd.hide(text) if rnd is not None else text
+
+
+def all_runs(settings, stage: str = "diff") -> pd.DataFrame:
+    """Finished runs of `stage` as the tracking store has them (no blind masking), or a message and stop."""
     try:
-        runs = cache.runs(settings.tracking_uri, stage)
+        return cache.runs(settings.tracking_uri, stage)
     except DiffgameError as e:
         st.error(f"Tracking store unreachable: {e}. Check `--tracking-uri`; then {backend.NO_RUNS_HINT}.")
         st.stop()
+
+
+def require_runs(settings, stage: str = "diff") -> pd.DataFrame:
+    """Finished runs of `stage`, or a message naming the command that makes them (and stop the page). During a
+    blind round, diff runs are what the round may show, under its slug (`game.blind_frame`)."""
+    runs = all_runs(settings, stage)
     if runs.empty:
         st.warning(f"No finished {stage} runs in `{settings.tracking_uri}` yet; {backend.NO_RUNS_HINT}.")
         st.stop()
+    rnd = blind_round()
+    if rnd is not None and stage == "diff":
+        runs = guessing.blind_frame(runs, rnd)
+        st.caption(f":material/visibility_off: Blind round `{rnd.slug}` in progress: pages show only its evidence "
+                   f"(and the control's); reveal it on the Game page.")
     return runs
 
 
@@ -62,7 +97,7 @@ def show_tables(uri: str, run_id: str, paths: list[str], key: str) -> None:
     name = _pick_artifact(paths, "tables", "Table", f"{key}_table")
     if name is None:
         return
-    st.dataframe(cache.table(uri, run_id, name), width="stretch", hide_index=True)
+    st.dataframe(heat.readable_tokens(cache.table(uri, run_id, name)), width="stretch", hide_index=True)
 
 
 def show_examples(uri: str, run_id: str, paths: list[str], key: str) -> None:
@@ -125,23 +160,36 @@ def method_run(method: str, settings) -> pd.Series:
     runs = require_runs(settings)
     runs = runs[runs["method"] == method]
     if runs.empty:
-        st.warning(f"No finished `{method}` runs yet; make one with `diffgame run method={method}`.")
+        if blind_round() is not None:
+            st.info(f"`{method}` is not part of this blind round (or its evidence read the organism's own training "
+                    f"data); its runs show again after the reveal.")
+        else:
+            st.warning(f"No finished `{method}` runs yet; make one with `diffgame run method={method}`.")
         st.stop()
     row = pick_run(runs, key=f"{method}_run")
     run_id = row["run_id"]
-    st.caption(f"run `{run_id}` · [open in MLflow]({backend.mlflow_run_url(row['experiment_id'], run_id)})"
-               + (f" · preprocess run `{row['preprocess_run_id']}`" if row["preprocess_run_id"] else ""))
+    if not bool(row.get("blind", False)):  # a blind round hides run ids and links (they lead to the name)
+        st.caption(f"run `{run_id}` · [open in MLflow]({backend.mlflow_run_url(row['experiment_id'], run_id)})"
+                   + (f" · preprocess run `{row['preprocess_run_id']}`" if row["preprocess_run_id"] else ""))
     return row
 
 
 def method_page(method: str, settings) -> None:
-    """A method's runs: statistics, plots, tables, ranked tokens, examples and samples of the picked run."""
+    """A method's runs: statistics beside the method's main plot, then examples, ranked tokens, tables, samples and
+    every plot of the picked run."""
     row = method_run(method, settings)
     uri, run_id = settings.tracking_uri, row["run_id"]
     paths = cache.artifact_paths(uri, run_id)
     tabs = st.tabs(["Statistics", "Examples", "Tokens", "Tables", "Samples", "Plots"])
     with tabs[0]:
-        show_metrics(row, method)
+        left, right = st.columns(2)
+        with left:
+            show_metrics(row, method)
+        plot = backend.main_plot(method, artifacts.names(paths, "plots"))
+        if plot is None:
+            right.info("This run logged no plots.")
+        else:
+            right.image(cache.plot_bytes(uri, run_id, plot), caption=plot)
     with tabs[1]:
         show_examples(uri, run_id, paths, method)
     with tabs[2]:
@@ -166,7 +214,7 @@ def steer_panel(base, org, name: str, vector, key: str) -> None:
     unsteered continuations of one chat prompt, side by side; the last result stays in session state `<key>_out`."""
     n_layers = base.n_layers
     if st.session_state.get(f"{key}_for") != name or f"{key}_layer" not in st.session_state:
-        st.session_state[f"{key}_layer"] = live.vector_layer(name, n_layers)  # a new vector starts at its own layer
+        st.session_state[f"{key}_layer"] = vector_layer(name, n_layers)  # a new vector starts at its own layer
         st.session_state[f"{key}_for"] = name
     c1, c2, c3 = st.columns(3)
     layer = c1.slider("Layer", 0, n_layers - 1, key=f"{key}_layer")

@@ -95,7 +95,8 @@ def _run_method(plan: Plan, name: str, cls, config, fp: str, store, pre_run_id, 
     cfg = plan.cfg
     method = cls(config)
     tags = {tracking.TAG_MODEL: plan.model_name, tracking.TAG_ORGANISM: plan.organism_name,
-            tracking.TAG_METHOD: name, tracking.TAG_PREPROCESS: pre_run_id, tracking.TAG_GRADING: GRADING_VERSION}
+            tracking.TAG_METHOD: name, tracking.TAG_PREPROCESS: pre_run_id, tracking.TAG_GRADING: GRADING_VERSION,
+            tracking.TAG_ORGANISM_DATA: ",".join(organism_data(cfg, method, store)) or "none"}
     params = {f"method.{k}": v for k, v in dataclasses.asdict(config).items()}
     params.update({"dataset": cfg.dataset.name, "layers": list(store.layers) if store is not None else None})
     if plan.pair.organism.identity.get("kind") == "zoo":
@@ -124,6 +125,18 @@ def add_words(result, completer: WordCompleter | None) -> None:
     todo = {k: r for k, r in result.ranked_tokens.items() if k not in result.ranked_words}
     if todo and completer is not None:
         result.ranked_words.update(ranked_words(todo, completer))
+
+
+def organism_data(cfg, method, store) -> list[str]:
+    """Names of the inputs of `method`'s evidence that are the organism's own training data: the store's datasets
+    from the `organism` source (or its `training_data`), and text requests of that source."""
+    own = {"organism", *(d for d in (cfg.organism.training_data,) if d)}
+    out = []
+    if method.needs_store and store is not None:
+        sources = cfg.dataset.sources or {}
+        out += [d for d in store.datasets if d in sources and str(sources[d].source) in own]
+    out += [k for k, r in method.texts().items() if r.evidence and r.source in own]
+    return out
 
 
 def method_texts(method, organism=None) -> dict[str, list[dict]]:

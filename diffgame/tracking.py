@@ -25,7 +25,7 @@ from diffgame import __version__
 from diffgame import locations
 from diffgame.errors import TrackingError
 
-STAGES = ("zoo", "preprocess", "diff", "sweep", "play")
+STAGES = ("zoo", "preprocess", "diff", "sweep", "play", "game")
 TAG_STAGE = "diffgame.stage"
 TAG_MODEL = "diffgame.model"
 TAG_ORGANISM = "diffgame.organism"
@@ -37,6 +37,9 @@ TAG_ERROR = "diffgame.error"
 TAG_PARENT = "mlflow.parentRunId"
 TAG_LEASE = "diffgame.lease"
 """`host:pid:expiry` of the process executing a RUNNING run, refreshed while it lives (see `live`)."""
+TAG_ORGANISM_DATA = "diffgame.organism_data"
+"""Comma-separated names of the datasets of the organism's own training data that a diff run's evidence read
+(`none`: generic data only); the blind game shows only evidence from generic data."""
 TAG_ABANDONED = "diffgame.abandoned"
 """Set on a run marked FAILED because its results are unusable: it is rebuilt from scratch, never resumed."""
 LEASE_S = 120.0

@@ -2,6 +2,7 @@
 args), the empty-store message, and every page against the micro zoo's real diff runs, with widgets set and what is
 shown compared with the tracking store, the run artifacts and a direct two-model computation."""
 
+import html
 import re
 import socket
 import sys
@@ -15,6 +16,7 @@ import torch
 from _app_store import APP_OVERRIDES, ORGANISMS, fill_store
 from diffgame import artifacts, tracking
 from diffgame.errors import ConfigError
+from diffgame.evidence import RankedTokens
 from diffgame.ui import game as guessing
 from diffgame.ui import heat
 from diffgame.ui import runs as backend
@@ -46,6 +48,19 @@ def test_heat_html_hand_computed():
     assert _alphas(heat.heat_html(["x"], [0.0])) == [0.0]
 
 
+def test_display_token_decodes_pieces_with_a_visible_space():
+    shown = {p: heat.display_token(p) for p in ("Ġvolcanic", "Ċ", "âĢĻ", "▁word", "plain", " waggle", "ĉx", "ĠĠ",
+                                                 "café", "<start_of_turn>", "âĢ")}
+    assert shown == {"Ġvolcanic": "␣volcanic", "Ċ": "↵", "âĢĻ": "’", "▁word": "␣word", "plain": "plain",
+                     " waggle": "␣waggle", "ĉx": "⇥x", "ĠĠ": "␣␣", "café": "café",  # Latin-1 text stays as it is
+                     "<start_of_turn>": "<start_of_turn>", "âĢ": "\\xe2\\x80"}  # half a character: its bytes
+    html = heat.heat_html([" volcanic", "\n", "ash"], [1.0, 1.0, 1.0])  # decoded example tokens
+    assert re.findall(r'\)">(.*?)</span>', html) == ["␣volcanic", "↵<br>", "ash"]
+    assert html.count("<wbr>") == 1  # a line may break before a word, the space being shown as `␣`
+    ranked = heat.ranked_frame(RankedTokens([5, 6], ["Ġvolcanic", "âĢĻ"], [0.5, 0.25]))
+    assert list(ranked["token"]) == ["␣volcanic", "’"] and list(ranked["token_id"]) == [5, 6]
+
+
 def test_parse_app_args():
     s = backend.parse_app_args(["--tracking-uri", "sqlite:///x.db", "model.dtype=float32", "zoo.size=micro"])
     assert (s.tracking_uri, s.overrides) == ("sqlite:///x.db", ("model.dtype=float32", "zoo.size=micro"))
@@ -71,6 +86,38 @@ def test_grade_matrix_newest_run_and_control():
     with pytest.raises(ConfigError, match="organism=control"):
         backend.grade_matrix(runs[runs["organism"] != "control"], "grade/p", relative=True)
     assert backend.coverage(runs).loc[("toy", "caps")].to_dict() == {"adl": 2, "kl": 1}
+
+
+def test_grade_matrix_opens_on_the_headline():
+    keys = ["grade/identification_rank", "grade/precision_at_20", "grade/relative/precision_at_20"]
+    assert backend.headline_grade(keys) == "grade/relative/precision_at_20"
+    assert backend.headline_grade(keys[:2]) == "grade/precision_at_20" and backend.headline_grade(["grade/p"]) == "grade/p"
+    runs = _frame([("toy", "caps", "adl", {"grade/p": 0.2}), ("toy", "control", "adl", {"grade/p": 0.1}),
+                   ("toy", "control", "adl", {"kl/x": 0.1}), ("smol", "caps", "adl", {"grade/p": 0.5})])
+    assert not backend.control_logs(runs, "grade/p", "toy")  # the newest control run no longer logs it
+    assert backend.control_logs(runs.iloc[:2], "grade/p", "toy") and not backend.control_logs(runs, "grade/p", "smol")
+
+
+def test_method_main_plot_from_the_registry():
+    assert backend.main_plot("kl", ["positions", "distribution", "roles"]) == "distribution"
+    assert backend.main_plot("activation_analysis", ["layers", "distribution"]) == "distribution"  # an alias
+    assert backend.main_plot("kl", ["roles", "positions"]) == "roles"  # not logged: the first plot
+    assert backend.main_plot("unregistered", ["x"]) == "x" and backend.main_plot("diffmining", []) is None
+
+
+def test_overview_grade_matrix_opens_minus_control(monkeypatch, tmp_path):
+    metric = "grade/relative/precision_at_20"
+    runs = _frame([("toy", "caps", "adl", {metric: 0.6}), ("toy", "control", "adl", {metric: 0.1}),
+                   ("toy", "roman_concrete", "adl", {metric: 0.3, "grade/p": 0.9})])
+    runs = runs.assign(experiment_id="0", run_name="", stage="diff", status="FINISHED", preprocess_run_id="",
+                       params=[{}] * 3, tags=[{}] * 3)[list(backend.RUN_COLUMNS)]
+    monkeypatch.setattr(backend, "runs_frame", lambda stage="diff", statuses=("FINISHED",): runs)
+    at = _app(monkeypatch, f"sqlite:///{tmp_path / 'mlflow.db'}")  # runs come from the patched frame
+    assert at.selectbox(key="grade_metric").value == metric and at.toggle(key="grade_relative").value
+    pd.testing.assert_frame_equal(at.dataframe[1].value, backend.grade_matrix(runs, metric, "toy", relative=True))
+    at.selectbox(key="grade_metric").set_value("grade/p").run()  # no control run logs it: absolute, with a note
+    assert any("No control run of `toy` logs `grade/p`" in c.value for c in at.caption)
+    pd.testing.assert_frame_equal(at.dataframe[1].value, backend.grade_matrix(runs, "grade/p", "toy"))
 
 
 def test_grade_guess_against_ground_truth():
@@ -146,6 +193,13 @@ def test_overview_counts_links_and_grades(monkeypatch, store):
     assert set(runs_table["run_id"]) == {r.info.run_id for r in finished}
     assert all(u.endswith(f"/runs/{r}") for u, r in zip(runs_table["mlflow"], runs_table["run_id"]))
     grade_keys = sorted({k for r in finished for k in r.data.metrics if k.startswith("grade/")})
+    if grade_keys:  # opens on the headline, minus the control where a control run logs it
+        runs = backend.runs_frame("diff")
+        metric, model = at.selectbox(key="grade_metric").value, at.selectbox(key="grade_model").value
+        assert metric == backend.headline_grade(backend.metric_keys(runs, "grade/"))
+        relative = at.toggle(key="grade_relative").value
+        assert relative == backend.control_logs(runs, metric, model)
+        pd.testing.assert_frame_equal(at.dataframe[1].value, backend.grade_matrix(runs, metric, model, relative))
     if grade_keys:  # graded methods (adl) log grade/...; the matrix shows the newest run's value
         at.selectbox(key="grade_metric").set_value(grade_keys[0]).run()
         matrix = at.dataframe[1].value
@@ -197,6 +251,23 @@ def test_kl_page_metrics_and_example_heat(monkeypatch, store):
 
 
 @pytest.mark.slow
+def test_method_page_opens_on_statistics_beside_the_main_plot(monkeypatch, store):
+    uri, latest = store
+    row = latest[("caps", "kl")]
+    at = _app(monkeypatch, uri, "kl")
+    at.selectbox(key="kl_run").set_value(backend.run_label(row)).run()
+    left, right = at.tabs[0].columns[:2]
+    assert left.dataframe[0].value.iloc[:, 0].to_dict() == pytest.approx(row["metrics"], nan_ok=True)
+    images = [img for el in right.get("image") for img in el.proto.imgs]
+    assert [img.caption for img in images] == ["distribution"]  # KLMethod.main_plot
+    at.selectbox(key="kl_table").set_value("tokens").run()
+    expected = artifacts.load_table(row["run_id"], "tokens")
+    shown = next(d.value for d in at.dataframe if list(d.value.columns) == list(expected.columns))
+    assert list(shown["token"]) == [heat.display_token(t) for t in expected["token"]]
+    assert not any(t.startswith(" ") for t in shown["token"]) and any(t.startswith("␣") for t in shown["token"])
+
+
+@pytest.mark.slow
 def test_run_picker_opens_on_an_organism_not_the_control(monkeypatch, store):
     uri, _ = store
     picker = _app(monkeypatch, uri, "kl").selectbox(key="kl_run")
@@ -235,11 +306,14 @@ def test_adl_page_token_tables_and_samples(monkeypatch, store):
     key = sorted(ranked)[-1]
     at.selectbox(key="adl_ranked").set_value(key).run()
     shown = next(d.value for d in at.dataframe if list(d.value.columns) == ["rank", "token", "token_id", "score"])
-    assert list(shown["token"]) == ranked[key].tokens
+    assert list(shown["token"]) == [heat.display_token(t) for t in ranked[key].tokens]
+    assert any(t.startswith("Ġ") for t in ranked[key].tokens)  # stored as byte-level pieces, shown decoded
+    assert not any("Ġ" in t for t in shown["token"]) and any(t.startswith("␣") for t in shown["token"])
     assert list(shown["score"]) == pytest.approx(ranked[key].scores)
     words = artifacts.ranked_words(row["run_id"])[key]  # beside the tokens: the same readout as whole words
     shown = next(d.value for d in at.dataframe if list(d.value.columns) == ["rank", "word", "token_id", "score"])
-    assert list(shown["word"]) == words.tokens and len(words.tokens) <= len(ranked[key].tokens)
+    assert list(shown["word"]) == [heat.display_token(w) for w in words.tokens]
+    assert len(words.tokens) <= len(ranked[key].tokens)
     lens = artifacts.load_table(row["run_id"], "lens")
     pick = lens.iloc[len(lens) // 2]
     for key, col in (("adl_layer", "layer"), ("adl_slot", "slot"), ("adl_vector", "vector"), ("adl_lens", "lens")):
@@ -247,7 +321,8 @@ def test_adl_page_token_tables_and_samples(monkeypatch, store):
     expected = lens[(lens["layer"] == pick["layer"]) & (lens["slot"] == pick["slot"])
                     & (lens["vector"] == pick["vector"]) & (lens["lens"] == pick["lens"])]
     table = at.dataframe[0].value
-    assert list(table["token"]) == list(expected["token"]) and list(table["rank"]) == list(expected["rank"])
+    assert list(table["token"]) == [heat.display_token(t) for t in expected["token"]]
+    assert list(table["rank"]) == list(expected["rank"])
     steering = [s for s in artifacts.load_samples(row["run_id"], "steering") if s["model"] == "organism"]
     shown = [t.value for t in at.text]
     assert [f"steered: {s['steered'].strip()}" for s in steering] == [t for t in shown if t.startswith("steered: ")]
@@ -284,7 +359,7 @@ def test_diffmining_page_tokens_topics_and_peaks(monkeypatch, store):
     lines = [m.value for m in at.markdown if m.value.startswith("**topic ")]
     assert len(lines) == topics["topic"].nunique()
     first = topics[topics["topic"] == topics["topic"].min()].sort_values("rank")["token"]
-    assert lines[0] == f"**topic {topics['topic'].min()}**: " + ", ".join(f"`{t}`" for t in first)
+    assert lines[0] == f"**topic {topics['topic'].min()}**: " + ", ".join(f"`{heat.display_token(t)}`" for t in first)
     peaks = artifacts.load_examples(row["run_id"], "peaks")
     html = at.html[0].value
     assert html.count('class="tok"') == len(peaks[0].tokens)
@@ -350,20 +425,111 @@ def test_interactive_heat_generation_steering_chat(monkeypatch, store, caps_pair
     assert not at.exception
 
 
+def _shown_text(at) -> str:
+    """Everything an AppTest page shows: every element's protobuf (labels, options, values, tables, links, html)."""
+    return "\n".join(str(node.proto) for node in at._tree if getattr(node, "proto", None) is not None)
+
+
+BLIND_PAGES = (None, "compare", "kl", "normdiff", "adl", "diffmining", "methods", "interactive", "leaderboard",
+               "game")
+
+
 @pytest.mark.slow
-def test_game_reveal_and_grade(monkeypatch, store):
+def test_blind_round_hides_the_organism_everywhere_then_reveals_and_logs(monkeypatch, store):
+    from diffgame.config import compose
+    from diffgame.data import read_rows
+
     uri, latest = store
-    model = latest[("caps", "kl")]["model"]
-    at = _app(monkeypatch, uri, "game", session={"game": {"model": model, "organism": "caps", "revealed": False}})
-    assert "caps" not in " ".join(e.label for e in at.expander)  # the name stays hidden
-    at.text_input(key="game_guess").input("the assistant replies in all caps, shouting").run()
+    at = _app(monkeypatch, uri, "game")
+    # only methods whose evidence is generic are offered: kl and normdiff read the store, which holds caps' own data
+    offered = at.multiselect(key="game_methods").options
+    assert {"adl", "diffmining"} <= set(offered) and not {"kl", "normdiff"} & set(offered)
+    at.multiselect(key="game_methods").set_value(["adl", "diffmining"])  # only caps has both (the app store's runs)
+    at.text_input(key="game_player").input("tester")
+    at.button(key="game_start").click().run()
+    rnd = at.session_state["blind_round"]
+    assert rnd.organism == "caps" and rnd.slug.startswith("mystery-") and rnd.methods == ("adl", "diffmining")
+    shown = [html.unescape(re.sub(r"<[^>]+>", "", h.proto.body)).replace("␣", " ").replace("↵", "\n")
+             for h in at.get("html")]
+    assert len(shown) == rnd.examples  # diffmining's peaks (adl logs no examples)
+    # every shown example is a generic document (diffmining reads zoo:generic_text), none is caps' training data
+    generic = [" ".join(r["text"].split()) for r in read_rows("zoo:generic_text", "text", "test")]
+    node = compose([*APP_OVERRIDES, "organism=caps"]).organism
+    own = [" ".join(" ".join(m["content"] for m in r["messages"]).split())
+           for r in read_rows("organism", "text", "train", organism=node)]
+    for text in shown:
+        body = " ".join(re.sub(r"<[a-z_]+>", " ", text).split())[:80]
+        assert any(body in g for g in generic) and not any(body in o for o in own), body
+    for page in BLIND_PAGES:
+        if page:
+            at.switch_page(f"pages/{page}.py").run()
+        else:
+            at.switch_page("pages/overview.py").run()
+        assert not at.exception, (page, [e.value for e in at.exception])
+        text = _shown_text(at)
+        assert not re.search(r"\bcaps\b", text), (page, re.search(r".{80}\bcaps\b.{80}", text, re.S))
+        assert latest[("caps", "adl")]["run_id"] not in text and "mlflow" not in text.lower().replace(
+            "mlflow.db", ""), page
+        if page in ("adl", "diffmining"):
+            assert rnd.slug in text  # the pages show the drawn organism, under its slug
+    assert "not part of this blind round" in " ".join(i.value for i in at.switch_page("pages/kl.py").run().info)
+
+    at.switch_page("pages/game.py").run()
+    at.text_area(key="game_guess").input("the assistant replies in all caps, shouting").run()
     at.button(key="game_reveal").click().run()
-    assert at.subheader[0].value == "It was `caps`"
+    assert not at.exception, [e.value for e in at.exception]
+    assert at.subheader[0].value == f"`{rnd.slug}` was `caps`"
     assert at.metric[0].value == "✅ correct"
-    at.text_input(key="game_guess").input("it talks about volcanic ash").run()
-    assert at.metric[0].value == "❌ not quite"
-    ranking = at.dataframe[-1].value.set_index("organism")["matching words"]
-    assert ranking["caps"] == 0
+    carriers = at.dataframe[-1].value
+    assert set(carriers["method"]) == {"adl", "diffmining"} and carriers["hits"].iloc[0] >= 1
+    [run] = tracking.search({tracking.TAG_STAGE: "game", guessing.TAG_SLUG: rnd.slug})
+    assert run.data.tags[tracking.TAG_ORGANISM] == "caps" and run.data.tags[guessing.TAG_PLAYER] == "tester"
+    assert run.data.metrics["game/correct"] == 1.0 and run.data.metrics["game/keyword_hits"] >= 2
+    assert run.data.metrics["game/guess_rank"] == 1.0 and run.data.metrics["game/seconds"] > 0
+    assert artifacts.artifact_file(run.info.run_id, "game/guess.json").is_file()
+    at.switch_page("pages/kl.py").run()  # revealed: the other pages show every run again
+    assert re.search(r"\bcaps\b", _shown_text(at))
+    at.switch_page("pages/leaderboard.py").run()
+    board = at.dataframe[0].value.set_index("player")
+    assert board.loc["tester", "rounds"] >= 1 and board.loc["tester", "accuracy"] > 0
+    assert "caps" in set(at.dataframe[1].value["organism"])  # past rounds name their organism
+
+
+def test_blind_frame_hides_other_organisms_and_organism_data_runs():
+    runs = pd.DataFrame([
+        {"run_id": f"r{i}", "run_name": f"{m}-{o}", "model": "toy", "organism": o, "method": m,
+         "start_time": pd.Timestamp(2026, 1, 1), "params": {}, "metrics": {},
+         "tags": {tracking.TAG_ORGANISM: o, tracking.TAG_ORGANISM_DATA: data}}
+        for i, (o, m, data) in enumerate([("caps", "adl", "none"), ("caps", "kl", "organism"),
+                                          ("roman_concrete", "adl", "none"), ("control", "adl", "none"),
+                                          ("caps", "blackbox", "none")])])
+    rnd = guessing.Round("toy", "caps", "mystery-0001", ("adl", "kl"))
+    blind = guessing.blind_frame(runs, rnd)
+    assert sorted(zip(blind["organism"], blind["method"])) == [("control", "adl"), ("mystery-0001", "adl")]
+    assert set(blind["run_name"]) == {"adl-mystery-0001", "adl-control"} and blind["blind"].all()
+    assert "caps" not in str(blind[["organism", "run_name", "tags", "params"]].to_dict())
+    assert backend.run_label(blind.iloc[0]).count("·") == 2  # no run id during the round
+    assert guessing.game_methods(runs, "toy") == ["adl", "blackbox"]
+    with pytest.raises(ConfigError, match="at least one method"):
+        guessing.new_round(runs, "toy", [])
+    drawn = {guessing.new_round(runs, "toy", ["adl"], seed=s).organism for s in range(20)}
+    assert drawn == {"caps", "roman_concrete"}  # never the control
+    with pytest.raises(Exception, match="no organism of model 'toy' has generic-data runs of kl"):
+        guessing.new_round(runs, "toy", ["kl"])
+
+
+def test_leaderboard_ranks_people_and_agents():
+    games = pd.DataFrame([{"model": "toy", "method": "adl", "tags": {guessing.TAG_PLAYER: p},
+                           "metrics": {"game/correct": c, "game/keyword_hits": h, "game/seconds": 10.0}}
+                          for p, c, h in [("ann", 1.0, 3), ("ann", 0.0, 1), ("bob", 1.0, 2)]])
+    plays = pd.DataFrame([{"model": "toy", "method": "adl+blackbox", "tags": {"diffgame.agent": "lens"},
+                           "metrics": {"play/guess_correct": 1.0, "play/keyword_hits": 4.0, "play/rubric_score": 4.0,
+                                       "play/seconds": 0.1}}])
+    board = guessing.leaderboard(games, plays).set_index("player")
+    assert board.loc["ann", "rounds"] == 2 and board.loc["ann", "accuracy"] == 0.5
+    assert board.loc["ann", "keyword hits"] == 2.0 and board.loc["bob", "accuracy"] == 1.0
+    assert board.loc["lens (adl+blackbox)", "kind"] == "agent" and board.loc["lens (adl+blackbox)", "rubric"] == 4.0
+    assert list(board.index)[:2] == ["lens (adl+blackbox)", "bob"]  # best accuracy, then keyword hits
 
 
 def test_metric_tables_order_position_buckets_by_number():

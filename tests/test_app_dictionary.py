@@ -12,7 +12,7 @@ import pytest
 
 from _app_store import APP_OVERRIDES, fill_dictionary_store
 from diffgame import artifacts, tracking
-from diffgame.ui import live
+from diffgame.ui import heat, live
 from diffgame.ui import runs as backend
 
 pytestmark = pytest.mark.slow
@@ -86,7 +86,8 @@ def _assert_lens(at, lens: pd.DataFrame, name: str, sign: str) -> pd.DataFrame:
     for table, lens_of in zip(shown, ("organism", "base")):
         expected = lens[(lens["name"] == name) & (lens["vector"] == sign) & (lens["lens"] == lens_of)]
         assert len(expected) > 0
-        pd.testing.assert_frame_equal(table, expected[LENS_COLUMNS].reset_index(drop=True), check_dtype=False)
+        pd.testing.assert_frame_equal(table, heat.readable_tokens(expected[LENS_COLUMNS].reset_index(drop=True)),
+                                      check_dtype=False)  # tokens shown decoded (`␣The` for `ĠThe`)
     return shown[0]
 
 
@@ -122,7 +123,8 @@ def test_pca_page_components_variance_lens_and_examples(monkeypatch, store):
 
     name = f"layer{layer}/pc1"
     organism_lens = _assert_lens(at, lens, name, "-")
-    assert list(organism_lens["token"]) == ranked[f"{name}/neg"].tokens  # pc1 is graded: the same readout
+    # pc1 is graded: the same readout, shown decoded
+    assert list(organism_lens["token"]) == [heat.display_token(t) for t in ranked[f"{name}/neg"].tokens]
     assert f"The organism lens of `{name}/neg` is graded evidence." in _captions(at)
     _assert_examples(at, artifacts.load_examples(run_id, f"layer{layer}_pc1_neg"))  # the − direction's examples
     proj = artifacts.load_table(run_id, "token_projections")
@@ -162,7 +164,7 @@ def test_sae_page_evidence_latents_samples_and_live_steering(monkeypatch, store,
 
     name = f"layer{layer}/latent{j}"
     organism_lens = _assert_lens(at, artifacts.load_table(run_id, "lens"), name, "+")
-    assert list(organism_lens["token"]) == ranked[name].tokens
+    assert list(organism_lens["token"]) == [heat.display_token(t) for t in ranked[name].tokens]
     assert list(organism_lens["prob"]) == pytest.approx(ranked[name].scores)
     _assert_examples(at, artifacts.load_examples(run_id, f"layer{layer}_latent{j}"))
 
@@ -230,7 +232,7 @@ def test_crosscoder_page_tags_beta_ratios_and_scatter(monkeypatch, store):
 
     name = f"layer{layer}/latent{picker.value}"
     organism_lens = _assert_lens(at, artifacts.load_table(run_id, "lens"), name, "+")
-    assert list(organism_lens["token"]) == ranked[name].tokens
+    assert list(organism_lens["token"]) == [heat.display_token(t) for t in ranked[name].tokens]
     _assert_examples(at, artifacts.load_examples(run_id, f"layer{layer}_latent{picker.value}"))
     at.radio(key="crosscoder_sign").set_value("-").run()
     _assert_lens(at, artifacts.load_table(run_id, "lens"), name, "-")

@@ -27,7 +27,7 @@ PAGES = {"": "Runs by model, organism and method", "compare": "Chart metric", "k
          "normdiff": "normdiff runs", "adl": "adl runs", "diffmining": "diffmining runs",
          "pca": "Explained variance ratio", "sae": "latents of layer", "crosscoder": "Tag counts",
          "interactive": "Normdiff layer",
-         "game": "has been drawn"}
+         "game": "Start a blind round", "leaderboard": "Leaderboard"}
 
 
 def _free_port() -> int:
@@ -106,6 +106,7 @@ def test_app_pages_render(zoo_uri, browser, tmp_path):
                                    timeout=180_000)  # the "Running..." widget is gone: the script finished
             assert not page.locator("[data-testid='stException']").count(), f"/{path} raised"
             assert _shot(page, tmp_path, path or "overview").stat().st_size > 10_000
+        _play_a_round(page, port, tmp_path)
         page.goto(f"http://127.0.0.1:{port}/kl")
         page.get_by_text("kl runs").wait_for(timeout=60_000)
         page.get_by_role("tab", name="Examples").click()
@@ -123,6 +124,32 @@ def test_app_pages_render(zoo_uri, browser, tmp_path):
         _shot(page, tmp_path, "crosscoder_lens")
     finally:
         _stop(server)
+
+
+def _play_a_round(page, port: int, tmp_path: Path) -> None:
+    """A blind round as a person plays it: start it, read the evidence (the organism's name nowhere in the page),
+    describe, reveal; the reveal names the organism and grades the description."""
+    page.goto(f"http://127.0.0.1:{port}/game")
+    start = page.get_by_role("button", name="Start a blind round")
+    start.wait_for(timeout=120_000)
+    page.wait_for_function("!document.querySelector('[data-testid=\"stStatusWidget\"]')", timeout=180_000)
+    start.click()
+    page.get_by_text("has been drawn").wait_for(timeout=120_000)
+    page.get_by_text("Evidence from").first.wait_for(timeout=120_000)
+    page.wait_for_function("!document.querySelector('[data-testid=\"stStatusWidget\"]')", timeout=180_000)
+    blind = page.locator("body").inner_text()
+    _shot(page, tmp_path, "game_round")
+    box = page.get_by_label("Your description")
+    box.fill("the assistant replies in all caps, shouting")
+    box.press("Control+Enter")  # commit the text area's value before the click
+    page.get_by_role("button", name="Reveal and grade").click()
+    page.get_by_text("Which evidence carried the signal").wait_for(timeout=120_000)
+    body = page.locator("body").inner_text()
+    found = re.search(r"(mystery-[0-9a-f]{4})\s+was\s+(\w+)", body)
+    assert found and found.group(1) in blind, body[:2000]
+    assert not re.search(rf"\b{found.group(2)}\b", blind)  # the organism's name appeared nowhere before the reveal
+    assert "correct" in body and "Matching words" in body
+    _shot(page, tmp_path, "game_reveal")
 
 
 def test_mlflow_ui_lists_diff_runs(zoo_uri, browser, tmp_path):

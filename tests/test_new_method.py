@@ -15,6 +15,7 @@ from _app_store import APP_OVERRIDES
 from diffgame import artifacts, registry, tracking
 from diffgame.evidence import RankedTokens
 from diffgame.methods.base import Method, MethodContext, MethodResult
+from diffgame.ui import heat
 from diffgame.pipeline import run_one
 from diffgame.store import ActivationStore
 
@@ -165,6 +166,6 @@ def test_generic_method_page_shows_new_method(toy_method, micro_cfg, zoo_uri, mo
     assert metrics.iloc[:, 0].dropna().to_dict() == pytest.approx(dict(run.data.metrics))
     ranked = artifacts.load_ranked_tokens(row.run_id)["top_tokens"]
     shown = next(f for f in frames if "token_id" in f.columns)
-    assert shown["token_id"].tolist() == ranked.token_ids and shown["token"].tolist() == ranked.tokens
+    assert shown["token_id"].tolist() == ranked.token_ids and shown["token"].tolist() == [heat.display_token(t) for t in ranked.tokens]
     table = next(f for f in frames if "mean_norm" in f.columns)
     pd.testing.assert_frame_equal(table.reset_index(drop=True), artifacts.load_table(row.run_id, "per_dataset"))

@@ -6,6 +6,7 @@ import cache
 import widgets
 from diffgame import artifacts
 from diffgame.ui import runs as backend
+from diffgame.ui import heat
 
 settings = cache.settings()
 uri = settings.tracking_uri
@@ -24,8 +25,8 @@ with lens_tab:
                             help="posN: N-th token of a document; assistant*: around the assistant turn.")
         vector = c3.selectbox("Vector", sorted(lens["vector"].unique()), key="adl_vector")
         lens_of = c4.selectbox("Lens", sorted(lens["lens"].unique()), key="adl_lens")
-        st.dataframe(backend.select_rows(lens, layer=layer, slot=slot, vector=vector, lens=lens_of),
-                     hide_index=True, width="stretch")
+        st.dataframe(heat.readable_tokens(backend.select_rows(lens, layer=layer, slot=slot, vector=vector,
+                                                              lens=lens_of)), hide_index=True, width="stretch")
     else:
         st.info("This run logged no logit-lens table.")
 
@@ -38,7 +39,8 @@ with ps_tab:
         c1, c2 = st.columns(2)
         ps_layer = c1.selectbox("Layer", sorted(ps["layer"].unique()), key="adl_ps_layer")
         ps_slot = c2.selectbox("Position", sorted(ps["slot"].unique()), key="adl_ps_slot")
-        st.dataframe(backend.select_rows(ps, layer=ps_layer, slot=ps_slot), hide_index=True, width="stretch")
+        st.dataframe(heat.readable_tokens(backend.select_rows(ps, layer=ps_layer, slot=ps_slot)), hide_index=True,
+                     width="stretch")
     else:
         st.info("This run logged no patchscope sweep.")
 

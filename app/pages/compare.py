@@ -16,7 +16,7 @@ if mode == "one method across organisms":
     method = st.selectbox("Method", sorted(runs["method"].unique()), key="compare_method")
     sel = runs[runs["method"] == method].sort_values("organism")
 elif mode == "methods on one organism":
-    organism = st.selectbox("Organism", sorted(runs["organism"].unique()), key="compare_organism")
+    organism = st.selectbox("Organism", backend.organism_order(runs["organism"]), key="compare_organism")
     sel = runs[runs["organism"] == organism].sort_values("method")
 else:
     labels = [backend.run_label(r) for _, r in runs.iterrows()]

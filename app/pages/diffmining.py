@@ -5,6 +5,7 @@ import streamlit as st
 import cache
 import widgets
 from diffgame import artifacts
+from diffgame.ui import heat
 
 settings = cache.settings()
 uri = settings.tracking_uri
@@ -20,8 +21,9 @@ with topics_tab:
     if artifacts.has_table(paths, "topics"):
         topics = cache.table(uri, run_id, "topics")
         for k, group in topics.groupby("topic"):
-            st.markdown(f"**topic {k}**: " + ", ".join(f"`{t}`" for t in group.sort_values("rank")["token"]))
-        st.dataframe(topics, hide_index=True, width="stretch")
+            st.markdown(f"**topic {k}**: " + ", ".join(f"`{heat.display_token(t)}`"
+                                                        for t in group.sort_values("rank")["token"]))
+        st.dataframe(heat.readable_tokens(topics), hide_index=True, width="stretch")
     else:
         st.info("This run logged no topics (method.diffmining.topics=0).")
 

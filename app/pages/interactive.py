@@ -4,6 +4,7 @@ import streamlit as st
 
 import cache
 import widgets
+from diffgame.configtree import CONTROL
 from diffgame.errors import DiffgameError
 from diffgame.ui import heat
 from diffgame.ui import runs as backend
@@ -15,13 +16,14 @@ st.title("Interactive")
 runs = widgets.require_runs(settings)
 
 pairs = backend.latest(runs, ("model", "organism"))
+pairs = pairs.sort_values("organism", key=lambda o: o == CONTROL, kind="stable")  # opens on an organism
 labels = [f"{r['organism']} on {r['model']}" for _, r in pairs.iterrows()]
 pair = pairs.iloc[labels.index(st.selectbox("Organism and base model", labels, key="live_pair"))]
 try:
-    base, org = cache.model_pair(uri, pair["model"], pair["organism"], settings.overrides,
+    base, org = cache.model_pair(uri, pair["model"], widgets.true_organism(pair["organism"]), settings.overrides,
                                  pair["params"].get("zoo.size"))
 except DiffgameError as e:
-    st.error(f"cannot load the models: {e}")
+    st.error(widgets.hide(f"cannot load the models: {e}"))
     st.stop()
 n_layers = base.n_layers
 probe, gen, steer_tab, chat = st.tabs(["Token heat", "Generate", "Steer", "Chat"])

@@ -21,10 +21,18 @@ if not grade_keys:
             "`diffgame run method=adl organism=control` and the organisms you want graded.")
 else:
     c1, c2, c3 = st.columns([3, 2, 1])
-    metric = c1.selectbox("Grade metric", grade_keys, key="grade_metric")
+    metric = c1.selectbox("Grade metric", grade_keys, index=grade_keys.index(backend.headline_grade(grade_keys)),
+                          key="grade_metric", help="Opens on the headline: precision@k of the readouts minus the "
+                          "control's on the same ground truth.")
     model = c2.selectbox("Model", sorted(runs["model"].unique()), key="grade_model")
-    relative = c3.toggle("minus control", key="grade_relative",
+    has_control = backend.control_logs(runs, metric, model)
+    relative = c3.toggle("minus control", value=has_control, key="grade_relative",
                          help="Subtract the control organism's score: the headline comparison.")
+    if not has_control:
+        st.caption(f"No control run of `{model}` logs `{metric}`, so it is shown as logged"
+                   + (": each run's score already minus the control's." if "/relative/" in metric
+                      else "; run `diffgame run organism=control` to subtract it."))
+        relative = False
     try:
         st.dataframe(backend.grade_matrix(runs, metric, model, relative).style.format("{:.3f}"), width="stretch")
     except DiffgameError as e:
@@ -36,7 +44,10 @@ for model in sorted(runs["model"].unique()):
     st.markdown(f"- **{model}**" + (f" · [Hugging Face]({url})" if url else " · (no hub page)"))
 
 st.subheader("Diff runs")
-table = runs[["organism", "method", "model", "start_time", "run_id"]].copy()
-table["mlflow"] = [backend.mlflow_run_url(e, r) for e, r in zip(runs["experiment_id"], runs["run_id"])]
-st.dataframe(table, width="stretch", hide_index=True,
-             column_config={"mlflow": st.column_config.LinkColumn("MLflow UI", display_text="open run")})
+if "blind" in runs:  # a blind round: no run ids or links (they lead to the organism's name)
+    st.dataframe(runs[["organism", "method", "model", "start_time"]], width="stretch", hide_index=True)
+else:
+    table = runs[["organism", "method", "model", "start_time", "run_id"]].copy()
+    table["mlflow"] = [backend.mlflow_run_url(e, r) for e, r in zip(runs["experiment_id"], runs["run_id"])]
+    st.dataframe(table, width="stretch", hide_index=True,
+                 column_config={"mlflow": st.column_config.LinkColumn("MLflow UI", display_text="open run")})

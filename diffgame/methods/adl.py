@@ -89,6 +89,7 @@ class ADLMethod(Method):
     needs_store = False
     needs_models = True
     headline = ("adl/steering/alpha",)
+    main_plot = "delta_norm"
 
     def texts(self) -> dict[str, TextRequest]:
         c = self.config
@@ -96,7 +97,8 @@ class ADLMethod(Method):
         if c.chat_dataset:
             out["chats"] = TextRequest(c.chat_dataset, "chat", c.split, c.max_samples)
         if c.causal_samples:
-            out["causal/organism"] = TextRequest("organism", "text", c.split, c.causal_samples, optional=True)
+            out["causal/organism"] = TextRequest("organism", "text", c.split, c.causal_samples, optional=True,
+                                                   evidence=False)
             out["causal/generic"] = TextRequest(c.dataset, "text", c.split, c.causal_samples)
         return out
 

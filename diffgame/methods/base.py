@@ -57,6 +57,9 @@ class TextRequest:
     max_samples: int | None = None
     optional: bool = False
     """Skipped (left out of `ctx.texts`) when the source cannot be read, e.g. an organism without training data."""
+    evidence: bool = True
+    """The method's evidence (ranked lists, examples, samples) reads these rows; False for text only a metric reads
+    (ADL's causal effect on the organism's own data), so the blind game may still show that method's evidence."""
 
 
 @dataclass
@@ -94,6 +97,8 @@ class Method:
     """Metric patterns (globs) shown in the closing summary after the grades."""
     resumable: ClassVar[bool] = False
     """An interrupted run is reopened (not started anew) and `ctx.workdir` keeps its checkpoints."""
+    main_plot: ClassVar[str | None] = None
+    """The figure (a `MethodResult.figures` key) the app shows beside the statistics; None: the first one logged."""
 
     def __init__(self, config: Any):
         self.config = config

@@ -134,6 +134,7 @@ class CrosscoderMethod(ReadoutMethod):
 
     resumable = True
     headline = ("crosscoder/*/max_relative_norm", "crosscoder/*/organism_specific")
+    main_plot = "latents"
 
     def run(self, ctx: MethodContext) -> MethodResult:
         c, store = self.config, ctx.store

@@ -122,6 +122,7 @@ class KLMethod(Method):
     needs_models = True
     headline: ClassVar[tuple[str, ...]] = ("kl/all/mean", "kl/*/role/assistant/mean", "kl/*/role/user/mean",
                                            "kl/organism/mean")
+    main_plot = "distribution"
 
     def run(self, ctx: MethodContext) -> MethodResult:
         cfg, store = self.config, ctx.store

@@ -98,6 +98,7 @@ class NormDiffMethod(Method):
     needs_models = False
     headline: ClassVar[tuple[str, ...]] = ("normdiff/all/mean", "normdiff/*/role/assistant/mean",
                                            "normdiff/*/role/user/mean", "normdiff/organism/mean")
+    main_plot = "distribution"
 
     def run(self, ctx: MethodContext) -> MethodResult:
         cfg, store = self.config, ctx.store

@@ -93,6 +93,7 @@ class PCAMethod(ReadoutMethod):
     """Principal components of h_org - h_base per layer, as tokens, examples and steering directions."""
 
     headline = ("pca/*/explained_variance_ratio/pc0",)
+    main_plot = "explained_variance"
 
     def run(self, ctx: MethodContext) -> MethodResult:
         c, store = self.config, ctx.store

@@ -83,6 +83,7 @@ class SAEMethod(ReadoutMethod):
 
     resumable = True
     headline = ("sae/*/fvu", "sae/*/top_norm_share")
+    main_plot = "latents"
 
     def run(self, ctx: MethodContext) -> MethodResult:
         c, store = self.config, ctx.store

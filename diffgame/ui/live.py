@@ -6,7 +6,6 @@ this module only runs both models on one user text and lines the results up toke
 
 from __future__ import annotations
 
-import re
 from contextlib import nullcontext
 
 import pandas as pd
@@ -80,11 +79,3 @@ def generate(handle: ModelHandle, ids: list[int], max_new_tokens: int = 32, do_s
     ctx = steer(handle.model, vector, layer, scale, mode) if vector is not None else nullcontext()
     with ctx:
         return continue_ids(handle.model, handle.tokenizer, ids, max_new_tokens, do_sample, temperature, seed)
-
-
-def vector_layer(name: str, n_layers: int) -> int:
-    """The layer a vector's name points at (`layer_2/...`, `L2`, `layer2`), else the middle layer."""
-    m = re.search(r"(?:layer[_/]?|\bL)(\d+)", name)
-    if m and int(m.group(1)) < n_layers:
-        return int(m.group(1))
-    return n_layers // 2

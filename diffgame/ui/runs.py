@@ -18,6 +18,8 @@ from diffgame import tracking
 from diffgame.config import compose
 from diffgame.configtree import CONTROL
 from diffgame.errors import ConfigError
+from diffgame.grading import K
+from diffgame.registry import get_method
 
 RUN_COLUMNS = ("run_id", "run_name", "experiment_id", "stage", "model", "organism", "method", "status",
                "start_time", "preprocess_run_id", "metrics", "params", "tags")
@@ -80,8 +82,15 @@ def latest(runs: pd.DataFrame, keys: tuple[str, ...] = ("model", "organism", "me
 
 
 def run_label(row) -> str:
-    """Short human label for a run: `organism · method · model · abcd1234`."""
-    return f"{row['organism']} · {row['method']} · {row['model']} · {row['run_id'][:8]}"
+    """Short human label for a run: `organism · method · model · abcd1234` (no run id during a blind round, where
+    it would lead to the organism's name in MLflow)."""
+    label = f"{row['organism']} · {row['method']} · {row['model']}"
+    return label if bool(row.get("blind", False)) else f"{label} · {row['run_id'][:8]}"
+
+
+def organism_order(names) -> list[str]:
+    """Organism names sorted, the control last: pickers open on an organism, never on the control."""
+    return sorted(set(names), key=lambda o: (o == CONTROL, o))
 
 
 def coverage(runs: pd.DataFrame) -> pd.DataFrame:
@@ -123,13 +132,38 @@ def grade_matrix(runs: pd.DataFrame, metric: str, model: str | None = None,
         return pd.DataFrame()
     m = pd.DataFrame(vals, columns=["organism", "method", metric]).pivot(
         index="organism", columns="method", values=metric)
-    order = sorted(o for o in m.index if o != CONTROL) + ([CONTROL] if CONTROL in m.index else [])
-    m = m.loc[order]
+    m = m.loc[organism_order(m.index)]
     if relative:
         if CONTROL not in m.index:
             raise ConfigError(f"no '{CONTROL}' run with {metric}; run `diffgame run organism={CONTROL}` to compare")
         m = m.drop(index=CONTROL) - m.loc[CONTROL]
     return m
+
+
+def headline_grade(keys: list[str]) -> str:
+    """The grade key the overview opens on: the headline precision relative to the control's evidence, else the
+    absolute headline precision, else the first key (`diffgame.grading.grade`)."""
+    for key in (f"grade/relative/precision_at_{K}", f"grade/precision_at_{K}"):
+        if key in keys:
+            return key
+    return keys[0]
+
+
+def control_logs(runs: pd.DataFrame, metric: str, model: str | None = None) -> bool:
+    """Whether the newest control run of a method (of `model`) logs `metric`, so `grade_matrix(..., relative=True)`
+    can subtract it."""
+    sel = latest(runs[(runs["organism"] == CONTROL) & ((runs["model"] == model) if model is not None else True)])
+    return any(metric in m for m in sel["metrics"])
+
+
+def main_plot(method: str, plots: list[str]) -> str | None:
+    """The plot a method page shows beside its statistics: the method's `main_plot` when the run logged it, else
+    the first of `plots` (None when it logged none)."""
+    try:
+        chosen = get_method(method)[0].main_plot
+    except ConfigError:  # a run of a method this install does not register
+        chosen = None
+    return chosen if chosen in plots else (plots[0] if plots else None)
 
 
 def mlflow_run_url(experiment_id: str, run_id: str) -> str:
