@@ -87,14 +87,20 @@ def hub_url(model: str) -> str | None:
     return backend.hub_url(model)
 
 
+@st.cache_data(show_spinner=False)
+def organism_url(model: str, organism: str, variant: str) -> str | None:
+    return backend.organism_url(model, organism, variant)
+
+
 @st.cache_resource(max_entries=2, show_spinner="loading base and organism ...")
-def model_pair(uri: str, model: str, organism: str, overrides: tuple[str, ...], zoo_size: str | None):
-    """Base and organism handles for a run's pair; shared across sessions, used read-only (eval, no_grad)."""
+def model_pair(uri: str, model: str, organism: str, overrides: tuple[str, ...], zoo_size: str | None,
+               variant: str = "default"):
+    """Base and organism handles for a run's pair and organism variant; shared across sessions, used read-only."""
     from diffgame.models import load_pair
     from diffgame.planner import resolve_pair
 
     params = {"zoo.size": zoo_size} if zoo_size else None
-    return load_pair(resolve_pair(backend.model_config(model, organism, overrides, params)))
+    return load_pair(resolve_pair(backend.model_config(model, organism, overrides, params, variant)))
 
 
 @st.cache_data(show_spinner=False)

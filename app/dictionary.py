@@ -181,7 +181,7 @@ def _steer(row: pd.Series, settings, d: Directions, name: str, sign: str, key: s
         return
     try:
         base, org = cache.model_pair(settings.tracking_uri, row["model"], widgets.true_organism(row["organism"]),
-                                     settings.overrides, row["params"].get("zoo.size"))
+                                     settings.overrides, row["params"].get("zoo.size"), row["variant"])
     except DiffgameError as e:
         st.error(widgets.hide(f"cannot load the models: {e}"))
         return

@@ -139,6 +139,7 @@ def runs(stage: Annotated[Optional[str], typer.Option(help="zoo | preprocess | d
          model: Annotated[Optional[str], typer.Option(help="Filter by base model name.")] = None,
          organism: Annotated[Optional[str], typer.Option(help="Filter by organism name.")] = None,
          method: Annotated[Optional[str], typer.Option(help="Filter by method name.")] = None,
+         variant: Annotated[Optional[str], typer.Option(help="Filter by organism variant (default, full, ...).")] = None,
          limit: Annotated[int, typer.Option(help="Show at most this many runs, newest first.")] = 50,
          tracking_uri: TrackingUri = None) -> None:
     """List runs in the tracking store as a table, filtered by their diffgame tags.
@@ -152,19 +153,20 @@ def runs(stage: Annotated[Optional[str], typer.Option(help="zoo | preprocess | d
 
     tracking.set_uri(tracking_uri)
     filters = {k: v for k, v in ((tracking.TAG_STAGE, stage), (tracking.TAG_MODEL, model),
-                                 (tracking.TAG_ORGANISM, organism), (tracking.TAG_METHOD, method)) if v}
+                                 (tracking.TAG_ORGANISM, organism), (tracking.TAG_METHOD, method),
+                                 (tracking.TAG_VARIANT, variant)) if v}
     try:
         found = tracking.search(filters, max_results=limit)
     except DiffgameError as e:
         _fail(e)
     table = Table(title=f"runs in {tracking.resolve_uri()}")
-    for col in ("run id", "stage", "model", "organism", "method", "status", "fingerprint"):
+    for col in ("run id", "stage", "model", "organism", "variant", "method", "status", "fingerprint"):
         table.add_column(col)
     for r in found:
         t = r.data.tags
         table.add_row(r.info.run_id, t.get(tracking.TAG_STAGE, ""), t.get(tracking.TAG_MODEL, ""),
-                      t.get(tracking.TAG_ORGANISM, ""), t.get(tracking.TAG_METHOD, ""), r.info.status,
-                      t.get(tracking.TAG_FINGERPRINT, ""))
+                      t.get(tracking.TAG_ORGANISM, ""), t.get(tracking.TAG_VARIANT, ""), t.get(tracking.TAG_METHOD, ""),
+                      r.info.status, t.get(tracking.TAG_FINGERPRINT, ""))
     Console(width=200).print(table)
     if not found:
         typer.echo("no runs; make some with `diffgame zoo build` or `diffgame run`")
@@ -197,12 +199,12 @@ def grades(model: Annotated[str, typer.Option(help="Base model name (the diffgam
             ("tokens/relative/precision_at_20", "tokens relative"), ("tokens/identification_rank", "tokens rank"),
             ("samples/steered_hit_rate", "steered hits"), ("samples/unsteered_hit_rate", "unsteered hits")]
     table = Table(title=f"grades of model {model} in {tracking.resolve_uri()}")
-    for head in ("method", "organism", *(h for _, h in cols), "run id"):
+    for head in ("method", "organism", "variant", *(h for _, h in cols), "run id"):
         table.add_column(head)
     for _, row in found[found["organism"] != CONTROL].iterrows():  # the control is the reference column
         cells = [("" if k not in row or row[k] != row[k] else f"{row[k]:.0f}" if k.endswith("identification_rank")
                   else f"{row[k]:+.2f}" if "relative" in k else f"{row[k]:.2f}") for k, _ in cols]
-        table.add_row(row["method"], row["organism"], *cells, row["run_id"])
+        table.add_row(row["method"], row["organism"], row["variant"], *cells, row["run_id"])
     console = Console(width=200)
     console.print(table)
     console.print("headline columns grade whole words where a run has them (tokens otherwise); `tokens` columns grade "

@@ -57,17 +57,21 @@ class PlayOutcome:
     outcome: str = "submitted"
 
 
-def evidence_runs(model: str, organism: str, methods: list[str]) -> dict[str, object]:
-    """The newest FINISHED diff run of each method for (model, organism), or a TrackingError naming the command."""
+def evidence_runs(model: str, organism: str, methods: list[str], variant: str = tracking.DEFAULT_VARIANT
+                  ) -> dict[str, object]:
+    """The newest FINISHED diff run of each method for (model, organism, variant), or a TrackingError naming the
+    command (runs made before the variant tag count as the default variant)."""
     out = {}
     for method in methods:
-        found = tracking.search({tracking.TAG_STAGE: "diff", tracking.TAG_MODEL: model,
-                                 tracking.TAG_ORGANISM: organism, tracking.TAG_METHOD: method},
-                                statuses=("FINISHED",), max_results=1)
+        found = [r for r in tracking.search({tracking.TAG_STAGE: "diff", tracking.TAG_MODEL: model,
+                                             tracking.TAG_ORGANISM: organism, tracking.TAG_METHOD: method},
+                                            statuses=("FINISHED",), max_results=100)
+                 if r.data.tags.get(tracking.TAG_VARIANT, tracking.DEFAULT_VARIANT) == variant]
         if not found:
-            raise TrackingError(f"no finished {method} diff run of model={model} organism={organism} in "
-                                f"{tracking.resolve_uri()}; run `diffgame run model={model} organism={organism} "
-                                f"method={method}` first")
+            which = "" if variant == tracking.DEFAULT_VARIANT else f" organism.variant={variant}"
+            raise TrackingError(f"no finished {method} diff run of model={model} organism={organism}{which} in "
+                                f"{tracking.resolve_uri()}; run `diffgame run model={model} organism={organism}"
+                                f"{which} method={method}` first")
         out[method] = found[0]
     return out
 
@@ -82,7 +86,8 @@ def play(model: str, organism: str, methods: list[str] | tuple[str, ...] = DEFAU
     if organism == CONTROL or organism not in names:
         raise ConfigError(f"organism '{organism}' is not one the game draws for model '{model}' (the control is never "
                           f"drawn); known: {', '.join(names)}")
-    runs = evidence_runs(model, organism, list(methods))
+    variant = str(compose([f"model={model}", f"organism={organism}", *overrides]).organism.variant)
+    runs = evidence_runs(model, organism, list(methods), variant)
     run_ids = [r.info.run_id for r in runs.values()]
     zoo = [f"zoo.size={r.data.params['zoo.size']}" for r in runs.values() if "zoo.size" in r.data.params][:1]
     cfg = compose([f"model={model}", f"organism={organism}", *zoo, *overrides])
@@ -97,8 +102,8 @@ def play(model: str, organism: str, methods: list[str] | tuple[str, ...] = DEFAU
         return PlayOutcome(done.info.run_id, organism, done.data.tags.get(TAG_GUESS) or None, description,
                            dict(done.data.metrics), reused=True)  # only a submitted play is reused
     nodes = {n: organism_node(n) for n in names}
-    tags = {tracking.TAG_MODEL: model, tracking.TAG_ORGANISM: organism, TAG_AGENT: agent,
-            TAG_EVIDENCE: ",".join(run_ids), tracking.TAG_METHOD: "+".join(methods)}
+    tags = {tracking.TAG_MODEL: model, tracking.TAG_ORGANISM: organism, tracking.TAG_VARIANT: variant,
+            TAG_AGENT: agent, TAG_EVIDENCE: ",".join(run_ids), tracking.TAG_METHOD: "+".join(methods)}
     with tracking.stage_run("play", fp=fp, tags=tags, experiment=experiment, run_name=f"play-{agent}-{organism}",
                             params={"agent": agent, "methods": ",".join(methods), "candidates": ",".join(names)}
                             ) as run:

@@ -95,6 +95,7 @@ def _run_method(plan: Plan, name: str, cls, config, fp: str, store, pre_run_id, 
     cfg = plan.cfg
     method = cls(config)
     tags = {tracking.TAG_MODEL: plan.model_name, tracking.TAG_ORGANISM: plan.organism_name,
+            tracking.TAG_VARIANT: cfg.organism.variant,
             tracking.TAG_METHOD: name, tracking.TAG_PREPROCESS: pre_run_id, tracking.TAG_GRADING: GRADING_VERSION,
             tracking.TAG_ORGANISM_DATA: ",".join(organism_data(cfg, method, store)) or "none"}
     params = {f"method.{k}": v for k, v in dataclasses.asdict(config).items()}

@@ -69,7 +69,7 @@ def test_parse_app_args():
 
 
 def _frame(rows):
-    return pd.DataFrame([{"run_id": f"r{i}", "model": m, "organism": o, "method": me,
+    return pd.DataFrame([{"run_id": f"r{i}", "model": m, "organism": o, "variant": "default", "method": me,
                           "start_time": pd.Timestamp(2026, 1, 1, 0, 0, i), "metrics": met}
                          for i, (m, o, me, met) in enumerate(rows)])
 
@@ -85,7 +85,7 @@ def test_grade_matrix_newest_run_and_control():
     assert rel.loc["caps", "adl"] == pytest.approx(0.8) and rel.loc["roman_concrete", "adl"] == pytest.approx(0.6)
     with pytest.raises(ConfigError, match="organism=control"):
         backend.grade_matrix(runs[runs["organism"] != "control"], "grade/p", relative=True)
-    assert backend.coverage(runs).loc[("toy", "caps")].to_dict() == {"adl": 2, "kl": 1}
+    assert backend.coverage(runs).loc[("toy", "caps", "default")].to_dict() == {"adl": 2, "kl": 1}
 
 
 def test_grade_matrix_opens_on_the_headline():
@@ -187,7 +187,9 @@ def test_overview_counts_links_and_grades(monkeypatch, store):
     expected = Counter((r.data.tags[tracking.TAG_MODEL], r.data.tags[tracking.TAG_ORGANISM],
                         r.data.tags[tracking.TAG_METHOD]) for r in finished)
     cov = at.dataframe[0].value
-    shown = {(m, o, me): int(cov.loc[(m, o), me]) for (m, o) in cov.index for me in cov.columns if cov.loc[(m, o), me]}
+    shown = {(m, o, me): int(cov.loc[(m, o, v), me]) for (m, o, v) in cov.index for me in cov.columns
+             if cov.loc[(m, o, v), me]}
+    assert {v for _, _, v in cov.index} == {"default"}
     assert shown == dict(expected)
     runs_table = at.dataframe[-1].value
     assert set(runs_table["run_id"]) == {r.info.run_id for r in finished}

@@ -136,8 +136,9 @@ def test_grades_table_newest_run_per_organism_and_method(tmp_path, monkeypatch):
     result = runner.invoke(app, ["grades", "--tracking-uri", uri], env={"COLUMNS": "200"})
     assert result.exit_code == 0, result.output
     rows = {_flat(line).split()[1]: _flat(line).split() for line in result.output.splitlines() if " kl " in line}
-    assert rows["caps"] == ["kl", "caps", "0.50", "0.10", "+0.40", "2", "+0.15", "3", ids[1]]
-    assert rows["roman_concrete"] == ["kl", "roman_concrete", "0.30", "0.20", "+0.10", "2", "-0.15", "3", ids[2]]
+    assert rows["caps"] == ["kl", "caps", "default", "0.50", "0.10", "+0.40", "2", "+0.15", "3", ids[1]]
+    assert rows["roman_concrete"] == ["kl", "roman_concrete", "default", "0.30", "0.20", "+0.10", "2", "-0.15", "3",
+                                      ids[2]]
     assert "kl: identification accuracy 0.00, MRR 0.50 (tokens: accuracy 0.00, MRR 0.33)" in result.output
     assert f"1 of these runs were graded under older rules than version {GRADING_VERSION}" in _flat(result.output)
     assert f"regrades them ({ids[1]})" in _flat(result.output)

@@ -42,12 +42,19 @@ st.subheader("Models")
 for model in sorted(runs["model"].unique()):
     url = cache.hub_url(model)
     st.markdown(f"- **{model}**" + (f" · [Hugging Face]({url})" if url else " · (no hub page)"))
+    if "blind" in runs:
+        continue  # an organism's page would name it
+    pairs = backend.latest(runs[runs["model"] == model], ("organism", "variant"))
+    for _, r in pairs.sort_values(["organism", "variant"]).iterrows():
+        link = cache.organism_url(model, r["organism"], r["variant"])
+        st.markdown(f"  - {backend.with_variant(r['organism'], r['variant'])}"
+                    + (f" · [finetuned weights]({link})" if link else " · (zoo or local weights)"))
 
 st.subheader("Diff runs")
 if "blind" in runs:  # a blind round: no run ids or links (they lead to the organism's name)
-    st.dataframe(runs[["organism", "method", "model", "start_time"]], width="stretch", hide_index=True)
+    st.dataframe(runs[["organism", "variant", "method", "model", "start_time"]], width="stretch", hide_index=True)
 else:
-    table = runs[["organism", "method", "model", "start_time", "run_id"]].copy()
+    table = runs[["organism", "variant", "method", "model", "start_time", "run_id"]].copy()
     table["mlflow"] = [backend.mlflow_run_url(e, r) for e, r in zip(runs["experiment_id"], runs["run_id"])]
     st.dataframe(table, width="stretch", hide_index=True,
                  column_config={"mlflow": st.column_config.LinkColumn("MLflow UI", display_text="open run")})

@@ -120,7 +120,8 @@ def _build(plan: Plan, parent_run_id: str | None, shard_tokens: int | None, uplo
     _check_organism_tokenizer(plan)
     sequences = load_sequences(cfg, tokenizer)
     resumable = tracking.find_resumable(STAGE, fp)
-    tags = {tracking.TAG_MODEL: cfg.model.name, tracking.TAG_ORGANISM: cfg.organism.name}
+    tags = {tracking.TAG_MODEL: cfg.model.name, tracking.TAG_ORGANISM: cfg.organism.name,
+            tracking.TAG_VARIANT: cfg.organism.variant}
     params = {"layers": layers, "dtype": cfg.preprocessing.dtype, "context_length": cfg.preprocessing.context_length,
               "batch_size": cfg.preprocessing.batch_size, "datasets": ",".join(sequences),
               "sequential": cfg.preprocessing.sequential, "devices": cfg.preprocessing.devices}

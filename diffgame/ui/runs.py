@@ -21,7 +21,7 @@ from diffgame.errors import ConfigError
 from diffgame.grading import K
 from diffgame.registry import get_method
 
-RUN_COLUMNS = ("run_id", "run_name", "experiment_id", "stage", "model", "organism", "method", "status",
+RUN_COLUMNS = ("run_id", "run_name", "experiment_id", "stage", "model", "organism", "variant", "method", "status",
                "start_time", "preprocess_run_id", "metrics", "params", "tags")
 NO_RUNS_HINT = ("make some with `diffgame zoo build --size micro` then `diffgame run zoo.size=micro "
                 "organism=caps method=[kl,normdiff]` (or `diffgame run` for the default zoo)")
@@ -66,17 +66,29 @@ def runs_frame(stage: str = "diff", statuses: tuple[str, ...] = ("FINISHED",)) -
         rows.append({
             "run_id": r.info.run_id, "run_name": r.info.run_name or "", "experiment_id": r.info.experiment_id,
             "stage": t.get(tracking.TAG_STAGE, ""), "model": t.get(tracking.TAG_MODEL, ""),
-            "organism": t.get(tracking.TAG_ORGANISM, ""), "method": t.get(tracking.TAG_METHOD, ""),
+            "organism": t.get(tracking.TAG_ORGANISM, ""), "variant": variant_of(t),
+            "method": t.get(tracking.TAG_METHOD, ""),
             "status": r.info.status, "start_time": pd.to_datetime(r.info.start_time, unit="ms"),
             "preprocess_run_id": t.get(tracking.TAG_PREPROCESS, ""),
             "metrics": dict(r.data.metrics), "params": dict(r.data.params), "tags": dict(t)})
     return pd.DataFrame(rows, columns=list(RUN_COLUMNS))
 
 
-def latest(runs: pd.DataFrame, keys: tuple[str, ...] = ("model", "organism", "method")) -> pd.DataFrame:
+def variant_of(tags: dict) -> str:
+    """A run's organism variant (runs made before the tag used the default)."""
+    return tags.get(tracking.TAG_VARIANT, tracking.DEFAULT_VARIANT)
+
+
+def with_variant(organism: str, variant: str) -> str:
+    """An organism's name as tables show it: `cake_bake`, or `cake_bake [full]` for a variant other than default."""
+    return organism if variant in ("", tracking.DEFAULT_VARIANT) else f"{organism} [{variant}]"
+
+
+def latest(runs: pd.DataFrame, keys: tuple[str, ...] = ("model", "organism", "variant", "method")) -> pd.DataFrame:
     """The newest run per combination of `keys` (runs are re-made when configs change; older ones stay)."""
     if runs.empty:
         return runs
+    keys = tuple(k for k in keys if k in runs)
     return runs.sort_values("start_time", ascending=False, kind="stable").drop_duplicates(list(keys)).reset_index(
         drop=True)
 
@@ -84,7 +96,7 @@ def latest(runs: pd.DataFrame, keys: tuple[str, ...] = ("model", "organism", "me
 def run_label(row) -> str:
     """Short human label for a run: `organism · method · model · abcd1234` (no run id during a blind round, where
     it would lead to the organism's name in MLflow)."""
-    label = f"{row['organism']} · {row['method']} · {row['model']}"
+    label = f"{with_variant(row['organism'], row.get('variant', ''))} · {row['method']} · {row['model']}"
     return label if bool(row.get("blind", False)) else f"{label} · {row['run_id'][:8]}"
 
 
@@ -94,11 +106,11 @@ def organism_order(names) -> list[str]:
 
 
 def coverage(runs: pd.DataFrame) -> pd.DataFrame:
-    """(model, organism) x method: how many finished diff runs exist."""
+    """(model, organism, variant) x method: how many finished diff runs exist."""
     if runs.empty:
         return pd.DataFrame()
-    return (runs.groupby(["model", "organism", "method"]).size().unstack("method", fill_value=0)
-            .sort_index())
+    keys = [k for k in ("model", "organism", "variant", "method") if k in runs]
+    return runs.groupby(keys).size().unstack("method", fill_value=0).sort_index()
 
 
 def natural_key(key: str) -> list:
@@ -127,7 +139,8 @@ def grade_matrix(runs: pd.DataFrame, metric: str, model: str | None = None,
                  relative: bool = False) -> pd.DataFrame:
     """organism x method of `metric` from the newest run of each; `control` last; `relative` subtracts it."""
     sel = latest(runs if model is None else runs[runs["model"] == model])
-    vals = [(r["organism"], r["method"], r["metrics"][metric]) for _, r in sel.iterrows() if metric in r["metrics"]]
+    vals = [(with_variant(r["organism"], r.get("variant", "")), r["method"], r["metrics"][metric])
+            for _, r in sel.iterrows() if metric in r["metrics"]]
     if not vals:
         return pd.DataFrame()
     m = pd.DataFrame(vals, columns=["organism", "method", metric]).pivot(
@@ -173,11 +186,12 @@ def mlflow_run_url(experiment_id: str, run_id: str) -> str:
 
 def grade_table(model: str) -> pd.DataFrame:
     """Grades of the newest finished diff run per (organism, method) on base model `model`, one row each."""
-    runs = latest(runs_frame("diff").query("model == @model"), ("organism", "method"))
+    runs = latest(runs_frame("diff").query("model == @model"), ("organism", "variant", "method"))
     rows = []
     for _, run in runs.iterrows():
         grades = {k.removeprefix("grade/"): v for k, v in run["metrics"].items() if k.startswith("grade/")}
-        rows.append({"organism": run["organism"], "method": run["method"], "run_id": run["run_id"],
+        rows.append({"organism": run["organism"], "variant": run["variant"], "method": run["method"],
+                     "run_id": run["run_id"],
                      "grading_version": run["tags"].get(tracking.TAG_GRADING, "1"), **grades})
     return pd.DataFrame(rows).sort_values(["method", "organism"]).reset_index(drop=True) if rows else pd.DataFrame()
 
@@ -190,9 +204,30 @@ def hub_url(model: str) -> str | None:
         return None
 
 
-def model_config(model: str, organism: str, overrides: tuple[str, ...] = (), params: dict | None = None):
-    """The composed config to load a run's models: its model/organism, the zoo size it used, then app overrides."""
+def organism_url(model: str, organism: str, variant: str = "default") -> str | None:
+    """The Hugging Face page of an organism's finetuned model or adapter on base `model` (its subfolder's tree when
+    it has one); None for zoo weights, local paths and unknown names."""
+    from pathlib import Path
+
+    from diffgame.configtree import weights_spec
+
+    try:
+        spec = weights_spec(model_config(model, organism, variant=variant).organism, model)
+    except ConfigError:
+        return None
+    repo = str(spec.id or "")
+    if spec.kind == "zoo" or repo.count("/") != 1 or Path(repo).expanduser().exists():
+        return None
+    return f"https://huggingface.co/{repo}" + (f"/tree/main/{spec.subfolder}" if spec.subfolder else "")
+
+
+def model_config(model: str, organism: str, overrides: tuple[str, ...] = (), params: dict | None = None,
+                 variant: str = "default"):
+    """The composed config to load a run's models: its model/organism/variant, the zoo size it used, then app
+    overrides."""
     base = [f"model={model}", f"organism={organism}"]
+    if variant not in ("", tracking.DEFAULT_VARIANT):
+        base.append(f"organism.variant={variant}")
     if params and "zoo.size" in params and not any(o.startswith("zoo.size=") for o in overrides):
         base.append(f"zoo.size={params['zoo.size']}")
     return compose([*base, *overrides])

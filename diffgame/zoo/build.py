@@ -148,7 +148,8 @@ def _save(run, model, tokenizer) -> None:
 
 
 def _tags(size: ZooSize, name: str) -> dict:
-    return {tracking.TAG_MODEL: model_name(size), tracking.TAG_ORGANISM: name, TAG_SIZE: size.name}
+    return {tracking.TAG_MODEL: model_name(size), tracking.TAG_ORGANISM: name, TAG_SIZE: size.name,
+            tracking.TAG_VARIANT: tracking.DEFAULT_VARIANT}
 
 
 # --- base ----------------------------------------------------------------------------------------
