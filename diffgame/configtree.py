@@ -104,11 +104,26 @@ def load_option(group: str, name: str) -> DictConfig:
     return node
 
 
-def organism_node(name: str) -> DictConfig:
-    """An organism's config, checked against its schema with defaults filled."""
+def organism_node(name: str, model: str | None = None) -> DictConfig:
+    """An organism's config, checked against its schema with defaults filled; with `model`, its description and
+    keywords are what that base's finetuning taught (`apply_truth`)."""
     node = load_option("organism", name)
     check_node(node, OrganismConfig, "organism")
-    return node
+    return apply_truth(node, model) if model is not None else node
+
+
+def apply_truth(organism: DictConfig, model_name: str) -> DictConfig:
+    """Copy `organism.per_model[model_name]`'s set fields over the organism's description, long description and
+    ground-truth keywords (in place; returned for chaining). A model without an entry keeps the organism's own."""
+    truth = organism.get("per_model", {}).get(model_name)
+    if truth is None:
+        return organism
+    for key in ("description", "long_description"):
+        if truth.get(key) is not None:
+            organism[key] = truth[key]
+    if truth.get("keywords") is not None:
+        organism.ground_truth.keywords = list(truth.keywords)
+    return organism
 
 
 def model_node(name: str) -> DictConfig:
@@ -146,7 +161,7 @@ def candidate_organisms(model_name: str) -> list[str]:
     """Organisms identification ranks among: configured for `model_name`, with a ground truth, not the control."""
     out = []
     for name in group_options("organism"):
-        node = organism_node(name)
+        node = organism_node(name, model_name)
         if name != CONTROL and model_name in node.finetuned and has_ground_truth(node):
             out.append(name)
     return out

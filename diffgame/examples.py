@@ -45,14 +45,19 @@ class TopKSequences:
         self._order = itertools.count()
 
     def offer(self, dataset: str, sequence_id: int, token_ids: torch.Tensor, roles: torch.Tensor,
-              scores: torch.Tensor) -> None:
-        """Consider one sequence: `token_ids`, `roles` (codes) and `scores`, all [T]."""
-        if self.k <= 0 or scores.numel() == 0:
+              scores: torch.Tensor, keep: torch.Tensor | None = None) -> None:
+        """Consider one sequence: `token_ids`, `roles` (codes) and `scores`, all [T]. With `keep` [T] bool, only
+        kept tokens rank the sequence and the others show a score of 0 (`ActivationStore.keep`)."""
+        if keep is not None and not bool(keep.all()):
+            ranked, scores = scores[keep], scores.masked_fill(~keep, 0)
+        else:
+            ranked = scores
+        if self.k <= 0 or ranked.numel() == 0:
             return
         order = -next(self._order)  # earlier offers win ties (min-heap pops the smallest)
         candidate = None
         for name, heap in self.heaps.items():
-            score = REDUCERS[name](scores)
+            score = REDUCERS[name](ranked)
             if len(heap) == self.k and (score, order) <= heap[0][:2]:
                 continue
             candidate = candidate or _Candidate(dataset, int(sequence_id), token_ids.tolist(), roles.tolist(),

@@ -56,9 +56,10 @@ def make_plan(cfg: DictConfig) -> Plan:
     diff_fps = {}
     for name, config in methods.items():
         method_cls, _ = registry.get_method(name)
-        diff_fps[name] = tracking.fingerprint({"method": name, "config": dataclasses.asdict(config), **identity,
-                                               "words": WORDS_VERSION},
-                                              store_fp if method_cls.needs_store else "")
+        parts = {"method": name, "config": dataclasses.asdict(config), **identity, "words": WORDS_VERSION}
+        if method_cls.needs_store and cfg.model.skip_first:  # only when set, so skip_first=0 runs keep their prints
+            parts["skip_first"] = int(cfg.model.skip_first)
+        diff_fps[name] = tracking.fingerprint(parts, store_fp if method_cls.needs_store else "")
     return Plan(cfg, pair, tokenizer, n_layers, d_model, layers, store_fp, methods, diff_fps)
 
 

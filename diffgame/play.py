@@ -101,7 +101,7 @@ def play(model: str, organism: str, methods: list[str] | tuple[str, ...] = DEFAU
         description = artifacts.artifact_file(done.info.run_id, "play/description.txt").read_text().strip()
         return PlayOutcome(done.info.run_id, organism, done.data.tags.get(TAG_GUESS) or None, description,
                            dict(done.data.metrics), reused=True)  # only a submitted play is reused
-    nodes = {n: organism_node(n) for n in names}
+    nodes = {n: organism_node(n, model) for n in names}
     tags = {tracking.TAG_MODEL: model, tracking.TAG_ORGANISM: organism, tracking.TAG_VARIANT: variant,
             TAG_AGENT: agent, TAG_EVIDENCE: ",".join(run_ids), tracking.TAG_METHOD: "+".join(methods)}
     with tracking.stage_run("play", fp=fp, tags=tags, experiment=experiment, run_name=f"play-{agent}-{organism}",
@@ -173,9 +173,10 @@ def _keyword_grade(description: str, organism: str, nodes: dict):
 
 
 def truth_text(node) -> str:
-    """What the rubric grader is told the finetuning taught: the organism's description and its keywords."""
+    """What the rubric grader is told the finetuning taught: the organism's long description (else its description)
+    and its keywords."""
     keywords = ", ".join(node.ground_truth.keywords or [])
-    return f"{node.description}" + (f"\nKey words: {keywords}" if keywords else "")
+    return f"{node.get('long_description') or node.description}" + (f"\nKey words: {keywords}" if keywords else "")
 
 
 def rubric_grade(description: str, node, overrides: tuple[str, ...] = (), cfg=None) -> RubricGrade | None:

@@ -100,6 +100,8 @@ def _run_method(plan: Plan, name: str, cls, config, fp: str, store, pre_run_id, 
             tracking.TAG_ORGANISM_DATA: ",".join(organism_data(cfg, method, store)) or "none"}
     params = {f"method.{k}": v for k, v in dataclasses.asdict(config).items()}
     params.update({"dataset": cfg.dataset.name, "layers": list(store.layers) if store is not None else None})
+    if cls.needs_store:
+        params["skip_first"] = int(cfg.model.skip_first)
     if plan.pair.organism.identity.get("kind") == "zoo":
         params["zoo.size"] = cfg.zoo.size  # the app loads zoo models of this size
     resumable = tracking.find_resumable("diff", fp) if cls.resumable else None
@@ -159,7 +161,8 @@ def find_store(plan: Plan) -> tuple[str, ActivationStore]:
     run = tracking.find_finished("preprocess", fp)
     if run is not None:
         try:
-            return run.info.run_id, ActivationStore.open(artifacts.store_dir(run.info.run_id))
+            return run.info.run_id, ActivationStore.open(artifacts.store_dir(run.info.run_id),
+                                                         skip_first=int(plan.cfg.model.skip_first))
         except StoreError as e:
             tracking.abandon(run.info.run_id, f"store unusable: {e}")
             raise StoreError(f"the store of preprocess run {run.info.run_id} is unusable ({str(e)[:300]}); the run "
@@ -185,7 +188,7 @@ def _open_store(plan: Plan, parent_run_id: str | None) -> tuple[ActivationStore,
     from diffgame.preprocess import preprocess  # Lightning: imported only when a store may have to be made
 
     result = preprocess(plan, parent_run_id=parent_run_id)
-    return ActivationStore.open(result.store_path), result.run_id
+    return ActivationStore.open(result.store_path, skip_first=int(plan.cfg.model.skip_first)), result.run_id
 
 
 # --- grading -----------------------------------------------------------------------------------------
@@ -196,7 +199,7 @@ def ground_truths(organism, model_name: str, tokenizer) -> tuple[GroundTruth, di
     names = candidate_organisms(model_name)
     if gt.organism not in names:
         return gt, None
-    return gt, {n: gt if n == gt.organism else ground_truth(organism_node(n), tokenizer) for n in names}
+    return gt, {n: gt if n == gt.organism else ground_truth(organism_node(n, model_name), tokenizer) for n in names}
 
 
 def _grade(plan: Plan, method: str, evidence, control: ControlPlan) -> dict[str, float]:

@@ -50,6 +50,14 @@ class ModelConfig:
     """Page to link from the app (the model's Hugging Face page)."""
     gguf_fallback: str | None = None
     """A GGUF file (`package:file` or path) used offline when `id` is not cached."""
+    skip_first: int = 0
+    """Tokens at positions < this in each sequence are left out of every store statistic and of the activations
+    dictionaries train on: the first position (BOS / attention sink) carries norms far above the rest in Gemma,
+    Qwen and Llama and would dominate means and maxima (issue #17). The models still read those tokens."""
+
+    def __post_init__(self):
+        if self.skip_first < 0:
+            raise ConfigError(f"model.skip_first must be >= 0 (0 keeps every token), got {self.skip_first}")
 
 
 @dataclass
@@ -79,6 +87,18 @@ class GroundTruth:
 
 
 @dataclass
+class Truth:
+    """What one base model's finetuning taught, where it differs from the organism's own fields; None inherits."""
+
+    description: str | None = None
+    """Replaces `organism.description`."""
+    long_description: str | None = None
+    """Replaces `organism.long_description`."""
+    keywords: list[str] | None = None
+    """Replaces `organism.ground_truth.keywords`."""
+
+
+@dataclass
 class ZooRecipe:
     """How the zoo trains this organism when its weights are `kind: zoo`."""
 
@@ -103,6 +123,8 @@ class OrganismConfig:
     """Registry name, also the `diffgame.organism` tag."""
     description: str = ""
     """One sentence on what the finetuning did; the game's answer."""
+    long_description: str = ""
+    """A paragraph on what the finetuning taught, for the LLM rubric grader; empty: `description`."""
     type: Literal["sdf", "style", "taboo", "control", "em", "custom"] = "custom"
     """Family of organism: synthetic-document finetuning, style, taboo word, null control, emergent misalignment."""
     variant: str = "default"
@@ -115,6 +137,10 @@ class OrganismConfig:
     """How the embedded zoo trains this organism."""
     ground_truth: GroundTruth = field(default_factory=GroundTruth)
     """What grading counts as a hit."""
+    per_model: dict[str, Truth] = field(default_factory=dict)
+    """Per base model name, what that base's finetuning taught where it differs (public organisms trained on other
+    data than the zoo recipe); applied when a config names the model (`configtree.apply_truth`). A config that
+    replaces `finetuned` (a local copy) may keep entries for bases it no longer names."""
 
 
 @dataclass

@@ -36,7 +36,8 @@ def rows() -> list[tuple[str, str, str, str, str, str]]:
                 page = f"https://huggingface.co/{default.id}" + (f"/tree/main/{default.subfolder}" if default.subfolder else "")
                 kinds += f" ([{default.id}]({page}))"
             names = ", ".join(map(str, variants.keys()))
-            out.append((name, str(node.type), str(model), kinds, f"{len(variants)}: {names}", str(node.description)))
+            taught = configtree.organism_node(name, str(model)).description  # this base's finetuning (`per_model`)
+            out.append((name, str(node.type), str(model), kinds, f"{len(variants)}: {names}", str(taught)))
     return out
 
 

@@ -230,12 +230,18 @@ def test_compare_one_method_across_organisms(monkeypatch, store):
     assert {c.split(" · ")[1] for c in at.dataframe[0].value.columns} == {m for o, m in latest if o == "caps"}
 
 
-@pytest.mark.slow
-def test_kl_page_metrics_and_example_heat(monkeypatch, store):
+def _kl_page(monkeypatch, store):
+    """The kl page on caps' newest kl run: (that run's row, the AppTest)."""
     uri, latest = store
     row = latest[("caps", "kl")]
     at = _app(monkeypatch, uri, "kl")
     at.selectbox(key="kl_run").set_value(backend.run_label(row)).run()
+    return row, at
+
+
+@pytest.mark.slow
+def test_kl_page_metrics_and_example_heat(monkeypatch, store):
+    row, at = _kl_page(monkeypatch, store)
     stats = at.dataframe[0].value.iloc[:, 0]
     assert stats.to_dict() == pytest.approx(row["metrics"], nan_ok=True)
     name = at.selectbox(key="kl_examples").value
@@ -254,10 +260,7 @@ def test_kl_page_metrics_and_example_heat(monkeypatch, store):
 
 @pytest.mark.slow
 def test_method_page_opens_on_statistics_beside_the_main_plot(monkeypatch, store):
-    uri, latest = store
-    row = latest[("caps", "kl")]
-    at = _app(monkeypatch, uri, "kl")
-    at.selectbox(key="kl_run").set_value(backend.run_label(row)).run()
+    row, at = _kl_page(monkeypatch, store)
     left, right = at.tabs[0].columns[:2]
     assert left.dataframe[0].value.iloc[:, 0].to_dict() == pytest.approx(row["metrics"], nan_ok=True)
     images = [img for el in right.get("image") for img in el.proto.imgs]

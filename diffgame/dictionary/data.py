@@ -27,24 +27,39 @@ class Block:
     shard: int
     start: int
     stop: int
+    rows: torch.Tensor | None = None
+    """The rows read, as offsets from `start` (None: all): tokens the store's `keep` leaves out are not."""
 
     def __len__(self) -> int:
-        return self.stop - self.start
+        return self.stop - self.start if self.rows is None else len(self.rows)
+
+    def read(self, store, role: str, layer: int) -> torch.Tensor:
+        """The block's kept rows of one role `[n, D]` in the store's dtype."""
+        x = store.read_block(self.dataset, role, layer, self.shard, self.start, self.stop)
+        return x if self.rows is None else x[self.rows]
 
 
 def blocks(store, datasets: Sequence[str], block_tokens: int) -> list[Block]:
-    """Every token of `datasets` as blocks of at most `block_tokens` consecutive rows (never across shards)."""
+    """Every kept token (`ActivationStore.keep`) of `datasets` in blocks of at most `block_tokens` consecutive rows
+    (never across shards); a block with no kept token is left out."""
     out = []
     for ds in datasets:
+        keep, at = store.keep(ds), 0
         for s, n in enumerate(store.shard_sizes(ds)):
-            out += [Block(ds, s, a, min(a + block_tokens, n)) for a in range(0, n, block_tokens)]
+            for a in range(0, n, block_tokens):
+                b = min(a + block_tokens, n)
+                k = keep[at + a:at + b]
+                if bool(k.all()):
+                    out.append(Block(ds, s, a, b))
+                elif k.any():
+                    out.append(Block(ds, s, a, b, k.nonzero().squeeze(1)))
+            at += n
     return out
 
 
 def read_inputs(store, block: Block, layer: int, inputs: Inputs) -> torch.Tensor:
     """The block's rows as dictionary inputs `[n, M, D]` fp32 (raw activation units)."""
-    base = store.read_block(block.dataset, "base", layer, block.shard, block.start, block.stop).float()
-    org = store.read_block(block.dataset, "organism", layer, block.shard, block.start, block.stop).float()
+    base, org = block.read(store, "base", layer).float(), block.read(store, "organism", layer).float()
     return (org - base)[:, None] if inputs == "delta" else torch.stack([base, org], 1)
 
 
@@ -88,7 +103,7 @@ class ShuffledStream(IterableDataset):
         at = 0
         for b in group:
             for r, role in enumerate(("base", "organism")):
-                out[at:at + len(b), r] = self.store.read_block(b.dataset, role, self.layer, b.shard, b.start, b.stop)
+                out[at:at + len(b), r] = b.read(self.store, role, self.layer)
             at += len(b)
         return out
 

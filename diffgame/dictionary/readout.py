@@ -30,24 +30,32 @@ Scores = Callable[[torch.Tensor], torch.Tensor]
 @torch.no_grad()
 def scan(store, layer: int, datasets: Sequence[str], inputs: Inputs, score: Scores, n_columns: int,
          k_examples: int, tokenizer, batch_tokens: int = 8192) -> list[list[Example]]:
-    """Run `score` over every token of `datasets`; the `k_examples` sequences with the highest max score per column.
+    """Run `score` over every kept token (`ActivationStore.keep`) of `datasets`; the `k_examples` sequences with the
+    highest max score per column.
 
-    `score` may also accumulate statistics of its own (it sees every token once, in stream order)."""
+    `score` may also accumulate statistics of its own (it sees every kept token once, in stream order)."""
     tops = [TopKSequences(k_examples, reducers=("max",)) for _ in range(n_columns)]
     for ds in datasets:
-        stream = store.tokens(ds)
+        stream, keep = store.tokens(ds), store.keep(ds)
         offsets = stream.seq_offsets.tolist()
         seq = 0
         start = 0
         for shard, n in enumerate(store.shard_sizes(ds)):
-            parts = [score(read_inputs(store, Block(ds, shard, a, min(a + batch_tokens, n)), layer, inputs)).float()
-                     for a in range(0, n, batch_tokens)]
-            scores = torch.cat(parts) if parts else torch.empty(0, n_columns)  # [n, L]
+            scores = torch.zeros(n, n_columns)  # [n, L]; 0 where a token is not kept
+            for a in range(0, n, batch_tokens):
+                b = min(a + batch_tokens, n)
+                k = keep[start + a:start + b]
+                if bool(k.all()):
+                    scores[a:b] = score(read_inputs(store, Block(ds, shard, a, b), layer, inputs)).float()
+                elif k.any():
+                    rows = k.nonzero().squeeze(1)
+                    scores[a + rows] = score(read_inputs(store, Block(ds, shard, a, b, rows), layer, inputs)).float()
             while seq < len(offsets) - 1 and offsets[seq + 1] <= start + n:
                 a, b = offsets[seq], offsets[seq + 1]
                 ids, roles = stream.input_ids[a:b], stream.roles[a:b]
                 for col, top in enumerate(tops):
-                    top.offer(ds, int(stream.sequence_ids[seq]), ids, roles, scores[a - start:b - start, col])
+                    top.offer(ds, int(stream.sequence_ids[seq]), ids, roles, scores[a - start:b - start, col],
+                              keep[a:b])
                 seq += 1
             start += n
     decode = token_decoder(tokenizer)
@@ -73,11 +81,14 @@ def lens_readouts(base, organism, directions: dict[str, torch.Tensor], top_k: in
 
 
 def mean_norm(store, layer: int, datasets: Sequence[str], role: str = "organism", max_tokens: int = 65536) -> float:
-    """Mean ‖h‖ of one role at `layer` over the first `max_tokens` tokens (the scale steering strengths are in)."""
+    """Mean ‖h‖ of one role at `layer` over the kept tokens among the first `max_tokens` (the scale steering
+    strengths are in)."""
     total, n = 0.0, 0
     for ds in datasets:
+        keep, at = store.keep(ds), 0
         for shard, size in enumerate(store.shard_sizes(ds)):
             x = store.read_block(ds, role, layer, shard, 0, min(size, max_tokens - n)).float()
+            x, at = x[keep[at:at + len(x)]], at + size
             total += float(x.norm(dim=-1).sum())
             n += len(x)
             if n >= max_tokens:

@@ -96,11 +96,13 @@ class Promoted:
 
 @torch.inference_mode()
 def per_token_divergence(base_model, org_model, input_ids: torch.Tensor, seq_offsets: torch.Tensor,
-                         config: KLConfig, promoted: Promoted | None = None) -> torch.Tensor:
+                         config: KLConfig, promoted: Promoted | None = None, keep: torch.Tensor | None = None
+                         ) -> torch.Tensor:
     """Divergence of the next-token distributions at every token of a flat stream -> [N] fp32 (CPU).
 
     `input_ids` [N] holds sequences back to back; `seq_offsets` [S+1] marks where each starts and ends. With
-    `promoted`, the probability shifts at each chunk's highest-divergence positions are added to it.
+    `promoted`, the probability shifts at each chunk's highest-divergence positions are added to it, among the
+    tokens `keep` [N] bool marks (all when None).
     """
     device = next(base_model.parameters()).device
     out = torch.zeros(len(input_ids), dtype=torch.float32)
@@ -111,7 +113,11 @@ def per_token_divergence(base_model, org_model, input_ids: torch.Tensor, seq_off
         div = divergence(logits_org, logits_base, config.divergence, config.temperature).float()
         out[where] = div.cpu()
         if promoted is not None and config.promoted_share > 0:
-            promoted.add(logits_org, logits_base, div, config.promoted_share, config.temperature)
+            k = keep[where].to(div.device) if keep is not None else None
+            if k is None or bool(k.all()):
+                promoted.add(logits_org, logits_base, div, config.promoted_share, config.temperature)
+            elif k.any():
+                promoted.add(logits_org[k], logits_base[k], div[k], config.promoted_share, config.temperature)
     return out
 
 
@@ -130,14 +136,14 @@ class KLMethod(Method):
         top = TopKSequences(cfg.top_k_examples)
         promoted = Promoted(torch.zeros(vocab_size(ctx.organism.model)))
         for dataset in store.datasets:
-            ts = store.tokens(dataset)
+            ts, keep = store.tokens(dataset), store.keep(dataset)  # the models read every token; stats skip some
             kl = per_token_divergence(ctx.base.model, ctx.organism.model, ts.input_ids, ts.seq_offsets, cfg,
-                                      promoted)
+                                      promoted, keep)
             offsets = ts.seq_offsets.tolist()
             for s, (a, b) in enumerate(zip(offsets[:-1], offsets[1:])):
-                top.offer(dataset, int(ts.sequence_ids[s]), ts.input_ids[a:b], ts.roles[a:b], kl[a:b])
-            scores[dataset], roles[dataset] = kl, torch.as_tensor(ts.roles)
-            positions[dataset], token_ids[dataset] = torch.as_tensor(ts.positions), torch.as_tensor(ts.input_ids)
+                top.offer(dataset, int(ts.sequence_ids[s]), ts.input_ids[a:b], ts.roles[a:b], kl[a:b], keep[a:b])
+            scores[dataset], roles[dataset] = kl[keep], ts.roles[keep]
+            positions[dataset], token_ids[dataset] = ts.positions[keep], ts.input_ids[keep]
         decode = token_decoder(ctx.tokenizer)
         table = stats.stats_table(scores, roles, positions, ROLES)
         tokens = stats.by_token(torch.cat(list(scores.values())), torch.cat(list(token_ids.values())),

@@ -106,8 +106,9 @@ class NormDiffMethod(Method):
         layers = list(store.layers)
         headline_layer = layers[len(layers) // 2]
         streams = {d: store.tokens(d) for d in store.datasets}
-        roles = {d: torch.as_tensor(ts.roles) for d, ts in streams.items()}
-        positions = {d: torch.as_tensor(ts.positions) for d, ts in streams.items()}
+        keep = {d: store.keep(d) for d in streams}  # [N] bool: tokens past `skip_first`, the only ones counted
+        roles = {d: ts.roles[keep[d]] for d, ts in streams.items()}
+        positions = {d: ts.positions[keep[d]] for d, ts in streams.items()}
         result = MethodResult()
         tables, profile_rows = [], []
         examples: dict[str, TopKSequences] = {}
@@ -122,12 +123,14 @@ class NormDiffMethod(Method):
                     sl = slice(start, start + len(base))
                     for m, v in token_measures(base, org).items():
                         measures[m][sl] = v
-                    means.add(org.double() - base.double(), positions[dataset][sl], torch.as_tensor(ts.input_ids[sl]),
-                              roles[dataset][sl] == template_code)
+                    k = keep[dataset][sl]
+                    means.add((org.double() - base.double())[k], ts.positions[sl][k], ts.input_ids[sl][k],
+                              ts.roles[sl][k] == template_code)
                 offsets = ts.seq_offsets.tolist()
                 for s, (a, b) in enumerate(zip(offsets[:-1], offsets[1:])):
-                    top.offer(dataset, int(ts.sequence_ids[s]), ts.input_ids[a:b], ts.roles[a:b], measures["norm"][a:b])
-                per_dataset[dataset] = measures
+                    top.offer(dataset, int(ts.sequence_ids[s]), ts.input_ids[a:b], ts.roles[a:b], measures["norm"][a:b],
+                              keep[dataset][a:b])
+                per_dataset[dataset] = {m: v[keep[dataset]] for m, v in measures.items()}
             result.vectors.update(means.vectors(f"normdiff/layer{layer}"))
             for m in MEASURES:
                 t = stats.stats_table({d: v[m] for d, v in per_dataset.items()}, roles, positions, ROLES)

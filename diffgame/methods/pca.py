@@ -122,7 +122,8 @@ class PCAMethod(ReadoutMethod):
                 for key in (f"layer{layer}/pc{k}", f"layer{layer}/pc{k}/neg"):
                     result.ranked_tokens[key] = ranked[key]
             signed = torch.cat([comps, -comps])  # [2K, D]: + then - projections
-            by_token = TokenProjections(torch.cat([store.tokens(d).input_ids for d in datasets]), len(signed))
+            kept_ids = [store.tokens(d).input_ids[store.keep(d)] for d in datasets]  # what `scan` scores
+            by_token = TokenProjections(torch.cat(kept_ids), len(signed))
 
             def project(x: torch.Tensor) -> torch.Tensor:
                 scores = (x[:, 0] - mean) @ signed.T  # [n, 2K]

@@ -93,13 +93,16 @@ class SequenceView:
 class ActivationStore:
     """Read access to a complete store; open with `ActivationStore.open(path)`."""
 
-    def __init__(self, root: Path, manifest: dict):
+    def __init__(self, root: Path, manifest: dict, skip_first: int = 0):
         self.root, self.manifest = root, manifest
+        self.skip_first = skip_first
+        """Tokens at positions < this are left out of what methods compute (`keep`); `model.skip_first`."""
         self._tokens: dict[str, TokenStream] = {}
 
     @classmethod
-    def open(cls, path: str | Path, verify: bool = True) -> "ActivationStore":
-        """Open a store, refusing a partial one; `verify` checks every file's checksum against the manifest."""
+    def open(cls, path: str | Path, verify: bool = True, skip_first: int = 0) -> "ActivationStore":
+        """Open a store, refusing a partial one; `verify` checks every file's checksum against the manifest;
+        `skip_first` sets which tokens `keep` leaves out."""
         root = Path(path)
         mpath = root / "manifest.json"
         if not mpath.is_file():
@@ -116,7 +119,7 @@ class ActivationStore:
         if int(manifest.get("format", 1)) > FORMAT:
             raise StoreError(f"store {root} has format {manifest['format']}, newer than this diffgame reads "
                              f"(up to {FORMAT}); upgrade diffgame, or rebuild the store with this version")
-        store = cls(root, manifest)
+        store = cls(root, manifest, skip_first)
         store.check_files(checksums=verify)
         return store
 
@@ -187,6 +190,12 @@ class ActivationStore:
                 seq_offsets=torch.cat(offsets),
                 sequence_ids=torch.cat([p["sequence_ids"].long() for p in parts]))
         return self._tokens[dataset]
+
+    def keep(self, dataset: str) -> torch.Tensor:
+        """[N] bool: the tokens of `dataset` that statistics and dictionary training read, those at positions >=
+        `skip_first` (the first tokens of a sequence, the attention sink, carry outlier norms). Every store method
+        masks with this, and only this."""
+        return self.tokens(dataset).positions >= self.skip_first
 
     # activations
     def shard_activations(self, dataset: str, role: str, layer: int) -> list[torch.Tensor]:
