@@ -154,7 +154,11 @@ def _organism_rows(org: DictConfig, src: DictConfig) -> tuple[list[dict[str, Any
 
 # --- tokenization ----------------------------------------------------------------------------------
 def _tokenize_rows(name: str, rows: list[dict], kind: str, src: DictConfig, tokenizer,
-                   context_length: int) -> list[TokenizedSequence]:
+                   context_length: int, skipped: dict[str, int] | None = None) -> list[TokenizedSequence]:
+    """The rows as token sequences; a chat the tokenizer's template refuses (a system turn it does not take, roles
+    that do not alternate) is skipped and counted in `skipped[name]`, not fatal."""
+    from jinja2.exceptions import TemplateError
+
     column = src.messages_column if kind == "chat" else src.text_column
     if rows and column not in rows[0]:
         raise DataError(f"dataset '{name}' ({src.source}) has no column '{column}'; columns: "
@@ -173,7 +177,12 @@ def _tokenize_rows(name: str, rows: list[dict], kind: str, src: DictConfig, toke
                                                       for m in value):
                 raise DataError(f"dataset '{name}' ({src.source}) row {i}: '{column}' must be a list of "
                                 f"{{role, content}} messages, got {str(value)[:60]!r}")
-            ids, roles = render_chat(list(value), tokenizer)
+            try:
+                ids, roles = render_chat(list(value), tokenizer)
+            except TemplateError:
+                if skipped is not None:
+                    skipped[name] = skipped.get(name, 0) + 1
+                continue
         else:
             if not value or not str(value).strip():
                 continue
@@ -193,8 +202,10 @@ def _tokenize_rows(name: str, rows: list[dict], kind: str, src: DictConfig, toke
     return out
 
 
-def load_sequences(cfg: DictConfig, tokenizer) -> dict[str, list[TokenizedSequence]]:
-    """Every source in `cfg.dataset.sources`, tokenized, truncated and limited, in a deterministic order."""
+def load_sequences(cfg: DictConfig, tokenizer, skipped: dict[str, int] | None = None
+                   ) -> dict[str, list[TokenizedSequence]]:
+    """Every source in `cfg.dataset.sources`, tokenized, truncated and limited, in a deterministic order; chats the
+    template refuses are counted per source in `skipped`."""
     sources = cfg.dataset.sources
     if not sources:
         raise DataError(f"dataset '{cfg.dataset.name}' has no sources; add some under dataset.sources")
@@ -202,7 +213,8 @@ def load_sequences(cfg: DictConfig, tokenizer) -> dict[str, list[TokenizedSequen
     for name in sources:
         src = sources[name]
         rows, kind = source_rows(cfg.organism, src)
-        out[str(name)] = _tokenize_rows(str(name), rows, kind, src, tokenizer, int(cfg.preprocessing.context_length))
+        out[str(name)] = _tokenize_rows(str(name), rows, kind, src, tokenizer, int(cfg.preprocessing.context_length),
+                                        skipped)
     return out
 
 

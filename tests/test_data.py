@@ -181,3 +181,28 @@ def test_organism_data_file_resolves_from_any_folder(monkeypatch, tmp_path):
     missing.zoo.data = "elsewhere/none.jsonl"
     with pytest.raises(DataError, match="dataset file elsewhere/none.jsonl does not exist"):
         read_rows("organism", organism=missing)
+
+
+def test_chats_the_template_refuses_are_skipped_and_counted(tmp_path):
+    """A chat template that takes no system turn (Gemma's, for one, refuses roles that do not alternate) skips those
+    chats with a count, instead of failing the whole dataset."""
+    from diffgame.config import compose
+
+    tok = make_tokenizer(200)
+    tok.chat_template = ("{% for m in messages %}{% if m['role'] == 'system' %}"
+                         "{{ raise_exception('System role not supported') }}{% endif %}"
+                         "<|{{ m['role'] }}|>\n{{ m['content'] }}<|end|>\n{% endfor %}")
+    rows = chats(5)
+    rows[1] = {"messages": [{"role": "system", "content": "be terse"}, *rows[1]["messages"]]}
+    rows[3] = {"messages": [{"role": "system", "content": "be kind"}, *rows[3]["messages"]]}
+    path = tmp_path / "chats.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    cfg = compose([])
+    cfg.dataset.sources = {"chat": {"source": str(path), "kind": "chat", "split": "train", "text_column": "text",
+                                    "messages_column": "messages", "max_samples": None, "max_tokens": None}}
+    skipped: dict[str, int] = {}
+    seqs = load_sequences(cfg, tok, skipped)
+    assert skipped == {"chat": 2}
+    assert [s.sequence_id for s in seqs["chat"]] == [0, 2, 4]  # the rows the template took, in order
+    assert seqs["chat"][0].input_ids == render_chat(rows[0]["messages"], tok)[0]
+

@@ -118,13 +118,17 @@ def _build(plan: Plan, parent_run_id: str | None, shard_tokens: int | None, uplo
     """A new (or resumed) preprocess run that writes the store."""
     cfg, fp, layers, tokenizer = plan.cfg, plan.store_fingerprint, plan.layers, plan.tokenizer
     _check_organism_tokenizer(plan)
-    sequences = load_sequences(cfg, tokenizer)
+    skipped: dict[str, int] = {}
+    sequences = load_sequences(cfg, tokenizer, skipped)
+    if skipped:
+        print(f"skipped chats the chat template refuses: {skipped}", file=sys.stderr)
     resumable = tracking.find_resumable(STAGE, fp)
     tags = {tracking.TAG_MODEL: cfg.model.name, tracking.TAG_ORGANISM: cfg.organism.name,
             tracking.TAG_VARIANT: cfg.organism.variant}
     params = {"layers": layers, "dtype": cfg.preprocessing.dtype, "context_length": cfg.preprocessing.context_length,
               "batch_size": cfg.preprocessing.batch_size, "datasets": ",".join(sequences),
-              "sequential": cfg.preprocessing.sequential, "devices": cfg.preprocessing.devices}
+              "sequential": cfg.preprocessing.sequential, "devices": cfg.preprocessing.devices,
+              **{f"skipped_chats.{name}": n for name, n in skipped.items()}}
     with tracking.stage_run(STAGE, fp=fp, tags=tags, experiment=cfg.tracking.experiment,
                             run_name=f"preprocess-{cfg.model.name}-{cfg.organism.name}", params=params,
                             parent_run_id=parent_run_id,
