@@ -9,11 +9,13 @@ like with like. `--multirun` sweeps open one parent run with a child per combina
 from __future__ import annotations
 
 import functools
+import warnings
 
 from omegaconf import DictConfig
 
 from diffgame import config as config_mod
-from diffgame import planner, tracking
+from diffgame import configtree, planner, tracking
+from diffgame.errors import ConfigError
 from diffgame.runner import StageSummary, run_methods
 
 
@@ -26,6 +28,8 @@ def execute(overrides: list[str], mode: str | None = None, multirun: bool = Fals
     if mode:
         combos = [c + [f"pipeline.mode={mode}"] for c in combos]
     cfgs = [config_mod.compose(c) for c in combos]
+    for message in dict.fromkeys(filter(None, map(toy_data_warning, cfgs))):  # once per message
+        warnings.warn(message, stacklevel=2)
     tracking.set_uri(tracking_uri or cfgs[0].tracking.uri)
     # before any work: the zoo's experiment too, as a missing zoo model is trained on first use
     tracking.check_writable(*dict.fromkeys([*(c.tracking.experiment for c in cfgs), ZOO_EXPERIMENT]))
@@ -39,6 +43,21 @@ def execute(overrides: list[str], mode: str | None = None, multirun: bool = Fals
             summaries.extend(run_one(cfg, parent_run_id=parent.run_id))
         summaries.insert(0, StageSummary("sweep", parent.run_id, "*", "*", "*"))
     return summaries
+
+
+def toy_data_warning(cfg: DictConfig) -> str | None:
+    """A warning when a public organism is diffed on the toy zoo's synthetic data (`dataset=toy`): it runs, but its
+    results are not comparable with published ones, which read pretraining and chat data. Zoo-trained organisms
+    (the toy and smol zoos) learnt that data, so they get none."""
+    if cfg.dataset.name != "toy" or str(cfg.model.id).startswith("zoo:"):
+        return None
+    try:
+        if configtree.weights_spec(cfg.organism, str(cfg.model.name)).kind == "zoo":
+            return None
+    except ConfigError:
+        return None
+    return (f"model={cfg.model.name} runs on dataset=toy, the toy zoo's synthetic text: results will not be comparable "
+            f"with published ones; point dataset.sources at pretraining and chat data (hub ids or local files)")
 
 
 def run_one(cfg: DictConfig, parent_run_id: str | None = None) -> list[StageSummary]:
