@@ -232,10 +232,19 @@ def resolve_layers(layers: list[float | int], n_layers: int, key: str = "preproc
     return sorted(out)
 
 
+def vocab_extends(base_vocab: dict[str, int], org_vocab: dict[str, int]) -> bool:
+    """The organism's vocabulary is the base's (same id for every base token) plus tokens appended after it, as
+    `add_tokens` + `resize_token_embeddings` make; such a pair is compared on the shared vocabulary."""
+    top = max(base_vocab.values(), default=-1)
+    return (all(org_vocab.get(t) == i for t, i in base_vocab.items())
+            and all(i > top for t, i in org_vocab.items() if t not in base_vocab))
+
+
 def check_compatible(base: ModelHandle, org: ModelHandle) -> None:
-    """Refuse a pair whose tokenizers differ: diffing needs the same token stream through both."""
+    """Refuse a pair whose tokenizers differ: diffing needs the same token stream through both. An organism whose
+    vocabulary extends the base's is accepted: its extra output rows are left out of every comparison."""
     vb, vo = base.tokenizer.get_vocab(), org.tokenizer.get_vocab()
-    if vb != vo:
+    if vb != vo and not vocab_extends(vb, vo):
         only_b = len(set(vb) - set(vo))
         only_o = len(set(vo) - set(vb))
         raise ModelError(
@@ -244,6 +253,6 @@ def check_compatible(base: ModelHandle, org: ModelHandle) -> None:
             f"pick an organism finetuned from this base model")
     eb = unembedding(base.model).weight.shape[0]
     eo = unembedding(org.model).weight.shape[0]
-    if eb != eo:
-        raise ModelError(f"vocabulary sizes differ between base '{base.name}' ({eb} output rows) and organism "
-                         f"'{org.name}' ({eo} output rows); pick an organism finetuned from this base model")
+    if eo < eb:
+        raise ModelError(f"the organism '{org.name}' has fewer output rows ({eo}) than base '{base.name}' ({eb}); "
+                         f"pick an organism finetuned from this base model")

@@ -28,13 +28,15 @@ def default_chunk_tokens(vocab: int, device: torch.device, chunk_elements: int =
 @torch.inference_mode()
 def logit_chunks(base_model, org_model, input_ids: torch.Tensor, seq_offsets: torch.Tensor, batch_tokens: int,
                  chunk: int) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
-    """`(where [c], logits_org [c, V], logits_base [c, V])` over every token of the stream: `where` holds each row's
-    index in the flat stream; logits stay in the models' dtype on their device.
+    """`(where [c], logits_org [c, V], logits_base [c, V])` over every token of the stream on the shared vocabulary
+    (V = `shared_vocab`): `where` holds each row's index in the flat stream; logits stay in the models' dtype on
+    their device.
 
     `input_ids` [N] holds sequences back to back; `seq_offsets` [S+1] marks where each starts and ends.
     """
     device = next(base_model.parameters()).device
     offsets = seq_offsets.tolist()
+    shared = shared_vocab(base_model, org_model)
     lengths = [b - a for a, b in zip(offsets[:-1], offsets[1:])]
     for batch in length_batches(lengths, batch_tokens):
         ids, mask = pad_right([input_ids[offsets[s]:offsets[s + 1]] for s in batch], 0)
@@ -44,8 +46,15 @@ def logit_chunks(base_model, org_model, input_ids: torch.Tensor, seq_offsets: to
         h_org = org_model.get_decoder()(input_ids=ids, attention_mask=mask).last_hidden_state[mask.bool()]
         where = torch.cat([torch.arange(offsets[s], offsets[s + 1]) for s in batch])
         for i in range(0, len(h_base), chunk):
-            yield where[i:i + chunk], lm_logits(org_model, h_org[i:i + chunk]), lm_logits(base_model, h_base[i:i + chunk])
+            yield (where[i:i + chunk], lm_logits(org_model, h_org[i:i + chunk])[:, :shared],
+                   lm_logits(base_model, h_base[i:i + chunk])[:, :shared])
 
 
 def vocab_size(model) -> int:
     return unembedding(model).weight.shape[0]
+
+
+def shared_vocab(base_model, org_model) -> int:
+    """Output rows both models have: an organism with tokens appended to the base's vocabulary is compared on the
+    base's rows (`models.vocab_extends`)."""
+    return min(vocab_size(base_model), vocab_size(org_model))

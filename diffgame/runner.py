@@ -22,6 +22,7 @@ from diffgame.grading import GRADING_VERSION, grade
 from diffgame.ground_truth import GroundTruth, ground_truth
 from diffgame.methods.base import MethodContext
 from diffgame.models import load_pair
+from diffgame.paired import shared_vocab, vocab_size
 from diffgame.plan import Plan
 from diffgame.store import ActivationStore
 from diffgame.words import WordCompleter, ranked_words
@@ -98,6 +99,8 @@ def _run_method(plan: Plan, name: str, cls, config, fp: str, store, pre_run_id, 
             tracking.TAG_VARIANT: cfg.organism.variant,
             tracking.TAG_METHOD: name, tracking.TAG_PREPROCESS: pre_run_id, tracking.TAG_GRADING: GRADING_VERSION,
             tracking.TAG_ORGANISM_DATA: ",".join(organism_data(cfg, method, store)) or "none"}
+    if cls.needs_models and vocab_size(organism.model) != vocab_size(base.model):
+        tags[tracking.TAG_SHARED_VOCAB] = f"{shared_vocab(base.model, organism.model)} of {vocab_size(organism.model)}"
     params = {f"method.{k}": v for k, v in dataclasses.asdict(config).items()}
     params.update({"dataset": cfg.dataset.name, "layers": list(store.layers) if store is not None else None})
     if cls.needs_store:

@@ -40,6 +40,9 @@ TAG_ERROR = "diffgame.error"
 TAG_PARENT = "mlflow.parentRunId"
 TAG_LEASE = "diffgame.lease"
 """`host:pid:expiry` of the process executing a RUNNING run, refreshed while it lives (see `live`)."""
+TAG_SHARED_VOCAB = "diffgame.shared_vocab"
+"""`<shared> of <organism rows>` on a diff run whose organism appends tokens to the base's vocabulary: its logits
+were compared on the shared rows only."""
 TAG_ORGANISM_DATA = "diffgame.organism_data"
 """Comma-separated names of the datasets of the organism's own training data that a diff run's evidence read
 (`none`: generic data only); the blind game shows only evidence from generic data."""

@@ -212,21 +212,23 @@ def test_tokenizer_mismatch_is_refused(zoo_dirs, tmp_path):
                                "pick an organism finetuned from this base model")
 
 
-def test_vocabulary_size_mismatch_is_refused(zoo_dirs, tmp_path):
+def test_fewer_output_rows_are_refused_and_more_are_compared_on_the_shared_rows(zoo_dirs, tmp_path):
     from transformers import AutoModelForCausalLM
 
     base_dir, _ = zoo_dirs[("llama", "base")]
-    bigger = _configs()["llama"]
-    bigger.vocab_size = V + 8
-    path = tmp_path / "bigger"
-    AutoModelForCausalLM.from_config(bigger).save_pretrained(path)
-    zoo_dirs["tokenizer"].save_pretrained(path)
     base = load_base(_cfg("llama", base_dir, "{default:{kind:full,id:x}}"))
-    org = load_organism(_cfg("llama", base_dir, f"{{default:{{kind:full,id:{path}}}}}"))
+    orgs = {}
+    for name, rows in (("bigger", V + 8), ("smaller", V - 8)):
+        conf = _configs()["llama"]
+        conf.vocab_size = rows
+        AutoModelForCausalLM.from_config(conf).save_pretrained(tmp_path / name)
+        zoo_dirs["tokenizer"].save_pretrained(tmp_path / name)
+        orgs[name] = load_organism(_cfg("llama", base_dir, f"{{default:{{kind:full,id:{tmp_path / name}}}}}"))
+    check_compatible(base, orgs["bigger"])  # extra rows: compared on the base's (tests/test_shared_vocab.py)
     with pytest.raises(ModelError) as info:
-        check_compatible(base, org)
-    assert str(info.value) == ("vocabulary sizes differ between base 'tiny_llama' (64 output rows) and organism "
-                               "'caps' (72 output rows); pick an organism finetuned from this base model")
+        check_compatible(base, orgs["smaller"])
+    assert str(info.value) == ("the organism 'caps' has fewer output rows (56) than base 'tiny_llama' (64); "
+                               "pick an organism finetuned from this base model")
 
 
 def test_missing_local_path_says_so(zoo_dirs):

@@ -21,7 +21,7 @@ from diffgame.errors import ConfigError
 from diffgame.evidence import RankedTokens
 from diffgame.examples import TopKSequences, token_decoder
 from diffgame.methods.base import Method, MethodContext, MethodResult
-from diffgame.paired import default_chunk_tokens, logit_chunks, vocab_size
+from diffgame.paired import default_chunk_tokens, logit_chunks, shared_vocab, vocab_size
 
 
 @dataclass
@@ -134,7 +134,7 @@ class KLMethod(Method):
         cfg, store = self.config, ctx.store
         scores, roles, positions, token_ids = {}, {}, {}, {}
         top = TopKSequences(cfg.top_k_examples)
-        promoted = Promoted(torch.zeros(vocab_size(ctx.organism.model)))
+        promoted = Promoted(torch.zeros(shared_vocab(ctx.base.model, ctx.organism.model)))
         for dataset in store.datasets:
             ts, keep = store.tokens(dataset), store.keep(dataset)  # the models read every token; stats skip some
             kl = per_token_divergence(ctx.base.model, ctx.organism.model, ts.input_ids, ts.seq_offsets, cfg,

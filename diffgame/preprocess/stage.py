@@ -26,7 +26,7 @@ from diffgame.errors import ModelError, StoreError
 from diffgame.preprocess.module import PairedExtraction, PlannedBatches, TokenProgress
 from diffgame.preprocess.plan import shard_plan
 from diffgame.preprocess.writer import PendingParts, ShardWriter
-from diffgame.models import DTYPES, load_base, load_organism, load_pair, unembedding
+from diffgame.models import DTYPES, load_base, load_organism, load_pair, unembedding, vocab_extends
 from diffgame.plan import Plan
 from diffgame.store import PARTS, ActivationStore, StoreWriter
 
@@ -60,7 +60,7 @@ def _check_organism_tokenizer(plan: Plan) -> None:
     from transformers import AutoTokenizer
 
     other = AutoTokenizer.from_pretrained(org.path)
-    if other.get_vocab() != plan.tokenizer.get_vocab():
+    if not vocab_extends(plan.tokenizer.get_vocab(), other.get_vocab()):  # appended tokens are fine
         raise ModelError(f"tokenizer mismatch: organism '{plan.organism_name}' ({org.path}, {len(other)} tokens) and "
                          f"base '{plan.model_name}' ({len(plan.tokenizer)} tokens) tokenize differently; diffing needs "
                          f"one token stream: pick an organism finetuned from this base model")
@@ -213,9 +213,9 @@ def _run_passes(plan: Plan, shards: dict, sequences, root: Path, uploader, run_i
             _extract(plan, shards, sequences, root, {"base": base.model}, ["tokens", "base"], uploader)
             del base
             org = load_organism(plan.pair)
-            if unembedding(org.model).weight.shape[0] != rows:
-                raise ModelError(f"vocabulary sizes differ: base {rows} vs organism "
-                                 f"{unembedding(org.model).weight.shape[0]} output rows")
+            if unembedding(org.model).weight.shape[0] < rows:  # appended organism tokens are fine
+                raise ModelError(f"the organism has fewer output rows ({unembedding(org.model).weight.shape[0]}) "
+                                 f"than the base ({rows}); pick an organism finetuned from this base model")
             _extract(plan, shards, sequences, root, {"organism": org.model}, ["organism"], uploader)
         else:
             base, org = load_pair(plan.pair)

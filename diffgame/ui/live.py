@@ -57,7 +57,8 @@ def token_scores(base: ModelHandle, org: ModelHandle, ids: list[int], layer: int
     x = torch.tensor([ids])  # [1, T]
     logits_b, h_b = _residuals(base, x, layer)
     logits_o, h_o = _residuals(org, x, layer)
-    kl = token_divergence(logits_o, logits_b.to(logits_o.device), divergence)  # [T]
+    shared = min(logits_o.shape[-1], logits_b.shape[-1])  # an organism with appended tokens: the base's rows
+    kl = token_divergence(logits_o[..., :shared], logits_b[..., :shared].to(logits_o.device), divergence)  # [T]
     delta = h_o.float() - h_b.float().to(h_o.device)  # [T, D]
     return pd.DataFrame({
         "position": range(len(ids)), "token": decode_tokens(base.tokenizer, ids),
