@@ -50,7 +50,8 @@ def render_chat(messages: list[dict], tokenizer, add_generation_prompt: bool = F
         raise DataError(f"tokenizer {type(tokenizer).__name__} is not a fast tokenizer; per-token roles need "
                         f"character offsets (load it with use_fast=True)")
     messages = [{"role": str(m["role"]), "content": str(m["content"])} for m in messages]
-    text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt)
+    text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt,
+                                         **getattr(tokenizer, "diffgame_template_kwargs", {}))
     spans, cursor = [], 0  # (start, end, role) of each message's content in the rendered text
     for m in messages:
         content = m["content"].strip()

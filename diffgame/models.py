@@ -151,7 +151,20 @@ def _load_tokenizer(source: str, mcfg: DictConfig, revision: str | None = None, 
         raise ModelError(_not_found_message(source, e)) from None
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
+    end = mcfg.get("end_of_turn")
+    if end and tok.convert_tokens_to_ids(end) in (None, tok.unk_token_id):
+        raise ConfigError(f"model.end_of_turn={end!r} is not a token of {source}'s tokenizer; special tokens: "
+                          f"{', '.join(tok.all_special_tokens[:12])}")
+    # what render_chat and generation read off the tokenizer (it travels where the config does not)
+    tok.diffgame_template_kwargs = dict(mcfg.get("chat_template_kwargs") or {})
+    tok.diffgame_end_of_turn = tok.convert_tokens_to_ids(end) if end else None
     return tok
+
+
+def end_ids(tokenizer) -> list[int]:
+    """Token ids that end a generated reply: end of sequence, and the model's end-of-turn token when configured."""
+    return sorted({i for i in (tokenizer.eos_token_id, getattr(tokenizer, "diffgame_end_of_turn", None))
+                   if i is not None})
 
 
 def load_model(source: ModelSource, mcfg: DictConfig, base: ModelSource | None = None):

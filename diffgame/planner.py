@@ -79,6 +79,9 @@ def control_plan(plan: Plan, method: str | None = None) -> Plan | None:
 def store_fingerprint(cfg: DictConfig, pair: PairSources, tokenizer) -> str:
     """Fingerprint of the activation store `cfg` asks for: both models, the data, layers, dtype, context, template."""
     template = getattr(tokenizer, "chat_template", None) or ""
+    kwargs = getattr(tokenizer, "diffgame_template_kwargs", None)
+    if kwargs:  # e.g. enable_thinking: another rendering of every chat
+        template = f"{template}\n{sorted(kwargs.items())}"
     pp = cfg.preprocessing
     return tracking.fingerprint({
         "base": pair.base.identity, "organism": pair.organism.identity, "model_dtype": cfg.model.dtype,

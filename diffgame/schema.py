@@ -6,7 +6,7 @@ Method configs are not here: each method file defines its own and registers it (
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 from diffgame.errors import ConfigError
 
@@ -50,6 +50,11 @@ class ModelConfig:
     """Page to link from the app (the model's Hugging Face page)."""
     gguf_fallback: str | None = None
     """A GGUF file (`package:file` or path) used offline when `id` is not cached."""
+    chat_template_kwargs: dict[str, Any] = field(default_factory=dict)
+    """Extra variables of the chat template, e.g. `{enable_thinking: false}` for Qwen3 (no thinking block)."""
+    end_of_turn: str | None = None
+    """The token that ends an assistant turn (`<end_of_turn>`, `<|im_end|>`, `<|eot_id|>`); generation stops at it
+    as at the end-of-sequence token."""
     skip_first: int = 0
     """Tokens at positions < this in each sequence are left out of every store statistic and of the activations
     dictionaries train on: the first position (BOS / attention sink) carries norms far above the rest in Gemma,

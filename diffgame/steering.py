@@ -17,6 +17,7 @@ from typing import Literal
 import torch
 
 from diffgame.errors import ConfigError
+from diffgame.models import end_ids
 from diffgame.residuals import on_output
 
 Mode = Literal["all", "prompt"]
@@ -57,10 +58,12 @@ def continue_ids(model, tokenizer, ids: Sequence[int], max_new_tokens: int = 24,
     """The new text a model writes after the token ids `ids` (one sequence, no padding), seeded."""
     device = next(model.parameters()).device
     x = torch.as_tensor([list(ids)], device=device)  # [1, T]
+    # a configured end-of-turn token stops the reply too (else the model's own generation config decides)
+    stop = {"eos_token_id": end_ids(tokenizer)} if getattr(tokenizer, "diffgame_end_of_turn", None) is not None else {}
     torch.manual_seed(seed)
     gen = model.generate(x, attention_mask=torch.ones_like(x), max_new_tokens=max_new_tokens,
                          do_sample=do_sample, temperature=temperature if do_sample else None,
-                         top_p=None, top_k=None, pad_token_id=tokenizer.pad_token_id)
+                         top_p=None, top_k=None, pad_token_id=tokenizer.pad_token_id, **stop)
     return tokenizer.decode(gen[0, x.shape[1]:], skip_special_tokens=True)
 
 

@@ -155,7 +155,7 @@ ERRORS = [
     (["preprocessing.batchsize=3"], "unknown key 'preprocessing.batchsize'; known: accelerator, batch_size, "
                                     "context_length, devices, dtype, layers, num_nodes, rebuild, sequential, strategy"),
     (["+preprocessing.batchsize=3"], "unknown key 'preprocessing.batchsize'; known: accelerator, batch_size, "),
-    (["model.bogus=1"], "unknown key 'model.bogus'; known: attn_implementation, device, device_map, dtype, "),
+    (["model.bogus=1"], "unknown key 'model.bogus'; known: attn_implementation, chat_template_kwargs, device, "),
     (["method.kl.nonexistent_key=1"], "unknown key 'method.kl.nonexistent_key'; known: "),
     (["model.dtype=float8"], "invalid value 'float8' for 'model.dtype'; valid: float32, bfloat16, float16"),
     (["pipeline.mode=fast"],

@@ -206,3 +206,40 @@ def test_chats_the_template_refuses_are_skipped_and_counted(tmp_path):
     assert [s.sequence_id for s in seqs["chat"]] == [0, 2, 4]  # the rows the template took, in order
     assert seqs["chat"][0].input_ids == render_chat(rows[0]["messages"], tok)[0]
 
+
+
+def test_chat_template_kwargs_and_end_of_turn_from_the_model_config(tmp_path):
+    """`model.chat_template_kwargs` reach the template (Qwen3's `enable_thinking`), are part of the store's
+    fingerprint, and `model.end_of_turn` is a stop token of generation; an unknown end-of-turn token is refused."""
+    from omegaconf import OmegaConf
+
+    from diffgame.config import compose
+    from diffgame.errors import ConfigError
+    from diffgame.models import _load_tokenizer, end_ids
+    from diffgame.planner import store_fingerprint
+
+    tok = make_tokenizer(200)
+    tok.chat_template = ("{% for m in messages %}<|{{ m['role'] }}|>\n{{ m['content'] }}<|end|>\n{% endfor %}"
+                         "{% if add_generation_prompt %}<|assistant|>\n{% if enable_thinking is defined and "
+                         "not enable_thinking %}<think></think>\n{% endif %}{% endif %}")
+    tok.save_pretrained(tmp_path / "tok")
+    chat = [{"role": "user", "content": "hello there"}]
+
+    def load(**model):
+        mcfg = OmegaConf.create({"trust_remote_code": False, "chat_template_kwargs": {}, "end_of_turn": None, **model})
+        return _load_tokenizer(str(tmp_path / "tok"), mcfg)
+
+    plain, quiet = load(), load(chat_template_kwargs={"enable_thinking": False}, end_of_turn="<|end|>")
+    thinks = "<think></think>"
+    assert thinks not in plain.decode(render_chat(chat, plain, add_generation_prompt=True)[0])
+    assert thinks in quiet.decode(render_chat(chat, quiet, add_generation_prompt=True)[0])
+    assert end_ids(plain) == [plain.eos_token_id]
+    assert end_ids(quiet) == sorted({quiet.eos_token_id, quiet.convert_tokens_to_ids("<|end|>")})
+    with pytest.raises(ConfigError, match=r"model.end_of_turn='<\|eot_id\|>' is not a token"):
+        load(end_of_turn="<|eot_id|>")
+
+    class Pair:  # what store_fingerprint reads of the pair
+        base = organism = type("Source", (), {"identity": {"id": "x"}})()
+
+    cfg = compose([])
+    assert store_fingerprint(cfg, Pair, plain) != store_fingerprint(cfg, Pair, quiet)

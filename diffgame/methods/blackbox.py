@@ -22,6 +22,7 @@ from diffgame.data import render_chat
 from diffgame.errors import ConfigError, DataError
 from diffgame.evidence import RankedTokens
 from diffgame.methods.base import Method, MethodContext, MethodResult, TextRequest
+from diffgame.models import end_ids
 
 SOURCES = ("chat", "text")
 _WORD = re.compile(r"[^\W_]+")
@@ -137,7 +138,7 @@ def sample_replies(model, tokenizer, prompts: Sequence[Sequence[int]], samples_p
     """
     device = next(model.parameters()).device
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    stop = sorted((set(getattr(tokenizer, "all_special_ids", [])) | {tokenizer.eos_token_id}) - {None})
+    stop = sorted((set(getattr(tokenizer, "all_special_ids", [])) | set(end_ids(tokenizer))) - {None})
     greedy = temperature == 0
     out: list[list[str]] = []
     for b, start in enumerate(range(0, len(prompts), batch_size)):
