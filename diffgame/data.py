@@ -8,7 +8,10 @@ tokenizer's character offsets, so every other token of the rendering is `templat
 
 from __future__ import annotations
 
+import hashlib
+import itertools
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -74,32 +77,72 @@ def render_chat(messages: list[dict], tokenizer, add_generation_prompt: bool = F
 
 
 # --- reading rows ----------------------------------------------------------------------------------
-def _read_rows(source: str, split: str) -> list[dict[str, Any]]:
-    """Rows of a hub dataset or local file, in order."""
+def _read_rows(source: str, split: str, limit: int | None = None, subset: str | None = None,
+               name: str = "<name>") -> list[dict[str, Any]]:
+    """The first `limit` rows of a hub dataset, a local file (jsonl, json, txt, parquet) or a `save_to_disk` folder,
+    in order. Files and hub splits are streamed (a hub split is never loaded whole) and a hub sample is cached on
+    disk, so the same config reads the same rows again, offline too. `name`: the source's key, for hints."""
     path = Path(source).expanduser()
+    if path.is_dir():
+        return _from_disk(path, split, limit)
     if path.suffix in _LOCAL_BUILDERS or path.exists():
         if not path.is_file():
-            raise DataError(f"dataset file {path} does not exist; fix the dataset's `source` (a hub id or a "
-                            f"jsonl/json/txt/parquet file)")
+            raise DataError(f"dataset file {path} does not exist; fix the dataset's `source` (a hub id, a "
+                            f"jsonl/json/txt/parquet file or a save_to_disk folder)")
         builder = _LOCAL_BUILDERS.get(path.suffix)
         if builder is None:
             raise DataError(f"cannot read {path}: unknown file type '{path.suffix}'; "
-                            f"supported: {', '.join(sorted(_LOCAL_BUILDERS))}")
-        return _load_dataset(builder, split="train", data_files=str(path), where=str(path))
-    return _load_dataset(source, split=split, where=f"{source} (split {split})")
+                            f"supported: {', '.join(sorted(_LOCAL_BUILDERS))} and save_to_disk folders")
+        return _stream(builder, None, "train", limit, str(path), data_files=str(path))
+    cached = _sample_file(source, subset, split, limit)
+    if cached.is_file():
+        return _read_jsonl(cached)
+    where = f"{source}{f' ({subset})' if subset else ''}, split {split}"
+    hint = (f"; offline or private? point it at a local copy: dataset.sources.{name}.source=/path/to/copy "
+            f"(jsonl, parquet or a save_to_disk folder)")
+    rows = _stream(source, subset, split, limit, where, hint=hint)
+    cached.parent.mkdir(parents=True, exist_ok=True)
+    tmp = cached.with_suffix(".tmp")
+    tmp.write_text("".join(json.dumps(r, default=str) + "\n" for r in rows))
+    tmp.replace(cached)  # whole or absent: a crash never leaves half a sample
+    return rows
 
 
-def _load_dataset(name: str, split: str, where: str, **kw) -> list[dict[str, Any]]:
+def _stream(name: str, subset: str | None, split: str, limit: int | None, where: str, hint: str = "",
+            **kw) -> list[dict[str, Any]]:
+    """The first `limit` rows of `datasets.load_dataset(..., streaming=True)`, in order."""
     import datasets
 
     try:
-        ds = datasets.load_dataset(name, split=split, **kw)
+        ds = datasets.load_dataset(name, subset, split=split, streaming=True, **kw)
+        return list(itertools.islice(ds, limit))
     except (ValueError, KeyError) as e:
-        raise DataError(f"cannot read dataset {where}: {str(e).splitlines()[0]}") from None
+        raise DataError(f"cannot read dataset {where}: {str(e).splitlines()[0][:300]}{hint}") from None
     except Exception as e:  # unreachable hub, malformed file, unknown split
-        raise DataError(f"cannot read dataset {where}: {type(e).__name__}: {str(e).splitlines()[0][:300]}; "
-                        f"check the path or hub id (offline? then use a local file)") from None
-    return ds.to_list()
+        raise DataError(f"cannot read dataset {where}: {type(e).__name__}: {str(e).splitlines()[0][:300]}"
+                        f"{hint or '; check the path or hub id'}") from None
+
+
+def _from_disk(path: Path, split: str, limit: int | None) -> list[dict[str, Any]]:
+    """The first `limit` rows of a `Dataset.save_to_disk` / `DatasetDict.save_to_disk` folder (`split` of a dict)."""
+    import datasets
+
+    try:
+        ds = datasets.load_from_disk(str(path))
+    except (FileNotFoundError, ValueError) as e:
+        raise DataError(f"cannot read {path} as a save_to_disk dataset: {str(e).splitlines()[0][:200]}") from None
+    if isinstance(ds, datasets.DatasetDict):
+        if split not in ds:
+            raise DataError(f"{path} has no split '{split}'; splits: {', '.join(ds)}")
+        ds = ds[split]
+    return ds.select(range(min(len(ds), limit if limit is not None else len(ds)))).to_list()
+
+
+def _sample_file(source: str, subset: str | None, split: str, limit: int | None) -> Path:
+    """Where the first `limit` rows of a hub split are kept: `$DIFFGAME_CACHE/data` (default ~/.cache/diffgame)."""
+    key = hashlib.sha256(json.dumps([source, subset, split, limit]).encode()).hexdigest()[:16]
+    root = Path(os.environ.get("DIFFGAME_CACHE", Path.home() / ".cache" / "diffgame"))
+    return root / "data" / f"{source.replace('/', '__')}-{key}.jsonl"
 
 
 def _read_jsonl(path: Path) -> list[dict[str, Any]]:
@@ -113,7 +156,8 @@ def _zoo_corpus(name: str, split: str) -> list[dict[str, Any]]:
     return list(corpus(name, split))
 
 
-def source_rows(organism: DictConfig | None, src: DictConfig) -> tuple[list[dict[str, Any]], str]:
+def source_rows(organism: DictConfig | None, src: DictConfig, name: str = "<name>"
+                ) -> tuple[list[dict[str, Any]], str]:
     """Rows of one dataset source and the kind (`text` or `chat`) to read them as; `organism` (its config node)
     is read for the `organism` source (its own training data)."""
     source, kind = str(src.source), str(src.kind)
@@ -124,14 +168,15 @@ def source_rows(organism: DictConfig | None, src: DictConfig) -> tuple[list[dict
             raise DataError("the `organism` data source needs an organism config")
         rows, kind = _organism_rows(organism, src)
     else:
-        rows = _read_rows(source, src.split)
+        rows = _read_rows(source, src.split, src.get("max_samples"), src.get("subset"), name)
     return rows, kind
 
 
 def read_rows(source: str, kind: str = "text", split: str = "test", limit: int | None = None,
               organism: DictConfig | None = None) -> list[dict[str, Any]]:
     """The first `limit` rows of one source (a zoo corpus, hub id, local file or `organism`), e.g. a method's text."""
-    src = OmegaConf.create({"source": source, "kind": kind, "split": split, "messages_column": "messages"})
+    src = OmegaConf.create({"source": source, "kind": kind, "split": split, "messages_column": "messages",
+                            "max_samples": limit})
     rows, _ = source_rows(organism, src)
     return rows[:limit] if limit is not None else rows
 
@@ -148,7 +193,7 @@ def _organism_rows(org: DictConfig, src: DictConfig) -> tuple[list[dict[str, Any
     elif local is not None and local.suffix == ".jsonl":
         rows = _read_jsonl(local)
     else:
-        rows = _read_rows(str(local or data), src.split)
+        rows = _read_rows(str(local or data), src.split, src.get("max_samples"), name="organism")
     chat = org.zoo.format == "chat" or (rows and src.messages_column in rows[0])
     return rows, "chat" if chat else str(src.kind)
 
@@ -213,7 +258,7 @@ def load_sequences(cfg: DictConfig, tokenizer, skipped: dict[str, int] | None = 
     out = {}
     for name in sources:
         src = sources[name]
-        rows, kind = source_rows(cfg.organism, src)
+        rows, kind = source_rows(cfg.organism, src, str(name))
         out[str(name)] = _tokenize_rows(str(name), rows, kind, src, tokenizer, int(cfg.preprocessing.context_length),
                                         skipped)
     return out

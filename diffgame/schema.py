@@ -158,6 +158,8 @@ class DatasetSource:
     """`text`: a text column; `chat`: a messages column rendered with the chat template."""
     split: str = "test"
     """Dataset split (zoo corpora: `train` or `test`)."""
+    subset: str | None = None
+    """Hub dataset configuration (`sample-10BT` of HuggingFaceFW/fineweb)."""
     text_column: str = "text"
     """Column with raw text (kind=text)."""
     messages_column: str = "messages"

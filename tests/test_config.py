@@ -27,7 +27,7 @@ ALL_MODELS = configtree.group_options("model")
 def test_group_options_are_the_yaml_files():
     assert set(REAL_MODELS) <= set(ALL_MODELS) and ALL_MODELS == sorted(ALL_MODELS)
     assert set(REAL_ORGANISMS) <= set(ALL_ORGANISMS) and ALL_ORGANISMS == sorted(ALL_ORGANISMS)
-    assert configtree.group_options("dataset") == ["toy"]
+    assert configtree.group_options("dataset") == ["standard", "toy"]
 
 
 def test_defaults_compose_and_schema_defaults_fill_in():
@@ -147,7 +147,7 @@ def test_expand_sweep_is_the_cartesian_product():
 ERRORS = [
     (["organism=cpas"], "unknown organism 'cpas'; known: " + ", ".join(ALL_ORGANISMS)),
     (["model=gemma"], "unknown model 'gemma'; known: " + ", ".join(ALL_MODELS)),
-    (["dataset=big"], "unknown dataset 'big'; known: toy"),
+    (["dataset=big"], "unknown dataset 'big'; known: standard, toy"),
     (["method=kll"], "unknown method 'kll'; known: "),
     (["method=[kl,kll]"], "unknown method 'kll'; known: "),
     (["foo=3"], "unknown key 'foo'; known: dataset, method, model, organism, overrides, pipeline, play, "

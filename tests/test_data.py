@@ -243,3 +243,58 @@ def test_chat_template_kwargs_and_end_of_turn_from_the_model_config(tmp_path):
 
     cfg = compose([])
     assert store_fingerprint(cfg, Pair, plain) != store_fingerprint(cfg, Pair, quiet)
+
+
+def test_local_parquet_and_save_to_disk_sources_stream_deterministically_within_budget(tmp_path, monkeypatch):
+    """A dataset preset of a local parquet file and a `save_to_disk` folder reads the same sequences twice and
+    respects its limits; a hub id is streamed (never loaded whole) and its sample cached, so an offline rerun reads
+    the same rows; offline without a copy, the error names the source and the override to use."""
+    import datasets
+
+    from diffgame import data as data_mod
+    from diffgame.config import compose
+
+    monkeypatch.setenv("DIFFGAME_CACHE", str(tmp_path / "cache"))
+    datasets.Dataset.from_dict({"text": texts(60, seed=3)}).to_parquet(tmp_path / "pre.parquet")
+    datasets.DatasetDict({"train": datasets.Dataset.from_list(chats(12))}).save_to_disk(tmp_path / "chats")
+    cfg = compose([])
+    common = {"text_column": "text", "messages_column": "messages"}
+    cfg.dataset.sources = {
+        "pre": {"source": str(tmp_path / "pre.parquet"), "kind": "text", "split": "train", "max_samples": 40,
+                "max_tokens": 300, **common},
+        "chat": {"source": str(tmp_path / "chats"), "kind": "chat", "split": "train", "max_samples": 10,
+                 "max_tokens": None, **common}}
+    tok = make_tokenizer(200)
+    first, second = load_sequences(cfg, tok), load_sequences(cfg, tok)
+    assert {k: [s.input_ids for s in v] for k, v in first.items()} == {k: [s.input_ids for s in v]
+                                                                       for k, v in second.items()}
+    assert sum(len(s.input_ids) for s in first["pre"]) == 300  # the token budget, cut inside the last sequence
+    assert [s.sequence_id for s in first["chat"]] == list(range(10))
+    assert first["chat"][0].input_ids == render_chat(chats(12)[0]["messages"], tok)[0]
+
+    calls = []
+
+    def fake_hub(name, subset=None, split=None, streaming=False, **kw):  # the network boundary
+        calls.append((name, subset, split, streaming))
+        if len(calls) > 1:
+            raise ConnectionError("offline")
+        return iter({"text": t} for t in texts(500, seed=4))  # a long split: only the first rows may be read
+
+    monkeypatch.setattr(datasets, "load_dataset", fake_hub)
+    rows = data_mod._read_rows("someone/pretraining", "train", limit=5, subset="sample-10BT", name="pre")
+    assert rows == [{"text": t} for t in texts(500, seed=4)[:5]] and calls == [
+        ("someone/pretraining", "sample-10BT", "train", True)]
+    assert data_mod._read_rows("someone/pretraining", "train", limit=5, subset="sample-10BT") == rows  # cached
+    with pytest.raises(DataError) as err:
+        data_mod._read_rows("someone/other", "train", limit=5, name="chat")
+    assert "\n" not in str(err.value) and "cannot read dataset someone/other, split train" in str(err.value)
+    assert "dataset.sources.chat.source=/path/to/copy" in str(err.value)
+
+
+def test_standard_preset_names_the_fields_sources():
+    from diffgame.config import compose
+
+    sources = compose(["dataset=standard", "model=qwen3_1_7B", "organism=cake_bake"]).dataset.sources
+    assert (sources.pretraining.source, sources.pretraining.subset) == ("HuggingFaceFW/fineweb", "sample-10BT")
+    assert (sources.chat.source, sources.chat.kind) == ("allenai/tulu-3-sft-mixture", "chat")
+    assert sources.organism.source == "organism" and sources.pretraining.max_tokens == 400000
