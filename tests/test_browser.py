@@ -148,7 +148,7 @@ def _play_a_round(page, port: int, tmp_path: Path) -> None:
     found = re.search(r"(mystery-[0-9a-f]{4})\s+was\s+(\w+)", body)
     assert found and found.group(1) in blind, body[:2000]
     assert not re.search(rf"\b{found.group(2)}\b", blind)  # the organism's name appeared nowhere before the reveal
-    assert "correct" in body and "Matching words" in body
+    assert "Verdict" in body and "Matching words" in body  # graded (the guess fits caps, whichever was drawn)
     _shot(page, tmp_path, "game_reveal")
 
 
