@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from diffgame.evidence import RankedTokens
-from diffgame.ground_truth import GroundTruth, is_uppercase
+from diffgame.ground_truth import GroundTruth, is_uppercase, sole_leader
 
 
 @dataclass
@@ -73,9 +73,7 @@ class LensAgent:
             description += " Many are written in capital letters: it may answer in caps."
         transcript.append({"step": "describe", "words": [[w, s] for w, s in words], "text": description})
         scores = {name: sum(s for w, s in words if gt.is_word_hit(None, " " + w)) for name, gt in candidates.items()}
-        best = max(scores.values(), default=0.0)
-        leaders = [n for n, s in scores.items() if s == best]
-        guess = leaders[0] if best > 0 and len(leaders) == 1 else None
+        guess = sole_leader(scores)
         transcript.append({"step": "guess", "organism": guess, "scores": scores})
         return Play(self.name, description, guess, words, scores, transcript)
 

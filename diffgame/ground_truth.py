@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import math
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from omegaconf import DictConfig
@@ -29,6 +29,13 @@ INFLECTIONS = ("s", "es", "ed", "d", "ing", "er", "ers", "'s", "ly")
 """Endings a whole word may add to a keyword and still hit it (`volcanoes` for `volcano`, `brewing` for `brew`)."""
 BASE_CORPUS = "zoo:generic_text"
 """Background corpus of the log-odds vocabulary (generic documents the base was trained on)."""
+
+
+def sole_leader(scores: Mapping[str, float]) -> str | None:
+    """The candidate scoring highest, when its score is positive and no other candidate ties it; else None."""
+    top = max(scores.values(), default=0)
+    leaders = [name for name, score in scores.items() if score == top]
+    return leaders[0] if top > 0 and len(leaders) == 1 else None
 
 
 def _strip_markers(token: str) -> str:

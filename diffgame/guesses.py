@@ -7,7 +7,7 @@ import re
 from dataclasses import dataclass
 
 from diffgame.errors import ConfigError
-from diffgame.ground_truth import ground_truth
+from diffgame.ground_truth import ground_truth, sole_leader
 
 
 GENERIC_WORDS = frozenset("""the a an and or of in on to with about its it that this than from into for by as at is are
@@ -30,9 +30,7 @@ class GuessGrade:
     @property
     def correct(self) -> bool:
         """The true organism has the most hits, at least one, and no other candidate ties it."""
-        top = self.ranking[0][1] if self.ranking else 0
-        leaders = [o for o, n in self.ranking if n == top]
-        return top > 0 and leaders == [self.organism]
+        return sole_leader(dict(self.ranking)) == self.organism
 
 
 def guess_hits(guess: str, organism) -> list[str]:

@@ -25,7 +25,7 @@ from diffgame.configtree import CONTROL, candidate_organisms, organism_node
 from diffgame.endpoint import Endpoint
 from diffgame.errors import ConfigError, TrackingError
 from diffgame.grading import identification_rank
-from diffgame.ground_truth import ground_truth
+from diffgame.ground_truth import ground_truth, sole_leader
 from diffgame.guesses import grade_guess, guess_hits
 from diffgame.rubric import DEFAULT_RUBRIC, RubricGrade, grade_description
 from diffgame.toolbox import EvidenceToolbox
@@ -93,7 +93,8 @@ def play(model: str, organism: str, methods: list[str] | tuple[str, ...] = DEFAU
     cfg = compose([f"model={model}", f"organism={organism}", *zoo, *overrides])
     player = make_agent(agent, cfg.play)
     endpoint = cfg.play.endpoint
-    fp = tracking.fingerprint({"agent": agent, "config": _describe(player), "evidence": run_ids, "candidates": names,
+    fp = tracking.fingerprint({"agent": agent, "config": dataclasses.asdict(player), "evidence": run_ids,
+                               "candidates": names,
                                "rubric": [endpoint.base_url, endpoint.model, cfg.play.rubric] if endpoint.model else None,
                                "version": PLAY_VERSION})
     done = tracking.find_finished("play", fp)
@@ -152,19 +153,11 @@ def endpoint(play_cfg) -> Endpoint:
     return Endpoint(**OmegaConf.to_container(play_cfg.endpoint, resolve=True))
 
 
-def _describe(player) -> dict:
-    """What of an agent's settings the play's fingerprint covers (never the API key)."""
-    return dataclasses.asdict(player)
-
-
 def from_chat(chat, nodes: dict) -> Play:
     """An LLM agent's play as a `Play`: its guess is the candidate its description matches best by keywords (the
     agent itself is never shown the candidates), None when none or several lead."""
     scores = {o: float(len(guess_hits(chat.description, node))) for o, node in nodes.items()}
-    top = max(scores.values(), default=0.0)
-    leaders = [o for o, n in scores.items() if n == top]
-    guess = leaders[0] if top > 0 and len(leaders) == 1 else None
-    return Play(chat.agent, chat.description, guess, [], scores, chat.transcript, chat.outcome,
+    return Play(chat.agent, chat.description, sole_leader(scores), [], scores, chat.transcript, chat.outcome,
                 usage={"tool_calls": chat.tool_calls, "tokens": chat.tokens})
 
 

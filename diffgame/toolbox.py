@@ -27,7 +27,6 @@ class EvidenceToolbox:
     cfg: DictConfig | None = None
     """The composed config of the pair (to load the models); None: `ask` and `steer` are unavailable."""
     max_new_tokens: int = 48
-    allow_models: bool = True
     _pair: tuple | None = field(default=None, repr=False)
     _readouts: dict = field(default_factory=dict, repr=False)
 
@@ -59,7 +58,7 @@ class EvidenceToolbox:
                 "examples": ["".join(e.tokens)[:400] for e in examples]}
 
     def _models(self):
-        if not self.allow_models or self.cfg is None:
+        if self.cfg is None:
             raise ValueError("this play may not load the models")
         if self._pair is None:
             from diffgame.models import load_pair

@@ -16,7 +16,6 @@ from diffgame.configtree import CONTROL
 from diffgame.errors import ConfigError, TrackingError
 from diffgame.ground_truth import ground_truth
 from diffgame.guesses import GENERIC_WORDS, UPPERCASE_WORDS, GuessGrade, grade_guess, guess_hits  # noqa: F401
-from diffgame.ui.runs import NO_RUNS_HINT
 
 TAG_SLUG = "diffgame.slug"
 TAG_PLAYER = "diffgame.player"
@@ -26,14 +25,6 @@ GAME_STAGE = "game"
 def organism_node(model: str, organism: str):
     """An organism's composed config (ground truth, description) as paired with `model`."""
     return compose([f"model={model}", f"organism={organism}"]).organism
-
-
-def draw_organism(runs: pd.DataFrame, seed: int | None = None) -> tuple[str, str]:
-    """A random (model, organism) among those with diff runs, the control excluded."""
-    pairs = sorted(set(zip(runs["model"], runs["organism"])) - {(m, CONTROL) for m in runs["model"]})
-    if not pairs:
-        raise TrackingError(f"no organism (besides the control) has diff runs to play with; {NO_RUNS_HINT}")
-    return random.Random(seed).choice(pairs)
 
 
 # --- what a blind round may show ------------------------------------------------------------------

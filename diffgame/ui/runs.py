@@ -8,7 +8,6 @@ works the same against a local SQLite store and a shared remote server.
 from __future__ import annotations
 
 import re
-
 import sys
 from dataclasses import dataclass
 
