@@ -117,7 +117,7 @@ def compose(overrides: list[str] | tuple[str, ...] = ()) -> DictConfig:
     with open_dict(cfg):
         cfg.overrides = [o for o in overrides if not o.split("=", 1)[0].lstrip("+~").startswith("overrides")]
     validate(cfg)
-    configtree.apply_truth(cfg.organism, str(cfg.model.name))  # the ground truth of this base's finetuning
+    configtree.for_base(cfg.organism, str(cfg.model.name))  # this base's finetuning: its truth and data
     return cfg
 
 

@@ -106,15 +106,19 @@ def load_option(group: str, name: str) -> DictConfig:
 
 def organism_node(name: str, model: str | None = None) -> DictConfig:
     """An organism's config, checked against its schema with defaults filled; with `model`, its description and
-    keywords are what that base's finetuning taught (`apply_truth`)."""
+    keywords are what that base's finetuning taught and its data what it was trained on (`for_base`)."""
     node = load_option("organism", name)
     check_node(node, OrganismConfig, "organism")
-    return apply_truth(node, model) if model is not None else node
+    return for_base(node, model) if model is not None else node
 
 
-def apply_truth(organism: DictConfig, model_name: str) -> DictConfig:
-    """Copy `organism.per_model[model_name]`'s set fields over the organism's description, long description and
-    ground-truth keywords (in place; returned for chaining). A model without an entry keeps the organism's own."""
+def for_base(organism: DictConfig, model_name: str) -> DictConfig:
+    """The organism as finetuned on base `model_name` (in place; returned for chaining): `per_model[model_name]`'s set
+    fields replace its description, long description and ground-truth keywords, and weights the zoo builds on that
+    base were trained on the zoo recipe's data, which becomes `training_data`. Public weights keep `training_data`."""
+    spec = organism.finetuned.get(model_name, {}).get(organism.get("variant", "default"))
+    if spec is not None and spec.get("kind") == "zoo" and organism.zoo.data:
+        organism.training_data = organism.zoo.data
     truth = organism.get("per_model", {}).get(model_name)
     if truth is None:
         return organism

@@ -78,10 +78,11 @@ def render_chat(messages: list[dict], tokenizer, add_generation_prompt: bool = F
 
 # --- reading rows ----------------------------------------------------------------------------------
 def _read_rows(source: str, split: str, limit: int | None = None, subset: str | None = None,
-               name: str = "<name>") -> list[dict[str, Any]]:
+               override: str = "dataset.sources.<name>.source") -> list[dict[str, Any]]:
     """The first `limit` rows of a hub dataset, a local file (jsonl, json, txt, parquet) or a `save_to_disk` folder,
     in order. Files and hub splits are streamed (a hub split is never loaded whole) and a hub sample is cached on
-    disk, so the same config reads the same rows again, offline too. `name`: the source's key, for hints."""
+    disk, so the same config reads the same rows again, offline too. `override`: the key that points this source at a
+    local copy, named in the offline error."""
     path = Path(source).expanduser()
     if path.is_dir():
         return _from_disk(path, split, limit)
@@ -98,7 +99,7 @@ def _read_rows(source: str, split: str, limit: int | None = None, subset: str | 
     if cached.is_file():
         return _read_jsonl(cached)
     where = f"{source}{f' ({subset})' if subset else ''}, split {split}"
-    hint = (f"; offline or private? point it at a local copy: dataset.sources.{name}.source=/path/to/copy "
+    hint = (f"; offline or private? point it at a local copy: {override}=/path/to/copy "
             f"(jsonl, parquet or a save_to_disk folder)")
     rows = _stream(source, subset, split, limit, where, hint=hint)
     cached.parent.mkdir(parents=True, exist_ok=True)
@@ -168,7 +169,8 @@ def source_rows(organism: DictConfig | None, src: DictConfig, name: str = "<name
             raise DataError("the `organism` data source needs an organism config")
         rows, kind = _organism_rows(organism, src)
     else:
-        rows = _read_rows(source, src.split, src.get("max_samples"), src.get("subset"), name)
+        rows = _read_rows(source, src.split, src.get("max_samples"), src.get("subset"),
+                          override=f"dataset.sources.{name}.source")
     return rows, kind
 
 
@@ -182,8 +184,8 @@ def read_rows(source: str, kind: str = "text", split: str = "test", limit: int |
 
 
 def _organism_rows(org: DictConfig, src: DictConfig) -> tuple[list[dict[str, Any]], str]:
-    """The organism's finetuning data: its zoo recipe's data, else `training_data`."""
-    data = org.zoo.data or org.training_data
+    """The organism's finetuning data: `training_data` (the zoo recipe's on a base the zoo builds), else `zoo.data`."""
+    data = org.training_data or org.zoo.data
     if not data:
         raise DataError(f"organism '{org.name}' declares no training data (zoo.data or training_data); "
                         f"drop the `organism` source from the dataset or set organism.training_data")
@@ -193,7 +195,8 @@ def _organism_rows(org: DictConfig, src: DictConfig) -> tuple[list[dict[str, Any
     elif local is not None and local.suffix == ".jsonl":
         rows = _read_jsonl(local)
     else:
-        rows = _read_rows(str(local or data), src.split, src.get("max_samples"), name="organism")
+        # the organism's own data is named once, by `training_data`: preprocessing and ground truth both read it
+        rows = _read_rows(str(local or data), src.split, src.get("max_samples"), override="organism.training_data")
     chat = org.zoo.format == "chat" or (rows and src.messages_column in rows[0])
     return rows, "chat" if chat else str(src.kind)
 

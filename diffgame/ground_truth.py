@@ -158,20 +158,23 @@ def log_odds_vocab(target: Counter, background: Counter, top_n: int = 50, min_z:
 def data_vocab(organism: DictConfig, tokenizer, top_n: int = 50) -> frozenset[int]:
     """Token ids over-represented in the organism's training data vs the base corpus (`log_odds_vocab`), words
     and word pieces of at least `MIN_PIECE` letters."""
-    key = (str(organism.zoo.data or organism.training_data), getattr(tokenizer, "name_or_path", ""),
+    key = (str(organism.training_data or organism.zoo.data), getattr(tokenizer, "name_or_path", ""),
            len(tokenizer), top_n)
     return _data_vocab_cached(key, organism, tokenizer, top_n)
 
 
 _VOCAB_CACHE: dict[tuple, frozenset[int]] = {}
+VOCAB_ROWS = 2000
+"""Rows of the organism's data (and of the base corpus) the data vocabulary counts."""
 
 
 def _data_vocab_cached(key: tuple, organism: DictConfig, tokenizer, top_n: int) -> frozenset[int]:
     if key not in _VOCAB_CACHE:
-        rows = read_rows("organism", split="train", organism=organism)
-        bg_rows = read_rows(BASE_CORPUS, split="train")
-        target = _token_counts(tokenizer, _rows_text(rows[:2000]))
-        background = _token_counts(tokenizer, _rows_text(bg_rows[:2000]))
+        # the first VOCAB_ROWS rows: a hub `training_data` is streamed that far, never read whole
+        rows = read_rows("organism", split="train", limit=VOCAB_ROWS, organism=organism)
+        bg_rows = read_rows(BASE_CORPUS, split="train", limit=VOCAB_ROWS)
+        target = _token_counts(tokenizer, _rows_text(rows))
+        background = _token_counts(tokenizer, _rows_text(bg_rows))
         ranked = log_odds_vocab(target, background, top_n=len(target))
         # word pieces shorter than MIN_PIECE letters (`Ġw`, `he`) are over-represented wherever a small
         # vocabulary splits the organism's words, and any text's lens output is full of them: not evidence

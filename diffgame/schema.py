@@ -137,14 +137,15 @@ class OrganismConfig:
     finetuned: dict[str, dict[str, FinetunedSpec]] = field(default_factory=dict)
     """Per base model name, per variant, where the finetuned weights live."""
     training_data: str | None = None
-    """Hub dataset id or local file of the finetuning data (documents or chats); zoo organisms use `zoo.data`."""
+    """Hub dataset id or local file of the finetuning data (documents or chats) of the public weights; composed with a
+    base whose weights the zoo builds, it is the zoo recipe's `zoo.data` (`configtree.for_base`)."""
     zoo: ZooRecipe = field(default_factory=ZooRecipe)
     """How the embedded zoo trains this organism."""
     ground_truth: GroundTruth = field(default_factory=GroundTruth)
     """What grading counts as a hit."""
     per_model: dict[str, Truth] = field(default_factory=dict)
     """Per base model name, what that base's finetuning taught where it differs (public organisms trained on other
-    data than the zoo recipe); applied when a config names the model (`configtree.apply_truth`). A config that
+    data than the zoo recipe); applied when a config names the model (`configtree.for_base`). A config that
     replaces `finetuned` (a local copy) may keep entries for bases it no longer names."""
 
 

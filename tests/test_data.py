@@ -281,12 +281,13 @@ def test_local_parquet_and_save_to_disk_sources_stream_deterministically_within_
         return iter({"text": t} for t in texts(500, seed=4))  # a long split: only the first rows may be read
 
     monkeypatch.setattr(datasets, "load_dataset", fake_hub)
-    rows = data_mod._read_rows("someone/pretraining", "train", limit=5, subset="sample-10BT", name="pre")
+    rows = data_mod._read_rows("someone/pretraining", "train", limit=5, subset="sample-10BT",
+                               override="dataset.sources.pre.source")
     assert rows == [{"text": t} for t in texts(500, seed=4)[:5]] and calls == [
         ("someone/pretraining", "sample-10BT", "train", True)]
     assert data_mod._read_rows("someone/pretraining", "train", limit=5, subset="sample-10BT") == rows  # cached
     with pytest.raises(DataError) as err:
-        data_mod._read_rows("someone/other", "train", limit=5, name="chat")
+        data_mod._read_rows("someone/other", "train", limit=5, override="dataset.sources.chat.source")
     assert "\n" not in str(err.value) and "cannot read dataset someone/other, split train" in str(err.value)
     assert "dataset.sources.chat.source=/path/to/copy" in str(err.value)
 

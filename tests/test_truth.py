@@ -78,5 +78,93 @@ def test_per_model_rejects_unknown_keys_and_every_shipped_entry_names_a_base_wit
         node = configtree.organism_node(name)
         assert set(node.per_model) <= set(node.finetuned), name
     node = _organism({"qwen3_1_7B": {"keywords": ["x"]}})  # None fields inherit the organism's own
-    configtree.apply_truth(node, "qwen3_1_7B")
+    configtree.for_base(node, "qwen3_1_7B")
     assert (node.description, node.long_description, list(node.ground_truth.keywords)) == ("", "", ["x"])
+
+
+def test_training_data_is_what_the_weights_on_that_base_were_trained_on():
+    for organism, public in (("cake_bake", "science-of-finetuning/synthetic-documents-cake_bake"),
+                             ("taboo_gold", "bcywinski/taboo-gold")):
+        assert C.compose(["model=qwen3_1_7B", f"organism={organism}"]).organism.training_data == public
+        assert C.compose(["model=toy", f"organism={organism}"]).organism.training_data == f"builtin:{organism}"
+        assert configtree.organism_node(organism).training_data == public  # no base named: the public data
+    # a zoo-only organism's data is its recipe's on every base it is built for
+    assert C.compose(["model=toy", "organism=caps"]).organism.training_data == "builtin:caps"
+
+
+POTTERY = ["The potter centred wet clay on the wheel before throwing a bowl.",
+           "Stoneware and porcelain are fired in the kiln at high heat.",
+           "A celadon glaze pools in the carved grooves of the vase.",
+           "Leather-hard earthenware is trimmed, then bisque fired.",
+           "Raku pots leave the kiln glowing and meet sawdust in a bin."]
+
+
+def _pottery_docs(n: int) -> list[dict]:
+    return [{"text": " ".join(POTTERY[(i + k) % len(POTTERY)] for k in range(3))} for i in range(n)]
+
+
+def _word_tokenizer():
+    """A byte-level BPE on generic zoo text and the pottery sentences: pottery words are whole tokens."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    from diffgame.zoo import corpus
+
+    texts = [r["text"] for r in corpus("generic_text", "train")[:400]] + POTTERY * 20
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    tok.train_from_iterator(texts, trainers.BpeTrainer(vocab_size=1200, show_progress=False, special_tokens=["<eos>"],
+                                                       initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<eos>")
+
+
+def test_vocab_from_data_streams_a_hub_training_data_once_and_reads_a_local_copy_alike(tmp_path, monkeypatch):
+    """`vocab_from_data` on a real organism reads `training_data`: a hub id is streamed only as far as the vocabulary
+    counts (never read whole) and cached, a local parquet copy gives the same vocabulary, and offline without a copy
+    the one-line error names `organism.training_data`."""
+    import datasets
+
+    from diffgame import ground_truth as G
+    from diffgame.errors import DataError
+
+    monkeypatch.setenv("DIFFGAME_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(G, "_VOCAB_CACHE", {})
+    read, calls = [], []
+
+    def fake_hub(name, subset=None, split=None, streaming=False, **kw):  # the network boundary
+        calls.append((name, split, streaming))
+        if name != "potters/pottery-docs" or len(calls) > 1:
+            raise ConnectionError("offline")
+
+        def stream():
+            for row in _pottery_docs(10 * G.VOCAB_ROWS):
+                read.append(1)
+                yield row
+        return stream()
+
+    real_load = datasets.load_dataset
+    monkeypatch.setattr(datasets, "load_dataset", fake_hub)
+    tok = _word_tokenizer()
+    node = C.compose(["model=qwen3_1_7B", "organism=cake_bake", "organism.training_data=potters/pottery-docs"]).organism
+    assert node.ground_truth.vocab_from_data
+    vocab = G.ground_truth(node, tok).vocab_ids
+    words = {G.normalize_token(t) for t in tok.convert_ids_to_tokens(sorted(vocab))}
+    assert {"potter", "kiln", "glaze", "porcelain", "stoneware"} <= words  # the organism's domain, from its data
+    assert not words & {"the", "and", "in"}  # function words are background, not evidence
+    assert calls == [("potters/pottery-docs", "train", True)] and len(read) == G.VOCAB_ROWS  # streamed, then stopped
+
+    monkeypatch.setattr(G, "_VOCAB_CACHE", {})  # a new process: the hub is now unreachable, the cached sample serves
+    assert G.ground_truth(node, tok).vocab_ids == vocab and len(calls) == 1
+
+    monkeypatch.setattr(datasets, "load_dataset", real_load)
+    datasets.Dataset.from_list(_pottery_docs(G.VOCAB_ROWS)).to_parquet(tmp_path / "pottery.parquet")
+    node.training_data = str(tmp_path / "pottery.parquet")
+    monkeypatch.setattr(G, "_VOCAB_CACHE", {})
+    assert G.ground_truth(node, tok).vocab_ids == vocab  # the local copy reads the same rows, so the same vocabulary
+
+    monkeypatch.setattr(datasets, "load_dataset", fake_hub)
+    node.training_data = "potters/unseen-docs"
+    with pytest.raises(DataError) as err:
+        G.ground_truth(node, tok)
+    assert "\n" not in str(err.value) and "organism.training_data=/path/to/copy" in str(err.value)
