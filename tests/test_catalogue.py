@@ -95,6 +95,17 @@ def test_every_organism_says_what_it_taught():
         assert bool(gt.keywords or gt.predicate) == (organism != configtree.CONTROL), organism
 
 
+@pytest.mark.parametrize(("organism", "model"), PAIRS, ids=[f"{o}-{m}" for o, m in PAIRS])
+def test_every_organism_has_a_long_description_on_each_base_for_the_rubric(organism, model):
+    node = configtree.organism_node(organism, model)
+    if organism == configtree.CONTROL:
+        assert not node.long_description  # nothing was taught: the rubric has no truth to grade against
+        return
+    # the rubric grader reads the long description (`play.truth_text`): it says more than the one-line description
+    assert len(node.long_description) > len(node.description) >= 20, (organism, model)
+    assert "\n" not in node.long_description.strip(), (organism, model)  # folded prose, not a YAML literal block
+
+
 def test_docs_catalogue_is_the_script_output():
     spec = importlib.util.spec_from_file_location("catalogue_table", ROOT / "scripts" / "catalogue_table.py")
     script = importlib.util.module_from_spec(spec)
@@ -104,3 +115,7 @@ def test_docs_catalogue_is_the_script_output():
     assert ("taboo_wave", "taboo", "qwen3_1_7B") == rows[[r[0] for r in rows].index("taboo_wave")][:3]
     assert (ROOT / "docs" / "catalogue.md").read_text() == script.render(), \
         "docs/catalogue.md is stale: python scripts/catalogue_table.py > docs/catalogue.md"
+    readme = (ROOT / "README.md").read_text()
+    start, end = script.readme_span(readme)
+    assert readme[start:end] == script.summary(), "README's catalogue is stale: python scripts/catalogue_table.py --readme"
+    assert len(script.summary().splitlines()) == 2 + len(ORGANISMS)
