@@ -106,6 +106,7 @@ def compose(overrides: list[str] | tuple[str, ...] = ()) -> DictConfig:
     for o in _parse(overrides):
         if o.is_sweep_override():
             raise ConfigError(f"'{o.input_line}' is a sweep; pass --multirun to expand it")
+    overrides = _drop_unselected_settings(overrides)
     try:
         cfg = _hydra_compose(_allow_new_keys(overrides))
     except (HydraException, OmegaConfBaseException) as e:
@@ -119,6 +120,27 @@ def compose(overrides: list[str] | tuple[str, ...] = ()) -> DictConfig:
     validate(cfg)
     configtree.for_base(cfg.organism, str(cfg.model.name))  # this base's finetuning: its truth and data
     return cfg
+
+
+def _drop_unselected_settings(overrides: list[str]) -> list[str]:
+    """Overrides without the settings of methods that are not selected (`method.adl.max_samples=8` beside
+    `method=kl`): a setting never selects a method, so one command line can carry every method's settings across a
+    sweep (`method=kl,adl`). A setting for a method that does not exist is an error listing the registered ones."""
+    selected = None
+    for o in _parse(overrides):
+        if o.key_or_group == "method":
+            selected = set(_names(o))
+    if selected is None:  # config.yaml's defaults list selects them
+        defaults = OmegaConf.load(configtree.builtin_dir() / "config.yaml").defaults
+        selected = {str(m) for d in defaults if isinstance(d, DictConfig) and "method" in d
+                    for m in (d.method if OmegaConf.is_list(d.method) else [d.method])}
+    out = []
+    for raw, o in zip(overrides, _parse(overrides)):
+        head = o.key_or_group.removeprefix("method.").partition(".")[0] if o.key_or_group.startswith("method.") else None
+        if head is not None and registry.canonical_name(head) not in selected:
+            continue
+        out.append(raw)
+    return out
 
 
 def _allow_new_keys(overrides: list[str]) -> list[str]:

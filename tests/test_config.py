@@ -144,6 +144,20 @@ def test_expand_sweep_is_the_cartesian_product():
     assert C.expand_sweep([]) == [[]]
 
 
+def test_a_method_setting_never_selects_the_method():
+    """`method.adl.max_samples=8` beside `method=kl` runs kl alone; across a sweep each combination keeps the settings
+    of the methods it selects, so one command line can carry every method's settings."""
+    assert C.method_names(C.compose(["method=kl", "method.adl.max_samples=8", "method.blackbox.n_prompts=3"])) == ["kl"]
+    combos = C.expand_sweep(["method=kl,adl", "method.adl.max_samples=8"])
+    cfgs = [C.compose(c) for c in combos]
+    assert [C.method_names(c) for c in cfgs] == [["kl"], ["adl"]] and cfgs[1].method.adl.max_samples == 8
+    # with no method= the defaults list selects; its methods keep their settings, others are still dropped
+    cfg = C.compose(["method.adl.max_samples=8", "method.sae.epochs=2"])
+    assert C.method_names(cfg) == ["kl", "normdiff", "adl"] and cfg.method.adl.max_samples == 8
+    with pytest.raises(ConfigError, match="unknown method 'adll'; known: adl, blackbox"):
+        C.compose(["method=kl", "method.adll.max_samples=8"])
+
+
 ERRORS = [
     (["organism=cpas"], "unknown organism 'cpas'; known: " + ", ".join(ALL_ORGANISMS)),
     (["model=gemma"], "unknown model 'gemma'; known: " + ", ".join(ALL_MODELS)),
