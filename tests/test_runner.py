@@ -160,3 +160,15 @@ def test_reused_run_graded_under_older_rules_is_regraded(micro_cfg):
     regraded = rerun()
     assert {k: regraded[k] for k in graded} == pytest.approx(graded)
     assert tracking.client().get_run(first.run_id).data.tags[tracking.TAG_GRADING] == str(GRADING_VERSION)
+
+
+def test_control_store_made_for_grading_is_the_one_organism_control_reuses(micro_cfg):
+    """Grading a store method makes the control's store and run beside the organism's; `organism=control` with the
+    same settings then reuses both (the control plan composes the control on the same base: same data, same
+    fingerprints), instead of extracting the control's activations a second time."""
+    small = ("method=kl", *(f"dataset.sources.{s}.max_samples=6" for s in ("generic_text", "generic_chat", "organism")))
+    (caps,) = run_one(micro_cfg("organism=caps", *small))
+    assert "grade/relative/precision_at_20" in tracking.client().get_run(caps.run_id).data.metrics
+    pre, kl = run_one(micro_cfg("organism=control", *small, "pipeline.mode=preprocessing")) + run_one(
+        micro_cfg("organism=control", *small))
+    assert pre.reused and kl.reused
