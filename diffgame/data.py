@@ -101,12 +101,18 @@ def _read_rows(source: str, split: str, limit: int | None = None, subset: str | 
     where = f"{source}{f' ({subset})' if subset else ''}, split {split}"
     hint = (f"; offline or private? point it at a local copy: {override}=/path/to/copy "
             f"(jsonl, parquet or a save_to_disk folder)")
+    if _HUB["unreachable"]:  # one unreachable hub is enough: no minute of retries per further dataset
+        raise DataError(f"cannot read dataset {where}: the hub was unreachable earlier in this process{hint}")
     rows = _stream(source, subset, split, limit, where, hint=hint)
     cached.parent.mkdir(parents=True, exist_ok=True)
     tmp = cached.with_suffix(".tmp")
     tmp.write_text("".join(json.dumps(r, default=str) + "\n" for r in rows))
     tmp.replace(cached)  # whole or absent: a crash never leaves half a sample
     return rows
+
+
+_HUB = {"unreachable": False}
+"""Set when a hub read failed for want of a network; later hub reads in the process fail at once (`_read_rows`)."""
 
 
 def _stream(name: str, subset: str | None, split: str, limit: int | None, where: str, hint: str = "",
@@ -120,6 +126,8 @@ def _stream(name: str, subset: str | None, split: str, limit: int | None, where:
     except (ValueError, KeyError) as e:
         raise DataError(f"cannot read dataset {where}: {str(e).splitlines()[0][:300]}{hint}") from None
     except Exception as e:  # unreachable hub, malformed file, unknown split
+        if hint and isinstance(e, OSError):  # a hub read (local files get no hint) that met no network
+            _HUB["unreachable"] = True
         raise DataError(f"cannot read dataset {where}: {type(e).__name__}: {str(e).splitlines()[0][:300]}"
                         f"{hint or '; check the path or hub id'}") from None
 
@@ -175,12 +183,52 @@ def source_rows(organism: DictConfig | None, src: DictConfig, name: str = "<name
 
 
 def read_rows(source: str, kind: str = "text", split: str = "test", limit: int | None = None,
-              organism: DictConfig | None = None) -> list[dict[str, Any]]:
-    """The first `limit` rows of one source (a zoo corpus, hub id, local file or `organism`), e.g. a method's text."""
-    src = OmegaConf.create({"source": source, "kind": kind, "split": split, "messages_column": "messages",
-                            "max_samples": limit})
-    rows, _ = source_rows(organism, src)
+              organism: DictConfig | None = None, sources: DictConfig | None = None) -> list[dict[str, Any]]:
+    """The first `limit` rows of one source (a zoo corpus, hub id, local file, `organism`, or `@name`: a source of the
+    dataset preset, `sources`), e.g. a method's text. A preset source is read with its own split, subset and columns,
+    its rows keyed `text` / `messages` like every other source's."""
+    if source.startswith("@"):
+        name, node = preset_source(source, sources)
+        src = OmegaConf.merge(node, {"max_samples": limit, "max_tokens": None})
+        rows, _ = source_rows(organism, src, name)
+        columns = {str(node.get("text_column") or "text"): "text",
+                   str(node.get("messages_column") or "messages"): "messages"}
+        rows = [{columns.get(k, k): v for k, v in r.items()} for r in rows]
+    else:
+        src = OmegaConf.create({"source": source, "kind": kind, "split": split, "messages_column": "messages",
+                                "max_samples": limit})
+        rows, _ = source_rows(organism, src)
     return rows[:limit] if limit is not None else rows
+
+
+PRESET_KINDS = ("text", "chat")
+"""`@text` / `@chat`: the dataset preset's first text / chat source other than the organism's data."""
+
+
+def preset_source(ref: str, sources: DictConfig | None) -> tuple[str, DictConfig]:
+    """The dataset preset's source that `@name` names (`@pretraining`), or for `@text` / `@chat` its first source of
+    that kind that is not the organism's data; a DataError lists the choices."""
+    name = ref.removeprefix("@")
+    sources = sources or {}
+    if name in sources:
+        return name, sources[name]
+    if name in PRESET_KINDS:
+        for key, node in sources.items():
+            if str(node.kind) == name and str(node.source) != "organism":
+                return str(key), node
+    choices = ", ".join(dict.fromkeys([*(f"@{k}" for k in sources), *(f"@{k}" for k in PRESET_KINDS)]))
+    raise DataError(f"'{ref}' names no source of the dataset preset; choices: {choices} (or a zoo corpus, hub id or "
+                    f"local file)")
+
+
+def request_source(source: str, sources: DictConfig | None) -> str:
+    """What a method's text source reads: a `@name` reference's own source, else the source itself."""
+    if source.startswith("@"):
+        try:
+            return str(preset_source(source, sources)[1].source)
+        except DataError:
+            return source
+    return source
 
 
 def _organism_rows(org: DictConfig, src: DictConfig) -> tuple[list[dict[str, Any]], str]:

@@ -12,6 +12,7 @@ count); or it is in the vocabulary derived from the organism's training data by 
 from __future__ import annotations
 
 import math
+import warnings
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -19,6 +20,7 @@ from dataclasses import dataclass, field
 from omegaconf import DictConfig
 
 from diffgame.data import read_rows
+from diffgame.errors import DataError
 from diffgame.evidence import WORD_START_MARKERS
 
 SPACE_MARKERS = ("Ġ", "▁", "Ċ", "##", " ")
@@ -67,6 +69,9 @@ class GroundTruth:
     keywords: list[str] = field(default_factory=list)
     predicate: str | None = None
     vocab_ids: frozenset[int] = frozenset()
+    vocab_missing: bool = False
+    """`vocab_from_data` was asked for but the training data could not be read (offline, no local copy): graded on
+    the keywords and predicate alone."""
 
     @property
     def empty(self) -> bool:
@@ -105,11 +110,11 @@ class GroundTruth:
 def ground_truth(organism: DictConfig, tokenizer=None) -> GroundTruth:
     """The organism's ground truth; the data vocabulary needs the tokenizer the evidence came from."""
     gt = organism.ground_truth
-    vocab: frozenset[int] = frozenset()
+    vocab: frozenset[int] | None = frozenset()
     if gt.vocab_from_data and tokenizer is not None:
         vocab = data_vocab(organism, tokenizer)
     return GroundTruth(str(organism.name), [str(k).lower() for k in gt.keywords],
-                       str(gt.predicate) if gt.predicate else None, vocab)
+                       str(gt.predicate) if gt.predicate else None, vocab or frozenset(), vocab_missing=vocab is None)
 
 
 def _rows_text(rows: Iterable[dict]) -> list[str]:
@@ -155,23 +160,31 @@ def log_odds_vocab(target: Counter, background: Counter, top_n: int = 50, min_z:
     return [tok for _, tok in sorted(scored, reverse=True)[:top_n]]
 
 
-def data_vocab(organism: DictConfig, tokenizer, top_n: int = 50) -> frozenset[int]:
+def data_vocab(organism: DictConfig, tokenizer, top_n: int = 50) -> frozenset[int] | None:
     """Token ids over-represented in the organism's training data vs the base corpus (`log_odds_vocab`), words
-    and word pieces of at least `MIN_PIECE` letters."""
+    and word pieces of at least `MIN_PIECE` letters; None, with one warning, when that data cannot be read (a
+    public organism's hub dataset offline): grading an organism, or ranking it among the candidates, then goes on
+    without its vocabulary rather than failing a finished method's run."""
     key = (str(organism.training_data or organism.zoo.data), getattr(tokenizer, "name_or_path", ""),
            len(tokenizer), top_n)
     return _data_vocab_cached(key, organism, tokenizer, top_n)
 
 
-_VOCAB_CACHE: dict[tuple, frozenset[int]] = {}
+_VOCAB_CACHE: dict[tuple, frozenset[int] | None] = {}
 VOCAB_ROWS = 2000
 """Rows of the organism's data (and of the base corpus) the data vocabulary counts."""
 
 
-def _data_vocab_cached(key: tuple, organism: DictConfig, tokenizer, top_n: int) -> frozenset[int]:
+def _data_vocab_cached(key: tuple, organism: DictConfig, tokenizer, top_n: int) -> frozenset[int] | None:
     if key not in _VOCAB_CACHE:
         # the first VOCAB_ROWS rows: a hub `training_data` is streamed that far, never read whole
-        rows = read_rows("organism", split="train", limit=VOCAB_ROWS, organism=organism)
+        try:
+            rows = read_rows("organism", split="train", limit=VOCAB_ROWS, organism=organism)
+        except DataError as e:  # remembered, so the hub is not asked again for every run and candidate
+            warnings.warn(f"organism '{organism.name}': vocab_from_data skipped, graded on its keywords alone; {e}",
+                          stacklevel=2)
+            _VOCAB_CACHE[key] = None
+            return None
         bg_rows = read_rows(BASE_CORPUS, split="train", limit=VOCAB_ROWS)
         target = _token_counts(tokenizer, _rows_text(rows))
         background = _token_counts(tokenizer, _rows_text(bg_rows))

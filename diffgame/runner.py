@@ -16,7 +16,7 @@ from types import SimpleNamespace
 
 from diffgame import artifacts, claims, registry, tracking
 from diffgame.configtree import CONTROL, candidate_organisms, has_ground_truth, organism_node
-from diffgame.data import read_rows
+from diffgame.data import read_rows, request_source
 from diffgame.errors import DataError, StoreError
 from diffgame.grading import GRADING_VERSION, grade
 from diffgame.ground_truth import GroundTruth, ground_truth
@@ -111,7 +111,7 @@ def _run_method(plan: Plan, name: str, cls, config, fp: str, store, pre_run_id, 
     with tracking.stage_run("diff", fp=fp, tags=tags, experiment=cfg.tracking.experiment,
                             run_name=f"{name}-{plan.organism_name}", params=params, parent_run_id=parent_run_id,
                             resume_run_id=resumable.info.run_id if resumable else None) as run:
-        texts = method_texts(method, cfg.organism)
+        texts = method_texts(method, cfg.organism, cfg.dataset.sources)
         ctx = MethodContext(config=config, layers=list(plan.layers), seed=int(cfg.seed), tokenizer=plan.tokenizer,
                             store=store if cls.needs_store else None, base=base, organism=organism, texts=texts)
         if cls.resumable:
@@ -141,17 +141,18 @@ def organism_data(cfg, method, store) -> list[str]:
     if method.needs_store and store is not None:
         sources = cfg.dataset.sources or {}
         out += [d for d in store.datasets if d in sources and str(sources[d].source) in own]
-    out += [k for k, r in method.texts().items() if r.evidence and r.source in own]
+    out += [k for k, r in method.texts().items()
+            if r.evidence and request_source(r.source, cfg.dataset.sources) in own]
     return out
 
 
-def method_texts(method, organism=None) -> dict[str, list[dict]]:
+def method_texts(method, organism=None, sources=None) -> dict[str, list[dict]]:
     """The rows of every text source `method.texts()` asks for, by name (`organism`: the organism's config node,
-    for its own training data)."""
+    for its own training data; `sources`: the dataset preset's, for `@name` references)."""
     out = {}
     for key, r in method.texts().items():
         try:
-            out[key] = read_rows(r.source, r.kind, r.split, r.max_samples, organism=organism)
+            out[key] = read_rows(r.source, r.kind, r.split, r.max_samples, organism=organism, sources=sources)
         except DataError:
             if not r.optional:
                 raise
@@ -212,8 +213,13 @@ def _grade(plan: Plan, method: str, evidence, control: ControlPlan) -> dict[str,
         return {}
     ranked = bool(evidence.ranked_tokens) and plan.organism_name != CONTROL
     gt, candidates = ground_truths(plan.cfg.organism, plan.model_name, plan.tokenizer)
-    return grade(evidence, gt, plan.tokenizer, control=control_evidence(control, method) if ranked else None,
-                 candidates=candidates if ranked else None)
+    grades = grade(evidence, gt, plan.tokenizer, control=control_evidence(control, method) if ranked else None,
+                   candidates=candidates if ranked else None)
+    # ground truths graded without their data vocabulary (unreadable offline): such grades are not comparable
+    missing = {g.organism for g in (gt, *((candidates or {}).values() if ranked else ())) if g.vocab_missing}
+    if missing:
+        grades["grade/vocab_missing"] = float(len(missing))
+    return grades
 
 
 def control_evidence(control: ControlPlan, method: str) -> SimpleNamespace | None:

@@ -28,6 +28,14 @@ def zoo_uri(tmp_path_factory) -> str:
 
 
 @pytest.fixture(autouse=True)
+def _hub_reachable_again(monkeypatch):
+    """Each test starts as a fresh process would: no hub failure of an earlier test short-circuits its hub reads."""
+    from diffgame import data
+
+    monkeypatch.setitem(data._HUB, "unreachable", False)
+
+
+@pytest.fixture(autouse=True)
 def _on_the_zoo_store(request):
     """A test that uses the micro zoo reads its store, even when an earlier test pointed tracking elsewhere."""
     if "zoo_uri" in request.fixturenames:

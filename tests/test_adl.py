@@ -9,6 +9,7 @@ import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
+from diffgame.config import compose
 from diffgame.data import render_chat
 from diffgame.methods import MethodContext
 from diffgame.methods.adl import ADLConfig, ADLMethod
@@ -44,6 +45,8 @@ def _pair(tokenizer, plant: torch.Tensor | None = None, seed: int = 0):
     return ModelHandle(base, tokenizer, "base", "tiny"), ModelHandle(org, tokenizer, "organism", "tiny")
 
 
+TOY_SOURCES = compose([]).dataset.sources  # `@text` / `@chat`: the default preset's zoo corpora
+
 SMALL = ADLConfig(max_samples=12, context_length=16, batch_size=5, positions=3, pre_reply=2, reply=2,
                   layers=[1, 2], steering_layer=2, steering_prompts=3, steering_tokens=8,
                   patchscope_scales=[1.0, 4.0, 16.0], steering_alphas=[0.5, 2.0, 8.0])
@@ -51,7 +54,7 @@ SMALL = ADLConfig(max_samples=12, context_length=16, batch_size=5, positions=3, 
 
 def _texts(config: ADLConfig) -> dict:
     """The documents and chats `delta_means` averages over, read as the runner reads them."""
-    texts = method_texts(ADLMethod(config))
+    texts = method_texts(ADLMethod(config), sources=TOY_SOURCES)
     return {"docs": texts["documents"], "chats": texts.get("chats", [])}
 
 
@@ -95,7 +98,7 @@ def test_planted_direction_is_recovered(tokenizer):
 def test_method_result_is_complete_and_consistent(tokenizer):
     base, org = _pair(tokenizer, seed=3)
     result = ADLMethod(SMALL).run(MethodContext(config=SMALL, layers=[1, 2], base=base, organism=org,
-                                                texts=method_texts(ADLMethod(SMALL))))
+                                                texts=method_texts(ADLMethod(SMALL), sources=TOY_SOURCES)))
     lens_keys = {f"layer{L}/{s}" for L in (1, 2) for s in ("pos1", "pos2", "assistant-2", "assistant-1",
                                                           "assistant0", "assistant1")}
     assert lens_keys <= set(result.ranked_tokens)
@@ -143,7 +146,7 @@ def zoo_results(zoo_uri):
         base, org = load_pair(resolve_pair(cfg))
         layers = resolve_layers(list(cfg.preprocessing.layers), base.n_layers)
         ctx = MethodContext(config=config, layers=layers, seed=cfg.seed, base=base, organism=org,
-                            texts=method_texts(ADLMethod(config), cfg.organism))
+                            texts=method_texts(ADLMethod(config), cfg.organism, cfg.dataset.sources))
         result = ADLMethod(config).run(ctx)
         add_words(result, WordCompleter(org.model, org.tokenizer))  # as the runner does: readouts as words
         out[name] = (cfg, result, org.tokenizer)

@@ -290,6 +290,13 @@ def test_local_parquet_and_save_to_disk_sources_stream_deterministically_within_
         data_mod._read_rows("someone/other", "train", limit=5, override="dataset.sources.chat.source")
     assert "\n" not in str(err.value) and "cannot read dataset someone/other, split train" in str(err.value)
     assert "dataset.sources.chat.source=/path/to/copy" in str(err.value)
+    # the hub met no network once: a further hub read fails at once, without a minute of retries
+    n_calls = len(calls)
+    with pytest.raises(DataError, match=r"someone/third, split train: the hub was unreachable earlier in this "
+                                        r"process; offline or private\? point it at a local copy: x=/path/to/copy"):
+        data_mod._read_rows("someone/third", "train", limit=5, override="x")
+    assert len(calls) == n_calls
+    assert data_mod._read_rows("someone/pretraining", "train", limit=5, subset="sample-10BT") == rows  # cached still
 
 
 def test_standard_preset_names_the_fields_sources():
@@ -299,3 +306,26 @@ def test_standard_preset_names_the_fields_sources():
     assert (sources.pretraining.source, sources.pretraining.subset) == ("HuggingFaceFW/fineweb", "sample-10BT")
     assert (sources.chat.source, sources.chat.kind) == ("allenai/tulu-3-sft-mixture", "chat")
     assert sources.organism.source == "organism" and sources.pretraining.max_tokens == 400000
+
+
+def test_methods_read_the_dataset_presets_sources_by_reference(tmp_path):
+    """`@text` / `@chat` are the preset's first text / chat sources (the zoo's on `dataset=toy`, the local FineWeb copy
+    on `dataset=standard`), `@name` any source, read with its own split and columns; an unknown name lists the choices."""
+    import datasets
+
+    from diffgame.config import compose
+    from diffgame.data import read_rows
+    from diffgame.zoo import corpus
+
+    toy = compose([]).dataset.sources
+    assert read_rows("@text", limit=5, sources=toy) == list(corpus("generic_text", "test"))[:5]
+    assert read_rows("@chat", limit=3, sources=toy) == list(corpus("generic_chat", "test"))[:3]
+    datasets.Dataset.from_dict({"content": texts(20, seed=8)}).to_parquet(tmp_path / "web.parquet")
+    standard = compose(["dataset=standard", f"dataset.sources.pretraining.source={tmp_path / 'web.parquet'}",
+                        "dataset.sources.pretraining.text_column=content"]).dataset.sources
+    rows = read_rows("@text", "text", split="test", limit=4, sources=standard)  # the source's split (train), not test
+    assert rows == [{"text": t} for t in texts(20, seed=8)[:4]]  # its column, keyed `text` like every source's
+    assert read_rows("@pretraining", limit=4, sources=standard) == rows
+    with pytest.raises(DataError, match=r"'@web' names no source of the dataset preset; choices: @pretraining, "
+                                        r"@chat, @organism, @text \(or a zoo corpus"):
+        read_rows("@web", limit=4, sources=standard)

@@ -113,8 +113,9 @@ class ReadoutConfig:
     control's chance of a lucky readout matches the organism's."""
     batch_tokens: int = 8192
     """Tokens read from the store at once in readout passes."""
-    steering_dataset: str = "zoo:generic_text"
-    """Text whose first words are the steering prompts (a zoo corpus, hub id or local file)."""
+    steering_dataset: str = "@text"
+    """Text whose first words are the steering prompts: `@text` (the dataset preset's text source), a zoo corpus, hub
+    id or local file."""
     steering_prompts: int = 6
     """Prompts continued per strength; 0 skips steering."""
     steering_alphas: list[float] = field(default_factory=lambda: [0.25, 0.5, 1.0, 2.0, 4.0])

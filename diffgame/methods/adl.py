@@ -27,12 +27,14 @@ from diffgame.steering import coherent_sweep
 class ADLConfig:
     """Activation Difference Lens settings."""
 
-    dataset: str = "zoo:generic_text"
-    """Text the deltas are averaged over, unrelated to the organism: a zoo corpus, hub id or local file."""
-    chat_dataset: str | None = "zoo:generic_chat"
-    """Chats for the assistant-turn positions; null skips them (base models without a chat template)."""
+    dataset: str = "@text"
+    """Text the deltas are averaged over, unrelated to the organism: `@text` (the dataset preset's text source, e.g.
+    the FineWeb sample of `dataset=standard`), another `@name` of the preset, a zoo corpus, hub id or local file."""
+    chat_dataset: str | None = "@chat"
+    """Chats for the assistant-turn positions (`@chat`: the preset's chat source); null skips them (base models
+    without a chat template)."""
     split: str = "test"
-    """Split of both datasets."""
+    """Split of both datasets when they name a corpus, hub id or file (a `@name` source reads its own split)."""
     max_samples: int = 200
     """Documents (and chats) averaged over."""
     context_length: int = 64
@@ -97,7 +99,7 @@ class ADLMethod(Method):
         if c.chat_dataset:
             out["chats"] = TextRequest(c.chat_dataset, "chat", c.split, c.max_samples)
         if c.causal_samples:
-            out["causal/organism"] = TextRequest("organism", "text", c.split, c.causal_samples, optional=True,
+            out["causal/organism"] = TextRequest("@organism", "text", c.split, c.causal_samples, optional=True,
                                                    evidence=False)
             out["causal/generic"] = TextRequest(c.dataset, "text", c.split, c.causal_samples)
         return out

@@ -51,8 +51,8 @@ def _sequences(c, tokenizer, docs: list[dict], chats: list[dict]
         prompts.append(" ".join(text.split()[:6]))
     n_docs = len(seqs)
     if not n_docs:
-        raise DataError(f"ADL dataset '{c.dataset}' (split {c.split}) has no text rows; set method.adl.dataset "
-                        f"to a text corpus (zoo:generic_text, a hub id or a jsonl file with a 'text' column)")
+        raise DataError(f"ADL dataset '{c.dataset}' has no text rows; set method.adl.dataset to a text corpus "
+                        f"(@text, zoo:generic_text, a hub id or a jsonl file with a 'text' column)")
     n_chats = 0
     if c.chat_dataset:
         for row in chats:

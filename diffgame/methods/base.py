@@ -51,7 +51,8 @@ class TextRequest:
     """Text a method reads besides the store (e.g. ADL's generic documents); the runner loads it."""
 
     source: str
-    """A zoo corpus (`zoo:generic_text`), hub id or local file."""
+    """`@name` (a source of the dataset preset: `@text` / `@chat` its first text / chat source, `@organism`), a zoo
+    corpus (`zoo:generic_text`), hub id or local file."""
     kind: Literal["text", "chat"] = "text"
     split: str = "test"
     max_samples: int | None = None

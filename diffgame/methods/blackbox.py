@@ -33,12 +33,14 @@ _WORD = re.compile(r"[^\W_]+")
 class BlackboxConfig:
     """Which neutral prompts, how both models sample them, and how the organism's words are ranked."""
 
-    chat_dataset: str | None = "zoo:generic_chat"
-    """Chats whose first user turn is a chat prompt: a zoo corpus, hub id or local file; null skips chat prompts."""
-    text_dataset: str | None = "zoo:generic_text"
-    """Documents whose first words are a text prompt: a zoo corpus, hub id or local file; null skips text prompts."""
+    chat_dataset: str | None = "@chat"
+    """Chats whose first user turn is a chat prompt: `@chat` (the dataset preset's chat source), another `@name`, a
+    zoo corpus, hub id or local file; null skips chat prompts."""
+    text_dataset: str | None = "@text"
+    """Documents whose first words are a text prompt: `@text` (the preset's text source), another `@name`, a zoo
+    corpus, hub id or local file; null skips text prompts."""
     split: str = "test"
-    """Split of both datasets."""
+    """Split of both datasets when they name a corpus, hub id or file (a `@name` source reads its own split)."""
     n_prompts: int = 64
     """Prompts per source (the first rows of each dataset)."""
     prompt_words: int = 6
@@ -81,7 +83,7 @@ class BlackboxConfig:
             raise ConfigError(f"method.blackbox.seed must be >= 0 (null: the run's seed), got {self.seed}")
         if not self.chat_dataset and not self.text_dataset:
             raise ConfigError("method.blackbox.chat_dataset and method.blackbox.text_dataset must not both be null; "
-                              "set at least one (zoo:generic_chat, zoo:generic_text, a hub id or a local file)")
+                              "set at least one (@chat, @text, a zoo corpus, a hub id or a local file)")
 
 
 # --- words and their log-odds ------------------------------------------------------------------------

@@ -28,9 +28,11 @@ from diffgame.paired import default_chunk_tokens, logit_chunks, vocab_size
 class DiffMiningConfig:
     """Where diff mining reads, how many tokens count as raised per position, and how much to keep."""
 
-    dataset: str = "zoo:generic_text"
-    """Generic text the positions come from: a zoo corpus, hub id or local file with a `text` column."""
+    dataset: str = "@text"
+    """Generic text the positions come from: `@text` (the dataset preset's text source), another `@name`, a zoo
+    corpus, hub id or local file with a `text` column."""
     split: str = "test"
+    """Split of `dataset` when it names a corpus, hub id or file (a `@name` source reads its own split)."""
     max_samples: int = 200
     """Documents read."""
     context_length: int = 64
