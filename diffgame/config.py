@@ -126,8 +126,9 @@ def _drop_unselected_settings(overrides: list[str]) -> list[str]:
     """Overrides without the settings of methods that are not selected (`method.adl.max_samples=8` beside
     `method=kl`): a setting never selects a method, so one command line can carry every method's settings across a
     sweep (`method=kl,adl`). A setting for a method that does not exist is an error listing the registered ones."""
+    parsed = _parse(overrides)
     selected = None
-    for o in _parse(overrides):
+    for o in parsed:
         if o.key_or_group == "method":
             selected = set(_names(o))
     if selected is None:  # config.yaml's defaults list selects them
@@ -135,7 +136,7 @@ def _drop_unselected_settings(overrides: list[str]) -> list[str]:
         selected = {str(m) for d in defaults if isinstance(d, DictConfig) and "method" in d
                     for m in (d.method if OmegaConf.is_list(d.method) else [d.method])}
     out = []
-    for raw, o in zip(overrides, _parse(overrides)):
+    for raw, o in zip(overrides, parsed):
         head = o.key_or_group.removeprefix("method.").partition(".")[0] if o.key_or_group.startswith("method.") else None
         if head is not None and registry.canonical_name(head) not in selected:
             continue

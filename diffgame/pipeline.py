@@ -2,8 +2,8 @@
 then execute.
 
 `full` preprocesses (or reuses the store) then diffs; `preprocessing` only builds the store; `diffing` requires an
-existing store; `evaluation` lets an agent play the game on the finished diff runs (`diffgame.play`). The control organism's plan is made beside each organism's (on first use), so grading compares
-like with like. `--multirun` sweeps open one parent run with a child per combination.
+existing store; `evaluation` lets an agent play the game on the finished diff runs (`diffgame.play`). The control
+organism's plan is made beside each organism's (on first use), so grading compares like with like. `--multirun` sweeps open one parent run with a child per combination.
 """
 
 from __future__ import annotations

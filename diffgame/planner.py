@@ -66,10 +66,10 @@ def make_plan(cfg: DictConfig) -> Plan:
 def control_plan(plan: Plan, method: str | None = None) -> Plan | None:
     """The plan of the `control` organism with the same base, data and method configs (one `method` when given),
     or None when the control has no weights for this base model. Its runs are graded evidence's reference."""
-    if plan.model_name not in configtree.organism_node(configtree.CONTROL).finetuned:
-        return None
     # as `organism=control` composes it on this base (its training data is the base's), so the fingerprints match
     node = configtree.organism_node(configtree.CONTROL, plan.model_name)
+    if plan.model_name not in node.finetuned:
+        return None
     cfg = plan.cfg.copy()
     cfg.organism = node
     if method is not None:

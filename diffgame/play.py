@@ -66,7 +66,7 @@ def evidence_runs(model: str, organism: str, methods: list[str], variant: str = 
         found = [r for r in tracking.search({tracking.TAG_STAGE: "diff", tracking.TAG_MODEL: model,
                                              tracking.TAG_ORGANISM: organism, tracking.TAG_METHOD: method},
                                             statuses=("FINISHED",), max_results=100)
-                 if r.data.tags.get(tracking.TAG_VARIANT, tracking.DEFAULT_VARIANT) == variant]
+                 if tracking.variant_of(r.data.tags) == variant]
         if not found:
             which = "" if variant == tracking.DEFAULT_VARIANT else f" organism.variant={variant}"
             raise TrackingError(f"no finished {method} diff run of model={model} organism={organism}{which} in "

@@ -398,6 +398,11 @@ def interrupted(e: BaseException) -> bool:
     return isinstance(e, SystemExit) and interrupted(e.__context__) if e.__context__ is not None else False
 
 
+def variant_of(tags: dict) -> str:
+    """A run's organism variant (runs made before the tag used the default)."""
+    return tags.get(TAG_VARIANT, DEFAULT_VARIANT)
+
+
 def run_url(experiment_id: str, run_id: str) -> str:
     """Link to a run in the MLflow UI: the tracking server itself for http URIs, else a local `mlflow ui`."""
     uri = resolve_uri()

@@ -65,17 +65,12 @@ def runs_frame(stage: str = "diff", statuses: tuple[str, ...] = ("FINISHED",)) -
         rows.append({
             "run_id": r.info.run_id, "run_name": r.info.run_name or "", "experiment_id": r.info.experiment_id,
             "stage": t.get(tracking.TAG_STAGE, ""), "model": t.get(tracking.TAG_MODEL, ""),
-            "organism": t.get(tracking.TAG_ORGANISM, ""), "variant": variant_of(t),
+            "organism": t.get(tracking.TAG_ORGANISM, ""), "variant": tracking.variant_of(t),
             "method": t.get(tracking.TAG_METHOD, ""),
             "status": r.info.status, "start_time": pd.to_datetime(r.info.start_time, unit="ms"),
             "preprocess_run_id": t.get(tracking.TAG_PREPROCESS, ""),
             "metrics": dict(r.data.metrics), "params": dict(r.data.params), "tags": dict(t)})
     return pd.DataFrame(rows, columns=list(RUN_COLUMNS))
-
-
-def variant_of(tags: dict) -> str:
-    """A run's organism variant (runs made before the tag used the default)."""
-    return tags.get(tracking.TAG_VARIANT, tracking.DEFAULT_VARIANT)
 
 
 def with_variant(organism: str, variant: str) -> str:
