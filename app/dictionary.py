@@ -73,10 +73,14 @@ def page(method: str, settings) -> None:
         st.stop()
     table = cache.table(uri, run_id, d.table)
     c1, c2, c3 = st.columns([2, 4, 3])
-    layer = c1.selectbox("Layer", [int(x) for x in sorted(table["layer"].unique())], key=f"{method}_layer")
+    picker = f"{method}_{d.unit}"
+    # a keyed selectbox keeps its value while that value stays among the options: a new layer starts at its first
+    # direction, not at whichever direction of the old layer happens to be listed again
+    layer = c1.selectbox("Layer", [int(x) for x in sorted(table["layer"].unique())], key=f"{method}_layer",
+                         on_change=st.session_state.pop, args=(picker, None))
     rows = backend.select_rows(table, layer=layer)
     labels = _labels(rows, d)
-    j = c2.selectbox(d.unit.capitalize(), list(labels), format_func=labels.get, key=f"{method}_{d.unit}",
+    j = c2.selectbox(d.unit.capitalize(), list(labels), format_func=labels.get, key=picker,
                      help="Latents read out as evidence (by evidence rank)." if d.unit == "latent" else None)
     sign = c3.radio("Sign", list(SIGNS), format_func=SIGNS.get, horizontal=True, key=f"{method}_sign",
                     help="A direction's sign is arbitrary for PCA; for latents the − direction is the opposite push.")

@@ -215,9 +215,14 @@ def test_crosscoder_page_tags_beta_ratios_and_scatter(monkeypatch, store):
             row["metrics"][f"crosscoder/layer{layer}/organism_specific"])
 
     layer = int(latents["layer"].max())
-    at.selectbox(key="crosscoder_layer").set_value(layer).run()
     rows = latents[latents["layer"] == layer].reset_index(drop=True)
     evidence = rows[rows["evidence_rank"].notna()].sort_values("evidence_rank")
+    # pick, on the first layer, a latent the new layer also lists (not first) where there is one: switching the layer
+    # must still start the picker at the new layer's first evidence latent
+    shown = at.selectbox(key="crosscoder_latent")
+    shared = [j for j in shown.options if int(j.split()[1]) in set(evidence["latent"].iloc[1:])]
+    shown.set_value(int((shared or shown.options)[-1].split()[1])).run()
+    at.selectbox(key="crosscoder_layer").set_value(layer).run()
     picker = at.selectbox(key="crosscoder_latent")
     assert picker.options == [f"latent {j} · evidence #{i} · {t}"
                               for i, (j, t) in enumerate(zip(evidence["latent"], evidence["tag"]))]

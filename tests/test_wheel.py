@@ -1,8 +1,9 @@
 """The built wheel, installed in a fresh virtualenv: the CLI finds its config tree, user configs, and serves the app.
 
-The wheel is built from the repository once per module and installed with `--no-deps` into a venv that sees the
-system site-packages (for the dependencies). Every command runs from an empty folder, so nothing can come from the
-checkout: the built-in tree and the app must ship inside the wheel.
+The wheel is built from the repository once per module and installed with `--no-deps` into a new venv that sees the
+test environment's site-packages (for the dependencies) but not its editable install of the checkout. Every command
+runs from an empty folder, so nothing can come from the checkout: the built-in tree and the app must ship inside the
+wheel.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import signal
 import socket
 import subprocess
 import sys
+import sysconfig
 import time
 import urllib.request
 from pathlib import Path
@@ -36,6 +38,17 @@ zoo:
 ground_truth:
   keywords: [lighthouse, beacon]
 """
+
+
+def _see_dependencies(venv: Path) -> None:
+    """Let `venv` import the dependencies of the environment running the tests, whether that is a virtualenv or the
+    base interpreter (`--system-site-packages` would reach only the base interpreter's).
+
+    A `.pth` line only appends the folders to `sys.path`: the `.pth` files inside them, such as the checkout's
+    editable-install hook, are not run, so `diffgame` itself can only come from the wheel installed in `venv`."""
+    folders = dict.fromkeys(sysconfig.get_paths()[key] for key in ("purelib", "platlib"))
+    site, = (venv / "lib").glob("python3*/site-packages")
+    (site / "test_dependencies.pth").write_text("".join(f"{folder}\n" for folder in folders))
 
 
 def _run(cmd, timeout: float = 300, **kwargs) -> subprocess.CompletedProcess:
@@ -64,8 +77,9 @@ def wheel_env(tmp_path_factory):
     wheel, = dist.glob("diffgame-*.whl")
 
     venv = tmp / "venv"
-    made = _run([sys.executable, "-m", "venv", "--system-site-packages", str(venv)])
+    made = _run([sys.executable, "-m", "venv", str(venv)])
     assert made.returncode == 0, _tail(made)
+    _see_dependencies(venv)
     installed = _run([str(venv / "bin" / "pip"), "install", "--no-deps", str(wheel)])
     assert installed.returncode == 0, _tail(installed)
 
