@@ -1,7 +1,8 @@
 """The organism catalogue (`experiments/organism/*.yaml`): every organism composes with every base model it names, as
 `diffgame config model=X organism=Y` composes it; every variant resolves to weights with a kind and a hub id; no hub id
-serves two organisms or variants of one base; public-only organisms carry no zoo recipe; docs/catalogue.md is the
-output of scripts/catalogue_table.py. Reads YAML only: no network, nothing downloaded."""
+serves two organisms or variants of one base; public-only organisms carry no zoo recipe; docs/catalogue.md (its
+one-row-per-organism summary included) is the output of scripts/catalogue_table.py. Reads YAML only: no network,
+nothing downloaded."""
 
 from __future__ import annotations
 
@@ -113,9 +114,12 @@ def test_docs_catalogue_is_the_script_output():
     rows = script.rows()
     assert len(rows) == len(PAIRS)
     assert ("taboo_wave", "taboo", "qwen3_1_7B") == rows[[r[0] for r in rows].index("taboo_wave")][:3]
-    assert (ROOT / "docs" / "catalogue.md").read_text() == script.render(), \
-        "docs/catalogue.md is stale: python scripts/catalogue_table.py > docs/catalogue.md"
-    readme = (ROOT / "README.md").read_text()
-    start, end = script.readme_span(readme)
-    assert readme[start:end] == script.summary(), "README's catalogue is stale: python scripts/catalogue_table.py --readme"
+    page = (ROOT / "docs" / "catalogue.md").read_text()
+    start, end = script.summary_span(page)
+    assert page[start:end] == script.summary(), \
+        "docs/catalogue.md's summary is stale: python scripts/catalogue_table.py --summary"
+    assert page == script.render(), "docs/catalogue.md is stale: python scripts/catalogue_table.py > docs/catalogue.md"
     assert len(script.summary().splitlines()) == 2 + len(ORGANISMS)
+    # `--summary` rewrites the block between the markers and leaves the rest of the page as the full output has it
+    stale = page[:start] + "| stale |\n" + page[end:]
+    assert script.with_summary(stale) == page
