@@ -12,6 +12,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # `import cache, widge
 import streamlit as st  # noqa: E402
 
 import cache  # noqa: E402
+import widgets  # noqa: E402
 from diffgame.registry import known_methods  # noqa: E402
 
 PAGES = Path(__file__).resolve().parent / "pages"
@@ -38,4 +39,9 @@ with st.sidebar:
     if st.button("Refresh runs", help="Re-read the tracking server (run lists are cached for 30 s)."):
         st.cache_data.clear()
 
-page.run()
+st.session_state.pop(widgets.PAGE_RUN, None)  # the page about to run names its own run, if any
+try:
+    with st.spinner("Loading the page ..."):
+        page.run()
+except Exception as e:  # Streamlit's own stop and rerun signals are not Exceptions: they pass through
+    widgets.page_error(e)

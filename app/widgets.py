@@ -11,10 +11,12 @@ from diffgame.ui import game as guessing
 from diffgame.ui import heat, live
 from diffgame.ui import runs as backend
 from diffgame.configtree import CONTROL
-from diffgame.errors import DiffgameError
+from diffgame.errors import ArtifactError, DiffgameError
 from diffgame.steering import vector_layer
 
 
+PAGE_RUN = "page_run"
+"""Session-state key of the run the page on screen shows (named by `page_error`); cleared before every page."""
 BLIND_KEY = "blind_round"
 """Session-state key of the blind round in progress (a `diffgame.ui.game.Round`)."""
 
@@ -67,7 +69,29 @@ def pick_run(runs: pd.DataFrame, key: str, label: str = "Run") -> pd.Series:
     runs = runs.sort_values("organism", key=lambda o: o == CONTROL, kind="stable")  # the control's runs last
     labels = [backend.run_label(r) for _, r in runs.iterrows()]
     choice = st.selectbox(label, labels, key=key)
-    return runs.iloc[labels.index(choice)]
+    row = runs.iloc[labels.index(choice)]
+    st.session_state[PAGE_RUN] = row
+    return row
+
+
+def page_error(error: Exception) -> None:
+    """What a page shows instead of a Streamlit exception when it fails (a run's artifact truncated, a table without
+    a column it reads, a weights file deleted): what failed, for which run, and what to do. Other pages still work.
+    During a blind round the run is not named (its id leads to the organism)."""
+    row = st.session_state.get(PAGE_RUN)
+    what = str(error) if isinstance(error, DiffgameError) else f"{type(error).__name__}: {error}"
+    if row is None:
+        text = f"This page failed: {what}. Other pages still work; **Refresh runs** re-reads the tracking store."
+    elif bool(row.get("blind", False)):
+        text = (f"This page cannot show the round's evidence: {what.replace(row['run_id'], '…')}. Its artifacts are "
+                f"missing or malformed; reveal the round on the Game page to see which run it is.")
+    else:
+        text = f"This page cannot show run `{row['run_id']}` ({row['method']} on {row['organism']}): {what}"
+        if not isinstance(error, ArtifactError):  # an artifact error already says what to do
+            text += (f". Its artifacts are missing or malformed: delete the run (mlflow runs delete --run-id "
+                     f"{row['run_id']}) and make it again with `diffgame run model={row['model']} "
+                     f"organism={row['organism']} method={row['method']}`")
+    st.error(hide(text), icon=":material/error:")
 
 
 def show_metrics(row: pd.Series, key: str) -> None:

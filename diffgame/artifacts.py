@@ -17,13 +17,11 @@ from typing import TYPE_CHECKING
 
 from diffgame import examples as examples_io
 from diffgame import tracking
-from diffgame.errors import TrackingError
-from diffgame.evidence import RankedTokens
+from diffgame.errors import ArtifactError, TrackingError
+from diffgame.evidence import MethodResult, RankedTokens
 
 if TYPE_CHECKING:
     import pandas as pd
-
-    from diffgame.methods.base import MethodResult
 
 STORE = "store"
 """Folder of a preprocess run's activation store."""
@@ -36,7 +34,7 @@ _FOLDERS = {"tables": ".parquet", "examples": ".json", "plots": ".png", "samples
 
 
 # --- writing ---------------------------------------------------------------------------------------
-def log_result(run: tracking.StageRun, result: "MethodResult") -> None:
+def log_result(run: tracking.StageRun, result: MethodResult) -> None:
     """Log every field of a method's result under `run`, in one artifact upload. When logging fails, what was computed
     is kept in `unlogged_dir(run.run_id)` and the TrackingError names that folder."""
     import matplotlib.pyplot as plt
@@ -128,7 +126,22 @@ def artifact_file(run_id: str, relpath: str) -> Path:
         except Exception:
             pass
     known = ", ".join(list_artifacts(run_id)) or "none"
-    raise TrackingError(f"run '{run_id}' has no artifact '{relpath}'; it has: {known}")
+    raise ArtifactError(f"run '{run_id}' has no artifact '{relpath}'; it has: {known}")
+
+
+def _read(run_id: str, relpath: str, reader):
+    """`reader(path)` of the run's artifact; a file that is there but cannot be read (truncated, malformed) is an
+    `ArtifactError` naming the run, the file and what to do, whatever the format's own exception."""
+    path = artifact_file(run_id, relpath)
+    try:
+        return reader(path)
+    except Exception as e:
+        raise ArtifactError(f"run '{run_id}': artifact '{relpath}' cannot be read ({type(e).__name__}: "
+                            f"{str(e)[:200]}); {REMAKE.format(run_id=run_id)}") from e
+
+
+REMAKE = ("delete the run (mlflow runs delete --run-id {run_id}) and run the command that made it again, which then "
+          "makes it anew")
 
 
 def list_artifacts(run_id: str, path: str | None = None) -> list[str]:
@@ -162,39 +175,39 @@ def has_vectors(paths: list[str]) -> bool:
 
 def load_examples(run_id: str, name: str):
     """`examples/<name>.json` as a list of `diffgame.evidence.Example`, best first."""
-    return examples_io.load(artifact_file(run_id, f"examples/{name}.json"))
+    return _read(run_id, f"examples/{name}.json", examples_io.load)
 
 
 def load_table(run_id: str, name: str) -> "pd.DataFrame":
     """`tables/<name>.parquet` as a pandas DataFrame."""
     import pandas as pd
 
-    return pd.read_parquet(artifact_file(run_id, f"tables/{name}.parquet"))
+    return _read(run_id, f"tables/{name}.parquet", pd.read_parquet)
 
 
 def load_vectors(run_id: str) -> dict:
     """`vectors.safetensors` as {name: [D] tensor}."""
     from safetensors.torch import load_file
 
-    return load_file(str(artifact_file(run_id, VECTORS)))
+    return _read(run_id, VECTORS, lambda path: load_file(str(path)))
 
 
 def load_weights(run_id: str, name: str) -> dict:
     """`weights/<name>.safetensors` (e.g. the trained dictionary `layer2`) as {parameter: tensor}."""
     from safetensors.torch import load_file
 
-    return load_file(str(artifact_file(run_id, f"weights/{name}.safetensors")))
+    return _read(run_id, f"weights/{name}.safetensors", lambda path: load_file(str(path)))
 
 
 def load_ranked_tokens(run_id: str, path: str = RANKED) -> dict[str, RankedTokens]:
     """`evidence/ranked_tokens.json` (or `path`, e.g. `RANKED_WORDS`) as {name: RankedTokens}."""
-    data = json.loads(artifact_file(run_id, path).read_text())
-    return {k: RankedTokens.from_dict(v) for k, v in data.items()}
+    return _read(run_id, path, lambda file: {k: RankedTokens.from_dict(v)
+                                              for k, v in json.loads(file.read_text()).items()})
 
 
 def load_samples(run_id: str, name: str) -> list[dict]:
     """`samples/<name>.json`: generated texts as a list of dicts."""
-    return json.loads(artifact_file(run_id, f"samples/{name}.json").read_text())
+    return _read(run_id, f"samples/{name}.json", lambda path: json.loads(path.read_text()))
 
 
 # --- questions about runs --------------------------------------------------------------------------

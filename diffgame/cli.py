@@ -323,10 +323,27 @@ def app_cmd(overrides: Overrides = None,
 
     uri = tracking.set_uri(tracking_uri)
     entry = _app_entry()
+    if not _loopback(host):
+        reach = "every network interface of this machine" if host in ("0.0.0.0", "::", "") else host
+        print(f"[diffgame] warning: the app has no authentication: anyone who can reach {reach} on port {port} can "
+              f"browse the runs of {uri} and load, prompt and steer their models", file=sys.stderr, flush=True)
     args = [sys.executable, "-m", "streamlit", "run", str(entry), "--server.port", str(port),
             "--server.address", host, "--server.headless", "true", "--browser.gatherUsageStats", "false",
+            "--client.toolbarMode", "viewer",  # no "Deploy" button or developer menu for the app's users
             "--", "--tracking-uri", uri, *(overrides or [])]
     os.execv(sys.executable, args)
+
+
+def _loopback(host: str) -> bool:
+    """Whether `host` is reachable from this machine only (127.0.0.0/8, ::1, localhost)."""
+    import ipaddress
+
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:  # a host name: whoever resolves it may reach it
+        return False
 
 
 def _app_entry() -> Path:

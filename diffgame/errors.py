@@ -21,5 +21,13 @@ class TrackingError(DiffgameError):
     """A tracking server or run that cannot be reached or is in the wrong state."""
 
 
+class ArtifactError(TrackingError):
+    """A run's artifact that is missing or cannot be read (truncated, malformed, deleted)."""
+
+
 class DataError(DiffgameError):
     """A dataset that cannot be read, lacks a column, or is empty."""
+
+
+class SpaceError(DiffgameError):
+    """Too little free disk space for what a stage is about to write."""

@@ -1,12 +1,18 @@
 """The common evidence shapes every method reports and grading and the app consume.
 
 Ranked tokens (token, score), max-activating examples (token ids + per-token scores) and direction
-vectors (plain tensors, saved as safetensors for steering).
+vectors (plain tensors, saved as safetensors for steering), gathered in a method's `MethodResult`.
 """
 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import pandas as pd
+    import torch
+    from matplotlib.figure import Figure
 
 WORD_START_MARKERS = ("Ġ", "▁", "Ċ", " ")
 """Leading markers of a token or word that opens a new word (byte-level BPE, SentencePiece, a newline, a space)."""
@@ -49,3 +55,28 @@ class Example:
     @classmethod
     def from_dict(cls, d: dict) -> "Example":
         return cls(**d)
+
+
+@dataclass
+class MethodResult:
+    """Everything a method found; each field is logged by the runner under the method's run."""
+
+    metrics: dict[str, float] = field(default_factory=dict)
+    """A few dozen scalars with slash-namespaced keys (`kl/generic_text/mean`)."""
+    tables: dict[str, "pd.DataFrame"] = field(default_factory=dict)
+    """Logged as `tables/<name>.parquet`."""
+    examples: dict[str, list["Example"]] = field(default_factory=dict)
+    """Logged as `examples/<name>.json` (max-activating examples)."""
+    vectors: dict[str, "torch.Tensor"] = field(default_factory=dict)
+    """Logged together as `vectors.safetensors` (steering directions, `[D]` each)."""
+    figures: dict[str, "Figure"] = field(default_factory=dict)
+    """Logged as `plots/<name>.png`."""
+    ranked_tokens: dict[str, "RankedTokens"] = field(default_factory=dict)
+    """Token evidence for grading and the app, logged as `evidence/ranked_tokens.json`."""
+    ranked_words: dict[str, "RankedTokens"] = field(default_factory=dict)
+    """The same readouts as whole words (` waggle`), logged as `evidence/ranked_words.json`; the runner completes
+    every `ranked_tokens` key a method left out here with the organism (`diffgame.words`)."""
+    samples: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    """Generated texts (e.g. steered vs unsteered), logged as `samples/<name>.json`."""
+    weights: dict[str, dict[str, "torch.Tensor"]] = field(default_factory=dict)
+    """Trained parameters (a dictionary per layer), logged as `weights/<name>.safetensors`, loadable by run id."""

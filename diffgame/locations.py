@@ -1,15 +1,17 @@
-"""Whether a tracking URI can be used, found out in seconds: a server that does not answer, a SQLite database whose
-folder is missing or read-only. MLflow alone retries a refused server for minutes or creates folders silently.
+"""Whether a tracking URI and the folders a stage writes can be used, found out before any work: a server that does not
+answer, a SQLite database whose folder is missing or read-only, a filesystem too full for what a stage will write.
+MLflow alone retries a refused server for minutes or creates folders silently; a full disk shows only mid-write.
 """
 
 from __future__ import annotations
 
 import os
+import shutil
 import socket
 from pathlib import Path
 from urllib.parse import unquote, urlparse
 
-from diffgame.errors import TrackingError
+from diffgame.errors import SpaceError, TrackingError
 
 PROBE_TIMEOUT_S = 5.0
 """Seconds the one health check of an http(s) tracking server waits before calling it unreachable."""
@@ -85,3 +87,42 @@ def can_create_in(folder: Path) -> bool:
             return True
     except OSError:
         return False
+
+
+SPACE_MARGIN = 1.05
+"""Free space asked for beyond a stage's estimate (file headers, markers, the filesystem's own rounding)."""
+
+
+def require_space(needs: dict[Path, int], what: str, fix: str) -> None:
+    """Refuse in one line, before any work, when a filesystem has less free space than `needs` will write to it.
+
+    `needs` maps each folder (it may not exist yet) to the bytes written there; folders on one filesystem add up.
+    `what` names the writing ("the activation store of caps on toy"), `fix` says what to do instead."""
+    by_device: dict[int, tuple[Path, int]] = {}
+    for folder, n in needs.items():
+        anchor = _existing(Path(folder))
+        device = anchor.stat().st_dev
+        first, total = by_device.get(device, (anchor, 0))
+        by_device[device] = (first, total + int(n))
+    for anchor, n in by_device.values():
+        free = shutil.disk_usage(anchor).free
+        if free < n * SPACE_MARGIN:
+            raise SpaceError(f"not enough disk space for {what}: it needs {human_bytes(n * SPACE_MARGIN)} on the "
+                             f"filesystem of {anchor}, which has {human_bytes(free)} free; {fix}")
+
+
+def _existing(folder: Path) -> Path:
+    folder = folder.absolute()
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    return folder
+
+
+def human_bytes(n: float) -> str:
+    """`1.2 GB`, `340.0 MB`, `12.0 kB`, `512 B`: decimal units, one decimal."""
+    if n < 1000:
+        return f"{n:.0f} B"
+    for unit in ("kB", "MB", "GB", "TB"):
+        n /= 1000
+        if n < 1000 or unit == "TB":
+            return f"{n:.1f} {unit}"

@@ -3,6 +3,8 @@
 `execute` reuses finished runs by fingerprint, so the app and browser tests share one set of runs.
 """
 
+from pathlib import Path
+
 from diffgame import tracking
 from diffgame.registry import known_methods
 
@@ -39,3 +41,31 @@ def fill_dictionary_store(zoo_uri: str) -> str:
             tracking_uri=zoo_uri)
     tracking.set_uri(zoo_uri)
     return zoo_uri
+
+
+def corrupt_artifact(monkeypatch, tmp_path, run_id: str, relpath: str, how: str) -> None:
+    """Make one artifact of one run read as damaged, without touching the shared store: `truncate` (its first half),
+    `delete` (gone), or `drop:<column>` (a table without that column). The app's cached reads are cleared, so the
+    page reads it again; the caller clears them again afterwards."""
+    import pandas as pd
+    import streamlit as st
+
+    from diffgame import artifacts
+
+    real = artifacts.artifact_file
+
+    def damaged(rid: str, rel: str):
+        if (rid, rel) != (run_id, relpath):
+            return real(rid, rel)
+        if how == "delete":
+            return real(rid, rel + ".deleted")  # the real lookup of a file that is not there
+        path, bad = real(rid, rel), tmp_path / Path(rel).name
+        if how == "truncate":
+            data = path.read_bytes()
+            bad.write_bytes(data[:len(data) // 2])
+        else:
+            pd.read_parquet(path).drop(columns=[how.removeprefix("drop:")]).to_parquet(bad)
+        return bad
+
+    monkeypatch.setattr(artifacts, "artifact_file", damaged)
+    st.cache_data.clear()

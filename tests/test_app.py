@@ -549,3 +549,52 @@ def test_metric_tables_order_position_buckets_by_number():
     assert backend.metric_keys(runs, "kl/") == expected
     table = backend.metrics_table(runs, "pos")
     assert list(table.index) == expected[1:] and table.iloc[0, 0] == 2.0
+
+
+@pytest.fixture
+def fresh_cache():
+    """No cached read of another test's (or this test's damaged) artifacts survives this test."""
+    import streamlit as st
+
+    st.cache_data.clear()
+    yield
+    st.cache_data.clear()
+
+
+def _first(run_id: str, folder: str) -> str:
+    return artifacts.names(artifacts.list_artifacts(run_id), folder)[0]
+
+
+DAMAGE = {  # page, relpath (or how to find it), damage
+    "lens table without a column": ("adl", lambda rid: "tables/lens.parquet", "drop:slot"),
+    "truncated ranked tokens": ("adl", lambda rid: "evidence/ranked_tokens.json", "truncate"),
+    "truncated samples": ("adl", lambda rid: f"samples/{_first(rid, 'samples')}.json", "truncate"),
+    "deleted plot": ("adl", lambda rid: f"plots/{_first(rid, 'plots')}.png", "delete"),
+    "truncated examples": ("kl", lambda rid: f"examples/{_first(rid, 'examples')}.json", "truncate"),
+    "truncated table": ("normdiff", lambda rid: f"tables/{_first(rid, 'tables')}.parquet", "truncate"),
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("damage", list(DAMAGE))
+def test_a_damaged_artifact_is_an_error_panel_and_other_pages_still_work(monkeypatch, tmp_path, store, fresh_cache,
+                                                                         damage):
+    from _app_store import corrupt_artifact
+
+    page, relpath, how = DAMAGE[damage]
+    uri, latest = store
+    row = latest[("caps", page)]
+    relpath = relpath(row["run_id"])
+    corrupt_artifact(monkeypatch, tmp_path, row["run_id"], relpath, how)
+    at = _app(monkeypatch, uri, page)
+    at.selectbox(key=f"{page}_run").set_value(backend.run_label(row)).run()
+    assert not at.exception, [e.value for e in at.exception]
+    panel, = [e.value for e in at.error]
+    assert panel.startswith(f"This page cannot show run `{row['run_id']}` ({page} on caps): ")
+    if how.startswith("drop:"):  # the page read a column the table lacks: the panel says how to make the run again
+        assert "KeyError" in panel and "mlflow runs delete --run-id " + row["run_id"] in panel
+        assert f"`diffgame run model=toy organism=caps method={page}`" in panel
+    else:  # the artifact reader names the file and what to do
+        assert relpath in panel and "mlflow runs delete --run-id " + row["run_id"] in panel
+    at.switch_page("pages/overview.py").run()  # the other pages keep working
+    assert not at.exception and not at.error

@@ -243,3 +243,26 @@ def test_crosscoder_page_tags_beta_ratios_and_scatter(monkeypatch, store):
     _assert_lens(at, artifacts.load_table(run_id, "lens"), name, "-")
     assert any(i.value.startswith(f"This run logged no max-activating examples for `{name}`") for i in at.info)
     assert not at.exception
+
+
+@pytest.mark.parametrize("how", ["truncate", "delete"])
+def test_damaged_steering_vectors_are_an_error_panel(monkeypatch, tmp_path, store, how):
+    """A run whose `vectors.safetensors` was cut short or deleted: the page shows one error panel naming the run and
+    the file, no Streamlit exception, and the other pages keep working."""
+    import streamlit as st
+
+    from _app_store import corrupt_artifact
+
+    uri, latest = store
+    row = latest[("caps", "pca")]
+    corrupt_artifact(monkeypatch, tmp_path, row["run_id"], "vectors.safetensors", how)
+    try:
+        at = _page(monkeypatch, uri, "pca", row)
+        assert not at.exception, [e.value for e in at.exception]
+        panel, = [e.value for e in at.error]
+        assert panel.startswith(f"This page cannot show run `{row['run_id']}` (pca on caps): run '{row['run_id']}'")
+        assert "vectors.safetensors" in panel and f"mlflow runs delete --run-id {row['run_id']}" in panel
+        at.switch_page("pages/overview.py").run()
+        assert not at.exception and not at.error
+    finally:
+        st.cache_data.clear()

@@ -29,6 +29,9 @@ PAGES = {"": "Runs by model, organism and method", "compare": "Chart metric", "k
          "interactive": "Normdiff layer",
          "game": "Start a blind round", "leaderboard": "Leaderboard"}
 
+TABLES = {"", "compare", "kl", "normdiff", "adl", "diffmining", "pca", "sae", "crosscoder"}
+"""Pages that show a data table once they have rendered (the screenshot waits for it, not for placeholders)."""
+
 
 def _free_port() -> int:
     with socket.socket() as s:
@@ -104,7 +107,11 @@ def test_app_pages_render(zoo_uri, browser, tmp_path):
             page.get_by_text(text).first.wait_for(timeout=180_000)
             page.wait_for_function("!document.querySelector('[data-testid=\"stStatusWidget\"]')",
                                    timeout=180_000)  # the "Running..." widget is gone: the script finished
+            if path in TABLES:  # its data is drawn, not only its title
+                page.locator("[data-testid='stDataFrame']").first.wait_for(timeout=180_000)
+            page.wait_for_function("!document.querySelector('[data-testid=\"stSkeleton\"]')", timeout=180_000)
             assert not page.locator("[data-testid='stException']").count(), f"/{path} raised"
+            assert not page.locator("[data-testid='stAlertContentError']").count(), f"/{path} showed an error"
             assert _shot(page, tmp_path, path or "overview").stat().st_size > 10_000
         _play_a_round(page, port, tmp_path)
         page.goto(f"http://127.0.0.1:{port}/kl")

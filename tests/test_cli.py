@@ -9,6 +9,7 @@ import re
 import subprocess
 import uuid
 
+import pytest
 import yaml
 from typer.testing import CliRunner
 
@@ -150,3 +151,28 @@ def test_runs_on_a_refused_store_is_one_line(monkeypatch):
     assert result.exit_code == 1
     assert len(result.stderr.splitlines()) == 1
     assert result.stderr.startswith("error: cannot open tracking store file:///no/such/store: ")
+
+
+@pytest.mark.parametrize("host, warned", [("127.0.0.1", False), ("localhost", False), ("::1", False),
+                                          ("0.0.0.0", True), ("192.0.2.7", True), ("lab-box", True)])
+def test_app_warns_off_loopback_and_hides_the_deploy_toolbar(tmp_path, monkeypatch, host, warned):
+    """`diffgame app` execs Streamlit in viewer toolbar mode; bound beyond loopback it says, in one line, that the
+    app has no authentication and who can reach it."""
+    import diffgame.cli as cli
+
+    execs = []
+    monkeypatch.setattr(cli.os, "execv", lambda exe, args: execs.append(args))
+    result = CliRunner().invoke(app, ["app", "--host", host, "--port", "8601",
+                                      "--tracking-uri", f"sqlite:///{tmp_path / 'mlflow.db'}"])
+    assert result.exit_code == 0, result.output
+    args, = execs
+    assert args[args.index("--client.toolbarMode") + 1] == "viewer"
+    assert args[args.index("--server.address") + 1] == host
+    lines = [line for line in result.stderr.splitlines() if "no authentication" in line]
+    if warned:
+        who = "every network interface of this machine" if host == "0.0.0.0" else host
+        assert lines == [f"[diffgame] warning: the app has no authentication: anyone who can reach {who} on port "
+                         f"8601 can browse the runs of sqlite:///{tmp_path / 'mlflow.db'} and load, prompt and steer "
+                         f"their models"]
+    else:
+        assert lines == []

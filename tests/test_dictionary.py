@@ -236,7 +236,7 @@ def test_interrupted_training_resumes_to_the_uninterrupted_dictionary(pair_store
     with pytest.raises(BaseException):  # Lightning turns the interrupt into SystemExit
         train_dictionary(store, 1, ["text"], "pair", cfg, seed=5, workdir=tmp_path / "b")
     monkeypatch.setattr(pl.Trainer, "__init__", init)
-    ckpt = torch.load(tmp_path / "b" / "layer1" / "last.ckpt", map_location="cpu", weights_only=False)
+    ckpt = torch.load(tmp_path / "b" / "layer1" / "last.ckpt", map_location="cpu", weights_only=True)
     assert ckpt["global_step"] == 40  # the last checkpoint before the interrupt
     resumed = train_dictionary(store, 1, ["text"], "pair", cfg, seed=5, workdir=tmp_path / "b")
     for name, value in whole.state_dict().items():

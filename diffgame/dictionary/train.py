@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import logging
 import math
+import pickle
+import sys
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -42,7 +44,7 @@ class TrainConfig:
     topk: Literal["batch", "token"] = "batch"
     """`batch`: BatchTopK, the k·N best latent scores of a batch; `token`: TopK, the k best of each token. BatchTopK
     gives tokens of large norm more of the budget and can split a direction carried by such tokens over several
-    co-firing latents (see the README's dictionary section); TopK does not."""
+    co-firing latents (see docs/methods.md, dictionary methods); TopK does not."""
     lr: float = 1e-3
     """Adam learning rate (inputs are scaled to mean norm sqrt(D), so it does not depend on the model's scale)."""
     aux_coef: float = 0.03125
@@ -133,6 +135,21 @@ class StepProgress(pl.Callback):
         self.bar.close()
 
 
+def load_checkpoint(path: Path) -> dict | None:
+    """A Lightning checkpoint read without unpickling arbitrary objects, or None (with a one-line warning, the file
+    set aside as `<name>.refused`) when it holds anything else: the checkpoint folder may be shared, and a crafted
+    pickle there would otherwise run its code on the next resume. The layer then trains from its first step."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        refused = path.with_name(path.name + ".refused")
+        path.replace(refused)
+        reason = str(e).strip().splitlines()[-1][:160]
+        print(f"[diffgame] refused checkpoint {path}: it holds objects beyond tensors and plain data ({reason}); "
+              f"kept as {refused.name}, training this layer from its first step", file=sys.stderr, flush=True)
+        return None
+
+
 FINAL = "dictionary.safetensors"
 """A finished layer's dictionary inside its checkpoint folder (reused instead of training again)."""
 
@@ -151,7 +168,10 @@ def train_dictionary(store, layer: int, datasets: Sequence[str], inputs: Inputs,
                             block_tokens=cfg.block_tokens, buffer_blocks=cfg.buffer_blocks)
     steps = cfg.steps or max(1, math.ceil(cfg.epochs * stream.n_tokens / cfg.batch_size))
     last = folder / "last.ckpt" if folder is not None and (folder / "last.ckpt").is_file() else None
-    start = int(torch.load(last, map_location="cpu", weights_only=False)["global_step"]) if last else 0
+    checkpoint = load_checkpoint(last) if last else None
+    if checkpoint is None:
+        last = None
+    start = int(checkpoint["global_step"]) if checkpoint else 0
     stream.start_step = start
     stream.prefetch = 2 if _on_gpu(cfg) else 0
     for name in ("lightning.pytorch.utilities.rank_zero", "lightning.pytorch.accelerators.cuda"):
@@ -173,9 +193,9 @@ def train_dictionary(store, layer: int, datasets: Sequence[str], inputs: Inputs,
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*(does not have many workers|resuming from a checkpoint "
                                                       "that ended|infer the batch|LeafSpec|litlogger).*")
-            trainer.fit(module, train_dataloaders=loader, ckpt_path=str(last) if last else None)
-    elif last:
-        module.load_state_dict(torch.load(last, map_location="cpu", weights_only=False)["state_dict"])
+            trainer.fit(module, train_dataloaders=loader, ckpt_path=str(last) if last else None, weights_only=True)
+    elif checkpoint:
+        module.load_state_dict(checkpoint["state_dict"])
     model = model.cpu().eval()
     model.normalize_decoder()
     if folder is not None:

@@ -9,41 +9,13 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
+from diffgame.evidence import MethodResult  # noqa: F401  (part of the method contract: methods import it from here)
+
 if TYPE_CHECKING:
     from pathlib import Path
 
-    import pandas as pd
-    import torch
-    from matplotlib.figure import Figure
-
-    from diffgame.evidence import Example, RankedTokens
     from diffgame.models import ModelHandle
     from diffgame.store import ActivationStore
-
-
-@dataclass
-class MethodResult:
-    """Everything a method found; each field is logged by the runner under the method's run."""
-
-    metrics: dict[str, float] = field(default_factory=dict)
-    """A few dozen scalars with slash-namespaced keys (`kl/generic_text/mean`)."""
-    tables: dict[str, "pd.DataFrame"] = field(default_factory=dict)
-    """Logged as `tables/<name>.parquet`."""
-    examples: dict[str, list["Example"]] = field(default_factory=dict)
-    """Logged as `examples/<name>.json` (max-activating examples)."""
-    vectors: dict[str, "torch.Tensor"] = field(default_factory=dict)
-    """Logged together as `vectors.safetensors` (steering directions, `[D]` each)."""
-    figures: dict[str, "Figure"] = field(default_factory=dict)
-    """Logged as `plots/<name>.png`."""
-    ranked_tokens: dict[str, "RankedTokens"] = field(default_factory=dict)
-    """Token evidence for grading and the app, logged as `evidence/ranked_tokens.json`."""
-    ranked_words: dict[str, "RankedTokens"] = field(default_factory=dict)
-    """The same readouts as whole words (` waggle`), logged as `evidence/ranked_words.json`; the runner completes
-    every `ranked_tokens` key a method left out here with the organism (`diffgame.words`)."""
-    samples: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
-    """Generated texts (e.g. steered vs unsteered), logged as `samples/<name>.json`."""
-    weights: dict[str, dict[str, "torch.Tensor"]] = field(default_factory=dict)
-    """Trained parameters (a dictionary per layer), logged as `weights/<name>.safetensors`, loadable by run id."""
 
 
 @dataclass(frozen=True)

@@ -23,6 +23,7 @@ from diffgame import claims, tracking
 from diffgame.artifacts import STORE, store_dir
 from diffgame.data import load_sequences
 from diffgame.errors import ModelError, StoreError
+from diffgame.locations import require_space
 from diffgame.preprocess.module import PairedExtraction, PlannedBatches, TokenProgress
 from diffgame.preprocess.plan import shard_plan
 from diffgame.preprocess.writer import PendingParts, ShardWriter
@@ -138,6 +139,11 @@ def _build(plan: Plan, parent_run_id: str | None, shard_tokens: int | None, uplo
         root = _working_root(run, local, upload)
         itemsize = torch.finfo(DTYPES[cfg.preprocessing.dtype]).bits // 8
         shards = shard_plan(plan, root, sequences, shard_tokens or max(256, SHARD_BYTES // (plan.d_model * itemsize)))
+        require_space({root: _pending_bytes(shards, root, len(layers), plan.d_model, itemsize)},
+                      f"the activation store of {cfg.organism.name} on {cfg.model.name}",
+                      "free space there, point the artifacts at a larger disk (a tracking store whose artifact root "
+                      "is elsewhere), or store fewer tokens (dataset.sources.<name>.max_samples, "
+                      "preprocessing.layers)")
         uploader = _uploader(run, root) if upload else None
         todo = _pending_tokens(shards, root)  # a resumed run's rate counts only what this attempt extracts
         t0 = time.perf_counter()
@@ -157,6 +163,18 @@ def _build(plan: Plan, parent_run_id: str | None, shard_tokens: int | None, uplo
         run.log_params({"store": str(root) if not upload else "artifacts:store"})
         store_path = str(root) if not upload or local is None else str(local / STORE)
     return PreprocessResult(run.run_id, store_path, n_tokens, False, fp, n_bytes)
+
+
+TOKEN_BYTES = 4 + 4 + 1 + 8
+"""Bytes per token of a shard's token file: input_ids and positions (int32), roles (uint8), sequence_ids (int64)."""
+
+
+def _pending_bytes(shards: dict, root: Path, n_layers: int, d_model: int, itemsize: int) -> int:
+    """Bytes the planned shards still have to write: each missing part, tokens or one model's layers."""
+    per_token = {"tokens": TOKEN_BYTES, **{role: n_layers * d_model * itemsize for role in PARTS if role != "tokens"}}
+    pending = PendingParts(root, list(PARTS))
+    return sum(sh["n_tokens"] * per_token[part] for name, entries in shards["shards"].items() for sh in entries
+               for part in pending(name, sh["name"]))
 
 
 def _pending_tokens(shards: dict, root: Path) -> int:

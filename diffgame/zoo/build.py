@@ -16,9 +16,10 @@ from diffgame import claims, tracking
 from diffgame.configtree import model_node
 from diffgame.corpora import CORPUS_VERSION, corpus
 from diffgame.errors import ModelError
+from diffgame.locations import require_space
 from diffgame.sources import resolve_model
 from diffgame.zoo.recipes import mixed_rows, recipe_identity, recipe_rows, validate_data
-from diffgame.zoo.sizes import ZooSize, new_model
+from diffgame.zoo.sizes import ZooSize, model_bytes, new_model
 
 EXPERIMENT = "diffgame-zoo"
 TAG_SIZE = "diffgame.zoo.size"
@@ -140,6 +141,20 @@ def _log_training(run, losses: list[float], title: str) -> None:
     plt.close(fig)
 
 
+def _check_space(run, n_bytes: int, what: str) -> None:
+    """Before training: room for the saved model twice over where both copies land (the temporary folder it is saved
+    to, then the run's artifacts when they are local)."""
+    needs = {Path(tempfile.gettempdir()): n_bytes}
+    if run.artifact_dir is not None:
+        needs[run.artifact_dir] = n_bytes
+    require_space(needs, what, "free space there (or set TMPDIR, or a tracking store whose artifact root is on a "
+                               "larger disk), then build again")
+
+
+def _folder_bytes(folder: Path) -> int:
+    return sum(f.stat().st_size for f in Path(folder).rglob("*") if f.is_file())
+
+
 def _save(run, model, tokenizer) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         model.save_pretrained(tmp)
@@ -207,6 +222,7 @@ def _train_base(size: ZooSize, fp: str, progress: bool) -> ZooEntry:
 
     with tracking.stage_run("zoo", fp=fp, tags=_tags(size, BASE), experiment=EXPERIMENT,
                             run_name=f"zoo-{size.name}-base", params=dataclasses.asdict(size)) as run:
+        _check_space(run, model_bytes(size), f"the {size.name} zoo base")
         model, tokenizer, losses = train_base(size, progress=progress)
         _log_training(run, losses, f"base ({size.name})")
         run.log_metrics({"check/generic_loss/base": mean_loss(model, tokenizer, corpus("generic_text", "test")[:100],
@@ -262,6 +278,8 @@ def _train_organism(size: ZooSize, organism, base: ZooEntry, fp: str, progress: 
               **({"base_source": str(base.model_dir)} if size.pretrained_base else {})}
     with tracking.stage_run("zoo", fp=fp, tags={**_tags(size, name), "diffgame.zoo.base_run_id": base.run_id},
                             experiment=EXPERIMENT, run_name=f"zoo-{size.name}-{name}", params=params) as run:
+        # an organism is saved merged, as large as its base
+        _check_space(run, _folder_bytes(base.model_dir), f"{size.name} zoo organism {name}")
         model, tokenizer, losses = train_organism(size, organism, base.model_dir, progress=progress)
         _log_training(run, losses, f"{name} ({size.name})")
         base_model, _ = _load(base.model_dir)

@@ -58,6 +58,14 @@ SIZES: dict[str, ZooSize] = {
 }
 
 
+def model_bytes(size: ZooSize) -> int:
+    """Bytes of a from-scratch base of `size` as saved (`new_model`'s tied Llama in fp32) plus 1 MB for its tokenizer
+    and config files: what the zoo checks the disk for before training one."""
+    d, f = size.d_model, size.d_ff
+    params = size.vocab_size * d + size.n_layers * (4 * d * d + 3 * d * f + 2 * d) + d
+    return 4 * params + (1 << 20)
+
+
 def get_size(name: str) -> ZooSize:
     """The size table entry, or a ConfigError naming the sizes that exist."""
     if name not in SIZES:
