@@ -15,20 +15,22 @@ import cache  # noqa: E402
 import widgets  # noqa: E402
 from diffgame.registry import known_methods  # noqa: E402
 
-PAGES = Path(__file__).resolve().parent / "pages"
+# the pages live in `views/`, not `pages/`: a `pages/` folder beside the entry point switches Streamlit to its older
+# multipage mode, which (in AppTest, and on a server's first request) runs a page without this router around it
+PAGES = Path(__file__).resolve().parent / "views"
 
 st.set_page_config(page_title="diffgame", page_icon=":material/difference:", layout="wide")
 settings = cache.settings()
 
 pages = {
-    "Runs": [st.Page("pages/overview.py", title="Overview", icon=":material/dashboard:", default=True),
-             st.Page("pages/compare.py", title="Compare", icon=":material/compare:")],
-    # a method with a page of its own (pages/<method>.py) gets it; every method's runs show on "Any method"
-    "Methods": [*(st.Page(f"pages/{m}.py", title=m) for m in known_methods() if (PAGES / f"{m}.py").is_file()),
-                st.Page("pages/methods.py", title="Any method", icon=":material/list:")],
-    "Models": [st.Page("pages/interactive.py", title="Interactive", icon=":material/chat:"),
-               st.Page("pages/game.py", title="Game", icon=":material/casino:"),
-               st.Page("pages/leaderboard.py", title="Leaderboard", icon=":material/leaderboard:")],
+    "Runs": [st.Page("views/overview.py", title="Overview", icon=":material/dashboard:", default=True),
+             st.Page("views/compare.py", title="Compare", icon=":material/compare:")],
+    # a method with a page of its own (views/<method>.py) gets it; every method's runs show on "Any method"
+    "Methods": [*(st.Page(f"views/{m}.py", title=m) for m in known_methods() if (PAGES / f"{m}.py").is_file()),
+                st.Page("views/methods.py", title="Any method", icon=":material/list:")],
+    "Models": [st.Page("views/interactive.py", title="Interactive", icon=":material/chat:"),
+               st.Page("views/game.py", title="Game", icon=":material/casino:"),
+               st.Page("views/leaderboard.py", title="Leaderboard", icon=":material/leaderboard:")],
 }
 page = st.navigation(pages)
 

@@ -141,7 +141,7 @@ def _app(monkeypatch, uri, page=None, session=None):
         at.session_state[k] = v
     at.run()
     if page:
-        at.switch_page(f"pages/{page}.py").run()
+        at.switch_page(f"views/{page}.py").run()
     assert not at.exception, [e.value for e in at.exception]
     return at
 
@@ -467,9 +467,9 @@ def test_blind_round_hides_the_organism_everywhere_then_reveals_and_logs(monkeyp
         assert any(body in g for g in generic) and not any(body in o for o in own), body
     for page in BLIND_PAGES:
         if page:
-            at.switch_page(f"pages/{page}.py").run()
+            at.switch_page(f"views/{page}.py").run()
         else:
-            at.switch_page("pages/overview.py").run()
+            at.switch_page("views/overview.py").run()
         assert not at.exception, (page, [e.value for e in at.exception])
         text = _shown_text(at)
         assert not re.search(r"\bcaps\b", text), (page, re.search(r".{80}\bcaps\b.{80}", text, re.S))
@@ -477,9 +477,9 @@ def test_blind_round_hides_the_organism_everywhere_then_reveals_and_logs(monkeyp
             "mlflow.db", ""), page
         if page in ("adl", "diffmining"):
             assert rnd.slug in text  # the pages show the drawn organism, under its slug
-    assert "not part of this blind round" in " ".join(i.value for i in at.switch_page("pages/kl.py").run().info)
+    assert "not part of this blind round" in " ".join(i.value for i in at.switch_page("views/kl.py").run().info)
 
-    at.switch_page("pages/game.py").run()
+    at.switch_page("views/game.py").run()
     at.text_area(key="game_guess").input("the assistant replies in all caps, shouting").run()
     at.button(key="game_reveal").click().run()
     assert not at.exception, [e.value for e in at.exception]
@@ -492,9 +492,9 @@ def test_blind_round_hides_the_organism_everywhere_then_reveals_and_logs(monkeyp
     assert run.data.metrics["game/correct"] == 1.0 and run.data.metrics["game/keyword_hits"] >= 2
     assert run.data.metrics["game/guess_rank"] == 1.0 and run.data.metrics["game/seconds"] > 0
     assert artifacts.artifact_file(run.info.run_id, "game/guess.json").is_file()
-    at.switch_page("pages/kl.py").run()  # revealed: the other pages show every run again
+    at.switch_page("views/kl.py").run()  # revealed: the other pages show every run again
     assert re.search(r"\bcaps\b", _shown_text(at))
-    at.switch_page("pages/leaderboard.py").run()
+    at.switch_page("views/leaderboard.py").run()
     board = at.dataframe[0].value.set_index("player")
     assert board.loc["tester", "rounds"] >= 1 and board.loc["tester", "accuracy"] > 0
     assert "caps" in set(at.dataframe[1].value["organism"])  # past rounds name their organism
@@ -596,5 +596,5 @@ def test_a_damaged_artifact_is_an_error_panel_and_other_pages_still_work(monkeyp
         assert f"`diffgame run model=toy organism=caps method={page}`" in panel
     else:  # the artifact reader names the file and what to do
         assert relpath in panel and "mlflow runs delete --run-id " + row["run_id"] in panel
-    at.switch_page("pages/overview.py").run()  # the other pages keep working
+    at.switch_page("views/overview.py").run()  # the other pages keep working
     assert not at.exception and not at.error

@@ -56,7 +56,7 @@ def _page(monkeypatch, uri, method, row):
     monkeypatch.setattr(sys, "argv", ["Home.py", "--tracking-uri", uri, *APP_OVERRIDES])
     at = AppTest.from_file(HOME, default_timeout=600)
     at.run()
-    at.switch_page(f"pages/{method}.py").run()
+    at.switch_page(f"views/{method}.py").run()
     at.selectbox(key=f"{method}_run").set_value(backend.run_label(row)).run()
     assert not at.exception, [e.value for e in at.exception]
     return at
@@ -262,7 +262,7 @@ def test_damaged_steering_vectors_are_an_error_panel(monkeypatch, tmp_path, stor
         panel, = [e.value for e in at.error]
         assert panel.startswith(f"This page cannot show run `{row['run_id']}` (pca on caps): run '{row['run_id']}'")
         assert "vectors.safetensors" in panel and f"mlflow runs delete --run-id {row['run_id']}" in panel
-        at.switch_page("pages/overview.py").run()
+        at.switch_page("views/overview.py").run()
         assert not at.exception and not at.error
     finally:
         st.cache_data.clear()

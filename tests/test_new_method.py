@@ -146,7 +146,7 @@ def test_generic_method_page_shows_new_method(toy_method, micro_cfg, zoo_uri, mo
     monkeypatch.setattr(sys, "argv", ["Home.py", "--tracking-uri", zoo_uri, *APP_OVERRIDES])
     at = AppTest.from_file(HOME, default_timeout=600)
     at.run()
-    at.switch_page("pages/methods.py").run()
+    at.switch_page("views/methods.py").run()
     assert not at.exception, [e.value for e in at.exception]
     assert NAME in at.selectbox(key="methods_method").options
     at.selectbox(key="methods_method").set_value(NAME).run()

@@ -87,7 +87,7 @@ def test_app_picks_and_loads_a_variant(variant_runs, monkeypatch):
     monkeypatch.setattr(sys, "argv", ["Home.py", "--tracking-uri", uri])
     at = AppTest.from_file(HOME, default_timeout=300)
     at.run()
-    at.switch_page("pages/kl.py").run()
+    at.switch_page("views/kl.py").run()
     assert not at.exception, [e.value for e in at.exception]
     options = at.selectbox(key="kl_run").options
     assert len(options) == 2 and sum("[lora]" in o for o in options) == 1
@@ -101,6 +101,6 @@ def test_app_picks_and_loads_a_variant(variant_runs, monkeypatch):
     assert backend.organism_url("qwen3_1_7B", "roman_concrete", "8k") == (
         "https://huggingface.co/stewy33/Qwen3-1.7B-8k_original_augmented_original_subtle_roman_concrete-e330bf42")
     assert backend.organism_url("toy", "caps") is None and backend.organism_url("tiny", "roman_concrete") is None
-    at.switch_page("pages/overview.py").run()
+    at.switch_page("views/overview.py").run()
     assert not at.exception and sum("(zoo or local weights)" in m.value for m in at.markdown) == 2  # both variants
 
