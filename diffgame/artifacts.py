@@ -126,7 +126,8 @@ def artifact_file(run_id: str, relpath: str) -> Path:
         except Exception:
             pass
     known = ", ".join(list_artifacts(run_id)) or "none"
-    raise ArtifactError(f"run '{run_id}' has no artifact '{relpath}'; it has: {known}")
+    raise ArtifactError(f"run '{run_id}' has no artifact '{relpath}'; it has: {known}; if it should, "
+                        f"{REMAKE.format(run_id=run_id)}")
 
 
 def _read(run_id: str, relpath: str, reader):

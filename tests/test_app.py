@@ -594,7 +594,7 @@ def test_a_damaged_artifact_is_an_error_panel_and_other_pages_still_work(monkeyp
     if how.startswith("drop:"):  # the page read a column the table lacks: the panel says how to make the run again
         assert "KeyError" in panel and "mlflow runs delete --run-id " + row["run_id"] in panel
         assert f"`diffgame run model=toy organism=caps method={page}`" in panel
-    else:  # the artifact reader names the file and what to do
+    else:  # the artifact reader names the file (a deleted one as the real lookup saw it) and what to do
         assert relpath in panel and "mlflow runs delete --run-id " + row["run_id"] in panel
     at.switch_page("views/overview.py").run()  # the other pages keep working
     assert not at.exception and not at.error
