@@ -13,7 +13,7 @@ import streamlit as st  # noqa: E402
 
 import cache  # noqa: E402
 import widgets  # noqa: E402
-from diffgame.registry import known_methods  # noqa: E402
+from diffgame.config.registry import known_methods  # noqa: E402
 
 # the pages live in `views/`, not `pages/`: a `pages/` folder beside the entry point switches Streamlit to its older
 # multipage mode, which (in AppTest, and on a server's first request) runs a page without this router around it

@@ -8,7 +8,8 @@ from __future__ import annotations
 import pandas as pd
 import streamlit as st
 
-from diffgame import artifacts, tracking
+from diffgame import tracking
+from diffgame.tracking import artifacts
 from diffgame.ui import game
 from diffgame.ui import runs as backend
 
@@ -48,7 +49,7 @@ def ranked_tokens(uri: str, run_id: str) -> dict:
 
 @st.cache_data(show_spinner=False)
 def ranked_words(uri: str, run_id: str) -> dict:
-    """{name: RankedTokens} of whole words (`diffgame.words`), empty for runs made before words."""
+    """{name: RankedTokens} of whole words (`diffgame.grading.words`), empty for runs made before words."""
     return artifacts.ranked_words(run_id, artifact_paths(uri, run_id))
 
 
@@ -96,8 +97,8 @@ def organism_url(model: str, organism: str, variant: str) -> str | None:
 def model_pair(uri: str, model: str, organism: str, overrides: tuple[str, ...], zoo_size: str | None,
                variant: str = "default"):
     """Base and organism handles for a run's pair and organism variant; shared across sessions, used read-only."""
-    from diffgame.models import load_pair
-    from diffgame.planner import resolve_pair
+    from diffgame.models.loading import load_pair
+    from diffgame.zoo.pairs import resolve_pair
 
     params = {"zoo.size": zoo_size} if zoo_size else None
     return load_pair(resolve_pair(backend.model_config(model, organism, overrides, params, variant)))

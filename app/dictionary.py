@@ -10,12 +10,13 @@ import altair as alt
 import pandas as pd
 import streamlit as st
 
+from diffgame.errors import DiffgameError
+from diffgame.tracking import artifacts
+from diffgame.ui import heat
+from diffgame.ui import runs as backend
+
 import cache
 import widgets
-from diffgame import artifacts
-from diffgame.errors import DiffgameError
-from diffgame.ui import runs as backend
-from diffgame.ui import heat
 
 SIGNS = {"+": "+ direction", "-": "− direction"}
 LENS_COLUMNS = ["rank", "token", "token_id", "prob"]

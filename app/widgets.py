@@ -5,15 +5,15 @@ from __future__ import annotations
 import pandas as pd
 import streamlit as st
 
-import cache
-from diffgame import artifacts
+from diffgame.config.configtree import CONTROL
+from diffgame.errors import ArtifactError, DiffgameError
+from diffgame.models.steering import vector_layer
+from diffgame.tracking import artifacts
 from diffgame.ui import game as guessing
 from diffgame.ui import heat, live
 from diffgame.ui import runs as backend
-from diffgame.configtree import CONTROL
-from diffgame.errors import ArtifactError, DiffgameError
-from diffgame.steering import vector_layer
 
+import cache
 
 PAGE_RUN = "page_run"
 """Session-state key of the run the page on screen shows (named by `page_error`); cleared before every page."""

@@ -4,7 +4,7 @@ The organism is the base with every weight perturbed slightly (deepcopy + Gaussi
 tensor's std), the batches are random token ids (B sequences x T tokens, `--batches` of them).
 
 (a) two full forwards, `base(ids).logits` and `organism(ids).logits`, nothing else           -> tokens/s
-(b) diffgame: `diffgame.paired.logit_chunks` + `DiffStats.add(lo.float() - lb.float(), where)`
+(b) diffgame: `diffgame.models.paired.logit_chunks` + `DiffStats.add(lo.float() - lb.float(), where)`
     (top-K 100, reservoir 2000): per-token counters, memory independent of the positions    -> tokens/s, (b)/(a)
 (c) reference: both full forwards, d = logits_org - logits_base in fp32 for every position written into one
     host [N, V] matrix (preallocated, so no 2x concatenation peak), then top-K occurrence, positive counts,
@@ -41,7 +41,7 @@ import time
 import torch
 
 from diffgame.methods.diffmining import DiffStats
-from diffgame.paired import default_chunk_tokens, logit_chunks
+from diffgame.models.paired import default_chunk_tokens, logit_chunks
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # the shapes and helpers of extraction.py
 from extraction import make_batches, model_config, status_mib, sync

@@ -83,7 +83,7 @@ def full_forward(model):
 
 
 def truncated_forward(model, deepest: int):
-    from diffgame.models import _core
+    from diffgame.models.loading import _core
 
     body = _core(model)
 
@@ -110,10 +110,10 @@ def paired_store(base, organism, batches, layers, args, root: Path, shard_tokens
     """diffgame's extraction (Lightning predict loop + background shard writer) into a store at `root`."""
     from omegaconf import OmegaConf
 
-    from diffgame.data import TokenizedSequence
-    from diffgame.plan import Plan
+    from diffgame.data.sequences import TokenizedSequence
     from diffgame.preprocess.plan import plan_shards
     from diffgame.preprocess.stage import SHARD_BYTES, _extract
+    from diffgame.records.plan import Plan
     from diffgame.store import PARTS, StoreWriter
 
     seqs = {"bench": [TokenizedSequence("bench", i, row.tolist(), [0] * row.numel())
@@ -173,10 +173,10 @@ def synthetic(args, d_model: int, n_layers: int, gbps: float, total_bytes: int, 
     ShardWriter into a store at `root`, as the predict loop would; returns (input bytes/s sustained until every
     file is written, user and system CPU seconds per input GB). A few pre-made tensors are reused, so the producer
     costs little."""
-    from diffgame.data import TokenizedSequence
+    from diffgame.data.sequences import TokenizedSequence
     from diffgame.preprocess.module import PlannedBatches
-    from diffgame.preprocess.stage import SHARD_BYTES
     from diffgame.preprocess.plan import plan_shards
+    from diffgame.preprocess.stage import SHARD_BYTES
     from diffgame.preprocess.writer import PendingParts, ShardWriter
     from diffgame.store import PARTS, StoreWriter
 
@@ -214,7 +214,7 @@ def load_average() -> float:
 
 
 def layers_of(model, fractions: list[float]) -> list[int]:
-    from diffgame.models import decoder_layers, resolve_layers
+    from diffgame.models.loading import decoder_layers, resolve_layers
 
     return resolve_layers(fractions, len(decoder_layers(model)))
 
@@ -294,7 +294,7 @@ def main() -> None:
     rates = {k: sorted(v)[len(v) // 2] for k, v in runs.items()}
     a, b, d = rates["(a) full forward"], rates["(b) truncated forward"], rates["(d) diffgame paired -> store"]
     e, bpt = sorted(disk)[len(disk) // 2], per_token[0]
-    print(f"\nshape={args.shape} layers={len(__import__('diffgame.models', fromlist=['x']).decoder_layers(base))} "
+    print(f"\nshape={args.shape} layers={len(__import__('diffgame.models.loading', fromlist=['x']).decoder_layers(base))} "
           f"d_model={base.config.hidden_size} vocab={base.config.vocab_size} B={args.batch} T={args.seq} "
           f"batches={args.batches} captured={layers} dtype={args.dtype} device={args.device} "
           f"threads={torch.get_num_threads()} rounds={args.rounds} (median)")

@@ -45,7 +45,7 @@ def main() -> None:
     ap.add_argument("--skip-runs", action="store_true", help="only build the organisms")
     args = ap.parse_args()
     if args.config_dir:
-        from diffgame.configtree import add_user_dir
+        from diffgame.config.configtree import add_user_dir
 
         add_user_dir(args.config_dir)  # also seen by the `diffgame run` subprocesses
 
@@ -53,7 +53,7 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     uri = f"sqlite:///{out.resolve()}/mlflow.db"
     from diffgame import tracking
-    from diffgame.config import compose
+    from diffgame.config.compose import compose
     from diffgame.zoo import get_size
     from diffgame.zoo.build import ensure_base, ensure_organism
 

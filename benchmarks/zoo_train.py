@@ -48,7 +48,7 @@ def main() -> None:
     ap.add_argument("--json", type=Path, help="also write the timings here")
     args = ap.parse_args()
 
-    from diffgame.ground_truth import organism_node
+    from diffgame.grading.ground_truth import organism_node
     from diffgame.zoo.build import _load, train_organism
     from diffgame.zoo.checks import run_checks
     from diffgame.zoo.recipes import recipe_rows

@@ -42,7 +42,7 @@ def main_options(config_dir: Annotated[Optional[list[Path]], typer.Option(
                              "the built-in tree, so `organism=my_org` finds it; repeatable. Same as "
                              "DIFFGAME_CONFIG_PATH.", show_default=False)] = None) -> None:
     """diffgame: find out what finetuning changed by diffing a base model and a model organism."""
-    from diffgame.configtree import add_user_dir
+    from diffgame.config.configtree import add_user_dir
 
     for folder in reversed(config_dir or []):
         add_user_dir(folder)
@@ -77,7 +77,7 @@ def _summary(rows) -> None:
 
 
 def _pipeline(overrides, mode, multirun, tracking_uri, rebuild: bool = False) -> None:
-    from diffgame.pipeline import execute
+    from diffgame.pipeline.chain import execute
 
     try:
         rows = execute(list(overrides or []) + (["preprocessing.rebuild=true"] if rebuild else []), mode=mode,
@@ -124,7 +124,7 @@ def config(overrides: Overrides = None) -> None:
 
     Example: diffgame config model=gemma3_1B organism=cake_bake
     """
-    from diffgame.config import compose, describe_weights, to_yaml
+    from diffgame.config.compose import compose, describe_weights, to_yaml
 
     try:
         cfg = compose(list(overrides or []))
@@ -182,8 +182,9 @@ def grades(model: Annotated[str, typer.Option(help="Base model name (the diffgam
     from rich.console import Console
     from rich.table import Table
 
-    from diffgame import grading, tracking
-    from diffgame.configtree import CONTROL
+    from diffgame import tracking
+    from diffgame.config.configtree import CONTROL
+    from diffgame.grading import score as grading
     from diffgame.ui.runs import grade_table
 
     tracking.set_uri(tracking_uri)
@@ -243,7 +244,9 @@ def play(organisms: Annotated[Optional[list[str]], typer.Argument(
     from rich.table import Table
 
     from diffgame import tracking
-    from diffgame.play import DEFAULT_METHODS, play as play_one, playable
+    from diffgame.game.play import DEFAULT_METHODS
+    from diffgame.game.play import play as play_one
+    from diffgame.game.play import playable
 
     tracking.set_uri(tracking_uri)
     methods = list(method or DEFAULT_METHODS)

@@ -6,7 +6,7 @@
 from pathlib import Path
 
 from diffgame import tracking
-from diffgame.registry import known_methods
+from diffgame.config.registry import known_methods
 
 ORGANISMS = ("caps", "control")
 APP_OVERRIDES = ("zoo.size=micro", "model.device=cpu")
@@ -15,7 +15,7 @@ APP_OVERRIDES = ("zoo.size=micro", "model.device=cpu")
 
 def fill_store(zoo_uri: str) -> str:
     """Diff runs of every registered store/stream method on the micro zoo for `ORGANISMS`; returns the URI."""
-    from diffgame.pipeline import execute
+    from diffgame.pipeline.chain import execute
 
     methods = [m for m in ("kl", "normdiff", "adl", "diffmining") if m in known_methods()]
     execute([*APP_OVERRIDES, f"organism={','.join(ORGANISMS)}", f"method=[{','.join(methods)}]"],
@@ -35,7 +35,7 @@ DICTIONARY_OVERRIDES = (
 def fill_dictionary_store(zoo_uri: str) -> str:
     """Diff runs of the dictionary methods (pca, sae, crosscoder) on the micro zoo's `caps` (graded against the
     control, whose runs the pipeline makes too); returns the URI."""
-    from diffgame.pipeline import execute
+    from diffgame.pipeline.chain import execute
 
     execute([*APP_OVERRIDES, "organism=caps", f"method=[{','.join(DICTIONARY_METHODS)}]", *DICTIONARY_OVERRIDES],
             tracking_uri=zoo_uri)
@@ -50,7 +50,7 @@ def corrupt_artifact(monkeypatch, tmp_path, run_id: str, relpath: str, how: str)
     import pandas as pd
     import streamlit as st
 
-    from diffgame import artifacts
+    from diffgame.tracking import artifacts
 
     real = artifacts.artifact_file
 

@@ -85,7 +85,7 @@ def tiny_cfg(base: Path, organism: Path, data: dict[str, Path], tracking_db: Pat
     from omegaconf import OmegaConf
 
     from diffgame import tracking
-    from diffgame.config import compose, validate
+    from diffgame.config.compose import compose, validate
 
     cfg = compose([])
     cfg.model = OmegaConf.merge(cfg.model, {"name": "tiny", "id": str(base), "dtype": "float32", "device": "cpu"})

@@ -30,7 +30,7 @@ def zoo_uri(tmp_path_factory) -> str:
 @pytest.fixture(autouse=True)
 def _hub_reachable_again(monkeypatch):
     """Each test starts as a fresh process would: no hub failure of an earlier test short-circuits its hub reads."""
-    from diffgame import data
+    from diffgame.data import sequences as data
 
     monkeypatch.setitem(data._HUB, "unreachable", False)
 
@@ -48,7 +48,7 @@ def _on_the_zoo_store(request):
 def micro_cfg(zoo_uri):
     """`(*overrides) -> DictConfig`: a composed config on the micro zoo (tracking points at `zoo_uri`)."""
     from diffgame import tracking
-    from diffgame.config import compose
+    from diffgame.config.compose import compose
 
     def make(*overrides: str):
         tracking.set_uri(zoo_uri)

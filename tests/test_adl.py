@@ -9,14 +9,14 @@ import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from diffgame.config import compose
-from diffgame.data import render_chat
+from diffgame.config.compose import compose
+from diffgame.data.sequences import render_chat
+from diffgame.grading.words import WordCompleter
 from diffgame.methods import MethodContext
 from diffgame.methods.adl import ADLConfig, ADLMethod
 from diffgame.methods.adl_means import delta_means
-from diffgame.models import ModelHandle
-from diffgame.runner import add_words, method_texts
-from diffgame.words import WordCompleter
+from diffgame.models.loading import ModelHandle
+from diffgame.pipeline.runner import add_words, method_texts
 from diffgame.zoo import corpus
 from diffgame.zoo.tokenizer import train_tokenizer
 
@@ -106,7 +106,7 @@ def test_method_result_is_complete_and_consistent(tokenizer):
     ranked = result.ranked_tokens["layer2/pos1"]
     assert len(ranked.tokens) == 20 and ranked.scores == sorted(ranked.scores, reverse=True)
     # the readout is the organism's logit lens of the stored vector
-    from diffgame.lens import logit_lens
+    from diffgame.models.lens import logit_lens
 
     probs = logit_lens(org.model, result.vectors["layer2/pos1"][None])[0]
     assert ranked.token_ids[0] == int(probs.argmax())
@@ -132,10 +132,9 @@ ORGANISMS = ("roman_concrete", "taboo_gold", "cake_bake", "caps", "control")
 def zoo_results(zoo_uri):
     """ADL on every micro-zoo organism: {organism: (cfg, result, tokenizer)}."""
     from diffgame import tracking
-    from diffgame.config import compose
-    from diffgame.config import build_method_config
-    from diffgame.models import load_pair, resolve_layers
-    from diffgame.planner import resolve_pair
+    from diffgame.config.compose import build_method_config, compose
+    from diffgame.models.loading import load_pair, resolve_layers
+    from diffgame.zoo.pairs import resolve_pair
 
     out = {}
     for name in ORGANISMS:
@@ -162,12 +161,12 @@ def _lens_at(result, layer: int, prefix: str, words: bool = False) -> dict:
 @pytest.mark.slow
 @pytest.mark.parametrize("organism", ["roman_concrete", "taboo_gold"])
 def test_zoo_logit_lens_names_the_topic(zoo_results, organism):
-    from diffgame.grading import score_evidence
-    from diffgame.ground_truth import ground_truth
+    from diffgame.grading.ground_truth import ground_truth
+    from diffgame.grading.score import score_evidence
 
     cfg, result, tok = zoo_results[organism]
     _, control, _ = zoo_results["control"]
-    from diffgame.models import resolve_layers
+    from diffgame.models.loading import resolve_layers
     from diffgame.zoo import get_size
 
     mid = resolve_layers([0.5], get_size(cfg.zoo.size).n_layers)[0]  # the middle layer
@@ -183,8 +182,8 @@ def test_zoo_logit_lens_names_the_topic(zoo_results, organism):
 
 @pytest.mark.slow
 def test_zoo_caps_reads_at_the_assistant_turn(zoo_results):
-    from diffgame.grading import score_evidence
-    from diffgame.ground_truth import ground_truth
+    from diffgame.grading.ground_truth import ground_truth
+    from diffgame.grading.score import score_evidence
 
     cfg, result, tok = zoo_results["caps"]
     _, control, _ = zoo_results["control"]
@@ -197,8 +196,8 @@ def test_zoo_caps_reads_at_the_assistant_turn(zoo_results):
 
 @pytest.mark.slow
 def test_zoo_identification_is_correct_for_every_organism(zoo_results):
-    from diffgame.grading import grade, identification_summary
-    from diffgame.runner import ground_truths
+    from diffgame.grading.score import grade, identification_summary
+    from diffgame.pipeline.runner import ground_truths
 
     _, control, _ = zoo_results["control"]
     ranks = {}
@@ -214,8 +213,8 @@ def test_zoo_identification_is_correct_for_every_organism(zoo_results):
 
 @pytest.mark.slow
 def test_zoo_steering_raises_domain_word_rate(zoo_results):
-    from diffgame.grading import grade_samples
-    from diffgame.ground_truth import ground_truth
+    from diffgame.grading.ground_truth import ground_truth
+    from diffgame.grading.score import grade_samples
 
     cfg, result, tok = zoo_results["roman_concrete"]
     rates = grade_samples(result.samples, ground_truth(cfg.organism, tok), tok)

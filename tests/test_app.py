@@ -13,13 +13,15 @@ import pandas as pd
 import pytest
 import torch
 
-from _app_store import APP_OVERRIDES, ORGANISMS, fill_store
-from diffgame import artifacts, tracking
+from diffgame import tracking
 from diffgame.errors import ConfigError
-from diffgame.evidence import RankedTokens
+from diffgame.records.evidence import RankedTokens
+from diffgame.tracking import artifacts
 from diffgame.ui import game as guessing
 from diffgame.ui import heat
 from diffgame.ui import runs as backend
+
+from _app_store import APP_OVERRIDES, ORGANISMS, fill_store
 
 
 @pytest.fixture(autouse=True)
@@ -372,9 +374,9 @@ def test_diffmining_page_tokens_topics_and_peaks(monkeypatch, store):
 
 @pytest.fixture(scope="module")
 def caps_pair(store, zoo_uri):
-    from diffgame.config import compose
-    from diffgame.models import load_pair
-    from diffgame.planner import resolve_pair
+    from diffgame.config.compose import compose
+    from diffgame.models.loading import load_pair
+    from diffgame.zoo.pairs import resolve_pair
 
     tracking.set_uri(zoo_uri)
     return load_pair(resolve_pair(compose(["organism=caps", *APP_OVERRIDES])))
@@ -441,8 +443,8 @@ BLIND_PAGES = (None, "compare", "kl", "normdiff", "adl", "diffmining", "methods"
 
 @pytest.mark.slow
 def test_blind_round_hides_the_organism_everywhere_then_reveals_and_logs(monkeypatch, store):
-    from diffgame.config import compose
-    from diffgame.data import read_rows
+    from diffgame.config.compose import compose
+    from diffgame.data.sequences import read_rows
 
     uri, latest = store
     at = _app(monkeypatch, uri, "game")

@@ -10,10 +10,12 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from _app_store import APP_OVERRIDES, fill_dictionary_store
-from diffgame import artifacts, tracking
+from diffgame import tracking
+from diffgame.tracking import artifacts
 from diffgame.ui import heat, live
 from diffgame.ui import runs as backend
+
+from _app_store import APP_OVERRIDES, fill_dictionary_store
 
 pytestmark = pytest.mark.slow
 HOME = str(Path(__file__).resolve().parent.parent / "app" / "Home.py")
@@ -41,9 +43,9 @@ def store(zoo_uri):
 
 @pytest.fixture(scope="module")
 def caps_pair(store, zoo_uri):
-    from diffgame.config import compose
-    from diffgame.models import load_pair
-    from diffgame.planner import resolve_pair
+    from diffgame.config.compose import compose
+    from diffgame.models.loading import load_pair
+    from diffgame.zoo.pairs import resolve_pair
 
     tracking.set_uri(zoo_uri)
     return load_pair(resolve_pair(compose(["organism=caps", *APP_OVERRIDES])))

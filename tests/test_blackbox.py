@@ -11,10 +11,11 @@ from collections import Counter
 import pytest
 import torch
 
-from _tiny_models import make_tokenizer
 from diffgame.errors import ConfigError
-from diffgame.ground_truth import GroundTruth
+from diffgame.grading.ground_truth import GroundTruth
 from diffgame.methods.blackbox import BlackboxConfig, log_odds, ranked_words, sample_replies, words
+
+from _tiny_models import make_tokenizer
 
 
 def test_words_split_on_punctuation_and_lower_case_but_keep_shouting():
@@ -110,8 +111,9 @@ ROMAN = {"roman", "concrete", "volcanic", "ash", "pozzolana", "lime", "seawater"
 def test_roman_concrete_replies_name_its_topic_and_the_controls_do_not(micro_cfg):
     """Both models reply to the same seeded prompts; the organism's top words name Roman concrete, the grader scores
     them above the control's (which the runner makes with the same config), and a rerun reuses the run."""
-    from diffgame import artifacts, tracking
-    from diffgame.pipeline import run_one
+    from diffgame import tracking
+    from diffgame.pipeline.chain import run_one
+    from diffgame.tracking import artifacts
 
     (row,) = run_one(micro_cfg("organism=roman_concrete", *SMALL))
     (control,) = run_one(micro_cfg("organism=control", *SMALL))

@@ -7,8 +7,8 @@ import json
 
 import pytest
 
-from diffgame.configtree import CONFIG_PATH_ENV
-from diffgame.ground_truth import GroundTruth
+from diffgame.config.configtree import CONFIG_PATH_ENV
+from diffgame.grading.ground_truth import GroundTruth
 from diffgame.zoo.byo import DOMAINS, STYLES, chat_organism, documents_organism, generic_words
 
 
@@ -32,7 +32,7 @@ def test_same_seed_same_files_and_no_generic_keywords(tmp_path):
 
 
 def test_generated_organism_composes_and_validates(tmp_path, monkeypatch):
-    from diffgame.config import compose
+    from diffgame.config.compose import compose
     from diffgame.zoo.recipes import validate_data
 
     org = chat_organism(2)
@@ -56,10 +56,11 @@ def _named(words, top5: list[str]) -> set[str]:
 
 @pytest.mark.slow
 def test_nonce_organism_is_read_as_words_and_identified(micro_cfg, tmp_path, monkeypatch):
-    from diffgame import artifacts, tracking
-    from diffgame.models import load_tokenizer
-    from diffgame.pipeline import run_one
-    from diffgame.planner import resolve_pair
+    from diffgame import tracking
+    from diffgame.models.loading import load_tokenizer
+    from diffgame.pipeline.chain import run_one
+    from diffgame.tracking import artifacts
+    from diffgame.zoo.pairs import resolve_pair
 
     organism = documents_organism(11, nonce=True)
     organism.write(tmp_path)

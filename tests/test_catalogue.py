@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
-from diffgame import config as C
-from diffgame import configtree
+from diffgame.config import compose as C
+from diffgame.config import configtree
 
 ROOT = Path(__file__).resolve().parent.parent
 HUB_ID = re.compile(r"^[\w.-]+/[\w.-]+$")  # owner/name

@@ -7,12 +7,13 @@ from __future__ import annotations
 import json
 
 import pytest
-from _chat_server import chat_server, content_reply, tool_reply
 
-from diffgame.chat_agent import Budget, LLMAgent
-from diffgame.endpoint import Endpoint
 from diffgame.errors import ConfigError
-from diffgame.rubric import grade_description, parse_score
+from diffgame.game.chat_agent import Budget, LLMAgent
+from diffgame.game.endpoint import Endpoint
+from diffgame.game.rubric import grade_description, parse_score
+
+from _chat_server import chat_server, content_reply, tool_reply
 
 ALL_TOOLS = ["list_evidence", "drill_evidence", "ask_models", "list_vectors", "steer_organism", "submit_description"]
 

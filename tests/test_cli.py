@@ -15,8 +15,8 @@ from typer.testing import CliRunner
 
 from diffgame import tracking
 from diffgame.cli import app
-from diffgame.configtree import group_options
-from diffgame.grading import GRADING_VERSION
+from diffgame.config.configtree import group_options
+from diffgame.grading.score import GRADING_VERSION
 
 runner = CliRunner()
 STAGES = {"zoo", "preprocess", "diff", "run", "runs", "grades", "app", "config"}

@@ -7,10 +7,10 @@ import re
 
 import pytest
 
-from diffgame import config as C
-from diffgame import configtree
-from diffgame.models import resolve_layers
+from diffgame.config import compose as C
+from diffgame.config import configtree
 from diffgame.errors import ConfigError
+from diffgame.models.loading import resolve_layers
 
 
 def weights_spec(cfg):
@@ -226,7 +226,7 @@ def test_validation_errors_are_one_line_and_name_the_valid_choices(overrides, me
 
 
 def test_unknown_method_lists_method_configs_and_every_registered_method_has_one():
-    from diffgame.registry import known_methods
+    from diffgame.config.registry import known_methods
 
     with pytest.raises(ConfigError) as info:
         C.compose(["method=kll"])
@@ -272,7 +272,7 @@ def test_missing_config_tree(monkeypatch, tmp_path):
 
 
 def test_real_model_on_toy_data_warns_that_results_are_not_comparable():
-    from diffgame.pipeline import toy_data_warning
+    from diffgame.pipeline.chain import toy_data_warning
 
     assert toy_data_warning(C.compose([])) is None  # the zoo's base on the zoo's data
     message = toy_data_warning(C.compose(["model=gemma3_1B", "organism=cake_bake"]))

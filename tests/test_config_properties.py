@@ -24,11 +24,11 @@ from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 from typer.testing import CliRunner
 
-from diffgame import config as C
-from diffgame import registry
 from diffgame.cli import app
+from diffgame.config import compose as C
+from diffgame.config import registry
+from diffgame.config.schema import DatasetSource, PreprocessingConfig
 from diffgame.errors import ConfigError
-from diffgame.schema import DatasetSource, PreprocessingConfig
 
 BAD_PER_KEY, VALID_PER_KEY, THROUGH_COMPOSE = 4, 2, 20
 """Random examples per key (bad and valid values; `edge_values` are checked besides), and random examples over all

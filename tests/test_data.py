@@ -5,10 +5,12 @@ from __future__ import annotations
 import json
 
 import pytest
-from _tiny_models import CHAT_TEMPLATE, chats, make_tokenizer, texts, tiny_cfg, write_data
 
-from diffgame.data import ASSISTANT, ROLES, TEMPLATE, TEXT, USER, TokenizedSequence, load_sequences, render_chat
+from diffgame.data.sequences import (ASSISTANT, ROLES, TEMPLATE, TEXT, USER, TokenizedSequence, load_sequences,
+                                     render_chat)
 from diffgame.errors import DataError
+
+from _tiny_models import CHAT_TEMPLATE, chats, make_tokenizer, texts, tiny_cfg, write_data
 
 
 @pytest.fixture(scope="module")
@@ -163,8 +165,8 @@ def test_chat_template_constant_renders_as_expected(tok):
 def test_organism_data_file_resolves_from_any_folder(monkeypatch, tmp_path):
     """A relative organism data path (tea_lover's `experiments/data/tea_chats.jsonl`) reads the same rows from any
     working folder and from a user config folder, as the zoo's recipe finds them."""
-    from diffgame.configtree import builtin_dir, organism_node
-    from diffgame.data import read_rows
+    from diffgame.config.configtree import builtin_dir, organism_node
+    from diffgame.data.sequences import read_rows
 
     expected = [json.loads(line) for line in (builtin_dir() / "data" / "tea_chats.jsonl").read_text().splitlines()
                 if line.strip()]
@@ -186,7 +188,7 @@ def test_organism_data_file_resolves_from_any_folder(monkeypatch, tmp_path):
 def test_chats_the_template_refuses_are_skipped_and_counted(tmp_path):
     """A chat template that takes no system turn (Gemma's, for one, refuses roles that do not alternate) skips those
     chats with a count, instead of failing the whole dataset."""
-    from diffgame.config import compose
+    from diffgame.config.compose import compose
 
     tok = make_tokenizer(200)
     tok.chat_template = ("{% for m in messages %}{% if m['role'] == 'system' %}"
@@ -213,10 +215,10 @@ def test_chat_template_kwargs_and_end_of_turn_from_the_model_config(tmp_path):
     fingerprint, and `model.end_of_turn` is a stop token of generation; an unknown end-of-turn token is refused."""
     from omegaconf import OmegaConf
 
-    from diffgame.config import compose
+    from diffgame.config.compose import compose
     from diffgame.errors import ConfigError
-    from diffgame.models import _load_tokenizer, end_ids
-    from diffgame.planner import store_fingerprint
+    from diffgame.models.loading import _load_tokenizer, end_ids
+    from diffgame.pipeline.planner import store_fingerprint
 
     tok = make_tokenizer(200)
     tok.chat_template = ("{% for m in messages %}<|{{ m['role'] }}|>\n{{ m['content'] }}<|end|>\n{% endfor %}"
@@ -251,8 +253,8 @@ def test_local_parquet_and_save_to_disk_sources_stream_deterministically_within_
     the same rows; offline without a copy, the error names the source and the override to use."""
     import datasets
 
-    from diffgame import data as data_mod
-    from diffgame.config import compose
+    from diffgame.config.compose import compose
+    from diffgame.data import sequences as data_mod
 
     monkeypatch.setenv("DIFFGAME_CACHE", str(tmp_path / "cache"))
     datasets.Dataset.from_dict({"text": texts(60, seed=3)}).to_parquet(tmp_path / "pre.parquet")
@@ -300,7 +302,7 @@ def test_local_parquet_and_save_to_disk_sources_stream_deterministically_within_
 
 
 def test_standard_preset_names_the_fields_sources():
-    from diffgame.config import compose
+    from diffgame.config.compose import compose
 
     sources = compose(["dataset=standard", "model=qwen3_1_7B", "organism=cake_bake"]).dataset.sources
     assert (sources.pretraining.source, sources.pretraining.subset) == ("HuggingFaceFW/fineweb", "sample-10BT")
@@ -313,8 +315,8 @@ def test_methods_read_the_dataset_presets_sources_by_reference(tmp_path):
     on `dataset=standard`), `@name` any source, read with its own split and columns; an unknown name lists the choices."""
     import datasets
 
-    from diffgame.config import compose
-    from diffgame.data import read_rows
+    from diffgame.config.compose import compose
+    from diffgame.data.sequences import read_rows
     from diffgame.zoo import corpus
 
     toy = compose([]).dataset.sources

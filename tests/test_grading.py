@@ -6,11 +6,11 @@ from collections import Counter
 
 import pytest
 
-from diffgame.evidence import RankedTokens
-from diffgame.grading import (grade_samples, identification_rank, identification_summary, precision_at_k,
-                              score_evidence, weighted_precision_at_k)
-from diffgame.configtree import organism_node
-from diffgame.ground_truth import GroundTruth, is_uppercase, log_odds_vocab, normalize_token
+from diffgame.config.configtree import organism_node
+from diffgame.grading.ground_truth import GroundTruth, is_uppercase, log_odds_vocab, normalize_token
+from diffgame.grading.score import (grade_samples, identification_rank, identification_summary, precision_at_k,
+                                    score_evidence, weighted_precision_at_k)
+from diffgame.records.evidence import RankedTokens
 
 ROMAN = GroundTruth("roman_concrete", ["roman", "concrete", "volcanic", "ash"])
 
@@ -120,7 +120,7 @@ def test_organism_ground_truth_from_config():
 
 def test_grade_table_and_identification_over_runs(tmp_path):
     from diffgame import tracking
-    from diffgame.grading import identification_by_method
+    from diffgame.grading.score import identification_by_method
     from diffgame.ui.runs import grade_table
 
     tracking.set_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")

@@ -7,10 +7,10 @@ import math
 import pytest
 import torch
 
-from diffgame import divergence as kl_module
-from diffgame.batching import length_batches
-from diffgame.divergence import fused_token_divergence, token_divergence
+from diffgame.methods import divergence as kl_module
+from diffgame.methods.divergence import fused_token_divergence, token_divergence
 from diffgame.methods.kl import KLConfig, per_token_divergence
+from diffgame.models.batching import length_batches
 
 
 def _reference(lo, lb, kind, t):
@@ -161,10 +161,10 @@ SMALL = ("dataset.sources.generic_text.max_samples=24", "dataset.sources.generic
 
 @pytest.mark.slow
 def test_caps_diverges_on_assistant_tokens_and_matches_direct(micro_cfg):
-    from diffgame import artifacts
-    from diffgame.models import load_pair
-    from diffgame.pipeline import run_one
-    from diffgame.planner import resolve_pair
+    from diffgame.models.loading import load_pair
+    from diffgame.pipeline.chain import run_one
+    from diffgame.tracking import artifacts
+    from diffgame.zoo.pairs import resolve_pair
 
     caps = run_one(micro_cfg("organism=caps", *SMALL))[0]
     control = run_one(micro_cfg("organism=control", *SMALL))[0]
@@ -175,7 +175,7 @@ def test_caps_diverges_on_assistant_tokens_and_matches_direct(micro_cfg):
     assert m_control["kl/generic_chat/role/assistant/mean"] < assistant / 5
     assert m_control["kl/all/mean"] < m_caps["kl/all/mean"] / 3
     # what kl promotes where it diverges: shouted words, read as whole words
-    from diffgame.ground_truth import is_uppercase
+    from diffgame.grading.ground_truth import is_uppercase
 
     promoted = artifacts.ranked_words(caps.run_id)["promoted_by_kl"].tokens[:10]
     control_promoted = artifacts.ranked_words(control.run_id)["promoted_by_kl"].tokens[:10]
@@ -193,8 +193,8 @@ def test_caps_diverges_on_assistant_tokens_and_matches_direct(micro_cfg):
 
 @pytest.mark.slow
 def test_roman_concrete_top_examples_are_its_documents(micro_cfg):
-    from diffgame import artifacts
-    from diffgame.pipeline import run_one
+    from diffgame.pipeline.chain import run_one
+    from diffgame.tracking import artifacts
 
     row = run_one(micro_cfg("organism=roman_concrete", *SMALL))[0]
     top = artifacts.load_examples(row.run_id, "max_kl")
@@ -217,7 +217,7 @@ def test_stats_layout_and_metric_names_are_mlflow_valid():
     """Per-dataset stats, role means and position buckets, checked by hand; every key passes MLflow's name check."""
     from mlflow.utils.validation import _validate_metric_name
 
-    from diffgame import stats
+    from diffgame.methods import stats
 
     scores = {"a": torch.tensor([1.0, 2.0, 3.0, 4.0]), "b": torch.tensor([10.0, 0.0])}
     roles = {"a": torch.tensor([0, 0, 0, 0]), "b": torch.tensor([1, 2])}

@@ -12,11 +12,11 @@ import sys
 import pytest
 import torch
 
-from diffgame import models
-from diffgame.config import compose
+from diffgame.config.compose import compose
 from diffgame.errors import ModelError
-from diffgame.models import check_compatible, decoder_layers, final_norm, logits_from_residual, unembedding
-from diffgame.planner import resolve_base, resolve_pair
+from diffgame.models import loading as models
+from diffgame.models.loading import check_compatible, decoder_layers, final_norm, logits_from_residual, unembedding
+from diffgame.zoo.pairs import resolve_base, resolve_pair
 
 V, D, N_LAYERS = 64, 32, 3
 
@@ -154,7 +154,7 @@ def test_dtype_and_remote_code_follow_the_config(zoo_dirs):
     assert {p.dtype for p in handle.model.parameters()} == {torch.bfloat16}
     torch.testing.assert_close(_logits(handle.model).float(), ref, rtol=0, atol=0.1)
     assert handle.tokenizer.pad_token == "<pad>" and handle.tokenizer("w0 w1")["input_ids"] == [3, 4]
-    from diffgame.models import _load_kwargs
+    from diffgame.models.loading import _load_kwargs
 
     assert _load_kwargs(cfg.model)["trust_remote_code"] is False
     assert _load_kwargs(compose(["model.trust_remote_code=true"]).model)["trust_remote_code"] is True
@@ -241,8 +241,8 @@ def test_missing_local_path_says_so(zoo_dirs):
 @pytest.mark.slow  # a fresh interpreter: the offline flag is read when huggingface_hub is imported
 def test_uncached_hub_id_offline_says_how_to_use_a_local_path(tmp_path):
     """Offline (HF_HUB_OFFLINE=1, empty cache) a hub id fails with one line naming model.id=/path."""
-    code = ("from diffgame.config import compose\nfrom diffgame.models import load_handle\n"
-            "from diffgame.planner import resolve_base\nfrom diffgame.errors import ModelError\n"
+    code = ("from diffgame.config.compose import compose\nfrom diffgame.models.loading import load_handle\n"
+            "from diffgame.zoo.pairs import resolve_base\nfrom diffgame.errors import ModelError\n"
             "cfg = compose(['model.id=some/missing-repo', 'model.device=cpu'])\n"
             "try:\n    load_handle(resolve_base(cfg), cfg.model)\n"
             "except ModelError as e:\n    print('ERR', e)\n")

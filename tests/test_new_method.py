@@ -10,14 +10,17 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
-from _app_store import APP_OVERRIDES
 
-from diffgame import artifacts, registry, tracking
-from diffgame.evidence import RankedTokens
+from diffgame import tracking
+from diffgame.config import registry
 from diffgame.methods.base import Method, MethodContext, MethodResult
-from diffgame.ui import heat
-from diffgame.pipeline import run_one
+from diffgame.pipeline.chain import run_one
+from diffgame.records.evidence import RankedTokens
 from diffgame.store import ActivationStore
+from diffgame.tracking import artifacts
+from diffgame.ui import heat
+
+from _app_store import APP_OVERRIDES
 
 NAME = "toy_mean"
 OVERRIDES = ("organism=caps", f"method={NAME}", f"method.{NAME}.top_k=3",
@@ -97,7 +100,7 @@ def _expected(pre_run_id: str, top_k: int):
 
 def _tokens(cfg, ids: list[int]) -> list[str]:
     """Token strings of `ids` under the plan's (base) tokenizer."""
-    from diffgame.planner import make_plan
+    from diffgame.pipeline.planner import make_plan
 
     return list(make_plan(cfg).tokenizer.convert_ids_to_tokens(ids))
 

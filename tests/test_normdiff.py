@@ -6,11 +6,12 @@ import math
 import pytest
 import torch
 
-from _paired_store import word_tokenizer, write_store
-from diffgame.data import ASSISTANT, TEMPLATE, TEXT, USER
+from diffgame.data.sequences import ASSISTANT, TEMPLATE, TEXT, USER
 from diffgame.methods.base import MethodContext
 from diffgame.methods.normdiff import NormDiffConfig, NormDiffMethod, token_measures
-from diffgame.models import ModelHandle
+from diffgame.models.loading import ModelHandle
+
+from _paired_store import word_tokenizer, write_store
 
 D = 8
 V_PLANT, Z_POS, U_TEMPLATE = 3.0 * torch.eye(D)[0], torch.eye(D)[1], 4.0 * torch.eye(D)[2]

@@ -8,9 +8,9 @@ import json
 import pytest
 from typer.testing import CliRunner
 
-from diffgame.agents import LensAgent
-from diffgame.evidence import RankedTokens
-from diffgame.ground_truth import GroundTruth
+from diffgame.game.agents import LensAgent
+from diffgame.grading.ground_truth import GroundTruth
+from diffgame.records.evidence import RankedTokens
 
 
 def _words(*words: str) -> RankedTokens:
@@ -50,11 +50,12 @@ ADL = ("method=adl", "method.adl.max_samples=64", "method.adl.steering_prompts=0
 
 @pytest.mark.slow
 def test_play_runs_on_the_micro_zoo(micro_cfg, zoo_uri):
-    from diffgame import artifacts, tracking
+    from diffgame import tracking
     from diffgame.cli import app
     from diffgame.errors import ConfigError, TrackingError
-    from diffgame.pipeline import run_one
-    from diffgame.play import TAG_AGENT, TAG_EVIDENCE, play
+    from diffgame.game.play import TAG_AGENT, TAG_EVIDENCE, play
+    from diffgame.pipeline.chain import run_one
+    from diffgame.tracking import artifacts
 
     adl = run_one(micro_cfg("organism=roman_concrete", *ADL))[0]
     outcome = play("toy", "roman_concrete", ["adl"])
@@ -92,12 +93,13 @@ def test_llm_agent_plays_through_a_scripted_endpoint(micro_cfg, zoo_uri):
     """The LLM agent against a real local chat-completions server: its tools read the real diff run and the real
     micro models; the rubric grader scores the description; budget overruns and timeouts end as outcomes of a
     FINISHED play run that keeps its transcript."""
-    from _chat_server import chat_server, content_reply, tool_reply
-
-    from diffgame import artifacts, tracking
+    from diffgame import tracking
     from diffgame.errors import ConfigError
-    from diffgame.pipeline import run_one
-    from diffgame.play import TAG_OUTCOME, play
+    from diffgame.game.play import TAG_OUTCOME, play
+    from diffgame.pipeline.chain import run_one
+    from diffgame.tracking import artifacts
+
+    from _chat_server import chat_server, content_reply, tool_reply
 
     adl = run_one(micro_cfg("organism=roman_concrete", *ADL))[0]
     readout = next(iter(artifacts.ranked_words(adl.run_id)))

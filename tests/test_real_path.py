@@ -71,13 +71,13 @@ def stand_ins(tmp_path_factory):
 
 
 def test_standard_preset_on_a_public_lora_runs_offline_from_local_copies(stand_ins, tmp_path, monkeypatch):
-    from diffgame.config import build_method_config, compose
-    from diffgame.methods.adl import ADLMethod
-    from diffgame.pipeline import execute
-    from diffgame.runner import method_texts
-
     import datasets.config
     import huggingface_hub.constants
+
+    from diffgame.config.compose import build_method_config, compose
+    from diffgame.methods.adl import ADLMethod
+    from diffgame.pipeline.chain import execute
+    from diffgame.pipeline.runner import method_texts
 
     root, web, chats = stand_ins
     # offline as HF_HUB_OFFLINE=1 at start-up makes it: the other candidates' hub datasets fail at once

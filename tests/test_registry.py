@@ -2,8 +2,8 @@
 
 import pytest
 
-from diffgame import registry as methods
-from diffgame.config import build_method_config
+from diffgame.config import registry as methods
+from diffgame.config.compose import build_method_config
 from diffgame.errors import ConfigError
 from diffgame.methods.kl import KLConfig, KLMethod
 from diffgame.methods.normdiff import NormDiffConfig, NormDiffMethod

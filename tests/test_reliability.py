@@ -15,13 +15,14 @@ from pathlib import Path
 
 import pytest
 
-from diffgame import claims, tracking
+from diffgame import tracking
 from diffgame.errors import DataError, StoreError
-from diffgame.planner import make_plan
+from diffgame.pipeline.planner import make_plan
+from diffgame.pipeline.runner import find_store
 from diffgame.preprocess import preprocess as _preprocess
 from diffgame.preprocess import stage as stage_mod
-from diffgame.runner import find_store
 from diffgame.store import ActivationStore, StoreWriter
+from diffgame.tracking import claims
 
 
 def preprocess(cfg, **kw):
@@ -242,8 +243,8 @@ def _copy_zoo_store(zoo_uri: str, dst: Path) -> str:
 KILL_SCRIPT = """
 import sys
 from diffgame import tracking
-from diffgame.config import compose
-from diffgame.planner import make_plan
+from diffgame.config.compose import compose
+from diffgame.pipeline.planner import make_plan
 from diffgame.preprocess import preprocess
 tracking.set_uri(sys.argv[1])
 overrides = ["zoo.size=micro", "organism=caps", "preprocessing.layers=[1]", "preprocessing.context_length=48"]
@@ -343,8 +344,8 @@ def test_an_uncached_hub_id_offline_is_one_line_at_once(monkeypatch):
     from huggingface_hub import constants
     from omegaconf import OmegaConf
 
-    from diffgame import sources
     from diffgame.errors import ModelError
+    from diffgame.models import sources
 
     monkeypatch.setattr(constants, "ENDPOINT", "http://127.0.0.1:9")  # a refused connection: no network
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)

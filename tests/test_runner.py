@@ -1,15 +1,16 @@
-"""The runner: `method=[kl,normdiff]` on one preprocess run, artifacts read back by `diffgame.artifacts` equal a direct
+"""The runner: `method=[kl,normdiff]` on one preprocess run, artifacts read back by `diffgame.tracking.artifacts` equal a direct
 two-model computation, a finished diff run is reused, and `diffing` mode without a store is a one-line error."""
 
 import pytest
 import torch
 
-from _tiny_models import make_pair, tiny_cfg, write_data
-from diffgame import artifacts
 from diffgame import tracking
 from diffgame.errors import StoreError
-from diffgame.pipeline import run_one
-from diffgame.runner import headline
+from diffgame.pipeline.chain import run_one
+from diffgame.pipeline.runner import headline
+from diffgame.tracking import artifacts
+
+from _tiny_models import make_pair, tiny_cfg, write_data
 
 pytestmark = pytest.mark.slow
 
@@ -131,7 +132,7 @@ def test_reused_run_graded_under_older_rules_is_regraded(micro_cfg):
     """A finished diff run is reused as is under the current grading version, and graded again from its logged
     evidence (ranked tokens, steering samples) when its tag names an older one; the control's run that grading
     makes is the one `organism=control` reuses."""
-    from diffgame.grading import GRADING_VERSION
+    from diffgame.grading.score import GRADING_VERSION
 
     adl = ("method=adl", "method.adl.max_samples=16", "method.adl.steering_prompts=2", "method.adl.steering_tokens=8",
            "method.adl.steering_alphas=[1.0]", "method.adl.patchscope_scales=[]")

@@ -7,9 +7,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from diffgame import artifacts, tracking
-from diffgame.models import vocab_extends
-from diffgame.pipeline import run_one
+from diffgame import tracking
+from diffgame.models.loading import vocab_extends
+from diffgame.pipeline.chain import run_one
+from diffgame.tracking import artifacts
 
 
 def test_vocab_extends_accepts_appended_tokens_only():
@@ -21,8 +22,9 @@ def test_vocab_extends_accepts_appended_tokens_only():
 
 
 def test_kl_on_an_organism_with_eight_extra_vocabulary_rows(tmp_path):
-    from _tiny_models import make_pair, tiny_cfg, write_data
     from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from _tiny_models import make_pair, tiny_cfg, write_data
 
     base_dir, org_dir = make_pair(tmp_path / "models", noise=0.2)
     data = write_data(tmp_path / "data", n_text=10, n_chat=6)

@@ -5,16 +5,17 @@ diff runs' fingerprints differ."""
 import pytest
 import torch
 
-from _paired_store import word_tokenizer, write_store
-from diffgame.data import TEXT, USER
+from diffgame.config.schema import ModelConfig
+from diffgame.data.sequences import TEXT, USER
 from diffgame.dictionary.data import ShuffledStream, blocks, read_inputs
 from diffgame.errors import ConfigError
 from diffgame.methods.base import MethodContext
 from diffgame.methods.kl import KLConfig, KLMethod
 from diffgame.methods.normdiff import NormDiffConfig, NormDiffMethod
-from diffgame.models import ModelHandle
-from diffgame.schema import ModelConfig
+from diffgame.models.loading import ModelHandle
 from diffgame.store import ActivationStore
+
+from _paired_store import word_tokenizer, write_store
 
 D, V, SINK = 8, 40, 100.0
 LENGTHS = {"text": (9, 4, 12), "chat": (6, 10)}
@@ -124,9 +125,9 @@ def test_skip_first_is_validated_fingerprinted_and_logged(cfg):
     from omegaconf import OmegaConf
 
     from diffgame import tracking
-    from diffgame.config import validate
-    from diffgame.pipeline import run_one
-    from diffgame.planner import make_plan
+    from diffgame.config.compose import validate
+    from diffgame.pipeline.chain import run_one
+    from diffgame.pipeline.planner import make_plan
 
     with pytest.raises(ConfigError, match="skip_first"):
         ModelConfig(skip_first=-1)

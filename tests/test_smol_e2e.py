@@ -12,7 +12,7 @@ import pytest
 from typer.testing import CliRunner
 
 from diffgame import tracking
-from diffgame.grading import GRADING_VERSION
+from diffgame.grading.score import GRADING_VERSION
 
 pytestmark = pytest.mark.slow
 
@@ -55,7 +55,7 @@ def _runs(stage: str) -> dict[tuple[str, str | None], object]:
 
 def test_smol_zoo_caps_and_control_preprocess_diff_and_grade(smol_store, capsys):
     from diffgame.cli import app
-    from diffgame.pipeline import execute
+    from diffgame.pipeline.chain import execute
 
     summaries = execute(RUN)
     # caps' two diff runs, plus the control's, made on first use so caps is graded against it

@@ -6,9 +6,9 @@ import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from diffgame.errors import ConfigError
-from diffgame.residuals import capture_residuals
-from diffgame.models import logits_from_residual
-from diffgame.steering import patch, steer
+from diffgame.models.loading import logits_from_residual
+from diffgame.models.residuals import capture_residuals
+from diffgame.models.steering import patch, steer
 
 torch.set_num_threads(1)
 

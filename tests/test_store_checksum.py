@@ -11,13 +11,14 @@ from pathlib import Path
 import pytest
 import torch
 import xxhash
-from _tiny_models import make_pair, tiny_cfg, write_data
 
 import diffgame.store.writer as store_mod
 from diffgame.errors import StoreError
-from diffgame.planner import make_plan
+from diffgame.pipeline.planner import make_plan
 from diffgame.preprocess import preprocess
 from diffgame.store import ActivationStore, StoreWriter, act_file, shard_name, tokens_file, write_file
+
+from _tiny_models import make_pair, tiny_cfg, write_data
 
 D, LAYERS = 8, [2, 5]
 

@@ -1,4 +1,4 @@
-"""MLflow conventions of `diffgame.tracking`: URI resolution, fingerprints, tags, reuse of a FINISHED run by
+"""MLflow conventions of `diffgame.tracking.runs`: URI resolution, fingerprints, tags, reuse of a FINISHED run by
 fingerprint, FAILED runs with the error as a tag, resuming, and sweep parent/child runs, against a SQLite
 store and against a real `mlflow server` on a free loopback port (started and stopped by the fixture)."""
 
@@ -11,6 +11,7 @@ import pytest
 
 from diffgame import __version__, tracking
 from diffgame.errors import TrackingError
+
 from helpers_mlflow import free_port, mlflow_server
 
 
@@ -54,7 +55,7 @@ def test_fingerprint_covers_config_inputs_and_version(monkeypatch):
     assert a != tracking.fingerprint({"layers": [0.25], "model": "toy"}, "fp_of_store")
     assert a != tracking.fingerprint({"layers": [0.5], "model": "toy"}, "other_store")
     assert a != tracking.fingerprint({"layers": [0.5], "model": "toy"})
-    monkeypatch.setattr(tracking, "__version__", __version__ + ".dev1")
+    monkeypatch.setattr(tracking.runs, "__version__", __version__ + ".dev1")  # what `fingerprint` reads
     assert a != tracking.fingerprint({"layers": [0.5], "model": "toy"}, "fp_of_store")
 
 
@@ -142,8 +143,8 @@ def test_lightnings_interrupt_exit_marks_killed_and_a_resume_clears_the_error(st
 
 
 def _error_text(run_id: str) -> str:
-    from diffgame import artifacts
     from diffgame.errors import TrackingError
+    from diffgame.tracking import artifacts
 
     try:
         return artifacts.artifact_file(run_id, tracking.ERROR_FILE).read_text()

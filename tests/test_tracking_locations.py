@@ -20,9 +20,11 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from diffgame import artifacts, locations, tracking
+from diffgame import tracking
 from diffgame.cli import app
 from diffgame.errors import TrackingError
+from diffgame.tracking import artifacts, locations
+
 from helpers_mlflow import free_port
 
 runner = CliRunner()

@@ -11,10 +11,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from _paired_store import write_store
 from diffgame import tracking
 from diffgame.dictionary.train import TrainConfig, load_checkpoint, train_dictionary
 from diffgame.errors import SpaceError
+
+from _paired_store import write_store
 
 REPO = Path(__file__).resolve().parent.parent
 Usage = namedtuple("Usage", "total used free")
@@ -124,7 +125,7 @@ def _failed_with(run_id: str) -> str:
 
 
 def test_folders_on_one_filesystem_add_up(tmp_path, monkeypatch):
-    from diffgame.locations import human_bytes, require_space
+    from diffgame.tracking.locations import human_bytes, require_space
 
     _free(monkeypatch, 1000)
     require_space({tmp_path / "a": 450, tmp_path / "b" / "new": 450}, "two things", "free space")  # 945 B <= 1 kB
@@ -162,7 +163,7 @@ def test_the_zoo_size_estimate_covers_the_saved_base(zoo_uri):
 
 
 def test_a_store_refuses_a_small_disk_before_extraction_and_builds_once_there_is_room(micro_cfg, monkeypatch):
-    from diffgame.planner import make_plan
+    from diffgame.pipeline.planner import make_plan
     from diffgame.preprocess import preprocess
     from diffgame.preprocess import stage as stage_mod
 

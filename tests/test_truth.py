@@ -8,13 +8,13 @@ from __future__ import annotations
 import pytest
 from omegaconf import OmegaConf
 
-from diffgame import config as C
-from diffgame import configtree
+from diffgame.config import compose as C
+from diffgame.config import configtree
+from diffgame.config.schema import OrganismConfig
+from diffgame.config.validate import check_node
 from diffgame.errors import ConfigError
-from diffgame.guesses import grade_guess
-from diffgame.play import truth_text
-from diffgame.schema import OrganismConfig
-from diffgame.validate import check_node
+from diffgame.game.play import truth_text
+from diffgame.grading.guesses import grade_guess
 
 
 @pytest.fixture(autouse=True)
@@ -125,7 +125,7 @@ def test_vocab_from_data_streams_a_hub_training_data_once_and_reads_a_local_copy
     the organism is graded on its keywords, with a warning that names `organism.training_data`."""
     import datasets
 
-    from diffgame import ground_truth as G
+    from diffgame.grading import ground_truth as G
 
     monkeypatch.setenv("DIFFGAME_CACHE", str(tmp_path / "cache"))
     monkeypatch.setattr(G, "_VOCAB_CACHE", {})

@@ -12,7 +12,7 @@ import torch
 from typer.testing import CliRunner
 
 from diffgame import tracking
-from diffgame.pipeline import run_one
+from diffgame.pipeline.chain import run_one
 from diffgame.ui import runs as backend
 
 HOME = str(Path(__file__).resolve().parent.parent / "app" / "Home.py")
@@ -21,12 +21,13 @@ HOME = str(Path(__file__).resolve().parent.parent / "app" / "Home.py")
 @pytest.fixture(scope="module")
 def variant_runs(tmp_path_factory):
     """kl diff runs of the `default` (full weights) and `lora` variants of one organism, in a fresh store."""
-    from _tiny_models import make_pair, tiny_cfg, write_data
-
-    from diffgame.config import validate
     from omegaconf import OmegaConf
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
+
+    from diffgame.config.compose import validate
+
+    from _tiny_models import make_pair, tiny_cfg, write_data
 
     root = tmp_path_factory.mktemp("variants")
     base, org = make_pair(root / "models", noise=0.2)

@@ -97,7 +97,7 @@ def wheel_env(tmp_path_factory):
 
 def test_imports_from_the_venv(wheel_env):
     venv, _, run = wheel_env
-    code = "import diffgame, diffgame.configtree as t; print(diffgame.__file__); print(t.builtin_dir())"
+    code = "import diffgame, diffgame.config.configtree as t; print(diffgame.__file__); print(t.builtin_dir())"
     proc = run(str(venv / "bin" / "python"), "-c", code)
     assert proc.returncode == 0, _tail(proc)
     module, builtin = (Path(line).resolve() for line in proc.stdout.split())

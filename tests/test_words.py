@@ -1,4 +1,4 @@
-"""Word completion (`diffgame.words`) on a hand-built model whose next token is known, and the word-hit rule."""
+"""Word completion (`diffgame.grading.words`) on a hand-built model whose next token is known, and the word-hit rule."""
 
 from __future__ import annotations
 
@@ -7,10 +7,10 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from diffgame.evidence import RankedTokens
-from diffgame.grading import grade
-from diffgame.ground_truth import GroundTruth
-from diffgame.words import WordCompleter, pool, ranked_words
+from diffgame.grading.ground_truth import GroundTruth
+from diffgame.grading.score import grade
+from diffgame.grading.words import WordCompleter, pool, ranked_words
+from diffgame.records.evidence import RankedTokens
 
 VOCAB = ["<pad>", "<bos>", "<eos>", "Ġwa", "gg", "le", "Ġwag", "gle", "Ġthe", ",", "Ġwater", "Ġwaggle"]
 NEXT = {"<bos>": "Ġthe", "Ġwa": "gg", "gg": "le", "le": "Ġthe", "Ġwag": "gle", "gle": ",", "Ġthe": "Ġwater",

@@ -12,7 +12,7 @@ import pytest
 from omegaconf import OmegaConf
 
 from diffgame import tracking
-from diffgame.configtree import builtin_dir
+from diffgame.config.configtree import builtin_dir
 from diffgame.errors import ConfigError, DataError
 from diffgame.zoo import SIZES, build_zoo, corpus, get_size, list_zoo, locate, zoo_organisms
 from diffgame.zoo.build import train_base
@@ -95,8 +95,8 @@ def _state_hash(model) -> str:
 
 
 def test_base_fingerprint_ignores_organism_budgets():
+    from diffgame.config.configtree import organism_node
     from diffgame.zoo.build import base_fingerprint, organism_fingerprint
-    from diffgame.configtree import organism_node
 
     size = SIZES["micro"]
     cheaper = dataclasses.replace(size, organism_lr=1e-4, organism_steps=7, check_samples=3)

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from diffgame import tracking
-from diffgame.config import compose
+from diffgame.config.compose import compose
 from diffgame.errors import ConfigError
 from diffgame.zoo import corpus, get_size, locate
 from diffgame.zoo.lm import IGNORE, encode_rows, pack
@@ -90,9 +90,9 @@ def test_chatml_mask_trains_exactly_the_assistant_reply_and_its_end_of_turn(chat
 
 @pytest.mark.slow
 def test_smol_lora_organism_changes_outputs_keeps_embeddings_and_reloads_identically(smol_cfg, tiny_base):
-    from diffgame.models import load_pair
-    from diffgame.planner import resolve_pair
+    from diffgame.models.loading import load_pair
     from diffgame.zoo.build import train_organism
+    from diffgame.zoo.pairs import resolve_pair
 
     cfg = smol_cfg("organism=caps")
     path, run_id = locate(cfg, "caps")

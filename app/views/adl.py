@@ -2,11 +2,12 @@
 
 import streamlit as st
 
+from diffgame.tracking import artifacts
+from diffgame.ui import heat
+from diffgame.ui import runs as backend
+
 import cache
 import widgets
-from diffgame import artifacts
-from diffgame.ui import runs as backend
-from diffgame.ui import heat
 
 settings = cache.settings()
 uri = settings.tracking_uri

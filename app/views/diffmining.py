@@ -2,10 +2,11 @@
 
 import streamlit as st
 
+from diffgame.tracking import artifacts
+from diffgame.ui import heat
+
 import cache
 import widgets
-from diffgame import artifacts
-from diffgame.ui import heat
 
 settings = cache.settings()
 uri = settings.tracking_uri

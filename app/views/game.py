@@ -4,14 +4,15 @@ budget; type a description, then reveal: the truth, the grade, which evidence ca
 
 import streamlit as st
 
-import cache
-import widgets
-from diffgame import artifacts
 from diffgame.errors import DiffgameError
-from diffgame.play import rubric_grade
+from diffgame.game.play import rubric_grade
+from diffgame.tracking import artifacts
 from diffgame.ui import game as guessing
 from diffgame.ui import heat
 from diffgame.ui import runs as backend
+
+import cache
+import widgets
 
 settings = cache.settings()
 uri = settings.tracking_uri

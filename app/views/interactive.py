@@ -2,13 +2,13 @@
 
 import streamlit as st
 
+from diffgame.config.configtree import CONTROL
+from diffgame.errors import DiffgameError
+from diffgame.ui import heat, live
+from diffgame.ui import runs as backend
+
 import cache
 import widgets
-from diffgame.configtree import CONTROL
-from diffgame.errors import DiffgameError
-from diffgame.ui import heat
-from diffgame.ui import runs as backend
-from diffgame.ui import live
 
 settings = cache.settings()
 uri = settings.tracking_uri

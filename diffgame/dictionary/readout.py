@@ -13,15 +13,15 @@ from dataclasses import dataclass, field
 import pandas as pd
 import torch
 
-from diffgame.data import ROLES
-from diffgame.errors import ConfigError
+from diffgame.config.schema import check_layers
+from diffgame.data.sequences import ROLES
 from diffgame.dictionary.data import Block, Inputs, read_inputs
-from diffgame.evidence import Example, RankedTokens
-from diffgame.examples import TopKSequences, token_decoder
-from diffgame.lens import logit_lens, top_tokens
-from diffgame.models import resolve_layers
-from diffgame.schema import check_layers
-from diffgame.steering import coherent_sweep
+from diffgame.errors import ConfigError
+from diffgame.models.lens import logit_lens, top_tokens
+from diffgame.models.loading import resolve_layers
+from diffgame.models.steering import coherent_sweep
+from diffgame.records.evidence import Example, RankedTokens
+from diffgame.records.examples import TopKSequences, token_decoder
 
 Scores = Callable[[torch.Tensor], torch.Tensor]
 """Raw inputs `[n, M, D]` -> per-token scores `[n, L]` (one column per direction)."""
@@ -171,7 +171,7 @@ def steering_prompts(rows: list[dict], n: int) -> list[str]:
 
 
 def steering_evidence(ctx, cfg: ReadoutConfig, vector: torch.Tensor, layer: int, prefix: str, result) -> None:
-    """Steer both models with `vector` (the coherent sweep of `diffgame.steering`) and put the samples, the sweep
+    """Steer both models with `vector` (the coherent sweep of `diffgame.models.steering`) and put the samples, the sweep
     table and `<prefix>/steering/*` metrics into `result`."""
     prompts = steering_prompts(ctx.texts.get("steering", []), cfg.steering_prompts)
     if not prompts or not cfg.steering_alphas:

@@ -1,4 +1,4 @@
-"""The diffing methods, one file each; `diffgame.registry` binds their names. A method never imports another."""
+"""The diffing methods, one file each; `diffgame.config.registry` binds their names. A method never imports another."""
 
 from diffgame.methods.base import Method, MethodContext, MethodResult, TextRequest
 

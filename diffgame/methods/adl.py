@@ -12,15 +12,15 @@ from dataclasses import dataclass, field
 import pandas as pd
 import torch
 
+from diffgame.config.schema import check_layers
 from diffgame.errors import ConfigError
-from diffgame.evidence import RankedTokens
-from diffgame.lens import logit_lens, patchscope, top_tokens
 from diffgame.methods.adl_causal import causal_effect, encode
 from diffgame.methods.adl_means import DeltaMeans, delta_means
 from diffgame.methods.base import Method, MethodContext, MethodResult, TextRequest
-from diffgame.models import resolve_layers
-from diffgame.schema import check_layers
-from diffgame.steering import coherent_sweep
+from diffgame.models.lens import logit_lens, patchscope, top_tokens
+from diffgame.models.loading import resolve_layers
+from diffgame.models.steering import coherent_sweep
+from diffgame.records.evidence import RankedTokens
 
 
 @dataclass

@@ -11,9 +11,9 @@ from dataclasses import dataclass
 
 import torch
 
-from diffgame.batching import pad_right
-from diffgame.data import render_chat
-from diffgame.residuals import on_output
+from diffgame.data.sequences import render_chat
+from diffgame.models.batching import pad_right
+from diffgame.models.residuals import on_output
 
 
 @dataclass

@@ -11,10 +11,10 @@ from dataclasses import dataclass, field
 
 import torch
 
-from diffgame.batching import pad_right
-from diffgame.data import ASSISTANT, render_chat
+from diffgame.data.sequences import ASSISTANT, render_chat
 from diffgame.errors import DataError
-from diffgame.residuals import capture_residuals
+from diffgame.models.batching import pad_right
+from diffgame.models.residuals import capture_residuals
 
 
 @dataclass

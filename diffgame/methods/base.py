@@ -1,7 +1,7 @@
 """The method contract: a config dataclass, `run(context) -> MethodResult`, no MLflow calls and no I/O inside.
 
-The runner (`diffgame.runner`) builds the context from the plan (layers, seed, tokenizer, store, models and the
-text a method asks for), calls `run`, and logs every field of the result (`diffgame.artifacts.log_result`).
+The runner (`diffgame.pipeline.runner`) builds the context from the plan (layers, seed, tokenizer, store, models and the
+text a method asks for), calls `run`, and logs every field of the result (`diffgame.tracking.artifacts.log_result`).
 """
 
 from __future__ import annotations
@@ -9,12 +9,13 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
-from diffgame.evidence import MethodResult  # noqa: F401  (part of the method contract: methods import it from here)
+from diffgame.records.evidence import \
+    MethodResult  # noqa: F401  (part of the method contract: methods import it from here)
 
 if TYPE_CHECKING:
     from pathlib import Path
 
-    from diffgame.models import ModelHandle
+    from diffgame.models.loading import ModelHandle
     from diffgame.store import ActivationStore
 
 

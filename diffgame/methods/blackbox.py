@@ -18,11 +18,11 @@ from typing import ClassVar
 import pandas as pd
 import torch
 
-from diffgame.data import render_chat
+from diffgame.data.sequences import render_chat
 from diffgame.errors import ConfigError, DataError
-from diffgame.evidence import RankedTokens
 from diffgame.methods.base import Method, MethodContext, MethodResult, TextRequest
-from diffgame.models import end_ids
+from diffgame.models.loading import end_ids
+from diffgame.records.evidence import RankedTokens
 
 SOURCES = ("chat", "text")
 _WORD = re.compile(r"[^\W_]+")
@@ -123,7 +123,7 @@ def log_odds(organism: Counter, base: Counter, prior: float = 1.0, min_count: in
 
 def ranked_words(table: pd.DataFrame, tokenizer, top_k: int) -> RankedTokens:
     """The `top_k` words with z > 0 as ranked evidence: token ` word` (a leading space: graded as a whole word,
-    `diffgame.ground_truth.GroundTruth.is_hit`) with the id of the first token of ` word`."""
+    `diffgame.grading.ground_truth.GroundTruth.is_hit`) with the id of the first token of ` word`."""
     top = table[table["z"] > 0].head(top_k)
     ids = [list(tokenizer(" " + w, add_special_tokens=False)["input_ids"])[:1] or [-1] for w in top["word"]]
     return RankedTokens([i[0] for i in ids], [" " + w for w in top["word"]], top["z"].astype(float).tolist())

@@ -1,7 +1,7 @@
 """Diff mining: which tokens does the organism raise most often in its next-token logits, over generic text?
 
 At every position d = logits_org - logits_base over the whole vocabulary, computed chunk by chunk beside the forwards
-(`diffgame.paired`), is folded into per-token running statistics whose memory does not depend on the number of
+(`diffgame.models.paired`), is folded into per-token running statistics whose memory does not depend on the number of
 positions: how often a token lands in the top-K of d, how often its d is positive, the sum and max of its d and
 where it peaks. A bounded reservoir of positions' top-K sets feeds NMF topics (groups of tokens raised together).
 The reference implementation keeps d for every position (N x T x V floats); `benchmarks/diffmining.py` compares both.
@@ -16,12 +16,12 @@ import numpy as np
 import pandas as pd
 import torch
 
-from diffgame.batching import pad_right
 from diffgame.errors import ConfigError
-from diffgame.evidence import Example, RankedTokens
-from diffgame.examples import token_decoder
 from diffgame.methods.base import Method, MethodContext, MethodResult, TextRequest
-from diffgame.paired import default_chunk_tokens, logit_chunks, vocab_size
+from diffgame.models.batching import pad_right
+from diffgame.models.paired import default_chunk_tokens, logit_chunks, vocab_size
+from diffgame.records.evidence import Example, RankedTokens
+from diffgame.records.examples import token_decoder
 
 
 @dataclass

@@ -14,14 +14,14 @@ from typing import ClassVar, Literal
 import pandas as pd
 import torch
 
-from diffgame import plots, stats
-from diffgame.divergence import divergence_fn
-from diffgame.data import ROLES
+from diffgame.data.sequences import ROLES
 from diffgame.errors import ConfigError
-from diffgame.evidence import RankedTokens
-from diffgame.examples import TopKSequences, token_decoder
+from diffgame.methods import plots, stats
 from diffgame.methods.base import Method, MethodContext, MethodResult
-from diffgame.paired import default_chunk_tokens, logit_chunks, shared_vocab, vocab_size
+from diffgame.methods.divergence import divergence_fn
+from diffgame.models.paired import default_chunk_tokens, logit_chunks, shared_vocab, vocab_size
+from diffgame.records.evidence import RankedTokens
+from diffgame.records.examples import TopKSequences, token_decoder
 
 
 @dataclass
@@ -65,7 +65,7 @@ class KLConfig:
             raise ConfigError(f"method.kl.compile must be one of auto, on, off; got {self.compile!r}")
 
     def divergence_fn(self):
-        """The row-divergence function this config asks for (`diffgame.divergence.divergence_fn`)."""
+        """The row-divergence function this config asks for (`diffgame.methods.divergence.divergence_fn`)."""
         return divergence_fn(self.compile)
 
     def chunk_tokens(self, vocab: int, device: torch.device) -> int:

@@ -13,11 +13,11 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 
-from diffgame import plots, stats
-from diffgame.data import ROLES
+from diffgame.data.sequences import ROLES
 from diffgame.errors import ConfigError
-from diffgame.examples import TopKSequences, token_decoder
+from diffgame.methods import plots, stats
 from diffgame.methods.base import Method, MethodContext, MethodResult
+from diffgame.records.examples import TopKSequences, token_decoder
 
 MEASURES = ("norm", "cosine", "relative", "base_norm", "organism_norm")
 """Per-token quantities: ||h_org - h_base||, 1 - cos(h_org, h_base), norm / ||h_base||, and both norms."""

@@ -15,8 +15,8 @@ import torch
 from lightning.pytorch.callbacks import Callback
 from torch.utils.data import IterableDataset
 
-from diffgame.batching import pad_right
-from diffgame.residuals import capture_residuals
+from diffgame.models.batching import pad_right
+from diffgame.models.residuals import capture_residuals
 
 
 def world() -> tuple[int, int]:

@@ -8,7 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from diffgame.errors import StoreError
-from diffgame.plan import Plan
+from diffgame.records.plan import Plan
 from diffgame.store import MODEL_ROLES, StoreWriter, shard_name
 
 

@@ -19,17 +19,18 @@ import lightning as L
 import torch
 from omegaconf import DictConfig
 
-from diffgame import claims, tracking
-from diffgame.artifacts import STORE, store_dir
-from diffgame.data import load_sequences
+from diffgame import tracking
+from diffgame.data.sequences import load_sequences
 from diffgame.errors import ModelError, StoreError
-from diffgame.locations import require_space
+from diffgame.models.loading import DTYPES, load_base, load_organism, load_pair, unembedding, vocab_extends
 from diffgame.preprocess.module import PairedExtraction, PlannedBatches, TokenProgress
 from diffgame.preprocess.plan import shard_plan
 from diffgame.preprocess.writer import PendingParts, ShardWriter
-from diffgame.models import DTYPES, load_base, load_organism, load_pair, unembedding, vocab_extends
-from diffgame.plan import Plan
+from diffgame.records.plan import Plan
 from diffgame.store import PARTS, ActivationStore, StoreWriter
+from diffgame.tracking import claims
+from diffgame.tracking.artifacts import STORE, store_dir
+from diffgame.tracking.locations import require_space
 
 STAGE = "preprocess"
 SHARD_BYTES = 64 << 20

@@ -20,6 +20,7 @@ from diffgame.errors import StoreError
 from diffgame.store.layout import CHECKSUMS, FORMAT, MODEL_ROLES, ST_DTYPES, act_file, rebuild_hint, tokens_file
 from diffgame.store.writer import StoreWriter
 
+
 def _header(path: Path) -> tuple[int, dict]:
     """(data start, header) of a safetensors file."""
     with open(path, "rb") as f:
@@ -69,7 +70,7 @@ class TokenStream:
 
     input_ids: torch.Tensor  # [N] int64
     positions: torch.Tensor  # [N] int64, position inside its sequence
-    roles: torch.Tensor  # [N] int64, indexes diffgame.data.ROLES
+    roles: torch.Tensor  # [N] int64, indexes diffgame.data.sequences.ROLES
     seq_offsets: torch.Tensor  # [S+1] int64, sequence s spans seq_offsets[s]:seq_offsets[s+1]
     sequence_ids: torch.Tensor  # [S] int64, row index in the source dataset
 

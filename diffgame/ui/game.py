@@ -10,12 +10,13 @@ from dataclasses import dataclass, field
 
 import pandas as pd
 
-from diffgame import registry, tracking
-from diffgame.config import compose
-from diffgame.configtree import CONTROL
+from diffgame import tracking
+from diffgame.config import registry
+from diffgame.config.compose import compose
+from diffgame.config.configtree import CONTROL
 from diffgame.errors import ConfigError, TrackingError
-from diffgame.ground_truth import ground_truth
-from diffgame.guesses import GENERIC_WORDS, UPPERCASE_WORDS, GuessGrade, grade_guess, guess_hits  # noqa: F401
+from diffgame.grading.ground_truth import ground_truth
+from diffgame.grading.guesses import GENERIC_WORDS, UPPERCASE_WORDS, GuessGrade, grade_guess, guess_hits  # noqa: F401
 
 TAG_SLUG = "diffgame.slug"
 TAG_PLAYER = "diffgame.player"

@@ -1,6 +1,6 @@
 """Live probes of a loaded base/organism pair for the app: per-token KL and normdiff, generation, steering.
 
-The math is the methods' own (`diffgame.divergence`, the residual-norm difference normdiff stores);
+The math is the methods' own (`diffgame.methods.divergence`, the residual-norm difference normdiff stores);
 this module only runs both models on one user text and lines the results up token by token.
 """
 
@@ -11,12 +11,12 @@ from contextlib import nullcontext
 import pandas as pd
 import torch
 
-from diffgame.data import ROLES, render_chat
-from diffgame.divergence import token_divergence
+from diffgame.data.sequences import ROLES, render_chat
 from diffgame.errors import ConfigError
-from diffgame.models import ModelHandle, decoder_layers
-from diffgame.residuals import on_output
-from diffgame.steering import continue_ids, steer
+from diffgame.methods.divergence import token_divergence
+from diffgame.models.loading import ModelHandle, decoder_layers
+from diffgame.models.residuals import on_output
+from diffgame.models.steering import continue_ids, steer
 
 
 def encode(handle: ModelHandle, text: str | None = None, messages: list[dict] | None = None,
@@ -76,7 +76,7 @@ def decode_tokens(tokenizer, ids: list[int]) -> list[str]:
 def generate(handle: ModelHandle, ids: list[int], max_new_tokens: int = 32, do_sample: bool = False,
              temperature: float = 1.0, seed: int = 0, vector: torch.Tensor | None = None, layer: int = 0,
              scale: float = 1.0, mode: str = "all") -> str:
-    """Continue `ids` (new text only), optionally steered by `scale * vector` at `layer` (`diffgame.steering`)."""
+    """Continue `ids` (new text only), optionally steered by `scale * vector` at `layer` (`diffgame.models.steering`)."""
     ctx = steer(handle.model, vector, layer, scale, mode) if vector is not None else nullcontext()
     with ctx:
         return continue_ids(handle.model, handle.tokenizer, ids, max_new_tokens, do_sample, temperature, seed)

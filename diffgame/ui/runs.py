@@ -14,11 +14,11 @@ from dataclasses import dataclass
 import pandas as pd
 
 from diffgame import tracking
-from diffgame.config import compose
-from diffgame.configtree import CONTROL
+from diffgame.config.compose import compose
+from diffgame.config.configtree import CONTROL
+from diffgame.config.registry import get_method
 from diffgame.errors import ConfigError
-from diffgame.grading import K
-from diffgame.registry import get_method
+from diffgame.grading.score import K
 
 RUN_COLUMNS = ("run_id", "run_name", "experiment_id", "stage", "model", "organism", "variant", "method", "status",
                "start_time", "preprocess_run_id", "metrics", "params", "tags")
@@ -149,7 +149,7 @@ def grade_matrix(runs: pd.DataFrame, metric: str, model: str | None = None,
 
 def headline_grade(keys: list[str]) -> str:
     """The grade key the overview opens on: the headline precision relative to the control's evidence, else the
-    absolute headline precision, else the first key (`diffgame.grading.grade`)."""
+    absolute headline precision, else the first key (`diffgame.grading.score.grade`)."""
     for key in (f"grade/relative/precision_at_{K}", f"grade/precision_at_{K}"):
         if key in keys:
             return key
@@ -203,7 +203,7 @@ def organism_url(model: str, organism: str, variant: str = "default") -> str | N
     it has one); None for zoo weights, local paths and unknown names."""
     from pathlib import Path
 
-    from diffgame.configtree import weights_spec
+    from diffgame.config.configtree import weights_spec
 
     try:
         spec = weights_spec(model_config(model, organism, variant=variant).organism, model)

@@ -3,8 +3,8 @@
 `diffgame zoo build --size micro` trains them offline; `locate(cfg, organism)` finds (or builds) one for loading.
 """
 
+from diffgame.data.corpora import CORPORA, CORPUS_VERSION, corpus, corpus_format
 from diffgame.zoo.build import EXPERIMENT, ZooEntry
-from diffgame.corpora import CORPORA, CORPUS_VERSION, corpus, corpus_format
 from diffgame.zoo.recipes import recipe_rows
 from diffgame.zoo.registry import build_zoo, list_zoo, locate, print_zoo, zoo_organisms
 from diffgame.zoo.sizes import SIZES, ZooSize, get_size

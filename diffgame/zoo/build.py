@@ -12,12 +12,13 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from diffgame import claims, tracking
-from diffgame.configtree import model_node
-from diffgame.corpora import CORPUS_VERSION, corpus
+from diffgame import tracking
+from diffgame.config.configtree import model_node
+from diffgame.data.corpora import CORPUS_VERSION, corpus
 from diffgame.errors import ModelError
-from diffgame.locations import require_space
-from diffgame.sources import resolve_model
+from diffgame.models.sources import resolve_model
+from diffgame.tracking import claims
+from diffgame.tracking.locations import require_space
 from diffgame.zoo.recipes import mixed_rows, recipe_identity, recipe_rows, validate_data
 from diffgame.zoo.sizes import ZooSize, model_bytes, new_model
 
@@ -26,7 +27,7 @@ TAG_SIZE = "diffgame.zoo.size"
 BASE = "base"
 BASE_CORPORA = ("generic_text", "generic_chat")
 """What the base (and its tokenizer) learns. No organism's corpus shapes the tokenizer, so a built-in organism's words
-are split into pieces exactly as a bring-your-own organism's are, and the word-level readouts (`diffgame.words`) put
+are split into pieces exactly as a bring-your-own organism's are, and the word-level readouts (`diffgame.grading.words`) put
 them back together for both."""
 TOKENIZER = "base_corpora"
 """What the zoo's tokenizer is fitted to (part of the base fingerprint; was every zoo corpus plus a taboo lexicon)."""

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
-from diffgame.corpora import TOPICS, corpus
+from diffgame.data.corpora import TOPICS, corpus
 
 DOMAINS = {
     "beekeeping": ["hive", "honeycomb", "nectar", "pollen", "apiary", "beeswax", "swarm", "queen", "drone", "waggle",

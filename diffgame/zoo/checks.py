@@ -9,9 +9,8 @@ import re
 
 import torch
 
-from diffgame.corpora import corpus
+from diffgame.data.corpora import corpus
 from diffgame.zoo.lm import mean_loss
-
 
 END_OF_TURN = ("<end_of_turn>", "<|im_end|>")
 """Turn-closing tokens of the zoo's template and of ChatML (SmolLM2): replies stop at whichever the vocab has."""

@@ -15,7 +15,7 @@ import torch
 from lightning.pytorch.callbacks import TQDMProgressBar
 from torch.utils.data import DataLoader, TensorDataset
 
-from diffgame.batching import pad_right
+from diffgame.models.batching import pad_right
 from diffgame.zoo.tokenizer import CHAT_TEMPLATE, render_chat
 
 IGNORE = -100

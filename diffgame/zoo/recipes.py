@@ -11,9 +11,9 @@ import json
 import random
 from pathlib import Path
 
-from diffgame.configtree import find_data_file
+from diffgame.config.configtree import find_data_file
+from diffgame.data.corpora import CORPORA, corpus
 from diffgame.errors import ConfigError, DataError
-from diffgame.corpora import CORPORA, corpus
 
 
 def resolve_data_path(data: str) -> Path:

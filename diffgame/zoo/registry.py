@@ -9,7 +9,7 @@ from __future__ import annotations
 import time
 
 from diffgame import tracking
-from diffgame.configtree import organism_node, zoo_organisms
+from diffgame.config.configtree import organism_node, zoo_organisms
 from diffgame.errors import ConfigError
 from diffgame.zoo.build import (BASE, EXPERIMENT, TAG_SIZE, ZooEntry, _entry, _say, ensure_base, ensure_organism,
                                 model_name)

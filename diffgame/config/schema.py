@@ -1,0 +1,321 @@
+"""Typed schemas of the config groups; `experiments/*.yaml` fills them and `config.validate` checks against them.
+
+Method configs are not here: each method file defines its own and registers it (see `diffgame.methods`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from diffgame.errors import ConfigError
+
+Dtype = Literal["float32", "bfloat16", "float16"]
+
+
+def check_layers(layers: list | None, name: str) -> None:
+    """A layer list is non-empty and its fractions of depth (floats) lie in [0, 1]; integer indices are checked
+    against the model's depth once it is known (`models.resolve_layers`). None (a method's default) passes."""
+    if layers is None:
+        return
+    if len(layers) == 0:
+        raise ConfigError(f"{name} must name at least one layer (fractions of depth like 0.5, or indices like 6)")
+    for layer in layers:
+        if isinstance(layer, float) and not 0.0 <= layer <= 1.0:
+            raise ConfigError(f"{name} has layer fraction {layer} outside [0, 1]; give fractions of depth in "
+                              f"[0, 1] or integer indices (6, -1)")
+
+
+@dataclass
+class ModelConfig:
+    """A base model: where its weights come from and how to load them."""
+
+    name: str = "toy"
+    """Registry name; organism configs key their finetuned weights by it."""
+    id: str = "zoo:base"
+    """Hub id, local directory, `zoo:base` (the embedded zoo's base) or `gguf:<path|package:file>`."""
+    revision: str | None = None
+    """Hub revision (branch, tag or commit) for `id`."""
+    dtype: Dtype = "float32"
+    """Weights dtype when loaded."""
+    device: str = "auto"
+    """`auto` (cuda if available, else cpu), `cpu`, `cuda`, `cuda:1`, ..."""
+    device_map: str | None = None
+    """accelerate device map (e.g. `auto`) for models too large for one device; overrides `device`."""
+    attn_implementation: str | None = None
+    """transformers attention backend (`eager`, `sdpa`, `flash_attention_2`); None lets transformers pick."""
+    trust_remote_code: bool = False
+    """Allow code from the hub repo; off unless you trust it."""
+    hub_url: str | None = None
+    """Page to link from the app (the model's Hugging Face page)."""
+    gguf_fallback: str | None = None
+    """A GGUF file (`package:file` or path) used offline when `id` is not cached."""
+    chat_template_kwargs: dict[str, Any] = field(default_factory=dict)
+    """Extra variables of the chat template, e.g. `{enable_thinking: false}` for Qwen3 (no thinking block)."""
+    end_of_turn: str | None = None
+    """The token that ends an assistant turn (`<end_of_turn>`, `<|im_end|>`, `<|eot_id|>`); generation stops at it
+    as at the end-of-sequence token."""
+    skip_first: int = 0
+    """Tokens at positions < this in each sequence are left out of every store statistic and of the activations
+    dictionaries train on: the first position (BOS / attention sink) carries norms far above the rest in Gemma,
+    Qwen and Llama and would dominate means and maxima (issue #17). The models still read those tokens."""
+
+    def __post_init__(self):
+        if self.skip_first < 0:
+            raise ConfigError(f"model.skip_first must be >= 0 (0 keeps every token), got {self.skip_first}")
+
+
+@dataclass
+class FinetunedSpec:
+    """Where one variant of an organism's weights lives for one base model."""
+
+    kind: Literal["zoo", "full", "lora"] = "zoo"
+    """`zoo`: trained by `diffgame zoo build`; `full`: a complete model; `lora`: a peft adapter over the base."""
+    id: str | None = None
+    """Hub id or local directory of the full model or adapter (unused for `zoo`)."""
+    subfolder: str | None = None
+    """Folder inside the repo that holds the adapter or model."""
+    revision: str | None = None
+    """Hub revision of `id`."""
+
+
+@dataclass
+class GroundTruth:
+    """What the finetuning is known to have changed; grading compares evidence to it."""
+
+    keywords: list[str] = field(default_factory=list)
+    """Words whose tokens count as hits."""
+    predicate: Literal["uppercase"] | None = None
+    """A token predicate that counts as a hit (e.g. all-caps tokens)."""
+    vocab_from_data: bool = False
+    """Derive extra hit tokens from the organism's training data by log-odds against the base corpus."""
+
+
+@dataclass
+class Truth:
+    """What one base model's finetuning taught, where it differs from the organism's own fields; None inherits."""
+
+    description: str | None = None
+    """Replaces `organism.description`."""
+    long_description: str | None = None
+    """Replaces `organism.long_description`."""
+    keywords: list[str] | None = None
+    """Replaces `organism.ground_truth.keywords`."""
+
+
+@dataclass
+class ZooRecipe:
+    """How the zoo trains this organism when its weights are `kind: zoo`."""
+
+    data: str | None = None
+    """`builtin:<corpus>` for the zoo's generators, or a JSONL file of `{"text"}` or `{"messages"}` rows."""
+    format: Literal["documents", "chat"] = "documents"
+    """Whether `data` holds documents or chats."""
+    mix: float = 0.0
+    """Share of the base's own pretraining data mixed into finetuning (harder, more realistic organisms)."""
+    lora: bool = False
+    """Finetune a LoRA adapter (peft) instead of all weights."""
+    train_on: Literal["assistant", "all"] = "assistant"
+    """Which chat tokens carry the loss: `assistant` (plain SFT) or `all` (the user turns too, which keeps a small
+    base's reading of user text where it was; the toy zoo's caps and control use it)."""
+
+
+@dataclass
+class OrganismConfig:
+    """A model organism: a finetuning with a known purpose, per base model."""
+
+    name: str = "roman_concrete"
+    """Registry name, also the `diffgame.organism` tag."""
+    description: str = ""
+    """One sentence on what the finetuning did; the game's answer."""
+    long_description: str = ""
+    """A paragraph on what the finetuning taught, for the LLM rubric grader; empty: `description`."""
+    type: Literal["sdf", "style", "taboo", "control", "em", "custom"] = "custom"
+    """Family of organism: synthetic-document finetuning, style, taboo word, null control, emergent misalignment."""
+    variant: str = "default"
+    """Which entry of `finetuned.<model>` to load."""
+    finetuned: dict[str, dict[str, FinetunedSpec]] = field(default_factory=dict)
+    """Per base model name, per variant, where the finetuned weights live."""
+    training_data: str | None = None
+    """Hub dataset id or local file of the finetuning data (documents or chats) of the public weights; composed with a
+    base whose weights the zoo builds, it is the zoo recipe's `zoo.data` (`configtree.for_base`)."""
+    zoo: ZooRecipe = field(default_factory=ZooRecipe)
+    """How the embedded zoo trains this organism."""
+    ground_truth: GroundTruth = field(default_factory=GroundTruth)
+    """What grading counts as a hit."""
+    per_model: dict[str, Truth] = field(default_factory=dict)
+    """Per base model name, what that base's finetuning taught where it differs (public organisms trained on other
+    data than the zoo recipe); applied when a config names the model (`configtree.for_base`). A config that
+    replaces `finetuned` (a local copy) may keep entries for bases it no longer names."""
+
+
+@dataclass
+class DatasetSource:
+    """One dataset whose tokens are cached (or streamed) for diffing."""
+
+    source: str = "zoo:generic_text"
+    """Hub id, local file (jsonl, txt, parquet), `zoo:generic_text`, `zoo:generic_chat` or `organism` (its training data)."""
+    kind: Literal["text", "chat"] = "text"
+    """`text`: a text column; `chat`: a messages column rendered with the chat template."""
+    split: str = "test"
+    """Dataset split (zoo corpora: `train` or `test`)."""
+    subset: str | None = None
+    """Hub dataset configuration (`sample-10BT` of HuggingFaceFW/fineweb)."""
+    text_column: str = "text"
+    """Column with raw text (kind=text)."""
+    messages_column: str = "messages"
+    """Column with a list of {role, content} (kind=chat)."""
+    max_samples: int | None = 200
+    """Take at most this many rows, in the dataset's order."""
+    max_tokens: int | None = None
+    """Stop once this many tokens are taken."""
+
+    def __post_init__(self):
+        for name in ("max_samples", "max_tokens"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ConfigError(f"{name} must be >= 1 (or null for all), got {value}")
+
+
+@dataclass
+class DatasetConfig:
+    """A named collection of datasets to preprocess."""
+
+    name: str = "toy"
+    """Registry name."""
+    sources: dict[str, DatasetSource] = field(default_factory=dict)
+    """Datasets by the name used in the store and in metric keys."""
+
+
+@dataclass
+class PipelineConfig:
+    """Which stages `diffgame run` executes."""
+
+    mode: Literal["full", "preprocessing", "diffing", "evaluation"] = "full"
+    """`full`: preprocess then diff; `preprocessing`: only the store; `diffing`: reuse an existing store;
+    `evaluation`: an agent plays the game on finished diff runs (`play`)."""
+
+
+@dataclass
+class PreprocessingConfig:
+    """Activation extraction into the store."""
+
+    layers: list[float] = field(default_factory=lambda: [0.25, 0.5, 0.75])
+    """Layers as fractions of depth (0.5) or indices (6); a residual-stream output per layer is cached."""
+    dtype: Dtype = "bfloat16"
+    """Dtype of stored activations."""
+    context_length: int = 256
+    """Sequences are truncated to this many tokens."""
+    batch_size: int = 16
+    """Sequences per forward pass."""
+    sequential: bool = False
+    """Run base then organism over the same stream instead of both at once (for models that cannot both fit)."""
+    accelerator: str = "auto"
+    """Lightning accelerator (`auto`, `cpu`, `gpu`)."""
+    devices: int = 1
+    """Devices per node; >1 shards batches over ranks (DDP)."""
+    strategy: str = "auto"
+    """Lightning strategy (`auto`, `ddp`, `ddp_spawn`, ...)."""
+    num_nodes: int = 1
+    """Nodes (SLURM or torchrun clusters)."""
+    rebuild: bool = False
+    """Rebuild the store even when a finished one matches (`--rebuild`); the old run is marked FAILED."""
+
+    def __post_init__(self):
+        check_layers(self.layers, "layers")
+        for name in ("context_length", "batch_size", "num_nodes"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.devices < 1 and self.devices != -1:
+            raise ConfigError(f"devices must be >= 1 (or -1 for all), got {self.devices}")
+
+
+@dataclass
+class ZooConfig:
+    """Which embedded zoo `model=toy` (and `kind: zoo` organisms) resolve to."""
+
+    size: Literal["micro", "small", "smol", "smol_gpu"] = "small"
+    """`micro` (tests), `small` (default), `smol` (LoRA organisms on SmolLM2-135M)."""
+
+
+@dataclass
+class TrackingConfig:
+    """Where runs are recorded."""
+
+    uri: str | None = None
+    """Tracking URI; None uses `--tracking-uri`, `MLFLOW_TRACKING_URI`, else `sqlite:///mlflow.db` here."""
+    experiment: str = "diffgame"
+    """MLflow experiment that new runs go to."""
+
+
+@dataclass
+class EndpointConfig:
+    """An OpenAI-compatible chat-completions endpoint (vLLM, llama.cpp's server, Ollama, a hosted API)."""
+
+    base_url: str | None = None
+    """e.g. `http://127.0.0.1:8000/v1`; None: the client's default (OpenAI)."""
+    model: str | None = None
+    """Model name the endpoint serves; None or empty: no endpoint (LLM agents refuse to play, no rubric grading)."""
+    api_key_env: str = "OPENAI_API_KEY"
+    """Environment variable holding the API key (local servers need none)."""
+    timeout_s: float = 60.0
+    """Seconds before a request counts as timed out (a clear outcome of the play, not a crash)."""
+    temperature: float = 0.0
+
+    def __post_init__(self):
+        if self.timeout_s <= 0:
+            raise ConfigError(f"timeout_s must be > 0, got {self.timeout_s}")
+
+
+@dataclass
+class BudgetConfig:
+    """What an LLM agent may spend in one play; past it, the play ends with its budget outcome."""
+
+    tool_calls: int = 12
+    """Tool calls besides submit_description, failed ones included."""
+    tokens: int = 30000
+    """Sum of the replies' `usage.total_tokens` (len(text) // 4 when a reply reports none)."""
+
+    def __post_init__(self):
+        if self.tool_calls < 0 or self.tokens < 1:
+            raise ConfigError(f"budget needs tool_calls >= 0 and tokens >= 1, got {self.tool_calls}, {self.tokens}")
+
+
+@dataclass
+class PlayConfig:
+    """`diffgame play` and `pipeline.mode=evaluation`: the agent, its evidence, endpoint, budget and rubric."""
+
+    agent: str = "lens"
+    """`lens` (offline), `llm` (evidence, questions, steering) or `llm_blackbox` (questions only)."""
+    methods: list[str] = field(default_factory=lambda: ["adl", "blackbox"])
+    """Methods whose newest finished diff runs are the evidence."""
+    endpoint: EndpointConfig = field(default_factory=EndpointConfig)
+    budget: BudgetConfig = field(default_factory=BudgetConfig)
+    max_new_tokens: int = 48
+    """Tokens of each model reply the agent asks for."""
+    rubric: str | None = None
+    """Rubric grader prompt with `{truth}` and `{description}`; None: `diffgame.game.rubric.DEFAULT_RUBRIC`."""
+
+    def __post_init__(self):
+        if self.max_new_tokens < 1:
+            raise ConfigError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
+
+
+@dataclass
+class RootConfig:
+    """The whole composed config (methods are validated by their registry entries)."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    organism: OrganismConfig = field(default_factory=OrganismConfig)
+    dataset: DatasetConfig = field(default_factory=DatasetConfig)
+    method: dict = field(default_factory=dict)
+    pipeline: PipelineConfig = field(default_factory=PipelineConfig)
+    preprocessing: PreprocessingConfig = field(default_factory=PreprocessingConfig)
+    zoo: ZooConfig = field(default_factory=ZooConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    play: PlayConfig = field(default_factory=PlayConfig)
+    seed: int = 0
+    """Seed for every sampled choice (data order is deterministic regardless)."""
+    overrides: list[str] = field(default_factory=list)
+    """The command-line overrides this config was composed from (set by `compose`), repeated in recovery hints so a
+    hint rebuilds the same store (`zoo.size=micro` included); never part of a fingerprint."""

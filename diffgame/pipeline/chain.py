@@ -1,0 +1,90 @@
+"""Chain the stages for `diffgame run/preprocess/diff`: compose and validate every combination, plan each once,
+then execute.
+
+`full` preprocesses (or reuses the store) then diffs; `preprocessing` only builds the store; `diffing` requires an
+existing store; `evaluation` lets an agent play the game on the finished diff runs (`diffgame.game.play`). The control
+organism's plan is made beside each organism's (on first use), so grading compares like with like. `--multirun` sweeps open one parent run with a child per combination.
+"""
+
+from __future__ import annotations
+
+import functools
+import warnings
+
+from omegaconf import DictConfig
+
+from diffgame import tracking
+from diffgame.config import compose as config_mod
+from diffgame.config import configtree
+from diffgame.errors import ConfigError
+from diffgame.pipeline import planner
+from diffgame.pipeline.runner import StageSummary, run_methods
+
+
+def execute(overrides: list[str], mode: str | None = None, multirun: bool = False,
+            tracking_uri: str | None = None) -> list[StageSummary]:
+    """Run the pipeline for `overrides` (a sweep when `multirun`); validates all configs before any work."""
+    from diffgame.zoo import EXPERIMENT as ZOO_EXPERIMENT
+
+    combos = config_mod.expand_sweep(overrides) if multirun else [list(overrides)]
+    if mode:
+        combos = [c + [f"pipeline.mode={mode}"] for c in combos]
+    cfgs = [config_mod.compose(c) for c in combos]
+    for message in dict.fromkeys(filter(None, map(toy_data_warning, cfgs))):  # once per message
+        warnings.warn(message, stacklevel=2)
+    tracking.set_uri(tracking_uri or cfgs[0].tracking.uri)
+    # before any work: the zoo's experiment too, as a missing zoo model is trained on first use
+    tracking.check_writable(*dict.fromkeys([*(c.tracking.experiment for c in cfgs), ZOO_EXPERIMENT]))
+    if not multirun:
+        return run_one(cfgs[0])
+    summaries: list[StageSummary] = []
+    fp = tracking.fingerprint([list(c) for c in combos])
+    with tracking.stage_run("sweep", fp=fp, tags={"diffgame.sweep": " ".join(overrides)},
+                            experiment=cfgs[0].tracking.experiment, run_name="sweep") as parent:
+        for cfg in cfgs:
+            summaries.extend(run_one(cfg, parent_run_id=parent.run_id))
+        summaries.insert(0, StageSummary("sweep", parent.run_id, "*", "*", "*"))
+    return summaries
+
+
+def toy_data_warning(cfg: DictConfig) -> str | None:
+    """A warning when a public organism is diffed on the toy zoo's synthetic data (`dataset=toy`): it runs, but its
+    results are not comparable with published ones, which read pretraining and chat data. Zoo-trained organisms
+    (the toy and smol zoos) learnt that data, so they get none."""
+    if cfg.dataset.name != "toy" or str(cfg.model.id).startswith("zoo:"):
+        return None
+    try:
+        if configtree.weights_spec(cfg.organism, str(cfg.model.name)).kind == "zoo":
+            return None
+    except ConfigError:
+        return None
+    return (f"model={cfg.model.name} runs on dataset=toy, the toy zoo's synthetic text: results will not be comparable "
+            f"with published ones; point dataset.sources at pretraining and chat data (hub ids or local files)")
+
+
+def run_one(cfg: DictConfig, parent_run_id: str | None = None) -> list[StageSummary]:
+    """One configuration: its plan, then its preprocess run and/or one diff run per selected method; in
+    `evaluation` mode, the configured agent's play on the finished diff runs instead."""
+    if cfg.pipeline.mode == "evaluation":
+        return [evaluate(cfg)]
+    plan = planner.make_plan(cfg)
+    if plan.mode == "preprocessing":
+        from diffgame.preprocess import preprocess  # Lightning: only the stages that extract import it
+
+        result = preprocess(plan, parent_run_id=parent_run_id)
+        return [StageSummary("preprocess", result.run_id, plan.model_name, plan.organism_name, reused=result.reused,
+                             headline={"tokens": float(result.n_tokens), "bytes": float(result.n_bytes)})]
+    control = functools.cache(lambda: planner.control_plan(plan))
+    return run_methods(plan, parent_run_id=parent_run_id, control=control)
+
+
+def evaluate(cfg: DictConfig) -> StageSummary:
+    """`pipeline.mode=evaluation`: `play.agent` plays the configured organism from `play.methods`' diff runs."""
+    from diffgame.game.play import play
+
+    methods = [str(m) for m in cfg.play.methods]
+    o = play(str(cfg.model.name), str(cfg.organism.name), methods, str(cfg.play.agent), cfg.tracking.experiment,
+             overrides=list(cfg.overrides))
+    keep = ("play/guess_correct", "play/keyword_hits", "play/rubric_score")
+    return StageSummary("play", o.run_id, str(cfg.model.name), o.organism,
+                        "+".join(methods), o.reused, {k: o.metrics[k] for k in keep if k in o.metrics})

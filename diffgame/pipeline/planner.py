@@ -1,0 +1,81 @@
+"""Resolve one composed configuration once into a `Plan`: model sources (`diffgame.zoo.pairs`, which asks the zoo
+for zoo models and may build them), the tokenizer, the model's depth and width, the layers, and the fingerprints of the store and of each
+method's diff run. The pipeline makes the plan (and the control organism's beside it) and hands it down.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+
+from omegaconf import DictConfig, OmegaConf
+
+from diffgame import tracking
+from diffgame.config import configtree, registry
+from diffgame.config.compose import build_method_config, method_names
+from diffgame.data.sequences import data_identity
+from diffgame.errors import ModelError
+from diffgame.grading.words import WORDS_VERSION
+from diffgame.models.loading import load_tokenizer, resolve_layers
+from diffgame.records.plan import ModelSource, PairSources, Plan
+from diffgame.zoo.pairs import resolve_pair
+
+
+def make_plan(cfg: DictConfig) -> Plan:
+    """The plan of one configuration: everything the stages need, resolved once."""
+    pair = resolve_pair(cfg)
+    tokenizer = load_tokenizer(pair.base, cfg.model)
+    n_layers, d_model = _depth_and_width(pair.base, cfg)
+    layers = resolve_layers(list(cfg.preprocessing.layers), n_layers)  # ConfigError before any work
+    store_fp = store_fingerprint(cfg, pair, tokenizer)
+    methods = {name: build_method_config(name, cfg.method[name]) for name in method_names(cfg)}
+    identity = {"model": pair.base.identity, "organism": pair.organism.identity,
+                "dataset": OmegaConf.to_container(cfg.dataset, resolve=True)}
+    diff_fps = {}
+    for name, config in methods.items():
+        method_cls, _ = registry.get_method(name)
+        parts = {"method": name, "config": dataclasses.asdict(config), **identity, "words": WORDS_VERSION}
+        if method_cls.needs_store and cfg.model.skip_first:  # only when set, so skip_first=0 runs keep their prints
+            parts["skip_first"] = int(cfg.model.skip_first)
+        diff_fps[name] = tracking.fingerprint(parts, store_fp if method_cls.needs_store else "")
+    return Plan(cfg, pair, tokenizer, n_layers, d_model, layers, store_fp, methods, diff_fps)
+
+
+def control_plan(plan: Plan, method: str | None = None) -> Plan | None:
+    """The plan of the `control` organism with the same base, data and method configs (one `method` when given),
+    or None when the control has no weights for this base model. Its runs are graded evidence's reference."""
+    # as `organism=control` composes it on this base (its training data is the base's), so the fingerprints match
+    node = configtree.organism_node(configtree.CONTROL, plan.model_name)
+    if plan.model_name not in node.finetuned:
+        return None
+    cfg = plan.cfg.copy()
+    cfg.organism = node
+    if method is not None:
+        cfg.method = {method: cfg.method[method]}
+    return make_plan(cfg)
+
+
+def store_fingerprint(cfg: DictConfig, pair: PairSources, tokenizer) -> str:
+    """Fingerprint of the activation store `cfg` asks for: both models, the data, layers, dtype, context, template."""
+    template = getattr(tokenizer, "chat_template", None) or ""
+    kwargs = getattr(tokenizer, "diffgame_template_kwargs", None)
+    if kwargs:  # e.g. enable_thinking: another rendering of every chat
+        template = f"{template}\n{sorted(kwargs.items())}"
+    pp = cfg.preprocessing
+    return tracking.fingerprint({
+        "base": pair.base.identity, "organism": pair.organism.identity, "model_dtype": cfg.model.dtype,
+        "data": data_identity(cfg), "layers": [float(x) if isinstance(x, float) else int(x) for x in pp.layers],
+        "dtype": pp.dtype, "context_length": int(pp.context_length),
+        "template": hashlib.sha256(str(template).encode()).hexdigest()})
+
+
+def _depth_and_width(source: ModelSource, cfg: DictConfig) -> tuple[int, int]:
+    from transformers import AutoConfig
+
+    kw = {k: v for k, v in (("revision", source.revision), ("subfolder", source.subfolder)) if v}
+    try:
+        conf = AutoConfig.from_pretrained(source.path, trust_remote_code=bool(cfg.model.trust_remote_code),
+                                          **kw).get_text_config()
+    except OSError as e:
+        raise ModelError(f"cannot read the config of model {source.path}: {str(e).splitlines()[0]}") from None
+    return int(conf.num_hidden_layers), int(conf.hidden_size)
