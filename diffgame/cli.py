@@ -13,7 +13,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from diffgame.errors import DiffgameError
+from diffgame.errors import ConfigError, DiffgameError
 
 app = typer.Typer(
     help="diffgame: find out what finetuning changed by diffing a base model and a model organism.",
@@ -173,22 +173,30 @@ def runs(stage: Annotated[Optional[str], typer.Option(help="zoo | preprocess | d
 
 
 @app.command()
-def grades(model: Annotated[str, typer.Option(help="Base model name (the diffgame.model tag).")] = "toy",
+def grades(overrides: Annotated[Optional[list[str]], typer.Argument(
+               help="`model=<name>`, as for `run` (the same as --model).", show_default=False)] = None,
+           model: Annotated[str, typer.Option(help="Base model name (the diffgame.model tag).")] = "toy",
            tracking_uri: TrackingUri = None) -> None:
     """Grade table of the newest diff run per organism and method, next to the control's, with identification.
 
-    Example: diffgame grades --model smollm2_135m
+    Example: diffgame grades model=smollm2_135m
     """
     from rich.console import Console
     from rich.table import Table
 
     from diffgame import tracking
+    from diffgame.config.compose import selections
     from diffgame.config.configtree import CONTROL
     from diffgame.grading import score as grading
     from diffgame.ui.runs import grade_table
 
     tracking.set_uri(tracking_uri)
     try:
+        picked, rest = selections(list(overrides or []))
+        if rest or set(picked) - {"model"}:
+            raise ConfigError(f"grades takes model=<name> only (the table covers every organism and method), "
+                              f"got {' '.join(overrides or [])}")
+        model = picked.get("model", [model])[-1]
         found = grade_table(model)
     except DiffgameError as e:
         _fail(e)
@@ -224,7 +232,9 @@ def grades(model: Annotated[str, typer.Option(help="Base model name (the diffgam
 
 @app.command()
 def play(organisms: Annotated[Optional[list[str]], typer.Argument(
-             help="Organisms to play (default: every drawable organism with runs of the methods).")] = None,
+             help="Overrides as for `run`: `organism=caps,tea_lover` (default: every drawable organism with runs of "
+                  "the methods), `method=\\[adl,kl]`, `model=toy`, `zoo.size=micro`, `play.budget.tool_calls=8`; "
+                  "bare organism names work too.", show_default=False)] = None,
          model: Annotated[str, typer.Option(help="Base model name (the diffgame.model tag).")] = "toy",
          method: Annotated[Optional[list[str]], typer.Option(
              "--method", help="Methods whose evidence the agent reads (repeat; default: adl and blackbox).")] = None,
@@ -238,20 +248,25 @@ def play(organisms: Annotated[Optional[list[str]], typer.Argument(
          tracking_uri: TrackingUri = None) -> None:
     """An agent plays the diffing game on finished diff runs: one `play` run per organism, scored.
 
-    Example: diffgame play --method adl --method kl
+    Example: diffgame play organism=roman_concrete 'method=\\[adl,kl]' zoo.size=micro
     """
     from rich.console import Console
     from rich.table import Table
 
     from diffgame import tracking
+    from diffgame.config.compose import selections
     from diffgame.game.play import DEFAULT_METHODS
     from diffgame.game.play import play as play_one
     from diffgame.game.play import playable
 
     tracking.set_uri(tracking_uri)
-    methods = list(method or DEFAULT_METHODS)
     try:
-        names = list(organisms or playable(model, methods))
+        picked, rest = selections([a for a in organisms or [] if "=" in a])
+        model = picked.get("model", [model])[-1]
+        methods = list(picked.get("method") or method or DEFAULT_METHODS)
+        settings = [*(settings or []), *rest]
+        names = [a for a in organisms or [] if "=" not in a] + picked.get("organism", [])
+        names = names or playable(model, methods)
         if not names:
             raise DiffgameError(f"no organism of model '{model}' has finished diff runs of {', '.join(methods)} in "
                                 f"{tracking.resolve_uri()}; make them with `diffgame run model={model} "

@@ -176,3 +176,29 @@ def test_app_warns_off_loopback_and_hides_the_deploy_toolbar(tmp_path, monkeypat
                          f"their models"]
     else:
         assert lines == []
+
+
+def _error_line(result) -> str:
+    lines = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(lines) == 1, result.stderr
+    return lines[0]
+
+
+def test_play_and_grades_take_the_same_overrides_as_run(tmp_path):
+    """`play` and `grades` read `organism=`, `method=`, `model=` and other overrides like `run` does (bare organism
+    names and `--model` stay as aliases); unknown names list the valid ones."""
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    result = runner.invoke(app, ["play", "organism=roman_concrete", "zoo.size=micro", "method=[kl]",
+                                 "--tracking-uri", uri])
+    assert result.exit_code == 1
+    assert _error_line(result) == (f"error: no finished kl diff run of model=toy organism=roman_concrete in {uri}; run "
+                                   f"`diffgame run model=toy organism=roman_concrete method=kl` first")
+    result = runner.invoke(app, ["play", "organism=rmoan_concrete", "--tracking-uri", uri])
+    assert result.exit_code == 1 and _error_line(result) == f"error: unknown organism 'rmoan_concrete'; known: {ORGANISMS}"
+    for args in (["model=smollm2_135m"], ["--model", "smollm2_135m"]):
+        result = runner.invoke(app, ["grades", *args, "--tracking-uri", uri])
+        assert result.exit_code == 1 and _error_line(result).startswith(
+            "error: no finished diff runs of model 'smollm2_135m' in ")
+    result = runner.invoke(app, ["grades", "organism=caps", "--tracking-uri", uri])
+    assert result.exit_code == 1 and _error_line(result) == (
+        "error: grades takes model=<name> only (the table covers every organism and method), got organism=caps")

@@ -71,6 +71,21 @@ def _canonical(overrides: list[str]) -> list[str]:
     return out
 
 
+def selections(args: list[str] | tuple[str, ...]) -> tuple[dict[str, list[str]], list[str]]:
+    """Command arguments split into group selections (`organism=caps,tea_lover`, `method=[kl,adl]`, `model=toy`:
+    their names, checked against the tree) and every other override (`zoo.size=micro`), so commands that act on
+    existing runs (`play`, `grades`) read the same overrides as `run`."""
+    picked: dict[str, list[str]] = {}
+    rest: list[str] = []
+    args = _canonical(list(args))
+    for raw, o in zip(args, _parse(args)):
+        if o.key_or_group in GROUPS:
+            picked.setdefault(o.key_or_group, []).extend(_names(o))
+        else:
+            rest.append(raw)
+    return picked, rest
+
+
 def expand_sweep(overrides: list[str]) -> list[list[str]]:
     """Cartesian product of comma-separated sweep overrides (`organism=caps,control method=kl,adl`)."""
     overrides = _canonical(list(overrides))
