@@ -15,7 +15,7 @@ D, LAYERS = 8, [2, 5]
 
 def _write(root, shards: list[list[list[int]]], dtype=torch.bfloat16, finalize=True):
     """One dataset `ds` whose shards hold the given sequences; activations encode (role, layer, token index)."""
-    writer = StoreWriter(root)
+    writer = StoreWriter(root, checksum="sha256")
     plan = {"layers": LAYERS, "d_model": D, "dtype": str(dtype).removeprefix("torch."), "command": "diffgame preprocess x",
             "shards": {"ds": []}}
     start = 0
@@ -151,7 +151,7 @@ def test_write_parts_in_parallel_makes_files_then_one_marker_per_part(tmp_path):
     import json
     from concurrent.futures import ThreadPoolExecutor
 
-    writer = StoreWriter(tmp_path)
+    writer = StoreWriter(tmp_path, checksum="sha256")
     made = []
 
     def maker(role, layer):
@@ -184,7 +184,7 @@ def test_write_file_is_byte_identical_to_safetensors_save(tmp_path):
     g = torch.Generator().manual_seed(0)
     tensors = {"acts": torch.randn(300, 64, generator=g).to(torch.bfloat16), "ids": torch.arange(300, dtype=torch.int32),
                "offsets": torch.tensor([0, 120, 300]), "empty": torch.zeros(0, 64)}
-    info = write_file(tmp_path / "a" / "shard.safetensors", tensors)
+    info = write_file(tmp_path / "a" / "shard.safetensors", tensors, checksum="sha256")
     written = (tmp_path / "a" / "shard.safetensors").read_bytes()
     assert written == save(tensors)
     assert info == {"sha256": hashlib.sha256(written).hexdigest(), "bytes": len(written)}

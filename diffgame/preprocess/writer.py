@@ -47,7 +47,7 @@ class ShardWriter(BasePredictionWriter):
         self.bytes_written = 0
 
     def on_predict_start(self, trainer, pl_module) -> None:
-        self.store = StoreWriter(self.root, checksum="xxh3_128")
+        self.store = StoreWriter(self.root)
         self.queue: queue.Queue = queue.Queue(self.max_queue)
         self.error: BaseException | None = None
         # files of a shard (one per layer) are hashed and written in parallel: one thread cannot keep up with an

@@ -23,7 +23,7 @@ Tensors = dict[str, torch.Tensor | Sequence[torch.Tensor]]
 TensorsOrMaker = Tensors | Callable[[], Tensors]
 _CHUNK = 8 << 20
 """Bytes hashed then written per step: hashing brings them into cache, the write copies them from there."""
-_checksum: ContextVar[str] = ContextVar("diffgame_store_checksum", default="sha256")
+_checksum: ContextVar[str] = ContextVar("diffgame_store_checksum", default="xxh3_128")
 """Algorithm `write_file` records when not told: each `StoreWriter` sets it around its calls, so `write_file` keeps
 the two-argument form that callers and tests wrap."""
 
@@ -76,7 +76,7 @@ def write_file(path: Path, tensors: Tensors, checksum: str | None = None) -> dic
 
     The header and each tensor's bytes go from memory to the file in large sequential writes and are hashed on the
     way, so nothing is serialised to `bytes`, concatenated or read back; a list of tensors is stored as their
-    concatenation along dim 0. `checksum` (a key of `CHECKSUMS`) defaults to the calling `StoreWriter`'s, else sha256."""
+    concatenation along dim 0. `checksum` (a key of `CHECKSUMS`) defaults to the calling `StoreWriter`'s, else xxh3_128."""
     assert sys.byteorder == "little", "safetensors stores little-endian bytes"
     algorithm = checksum or _checksum.get()
     chunks = {name: _chunks(name, value) for name, value in tensors.items()}
@@ -110,10 +110,11 @@ def _write_json(path: Path, obj: dict) -> None:
 class StoreWriter:
     """Writes a store part by part; each part is marked complete only after its files are on disk.
 
-    `checksum` (a key of `CHECKSUMS`) is what file entries record: sha256 unless told, as in every store before
-    issue #18; extraction passes "xxh3_128", an order of magnitude faster, which keeps hashing off its hot path."""
+    `checksum` (a key of `CHECKSUMS`) is what file entries record: xxh3_128 unless told (an order of magnitude faster
+    than sha256, which keeps hashing off extraction's hot path); stores written before issue #18 record sha256, and
+    readers verify either."""
 
-    def __init__(self, root: str | Path, checksum: str = "sha256"):
+    def __init__(self, root: str | Path, checksum: str = "xxh3_128"):
         if checksum not in CHECKSUMS:
             raise ValueError(f"unknown checksum '{checksum}'; known: {', '.join(CHECKSUMS)}")
         self.root, self.checksum = Path(root), checksum
