@@ -1,4 +1,4 @@
-"""MLflow conventions: tracking URI, tags, fingerprints, run reuse and FAILED marking.
+"""MLflow conventions: tracking URI and client, fingerprints, run reuse, leases and FAILED marking.
 
 Every stage is one MLflow run opened with `stage_run`. It sets the `diffgame.*` tags, reuses nothing by
 itself (callers ask `find_finished` first), and marks the run FAILED with the error text when the body raises.
@@ -24,30 +24,8 @@ from urllib.parse import unquote, urlparse
 from diffgame import __version__
 from diffgame.errors import TrackingError
 from diffgame.tracking import locations
+from diffgame.tracking.tags import STAGES, TAG_ABANDONED, TAG_ERROR, TAG_FINGERPRINT, TAG_LEASE, TAG_PARENT, TAG_STAGE
 
-STAGES = ("zoo", "preprocess", "diff", "sweep", "play", "game")
-TAG_STAGE = "diffgame.stage"
-TAG_MODEL = "diffgame.model"
-TAG_ORGANISM = "diffgame.organism"
-TAG_METHOD = "diffgame.method"
-TAG_VARIANT = "diffgame.variant"
-"""Which entry of the organism's `finetuned.<model>` the run used (`default`, `full`, `mix1-1p0`, ...)."""
-DEFAULT_VARIANT = "default"
-TAG_FINGERPRINT = "diffgame.fingerprint"
-TAG_PREPROCESS = "diffgame.preprocess_run_id"
-TAG_GRADING = "diffgame.grading_version"
-TAG_ERROR = "diffgame.error"
-TAG_PARENT = "mlflow.parentRunId"
-TAG_LEASE = "diffgame.lease"
-"""`host:pid:expiry` of the process executing a RUNNING run, refreshed while it lives (see `live`)."""
-TAG_SHARED_VOCAB = "diffgame.shared_vocab"
-"""`<shared> of <organism rows>` on a diff run whose organism appends tokens to the base's vocabulary: its logits
-were compared on the shared rows only."""
-TAG_ORGANISM_DATA = "diffgame.organism_data"
-"""Comma-separated names of the datasets of the organism's own training data that a diff run's evidence read
-(`none`: generic data only); the blind game shows only evidence from generic data."""
-TAG_ABANDONED = "diffgame.abandoned"
-"""Set on a run marked FAILED because its results are unusable: it is rebuilt from scratch, never resumed."""
 LEASE_S = 120.0
 ERROR_FILE = "error.txt"
 """A failed or killed run's traceback (removed when the run is resumed)."""
@@ -396,11 +374,6 @@ def interrupted(e: BaseException) -> bool:
     if isinstance(e, KeyboardInterrupt) or type(e).__name__ == "SIGTERMException":
         return True
     return isinstance(e, SystemExit) and interrupted(e.__context__) if e.__context__ is not None else False
-
-
-def variant_of(tags: dict) -> str:
-    """A run's organism variant (runs made before the tag used the default)."""
-    return tags.get(TAG_VARIANT, DEFAULT_VARIANT)
 
 
 def run_url(experiment_id: str, run_id: str) -> str:
