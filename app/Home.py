@@ -13,7 +13,7 @@ import streamlit as st  # noqa: E402
 
 import cache  # noqa: E402
 import widgets  # noqa: E402
-from diffgame.config.registry import known_methods  # noqa: E402
+from diffgame.ui import runs as backend  # noqa: E402
 
 # the pages live in `views/`, not `pages/`: a `pages/` folder beside the entry point switches Streamlit to its older
 # multipage mode, which (in AppTest, and on a server's first request) runs a page without this router around it
@@ -26,7 +26,7 @@ pages = {
     "Runs": [st.Page("views/overview.py", title="Overview", icon=":material/dashboard:", default=True),
              st.Page("views/compare.py", title="Compare", icon=":material/compare:")],
     # a method with a page of its own (views/<method>.py) gets it; every method's runs show on "Any method"
-    "Methods": [*(st.Page(f"views/{m}.py", title=m) for m in known_methods() if (PAGES / f"{m}.py").is_file()),
+    "Methods": [*(st.Page(f"views/{m}.py", title=m) for m in backend.known_methods() if (PAGES / f"{m}.py").is_file()),
                 st.Page("views/methods.py", title="Any method", icon=":material/list:")],
     "Models": [st.Page("views/interactive.py", title="Interactive", icon=":material/chat:"),
                st.Page("views/game.py", title="Game", icon=":material/casino:"),

@@ -8,16 +8,15 @@ from __future__ import annotations
 import pandas as pd
 import streamlit as st
 
-from diffgame import tracking
-from diffgame.tracking import artifacts
-from diffgame.ui import game
+from diffgame.ui import artifacts
+from diffgame.ui import game, live
 from diffgame.ui import runs as backend
 
 
 def settings() -> backend.AppSettings:
     """The CLI settings after `--`, with MLflow pointed at their tracking URI."""
     s = backend.parse_app_args()
-    tracking.set_uri(s.tracking_uri)
+    backend.connect(s.tracking_uri)
     return s
 
 
@@ -97,11 +96,8 @@ def organism_url(model: str, organism: str, variant: str) -> str | None:
 def model_pair(uri: str, model: str, organism: str, overrides: tuple[str, ...], zoo_size: str | None,
                variant: str = "default"):
     """Base and organism handles for a run's pair and organism variant; shared across sessions, used read-only."""
-    from diffgame.models.loading import load_pair
-    from diffgame.zoo.pairs import resolve_pair
-
     params = {"zoo.size": zoo_size} if zoo_size else None
-    return load_pair(resolve_pair(backend.model_config(model, organism, overrides, params, variant)))
+    return live.load_run_pair(backend.model_config(model, organism, overrides, params, variant))
 
 
 @st.cache_data(show_spinner=False)

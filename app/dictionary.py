@@ -11,7 +11,7 @@ import pandas as pd
 import streamlit as st
 
 from diffgame.errors import DiffgameError
-from diffgame.tracking import artifacts
+from diffgame.ui import artifacts
 from diffgame.ui import heat
 from diffgame.ui import runs as backend
 

@@ -5,10 +5,8 @@ from __future__ import annotations
 import pandas as pd
 import streamlit as st
 
-from diffgame.config.configtree import CONTROL
 from diffgame.errors import ArtifactError, DiffgameError
-from diffgame.models.steering import vector_layer
-from diffgame.tracking import artifacts
+from diffgame.ui import artifacts
 from diffgame.ui import game as guessing
 from diffgame.ui import heat, live
 from diffgame.ui import runs as backend
@@ -66,7 +64,7 @@ def require_runs(settings, stage: str = "diff") -> pd.DataFrame:
 def pick_run(runs: pd.DataFrame, key: str, label: str = "Run") -> pd.Series:
     """A selectbox over runs (newest first, the control's after every organism's); returns the chosen row."""
     runs = backend.latest(runs, ("model", "organism", "method", "run_id"))
-    runs = runs.sort_values("organism", key=lambda o: o == CONTROL, kind="stable")  # the control's runs last
+    runs = runs.sort_values("organism", key=lambda o: o == backend.CONTROL, kind="stable")  # the control's runs last
     labels = [backend.run_label(r) for _, r in runs.iterrows()]
     choice = st.selectbox(label, labels, key=key)
     row = runs.iloc[labels.index(choice)]
@@ -238,7 +236,7 @@ def steer_panel(base, org, name: str, vector, key: str) -> None:
     unsteered continuations of one chat prompt, side by side; the last result stays in session state `<key>_out`."""
     n_layers = base.n_layers
     if st.session_state.get(f"{key}_for") != name or f"{key}_layer" not in st.session_state:
-        st.session_state[f"{key}_layer"] = vector_layer(name, n_layers)  # a new vector starts at its own layer
+        st.session_state[f"{key}_layer"] = live.vector_layer(name, n_layers)  # a new vector starts at its own layer
         st.session_state[f"{key}_for"] = name
     c1, c2, c3 = st.columns(3)
     layer = c1.slider("Layer", 0, n_layers - 1, key=f"{key}_layer")

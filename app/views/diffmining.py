@@ -2,7 +2,7 @@
 
 import streamlit as st
 
-from diffgame.tracking import artifacts
+from diffgame.ui import artifacts
 from diffgame.ui import heat
 
 import cache

@@ -5,8 +5,7 @@ budget; type a description, then reveal: the truth, the grade, which evidence ca
 import streamlit as st
 
 from diffgame.errors import DiffgameError
-from diffgame.game.play import rubric_grade
-from diffgame.tracking import artifacts
+from diffgame.ui import artifacts
 from diffgame.ui import game as guessing
 from diffgame.ui import heat
 from diffgame.ui import runs as backend
@@ -81,7 +80,7 @@ def reveal(rnd: guessing.Round, guess: str, shown: dict) -> None:
     names = tuple(backend.organism_order(everything[everything["model"] == rnd.model]["organism"]))
     candidates = cache.organism_nodes(rnd.model, names)
     grade = guessing.grade_guess(guess, rnd.organism, candidates)
-    rubric = rubric_grade(guess, candidates[rnd.organism], settings.overrides)
+    rubric = guessing.rubric_grade(guess, candidates[rnd.organism], settings.overrides)
     rnd.run_id = guessing.log_round(rnd, guess, grade, rubric.score if rubric else None)
     rnd.revealed = True
     st.session_state["game_result"] = {"guess": guess, "grade": grade, "rubric": rubric,

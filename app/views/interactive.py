@@ -2,7 +2,6 @@
 
 import streamlit as st
 
-from diffgame.config.configtree import CONTROL
 from diffgame.errors import DiffgameError
 from diffgame.ui import heat, live
 from diffgame.ui import runs as backend
@@ -16,7 +15,7 @@ st.title("Interactive")
 runs = widgets.require_runs(settings)
 
 pairs = backend.latest(runs, ("model", "organism", "variant"))
-pairs = pairs.sort_values("organism", key=lambda o: o == CONTROL, kind="stable")  # opens on an organism
+pairs = pairs.sort_values("organism", key=lambda o: o == backend.CONTROL, kind="stable")  # opens on an organism
 labels = [f"{backend.with_variant(r['organism'], r['variant'])} on {r['model']}" for _, r in pairs.iterrows()]
 pair = pairs.iloc[labels.index(st.selectbox("Organism (variant) and base model", labels, key="live_pair"))]
 try:

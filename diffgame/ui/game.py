@@ -15,6 +15,7 @@ from diffgame.config import registry
 from diffgame.config.compose import compose
 from diffgame.config.configtree import CONTROL
 from diffgame.errors import ConfigError, TrackingError
+from diffgame.game.play import rubric_grade  # noqa: F401  (the Game page grades a guess with the rubric)
 from diffgame.grading.ground_truth import ground_truth
 from diffgame.grading.guesses import GENERIC_WORDS, UPPERCASE_WORDS, GuessGrade, grade_guess, guess_hits  # noqa: F401
 

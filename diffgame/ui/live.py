@@ -16,7 +16,7 @@ from diffgame.errors import ConfigError
 from diffgame.methods.divergence import token_divergence
 from diffgame.models.loading import ModelHandle, decoder_layers
 from diffgame.models.residuals import on_output
-from diffgame.models.steering import continue_ids, steer
+from diffgame.models.steering import continue_ids, steer, vector_layer  # noqa: F401  (the app's steering)
 
 
 def encode(handle: ModelHandle, text: str | None = None, messages: list[dict] | None = None,
@@ -80,3 +80,11 @@ def generate(handle: ModelHandle, ids: list[int], max_new_tokens: int = 32, do_s
     ctx = steer(handle.model, vector, layer, scale, mode) if vector is not None else nullcontext()
     with ctx:
         return continue_ids(handle.model, handle.tokenizer, ids, max_new_tokens, do_sample, temperature, seed)
+
+
+def load_run_pair(cfg):
+    """Base and organism of a composed config, loaded (zoo models are located, and built when missing)."""
+    from diffgame.models.loading import load_pair
+    from diffgame.zoo.pairs import resolve_pair
+
+    return load_pair(resolve_pair(cfg))

@@ -16,7 +16,7 @@ import pandas as pd
 from diffgame import tracking
 from diffgame.config.compose import compose
 from diffgame.config.configtree import CONTROL
-from diffgame.config.registry import get_method
+from diffgame.config.registry import get_method, known_methods  # noqa: F401  (the app's method pages)
 from diffgame.errors import ConfigError
 from diffgame.grading.score import K
 
@@ -252,3 +252,8 @@ def side_by_side(samples: list[dict], model: str) -> list[dict]:
     """Steering samples of one model (`organism` or `base`) as {prompt, alpha, unsteered, steered} rows."""
     return [{k: s.get(k) for k in ("prompt", "alpha", "unsteered", "steered")}
             for s in samples if s.get("model", model) == model]
+
+
+def connect(uri: str) -> str:
+    """Point MLflow (and the app's readers) at the app's tracking store; returns the resolved URI."""
+    return tracking.set_uri(uri)
