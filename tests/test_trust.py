@@ -167,8 +167,9 @@ def test_a_store_refuses_a_small_disk_before_extraction_and_builds_once_there_is
     from diffgame.preprocess import preprocess
     from diffgame.preprocess import stage as stage_mod
 
-    # a store no other test makes (one layer, short sequences)
-    cfg = micro_cfg("organism=caps", "preprocessing.layers=[2]", "preprocessing.context_length=40")
+    # a store no other test makes (one layer, short sequences), built anew even where a tracking store kept one
+    cfg = micro_cfg("organism=caps", "preprocessing.layers=[2]", "preprocessing.context_length=40",
+                    "preprocessing.rebuild=true")
     plan = make_plan(cfg)
     monkeypatch.setattr(stage_mod, "_extract", lambda *a, **k: pytest.fail("extracted on a full disk"))
     _free(monkeypatch, 100_000)
