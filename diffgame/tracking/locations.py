@@ -80,10 +80,8 @@ def can_create_in(folder: Path) -> bool:
     the rest). Tried for real: permission bits do not tell for root, read-only mounts or immutable folders."""
     import tempfile
 
-    while not folder.exists() and folder != folder.parent:
-        folder = folder.parent
     try:
-        with tempfile.NamedTemporaryFile(dir=folder, prefix=".diffgame-write-check-"):
+        with tempfile.NamedTemporaryFile(dir=nearest_existing(folder), prefix=".diffgame-write-check-"):
             return True
     except OSError:
         return False
@@ -100,7 +98,7 @@ def require_space(needs: dict[Path, int], what: str, fix: str) -> None:
     `what` names the writing ("the activation store of caps on toy"), `fix` says what to do instead."""
     by_device: dict[int, tuple[Path, int]] = {}
     for folder, n in needs.items():
-        anchor = _existing(Path(folder))
+        anchor = nearest_existing(folder)
         device = anchor.stat().st_dev
         first, total = by_device.get(device, (anchor, 0))
         by_device[device] = (first, total + int(n))
@@ -111,8 +109,9 @@ def require_space(needs: dict[Path, int], what: str, fix: str) -> None:
                              f"filesystem of {anchor}, which has {human_bytes(free)} free; {fix}")
 
 
-def _existing(folder: Path) -> Path:
-    folder = folder.absolute()
+def nearest_existing(folder: Path) -> Path:
+    """`folder`, or where it is missing the nearest folder above it that exists."""
+    folder = Path(folder).absolute()
     while not folder.exists() and folder != folder.parent:
         folder = folder.parent
     return folder
