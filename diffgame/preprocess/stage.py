@@ -140,13 +140,14 @@ def _build(plan: Plan, parent_run_id: str | None, shard_tokens: int | None, uplo
         root = _working_root(run, local, upload)
         itemsize = torch.finfo(DTYPES[cfg.preprocessing.dtype]).bits // 8
         shards = shard_plan(plan, root, sequences, shard_tokens or max(256, SHARD_BYTES // (plan.d_model * itemsize)))
-        require_space({root: _pending_bytes(shards, root, len(layers), plan.d_model, itemsize)},
+        pending = _pending_parts(shards, root)
+        require_space({root: _pending_bytes(pending, len(layers), plan.d_model, itemsize)},
                       f"the activation store of {cfg.organism.name} on {cfg.model.name}",
                       "free space there, point the artifacts at a larger disk (a tracking store whose artifact root "
                       "is elsewhere), or store fewer tokens (dataset.sources.<name>.max_samples, "
                       "preprocessing.layers)")
         uploader = _uploader(run, root) if upload else None
-        todo = _pending_tokens(shards, root)  # a resumed run's rate counts only what this attempt extracts
+        todo = sum(n for n, parts in pending if parts)  # a resumed run's rate counts only what this attempt extracts
         t0 = time.perf_counter()
         _run_passes(plan, shards, sequences, root, uploader, run.run_id)
         seconds = time.perf_counter() - t0
@@ -170,19 +171,17 @@ TOKEN_BYTES = 4 + 4 + 1 + 8
 """Bytes per token of a shard's token file: input_ids and positions (int32), roles (uint8), sequence_ids (int64)."""
 
 
-def _pending_bytes(shards: dict, root: Path, n_layers: int, d_model: int, itemsize: int) -> int:
-    """Bytes the planned shards still have to write: each missing part, tokens or one model's layers."""
+def _pending_parts(shards: dict, root: Path) -> list[tuple[int, list[str]]]:
+    """Each planned shard's token count and the parts (tokens, base, organism) it still misses on disk."""
+    pending = PendingParts(root, list(PARTS))
+    return [(sh["n_tokens"], pending(name, sh["name"])) for name, entries in shards["shards"].items()
+            for sh in entries]
+
+
+def _pending_bytes(pending: list[tuple[int, list[str]]], n_layers: int, d_model: int, itemsize: int) -> int:
+    """Bytes the missing parts will write: token files, or one model's activations at every layer."""
     per_token = {"tokens": TOKEN_BYTES, **{role: n_layers * d_model * itemsize for role in PARTS if role != "tokens"}}
-    pending = PendingParts(root, list(PARTS))
-    return sum(sh["n_tokens"] * per_token[part] for name, entries in shards["shards"].items() for sh in entries
-               for part in pending(name, sh["name"]))
-
-
-def _pending_tokens(shards: dict, root: Path) -> int:
-    """Tokens of the planned shards that still miss a part on disk (all of them in a fresh run)."""
-    pending = PendingParts(root, list(PARTS))
-    return sum(sh["n_tokens"] for name, entries in shards["shards"].items() for sh in entries
-               if pending(name, sh["name"]))
+    return sum(n * per_token[part] for n, parts in pending for part in parts)
 
 
 def world_rank_from_env() -> int:
