@@ -43,7 +43,7 @@ def small_store(tmp_path_factory):
                                                                     "organism": {1: org}}}, [1])
 
 
-def test_a_checkpoint_whose_pickle_runs_code_is_refused_and_the_layer_trains_anew(small_store, tmp_path, capsys):
+def test_a_checkpoint_whose_pickle_runs_code_is_refused_and_the_layer_trains_anew(small_store, tmp_path, capfd):
     cfg = TrainConfig(n_latents=16, k=2, steps=30, batch_size=200, checkpoint_every=10, block_tokens=200,
                       buffer_blocks=2)
     clean = train_dictionary(small_store, 1, ["text"], "delta", cfg, seed=3, workdir=tmp_path / "clean")
@@ -56,7 +56,7 @@ def test_a_checkpoint_whose_pickle_runs_code_is_refused_and_the_layer_trains_ane
 
     trained = train_dictionary(small_store, 1, ["text"], "delta", cfg, seed=3, workdir=tmp_path / "shared")
     assert not marker.exists()  # the pickle never ran
-    err = capsys.readouterr().err
+    err = capfd.readouterr().err  # the file descriptor: what a user sees, whatever replaced sys.stderr
     refusals = [line for line in err.splitlines() if line.startswith("[diffgame] refused checkpoint")]
     assert len(refusals) == 1 and "last.ckpt" in refusals[0] and "from its first step" in refusals[0], err
     assert (folder / "last.ckpt.refused").is_file()  # set aside, not deleted
