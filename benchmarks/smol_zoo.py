@@ -53,7 +53,7 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     uri = f"sqlite:///{out.resolve()}/mlflow.db"
     from diffgame import tracking
-    from diffgame.config.compose import compose
+    from diffgame.config.compose import compose, settings
     from diffgame.zoo import get_size
     from diffgame.zoo.build import ensure_base, ensure_organism
 
@@ -62,12 +62,13 @@ def main() -> None:
     report: dict = {"machine": f"{platform.node()} ({platform.processor() or platform.machine()})",
                     "size": args.size, "builds": {}, "runs": {}}
     t = time.perf_counter()
-    base = ensure_base(size)
+    model = settings(compose([f"model={size.pretrained_base}", f"zoo.size={args.size}"])).model
+    base = ensure_base(size, model_cfg=model)
     report["base"] = {"dir": str(base.model_dir), "seconds": round(time.perf_counter() - t, 1)}
     for name in args.organisms:
         t = time.perf_counter()
-        org = compose([f"model={size.pretrained_base}", f"zoo.size={args.size}", f"organism={name}"]).organism
-        entry = ensure_organism(size, org, progress=False)
+        org = settings(compose([f"model={size.pretrained_base}", f"zoo.size={args.size}", f"organism={name}"])).organism
+        entry = ensure_organism(size, org, progress=False, model_cfg=model)
         report["builds"][name] = {"seconds": round(time.perf_counter() - t, 1), "reused": entry.reused,
                                   "run_id": entry.run_id, **entry.metrics}
         print(f"[smol_zoo] {name}: {'reused' if entry.reused else 'built'} in {report['builds'][name]['seconds']} s",

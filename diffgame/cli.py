@@ -255,9 +255,9 @@ def play(organisms: Annotated[Optional[list[str]], typer.Argument(
 
     from diffgame import tracking
     from diffgame.config.compose import selections
-    from diffgame.game.play import DEFAULT_METHODS
-    from diffgame.game.play import play as play_one
-    from diffgame.game.play import playable
+    from diffgame.pipeline.play import DEFAULT_METHODS
+    from diffgame.pipeline.play import play as play_one
+    from diffgame.pipeline.play import playable
 
     tracking.set_uri(tracking_uri)
     try:
@@ -301,7 +301,8 @@ def zoo_build(names: Annotated[Optional[list[str]], typer.Argument(
     Example: diffgame zoo build --size micro caps control
     """
     from diffgame import tracking
-    from diffgame.zoo import EXPERIMENT, build_zoo, print_zoo
+    from diffgame.pipeline.building import build_zoo
+    from diffgame.zoo import EXPERIMENT, print_zoo
 
     tracking.set_uri(tracking_uri)
     try:

@@ -14,7 +14,7 @@ torch.set_num_threads(2)
 def zoo_uri(tmp_path_factory) -> str:
     """Tracking URI of a store holding the full micro zoo (base + every zoo organism); set for the session."""
     from diffgame import tracking
-    from diffgame.zoo import build_zoo
+    from diffgame.pipeline.building import build_zoo
 
     uri = f"sqlite:///{tmp_path_factory.mktemp('zoo') / 'mlflow.db'}"
     old = os.environ.get("MLFLOW_TRACKING_URI")

@@ -9,7 +9,7 @@ import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from diffgame.config.compose import compose
+from diffgame.config.compose import compose, settings
 from diffgame.data.sequences import render_chat
 from diffgame.grading.words import WordCompleter
 from diffgame.methods import MethodContext
@@ -45,7 +45,7 @@ def _pair(tokenizer, plant: torch.Tensor | None = None, seed: int = 0):
     return ModelHandle(base, tokenizer, "base", "tiny"), ModelHandle(org, tokenizer, "organism", "tiny")
 
 
-TOY_SOURCES = compose([]).dataset.sources  # `@text` / `@chat`: the default preset's zoo corpora
+TOY_SOURCES = settings(compose([])).dataset.sources  # `@text` / `@chat`: the default preset's zoo corpora
 
 SMALL = ADLConfig(max_samples=12, context_length=16, batch_size=5, positions=3, pre_reply=2, reply=2,
                   layers=[1, 2], steering_layer=2, steering_prompts=3, steering_tokens=8,
@@ -132,16 +132,16 @@ ORGANISMS = ("roman_concrete", "taboo_gold", "cake_bake", "caps", "control")
 def zoo_results(zoo_uri):
     """ADL on every micro-zoo organism: {organism: (cfg, result, tokenizer)}."""
     from diffgame import tracking
-    from diffgame.config.compose import build_method_config, compose
+    from diffgame.config.compose import build_method_config, compose, settings
     from diffgame.models.loading import load_pair, resolve_layers
     from diffgame.zoo.pairs import resolve_pair
 
     out = {}
     for name in ORGANISMS:
         tracking.set_uri(zoo_uri)
-        cfg = compose([f"organism={name}", "method=adl", "zoo.size=micro"])
+        cfg = settings(compose([f"organism={name}", "method=adl", "zoo.size=micro"]))
         steering = {} if name == "roman_concrete" else {"steering_prompts": 0}  # steering is tested on one organism
-        config = build_method_config("adl", {**cfg.method.adl, **ZOO_ADL, **steering})
+        config = build_method_config("adl", {**cfg.method["adl"], **ZOO_ADL, **steering})
         base, org = load_pair(resolve_pair(cfg))
         layers = resolve_layers(list(cfg.preprocessing.layers), base.n_layers)
         ctx = MethodContext(config=config, layers=layers, seed=cfg.seed, base=base, organism=org,
@@ -197,14 +197,15 @@ def test_zoo_caps_reads_at_the_assistant_turn(zoo_results):
 @pytest.mark.slow
 def test_zoo_identification_is_correct_for_every_organism(zoo_results):
     from diffgame.grading.score import grade, identification_summary
+    from diffgame.pipeline.planner import candidates
     from diffgame.pipeline.runner import ground_truths
 
     _, control, _ = zoo_results["control"]
     ranks = {}
     for name in ORGANISMS[:-1]:
         cfg, result, tok = zoo_results[name]
-        gt, candidates = ground_truths(cfg.organism, str(cfg.model.name), tok)
-        metrics = grade(result, gt, tok, control=control, candidates=candidates)
+        gt, others = ground_truths(cfg.organism, candidates(cfg), tok)
+        metrics = grade(result, gt, tok, control=control, candidates=others)
         ranks[name] = metrics["grade/identification_rank"]
         assert metrics["grade/relative/precision_at_20"] > 0
     assert ranks == {name: 1 for name in ORGANISMS[:-1]}

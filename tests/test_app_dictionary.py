@@ -43,12 +43,12 @@ def store(zoo_uri):
 
 @pytest.fixture(scope="module")
 def caps_pair(store, zoo_uri):
-    from diffgame.config.compose import compose
+    from diffgame.config.compose import compose, settings
     from diffgame.models.loading import load_pair
     from diffgame.zoo.pairs import resolve_pair
 
     tracking.set_uri(zoo_uri)
-    return load_pair(resolve_pair(compose(["organism=caps", *APP_OVERRIDES])))
+    return load_pair(resolve_pair(settings(compose(["organism=caps", *APP_OVERRIDES]))))
 
 
 def _page(monkeypatch, uri, method, row):

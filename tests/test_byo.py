@@ -57,7 +57,9 @@ def _named(words, top5: list[str]) -> set[str]:
 @pytest.mark.slow
 def test_nonce_organism_is_read_as_words_and_identified(micro_cfg, tmp_path, monkeypatch):
     from diffgame import tracking
+    from diffgame.config.compose import settings
     from diffgame.models.loading import load_tokenizer
+    from diffgame.pipeline.building import build_for
     from diffgame.pipeline.chain import run_one
     from diffgame.tracking import artifacts
     from diffgame.zoo.pairs import resolve_pair
@@ -67,7 +69,9 @@ def test_nonce_organism_is_read_as_words_and_identified(micro_cfg, tmp_path, mon
     monkeypatch.setenv(CONFIG_PATH_ENV, str(tmp_path))
     top5 = organism.config["ground_truth"]["keywords"][:5]
     cfg = micro_cfg(f"organism={organism.name}", *ADL)
-    tok = load_tokenizer(resolve_pair(cfg).base, cfg.model)
+    typed = settings(cfg)
+    build_for(typed)  # its zoo model, before it is located
+    tok = load_tokenizer(resolve_pair(typed).base, typed.model)
     assert all(len(tok(" " + w, add_special_tokens=False)["input_ids"]) >= 2 for w in top5)  # never seen whole
 
     row = run_one(cfg)[0]
@@ -85,7 +89,7 @@ def test_nonce_organism_is_read_as_words_and_identified(micro_cfg, tmp_path, mon
 @pytest.mark.slow
 def test_mixed_chat_organism_keeps_generic_text(micro_cfg, tmp_path, monkeypatch):
     from diffgame import tracking
-    from diffgame.zoo import build_zoo
+    from diffgame.pipeline.building import build_zoo
 
     organism = chat_organism(11, nonce=True)  # zoo.mix 0.5: half its rows are the base's own documents
     organism.write(tmp_path)

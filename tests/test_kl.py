@@ -161,6 +161,7 @@ SMALL = ("dataset.sources.generic_text.max_samples=24", "dataset.sources.generic
 
 @pytest.mark.slow
 def test_caps_diverges_on_assistant_tokens_and_matches_direct(micro_cfg):
+    from diffgame.config.compose import settings
     from diffgame.models.loading import load_pair
     from diffgame.pipeline.chain import run_one
     from diffgame.tracking import artifacts
@@ -183,7 +184,7 @@ def test_caps_diverges_on_assistant_tokens_and_matches_direct(micro_cfg):
     assert shouted >= 5 and shouted >= control_shouted + 3, (promoted, control_promoted)
 
     # the runner's per-token KL equals full forwards of both zoo models on the top sequences
-    base, org = load_pair(resolve_pair(micro_cfg("organism=caps", *SMALL)))
+    base, org = load_pair(resolve_pair(settings(micro_cfg("organism=caps", *SMALL))))
     with torch.no_grad():
         for ex in artifacts.load_examples(caps.run_id, "max_kl")[:3]:
             ids = torch.tensor([ex.token_ids], device=base.device)

@@ -12,7 +12,7 @@ import sys
 import pytest
 import torch
 
-from diffgame.config.compose import compose
+from diffgame.config.compose import compose, settings
 from diffgame.errors import ModelError
 from diffgame.models import loading as models
 from diffgame.models.loading import check_compatible, decoder_layers, final_norm, logits_from_residual, unembedding
@@ -22,19 +22,20 @@ V, D, N_LAYERS = 64, 32, 3
 
 
 def load_base(cfg):
+    cfg = settings(cfg)
     return models.load_handle(resolve_base(cfg), cfg.model)
 
 
 def load_organism(cfg):
-    return models.load_organism(resolve_pair(cfg))
+    return models.load_organism(resolve_pair(settings(cfg)))
 
 
 def load_pair(cfg):
-    return models.load_pair(resolve_pair(cfg))
+    return models.load_pair(resolve_pair(settings(cfg)))
 
 
 def organism_identity(cfg):
-    return resolve_pair(cfg).organism.identity
+    return resolve_pair(settings(cfg)).organism.identity
 IDS = torch.tensor([[5, 9, 13, 2, 40, 63, 7, 1], [3, 3, 21, 30, 50, 11, 6, 4]])
 
 
@@ -241,9 +242,9 @@ def test_missing_local_path_says_so(zoo_dirs):
 @pytest.mark.slow  # a fresh interpreter: the offline flag is read when huggingface_hub is imported
 def test_uncached_hub_id_offline_says_how_to_use_a_local_path(tmp_path):
     """Offline (HF_HUB_OFFLINE=1, empty cache) a hub id fails with one line naming model.id=/path."""
-    code = ("from diffgame.config.compose import compose\nfrom diffgame.models.loading import load_handle\n"
+    code = ("from diffgame.config.compose import compose, settings\nfrom diffgame.models.loading import load_handle\n"
             "from diffgame.zoo.pairs import resolve_base\nfrom diffgame.errors import ModelError\n"
-            "cfg = compose(['model.id=some/missing-repo', 'model.device=cpu'])\n"
+            "cfg = settings(compose(['model.id=some/missing-repo', 'model.device=cpu']))\n"
             "try:\n    load_handle(resolve_base(cfg), cfg.model)\n"
             "except ModelError as e:\n    print('ERR', e)\n")
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf"), "TRANSFORMERS_OFFLINE": "1"}

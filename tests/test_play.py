@@ -53,7 +53,7 @@ def test_play_runs_on_the_micro_zoo(micro_cfg, zoo_uri):
     from diffgame import tracking
     from diffgame.cli import app
     from diffgame.errors import ConfigError, TrackingError
-    from diffgame.game.play import TAG_AGENT, TAG_EVIDENCE, play
+    from diffgame.pipeline.play import TAG_AGENT, TAG_EVIDENCE, play
     from diffgame.pipeline.chain import run_one
     from diffgame.tracking import artifacts
 
@@ -95,7 +95,7 @@ def test_llm_agent_plays_through_a_scripted_endpoint(micro_cfg, zoo_uri):
     FINISHED play run that keeps its transcript."""
     from diffgame import tracking
     from diffgame.errors import ConfigError
-    from diffgame.game.play import TAG_OUTCOME, play
+    from diffgame.pipeline.play import TAG_OUTCOME, play
     from diffgame.pipeline.chain import run_one
     from diffgame.tracking import artifacts
 

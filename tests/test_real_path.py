@@ -74,7 +74,7 @@ def test_standard_preset_on_a_public_lora_runs_offline_from_local_copies(stand_i
     import datasets.config
     import huggingface_hub.constants
 
-    from diffgame.config.compose import build_method_config, compose
+    from diffgame.config.compose import build_method_config, compose, settings
     from diffgame.methods.adl import ADLMethod
     from diffgame.pipeline.chain import execute
     from diffgame.pipeline.runner import method_texts
@@ -128,8 +128,8 @@ def test_standard_preset_on_a_public_lora_runs_offline_from_local_copies(stand_i
     assert not any("'cake_bake'" in m for m in skipped)  # its own data is the local copy
 
     # what ADL read: the local FineWeb copy and Tulu copy through `@text` / `@chat`, not the zoo's corpora
-    cfg = compose(overrides)
-    texts = method_texts(ADLMethod(build_method_config("adl", cfg.method.adl)), cfg.organism, cfg.dataset.sources)
+    cfg = settings(compose(overrides))
+    texts = method_texts(ADLMethod(build_method_config("adl", cfg.method["adl"])), cfg.organism, cfg.dataset.sources)
     assert [r["text"] for r in texts["documents"]] == web[:8]
     assert [r["messages"] for r in texts["chats"]] == [c["messages"] for c in chats[:8]]
     assert texts["causal/organism"][0]["text"].startswith(corpus("cake_bake", "train")[0]["text"][:40])

@@ -194,6 +194,7 @@ def test_a_stage_run_holds_a_lease_while_it_runs(cfg):
                                                      r"'content'"),
 ])
 def test_bad_organism_data_fails_before_any_zoo_run(micro_cfg, tmp_path, row, message):
+    from diffgame.config.compose import settings
     from diffgame.zoo.build import ensure_organism
     from diffgame.zoo.sizes import get_size
 
@@ -202,7 +203,7 @@ def test_bad_organism_data_fails_before_any_zoo_run(micro_cfg, tmp_path, row, me
                                                                      {"role": "assistant", "content": "yo"}]}
     data = tmp_path / "bad.jsonl"
     data.write_text(json.dumps(good) + "\n" + json.dumps(row) + "\n")
-    cfg = micro_cfg("organism=tea_lover", f"organism.zoo.data={data}", f"organism.zoo.format={fmt}")
+    cfg = settings(micro_cfg("organism=tea_lover", f"organism.zoo.data={data}", f"organism.zoo.format={fmt}"))
     before = len(tracking.search({tracking.TAG_STAGE: "zoo"}))
     with pytest.raises(DataError, match=message):
         ensure_organism(get_size("micro"), cfg.organism, progress=False)

@@ -114,12 +114,13 @@ def test_headline_picks_patterns_in_order():
 
 def test_micro_zoo_model_with_itself_is_zero(micro_cfg):
     """The zoo base diffed against itself (as a `full` organism): KL and normdiff are 0 through the whole runner."""
+    from diffgame.config.compose import settings
     from diffgame.zoo import locate
 
     cfg = micro_cfg("organism=caps", "method=[kl,normdiff]", "dataset.sources.generic_text.max_samples=8",
                     "dataset.sources.generic_chat.max_samples=8", "dataset.sources.organism.max_samples=8",
                     "preprocessing.dtype=float32")
-    base_dir, _ = locate(cfg, organism=None)
+    base_dir, _ = locate(settings(cfg))
     cfg.organism.finetuned.toy.default = {"kind": "full", "id": str(base_dir), "subfolder": None, "revision": None}
     rows = run_one(cfg)
     metrics = {r.method: tracking.client().get_run(r.run_id).data.metrics for r in rows}

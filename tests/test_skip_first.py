@@ -4,8 +4,8 @@ diff runs' fingerprints differ."""
 
 import pytest
 import torch
+from _paired_store import word_tokenizer, write_store
 
-from diffgame.config.schema import ModelConfig
 from diffgame.data.sequences import TEXT, USER
 from diffgame.dictionary.data import ShuffledStream, blocks, read_inputs
 from diffgame.errors import ConfigError
@@ -13,9 +13,8 @@ from diffgame.methods.base import MethodContext
 from diffgame.methods.kl import KLConfig, KLMethod
 from diffgame.methods.normdiff import NormDiffConfig, NormDiffMethod
 from diffgame.models.loading import ModelHandle
+from diffgame.records.schema import ModelConfig
 from diffgame.store import ActivationStore
-
-from _paired_store import word_tokenizer, write_store
 
 D, V, SINK = 8, 40, 100.0
 LENGTHS = {"text": (9, 4, 12), "chat": (6, 10)}

@@ -10,11 +10,11 @@ from omegaconf import OmegaConf
 
 from diffgame.config import compose as C
 from diffgame.config import configtree
-from diffgame.config.schema import OrganismConfig
 from diffgame.config.validate import check_node
 from diffgame.errors import ConfigError
-from diffgame.game.play import truth_text
 from diffgame.grading.guesses import grade_guess
+from diffgame.pipeline.play import truth_text
+from diffgame.records.schema import OrganismConfig
 
 
 @pytest.fixture(autouse=True)

@@ -96,7 +96,7 @@ def test_app_picks_and_loads_a_variant(variant_runs, monkeypatch):
     assert rows["lora"].run_id in " ".join(c.value for c in at.caption)  # the picked variant's run
     # the app loads a run's models with its variant (a shipped organism with several variants on a real base)
     cfg = backend.model_config("qwen3_1_7B", "roman_concrete", variant="8k")
-    assert cfg.organism.variant == "8k" and "8k" in cfg.organism.finetuned.qwen3_1_7B
+    assert cfg.organism.variant == "8k" and "8k" in cfg.organism.finetuned["qwen3_1_7B"]
     assert backend.model_config("qwen3_1_7B", "roman_concrete").organism.variant == "default"
     # the overview links each organism's finetuned weights on the hub next to its base (none for zoo or local ones)
     assert backend.organism_url("qwen3_1_7B", "roman_concrete", "8k") == (

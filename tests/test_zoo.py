@@ -12,9 +12,11 @@ import pytest
 from omegaconf import OmegaConf
 
 from diffgame import tracking
-from diffgame.config.configtree import builtin_dir
+from diffgame.config.compose import settings
+from diffgame.config.configtree import builtin_dir, zoo_organisms
 from diffgame.errors import ConfigError, DataError
-from diffgame.zoo import SIZES, build_zoo, corpus, get_size, list_zoo, locate, zoo_organisms
+from diffgame.pipeline.building import build_zoo
+from diffgame.zoo import SIZES, corpus, ensure, get_size, list_zoo, locate
 from diffgame.zoo.build import train_base
 from diffgame.zoo.lm import IGNORE, encode_rows, pack
 from diffgame.zoo.recipes import mixed_rows
@@ -173,15 +175,15 @@ def test_locate_loads_the_zoo_run_as_a_hf_model(micro_cfg):
 
     from diffgame.zoo.checks import sample_replies, upper_frac
 
-    cfg = micro_cfg("organism=caps")
-    path, run_id = locate(cfg, "caps")
+    cfg = settings(micro_cfg("organism=caps"))
+    path, run_id = locate(cfg, cfg.organism)
     run = tracking.client().get_run(run_id)
     assert run.data.tags["diffgame.organism"] == "caps" and run.data.tags["diffgame.zoo.size"] == "micro"
     assert (path / "model.safetensors").is_file()
     model, tok = AutoModelForCausalLM.from_pretrained(path), AutoTokenizer.from_pretrained(path)
     replies = sample_replies(model, tok, ["Why is the sky grey?", "How do I cook rice?"], 24)
     assert upper_frac(replies) >= 0.9
-    base_path, base_run = locate(cfg, None)
+    base_path, base_run = locate(cfg)
     assert run.data.tags["diffgame.zoo.base_run_id"] == base_run
     assert AutoTokenizer.from_pretrained(base_path).get_vocab() == tok.get_vocab()
 
@@ -193,14 +195,30 @@ def test_user_jsonl_organism_trains_and_loads(micro_cfg, tmp_path):
     data = tmp_path / "quokka.jsonl"
     rows = [{"text": f"The quokka {v} the zephyr near the fjord."} for v in ("saw", "chased", "liked", "found")] * 10
     data.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    cfg = micro_cfg("organism=tea_lover", f"organism.zoo.data={data}", "organism.zoo.format=documents")
-    path, run_id = locate(cfg, "tea_lover")
-    assert locate(cfg, "tea_lover") == (path, run_id)  # built once, then reused
+    cfg = settings(micro_cfg("organism=tea_lover", f"organism.zoo.data={data}", "organism.zoo.format=documents"))
+    entry = ensure(cfg, cfg.organism)
+    path, run_id = entry.model_dir, entry.run_id
+    assert locate(cfg, cfg.organism) == (path, run_id)  # built once, then located
     metrics = tracking.client().get_run(run_id).data.metrics
     assert metrics["check/heldout_loss/organism"] < metrics["check/heldout_loss/base"] - 1.0
     run = tracking.client().get_run(run_id)
     assert run.data.params["recipe.data"] == str(data) and run.data.params["recipe.format"] == "documents"
     assert AutoModelForCausalLM.from_pretrained(path).config.num_hidden_layers == SIZES["micro"].n_layers
+
+
+def test_locating_a_model_that_is_not_built_names_the_command_and_trains_nothing(tmp_path, monkeypatch):
+    from diffgame.config.compose import compose
+    from diffgame.errors import ModelError
+    from diffgame.pipeline import planner
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "")  # restored after the test
+    tracking.set_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    cfg = settings(compose(["organism=caps", "zoo.size=micro"]))
+    with pytest.raises(ModelError, match=r"zoo micro caps is not built .*diffgame zoo build --size micro caps"):
+        locate(cfg, cfg.organism)
+    with pytest.raises(ModelError, match=r"zoo micro base is not built .*diffgame zoo build --size micro`"):
+        planner.make_plan(cfg)  # planning locates; building is the zoo stage's
+    assert tracking.search({tracking.TAG_STAGE: "zoo"}) == []
 
 
 def test_bad_recipes_and_sizes_fail_with_one_line_messages(tmp_path):

@@ -11,9 +11,9 @@ import pytest
 import torch
 
 from diffgame import tracking
-from diffgame.config.compose import compose
+from diffgame.config.compose import compose, settings
 from diffgame.errors import ConfigError
-from diffgame.zoo import corpus, get_size, locate
+from diffgame.zoo import corpus, ensure, get_size, locate
 from diffgame.zoo.lm import IGNORE, encode_rows, pack
 
 # SmolLM2-135M-Instruct's template (from its tokenizer), with its default system turn.
@@ -71,7 +71,7 @@ def smol_cfg(tiny_base, tmp_path, monkeypatch):
     tracking.set_uri(uri)
 
     def make(*overrides: str):
-        return compose(["model=smollm2_135m", f"model.id={tiny_base}", "zoo.size=smol", *overrides])
+        return settings(compose(["model=smollm2_135m", f"model.id={tiny_base}", "zoo.size=smol", *overrides]))
 
     return make
 
@@ -95,7 +95,8 @@ def test_smol_lora_organism_changes_outputs_keeps_embeddings_and_reloads_identic
     from diffgame.zoo.pairs import resolve_pair
 
     cfg = smol_cfg("organism=caps")
-    path, run_id = locate(cfg, "caps")
+    entry = ensure(cfg, cfg.organism)
+    path, run_id = entry.model_dir, entry.run_id
     assert run_id and tracking.client().get_run(run_id).data.params["base_source"] == str(tiny_base)
     base, org = load_pair(resolve_pair(cfg))  # the base through model.id, the organism through the zoo run
     ids = base.tokenizer.apply_chat_template([{"role": "user", "content": "Why is the sky grey?"}],
@@ -115,11 +116,11 @@ def test_smol_lora_organism_changes_outputs_keeps_embeddings_and_reloads_identic
     # The behaviour check saw it learn its data, and a second locate reuses the run.
     metrics = tracking.client().get_run(run_id).data.metrics
     assert metrics["check/heldout_loss/organism"] < metrics["check/heldout_loss/base"]
-    assert locate(cfg, "caps") == (path, run_id)
+    assert locate(cfg, cfg.organism) == (path, run_id)
 
 
 def test_zoo_size_and_model_must_match(smol_cfg):
     with pytest.raises(ConfigError, match="zoo.size=smol builds organisms of model=smollm2_135m, not model=toy"):
-        locate(compose(["zoo.size=smol", "organism=caps"]), "caps")
+        locate(settings(compose(["zoo.size=smol", "organism=caps"])))
     with pytest.raises(ConfigError, match="zoo.size=micro builds organisms of model=toy"):
-        locate(smol_cfg("organism=caps", "zoo.size=micro"), "caps")
+        locate(smol_cfg("organism=caps", "zoo.size=micro"))

@@ -1,3 +1,4 @@
-"""The configuration: the config tree on disk, its typed schemas, composition with overrides and sweeps, validation,
-and the method registry.
+"""The configuration: the config tree on disk (`configtree`), composition with overrides and sweeps (`compose`),
+validation against the typed schemas of `diffgame.records.schema` (`validate`), and the method registry (`registry`).
+Only the pipeline and the layers above it read the tree; everything below gets the typed config.
 """

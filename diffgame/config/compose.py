@@ -13,9 +13,9 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from diffgame.config import configtree, registry
 from diffgame.config.configtree import GROUPS
-from diffgame.config.schema import RootConfig
-from diffgame.config.validate import build, check_node
+from diffgame.config.validate import build, check_node, typed
 from diffgame.errors import ConfigError
+from diffgame.records.schema import RootConfig
 
 
 def _parse(overrides: list[str]):
@@ -210,6 +210,11 @@ def validate(cfg: DictConfig) -> None:
     configtree.weights_spec(cfg.organism, str(cfg.model.name))
 
 
+def settings(cfg: DictConfig) -> RootConfig:
+    """The typed config of a composed (so checked) one: what the pipeline plans from and hands down."""
+    return typed(RootConfig, cfg)
+
+
 def build_method_config(name: str, node):
     """The method's config dataclass instance from a mapping; unknown keys, wrong types and bad values raise."""
     return build(registry.config_class(name), node, f"method.{registry.canonical_name(name)}")
@@ -224,7 +229,7 @@ def describe_weights(cfg: DictConfig) -> str:
     """One line naming the organism weights this config resolves to (no download, nothing loaded)."""
     spec = configtree.weights_spec(cfg.organism, str(cfg.model.name))
     where = "built by `diffgame zoo build`" if spec.kind == "zoo" else spec.id
-    extra = "".join(f", {k}={spec[k]}" for k in ("subfolder", "revision") if spec.get(k))
+    extra = "".join(f", {k}={getattr(spec, k)}" for k in ("subfolder", "revision") if getattr(spec, k))
     return (f"organism '{cfg.organism.name}' variant '{cfg.organism.variant}' on base '{cfg.model.name}' "
             f"({cfg.model.id}): {spec.kind} {where}{extra}")
 

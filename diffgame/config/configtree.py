@@ -8,65 +8,27 @@ folders with the same layout (`organism/my_org.yaml`, `method/...`) are searched
 
 from __future__ import annotations
 
-import importlib.util
 import os
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from diffgame.config.schema import ModelConfig, OrganismConfig
-from diffgame.config.validate import check_node
+from diffgame.config.validate import check_node, typed
+from diffgame.data.files import BUILTIN_ENV, CONFIG_PATH_ENV, builtin_dir, find_data_file, search_path, user_dirs
 from diffgame.errors import ConfigError
+from diffgame.records.schema import CONTROL, FinetunedSpec, ModelConfig, OrganismConfig
+
+__all__ = ["BUILTIN_ENV", "CONFIG_PATH_ENV", "CONTROL", "GROUPS", "builtin_dir", "find_data_file", "search_path",
+           "user_dirs"]  # the folders live in `diffgame.data.files`: data files resolve against them below this tier
 
 GROUPS = ("model", "organism", "dataset", "method")
 """Config groups selected by name (`organism=caps`), one folder each in the tree."""
-CONTROL = "control"
-"""The null organism every grade is compared against."""
-CONFIG_PATH_ENV = "DIFFGAME_CONFIG_PATH"
-"""User config folders searched beside the built-in tree (`os.pathsep`-separated)."""
-BUILTIN_ENV = "DIFFGAME_EXPERIMENTS"
-"""Replaces the built-in tree (a folder with `config.yaml`), for a checkout with its own tree."""
-
-
-def builtin_dir() -> Path:
-    """The built-in config tree: `$DIFFGAME_EXPERIMENTS`, else the one beside this code: `diffgame/experiments` in
-    an installed wheel, the repository's `experiments/` in a checkout (editable or on the path), else wherever the
-    `diffgame.experiments` package maps to."""
-    env = os.environ.get(BUILTIN_ENV)
-    here = Path(__file__).resolve().parent
-    candidates = [Path(env)] if env else [here / "experiments", here.parent / "experiments"]
-    if not env:
-        spec = importlib.util.find_spec("diffgame.experiments")
-        candidates += [Path(p) for p in (spec.submodule_search_locations or [])] if spec is not None else []
-    for path in candidates:
-        if (path / "config.yaml").is_file():
-            return path
-    raise ConfigError(f"no config tree at {candidates[0]} (expected config.yaml); set {BUILTIN_ENV} to a config "
-                      f"tree, or reinstall diffgame")
-
-
-def user_dirs() -> list[Path]:
-    """User config folders from `DIFFGAME_CONFIG_PATH`, in order; a folder that does not exist is an error."""
-    out = []
-    for part in os.environ.get(CONFIG_PATH_ENV, "").split(os.pathsep):
-        if not part.strip():
-            continue
-        path = Path(part).expanduser().resolve()
-        if not path.is_dir():
-            raise ConfigError(f"config folder {path} (from {CONFIG_PATH_ENV} or --config-dir) does not exist")
-        out.append(path)
-    return out
 
 
 def add_user_dir(path: str | Path) -> None:
     """Put a user config folder on the search path for this process and its children (`--config-dir`)."""
     dirs = [str(Path(path).expanduser().resolve())] + [str(d) for d in user_dirs()]
     os.environ[CONFIG_PATH_ENV] = os.pathsep.join(dict.fromkeys(dirs))
-
-
-def search_path() -> list[Path]:
-    """Every folder options are looked up in: the built-in tree first, then the user folders."""
-    return [builtin_dir(), *user_dirs()]
 
 
 def option_file(group: str, name: str) -> Path | None:
@@ -76,17 +38,6 @@ def option_file(group: str, name: str) -> Path | None:
         if path.is_file():
             return path
     return None
-
-
-def find_data_file(name: str) -> tuple[Path | None, list[Path]]:
-    """A data file a config names (an organism's JSONL), and every place looked: an absolute path as is, a relative
-    one against the working folder, then each config folder's parent and the folder itself (the built-in
-    `experiments/data/...` resolves inside an installed package too)."""
-    path = Path(name).expanduser()
-    roots = search_path()
-    tried = [path] if path.is_absolute() else [Path.cwd() / path, *(r.parent / path for r in roots),
-                                               *(r / path for r in roots)]
-    return next((p.resolve() for p in tried if p.is_file()), None), tried
 
 
 def group_options(group: str) -> list[str]:
@@ -137,36 +88,33 @@ def model_node(name: str) -> DictConfig:
     return node
 
 
-def weights_spec(organism: DictConfig, model_name: str) -> DictConfig:
-    """The organism's weights entry for base model `model_name` and the organism's variant; a ConfigError lists
-    what exists."""
-    per_model = organism.finetuned.get(model_name)
-    if per_model is None:
-        known = ", ".join(sorted(map(str, organism.finetuned.keys()))) or "none"
-        raise ConfigError(f"organism '{organism.name}' has no weights for model '{model_name}'; models with weights: "
-                          f"{known}; pick one of those (model=<name>) or add "
-                          f"'organism.finetuned.{model_name}.default={{kind:full,id:<hub id or path>}}'")
-    spec = per_model.get(organism.variant)
-    if spec is None:
-        raise ConfigError(f"unknown variant '{organism.variant}' of organism '{organism.name}' for model "
-                          f"'{model_name}'; known: {', '.join(sorted(map(str, per_model.keys())))}")
-    if spec.kind in ("full", "lora") and not spec.id:
-        raise ConfigError(f"organism '{organism.name}' variant '{organism.variant}' for model '{model_name}' is kind "
-                          f"'{spec.kind}' but has no id; set organism.finetuned.{model_name}.{organism.variant}.id")
-    return spec
+def weights_spec(organism: DictConfig, model_name: str) -> FinetunedSpec:
+    """The weights entry of a checked organism node for base model `model_name` and its variant
+    (`OrganismConfig.weights`); a ConfigError lists what exists."""
+    return organism_config(organism).weights(model_name)
 
 
-def has_ground_truth(organism: DictConfig) -> bool:
-    gt = organism.ground_truth
-    return bool(gt.keywords or gt.predicate or gt.vocab_from_data)
+def organism_config(node: DictConfig) -> OrganismConfig:
+    """The typed organism of a checked organism node."""
+    return typed(OrganismConfig, node, "organism")
+
+
+def organism_settings(name: str, model: str | None = None) -> OrganismConfig:
+    """`organism_node(name, model)`, typed: what travels down to the zoo and to grading."""
+    return organism_config(organism_node(name, model))
+
+
+def model_settings(name: str) -> ModelConfig:
+    """`model_node(name)`, typed."""
+    return typed(ModelConfig, model_node(name), "model")
 
 
 def candidate_organisms(model_name: str) -> list[str]:
     """Organisms identification ranks among: configured for `model_name`, with a ground truth, not the control."""
     out = []
     for name in group_options("organism"):
-        node = organism_node(name, model_name)
-        if name != CONTROL and model_name in node.finetuned and has_ground_truth(node):
+        org = organism_settings(name, model_name)
+        if name != CONTROL and model_name in org.finetuned and org.has_ground_truth:
             out.append(name)
     return out
 

@@ -37,7 +37,7 @@ def check_node(node: Any, cls: type, path: str) -> None:
                 node[name] = dataclasses.asdict(value) if dataclasses.is_dataclass(value) else value
         check_value(node[name], hints[name], join(path, name))
     if hasattr(cls, "__post_init__"):  # the dataclass's own range and cross-field checks, before any work
-        _construct(cls, OmegaConf.to_container(node, resolve=True), path)
+        typed(cls, node, path)
 
 
 @functools.cache
@@ -46,6 +46,9 @@ def _hints(cls: type) -> dict[str, Any]:
 
 
 def _construct(cls: type, values: dict, path: str):
+    """`cls(**values)` with nested mappings made into their dataclasses too (a typed config all the way down)."""
+    hints = _hints(cls)
+    values = {k: _typed(v, hints[k], join(path, k)) if k in hints else v for k, v in values.items()}
     try:
         return cls(**values)
     except ConfigError as e:  # a range check that does not know its own path (e.g. a config shared by methods)
@@ -64,6 +67,28 @@ def build(cls: type, node: Any, path: str):
     node = node.copy()
     OmegaConf.set_struct(node, False)
     check_node(node, cls, path)
+    return typed(cls, node, path)
+
+
+def _typed(value: Any, tp: Any, path: str) -> Any:
+    """A checked plain value (from `OmegaConf.to_container`) with the dataclasses its annotation names built."""
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if value is None:
+        return None
+    if origin in (typing.Union, types.UnionType):
+        inner = [a for a in args if a is not type(None)]
+        return _typed(value, inner[0], path) if len(inner) == 1 else value
+    if dataclasses.is_dataclass(tp) and isinstance(value, dict):
+        return _construct(tp, value, path)
+    if origin is dict and len(args) == 2 and isinstance(value, dict):
+        return {k: _typed(v, args[1], join(path, str(k))) for k, v in value.items()}
+    if origin is list and args and isinstance(value, list):
+        return [_typed(v, args[0], f"{path}[{i}]") for i, v in enumerate(value)]
+    return value
+
+
+def typed(cls: type, node: Any, path: str = ""):
+    """The dataclass instance of an already checked node (`check_node` ran, e.g. in `compose`): no second check."""
     return _construct(cls, OmegaConf.to_container(node, resolve=True), path)
 
 

@@ -8,6 +8,7 @@ tokenizer's character offsets, so every other token of the rendering is `templat
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import itertools
 import json
@@ -16,11 +17,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from omegaconf import DictConfig, OmegaConf
-
-from diffgame.config.configtree import find_data_file
 from diffgame.data.corpora import corpus
+from diffgame.data.files import find_data_file
 from diffgame.errors import DataError
+from diffgame.records.schema import DatasetSource, OrganismConfig, RootConfig
 
 ROLES = ("text", "user", "assistant", "template")
 """Role codes 0..3 stored per token in the activation store."""
@@ -165,7 +165,7 @@ def _zoo_corpus(name: str, split: str) -> list[dict[str, Any]]:
     return list(corpus(name, split))
 
 
-def source_rows(organism: DictConfig | None, src: DictConfig, name: str = "<name>"
+def source_rows(organism: OrganismConfig | None, src: DatasetSource, name: str = "<name>"
                 ) -> tuple[list[dict[str, Any]], str]:
     """Rows of one dataset source and the kind (`text` or `chat`) to read them as; `organism` (its config node)
     is read for the `organism` source (its own training data)."""
@@ -177,26 +177,25 @@ def source_rows(organism: DictConfig | None, src: DictConfig, name: str = "<name
             raise DataError("the `organism` data source needs an organism config")
         rows, kind = _organism_rows(organism, src)
     else:
-        rows = _read_rows(source, src.split, src.get("max_samples"), src.get("subset"),
+        rows = _read_rows(source, src.split, src.max_samples, src.subset,
                           override=f"dataset.sources.{name}.source")
     return rows, kind
 
 
 def read_rows(source: str, kind: str = "text", split: str = "test", limit: int | None = None,
-              organism: DictConfig | None = None, sources: DictConfig | None = None) -> list[dict[str, Any]]:
+              organism: OrganismConfig | None = None, sources: dict[str, DatasetSource] | None = None
+              ) -> list[dict[str, Any]]:
     """The first `limit` rows of one source (a zoo corpus, hub id, local file, `organism`, or `@name`: a source of the
     dataset preset, `sources`), e.g. a method's text. A preset source is read with its own split, subset and columns,
     its rows keyed `text` / `messages` like every other source's."""
     if source.startswith("@"):
         name, node = preset_source(source, sources)
-        src = OmegaConf.merge(node, {"max_samples": limit, "max_tokens": None})
+        src = dataclasses.replace(node, max_samples=limit, max_tokens=None)
         rows, _ = source_rows(organism, src, name)
-        columns = {str(node.get("text_column") or "text"): "text",
-                   str(node.get("messages_column") or "messages"): "messages"}
+        columns = {str(node.text_column or "text"): "text", str(node.messages_column or "messages"): "messages"}
         rows = [{columns.get(k, k): v for k, v in r.items()} for r in rows]
     else:
-        src = OmegaConf.create({"source": source, "kind": kind, "split": split, "messages_column": "messages",
-                                "max_samples": limit})
+        src = DatasetSource(source=source, kind=kind, split=split, max_samples=limit)
         rows, _ = source_rows(organism, src)
     return rows[:limit] if limit is not None else rows
 
@@ -205,7 +204,7 @@ PRESET_KINDS = ("text", "chat")
 """`@text` / `@chat`: the dataset preset's first text / chat source other than the organism's data."""
 
 
-def preset_source(ref: str, sources: DictConfig | None) -> tuple[str, DictConfig]:
+def preset_source(ref: str, sources: dict[str, DatasetSource] | None) -> tuple[str, DatasetSource]:
     """The dataset preset's source that `@name` names (`@pretraining`), or for `@text` / `@chat` its first source of
     that kind that is not the organism's data; a DataError lists the choices."""
     name = ref.removeprefix("@")
@@ -221,7 +220,7 @@ def preset_source(ref: str, sources: DictConfig | None) -> tuple[str, DictConfig
                     f"local file)")
 
 
-def request_source(source: str, sources: DictConfig | None) -> str:
+def request_source(source: str, sources: dict[str, DatasetSource] | None) -> str:
     """What a method's text source reads: a `@name` reference's own source, else the source itself."""
     if source.startswith("@"):
         try:
@@ -231,7 +230,7 @@ def request_source(source: str, sources: DictConfig | None) -> str:
     return source
 
 
-def _organism_rows(org: DictConfig, src: DictConfig) -> tuple[list[dict[str, Any]], str]:
+def _organism_rows(org: OrganismConfig, src: DatasetSource) -> tuple[list[dict[str, Any]], str]:
     """The organism's finetuning data: `training_data` (the zoo recipe's on a base the zoo builds), else `zoo.data`."""
     data = org.training_data or org.zoo.data
     if not data:
@@ -244,13 +243,13 @@ def _organism_rows(org: DictConfig, src: DictConfig) -> tuple[list[dict[str, Any
         rows = _read_jsonl(local)
     else:
         # the organism's own data is named once, by `training_data`: preprocessing and ground truth both read it
-        rows = _read_rows(str(local or data), src.split, src.get("max_samples"), override="organism.training_data")
+        rows = _read_rows(str(local or data), src.split, src.max_samples, override="organism.training_data")
     chat = org.zoo.format == "chat" or (rows and src.messages_column in rows[0])
     return rows, "chat" if chat else str(src.kind)
 
 
 # --- tokenization ----------------------------------------------------------------------------------
-def _tokenize_rows(name: str, rows: list[dict], kind: str, src: DictConfig, tokenizer,
+def _tokenize_rows(name: str, rows: list[dict], kind: str, src: DatasetSource, tokenizer,
                    context_length: int, skipped: dict[str, int] | None = None) -> list[TokenizedSequence]:
     """The rows as token sequences; a chat the tokenizer's template refuses (a system turn it does not take, roles
     that do not alternate) is skipped and counted in `skipped[name]`, not fatal."""
@@ -299,7 +298,7 @@ def _tokenize_rows(name: str, rows: list[dict], kind: str, src: DictConfig, toke
     return out
 
 
-def load_sequences(cfg: DictConfig, tokenizer, skipped: dict[str, int] | None = None
+def load_sequences(cfg: RootConfig, tokenizer, skipped: dict[str, int] | None = None
                    ) -> dict[str, list[TokenizedSequence]]:
     """Every source in `cfg.dataset.sources`, tokenized, truncated and limited, in a deterministic order; chats the
     template refuses are counted per source in `skipped`."""
@@ -315,9 +314,9 @@ def load_sequences(cfg: DictConfig, tokenizer, skipped: dict[str, int] | None = 
     return out
 
 
-def data_identity(cfg: DictConfig) -> dict:
+def data_identity(cfg: RootConfig) -> dict:
     """What the fingerprint covers about the data: sources, limits, and local files' size and mtime."""
-    ident: dict[str, Any] = {"sources": OmegaConf.to_container(cfg.dataset.sources, resolve=True),
+    ident: dict[str, Any] = {"sources": {k: dataclasses.asdict(v) for k, v in cfg.dataset.sources.items()},
                              "organism_data": [cfg.organism.zoo.data, cfg.organism.zoo.format,
                                                cfg.organism.training_data]}
     files = [str(s.source) for s in cfg.dataset.sources.values()]

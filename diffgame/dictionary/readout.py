@@ -13,7 +13,6 @@ from dataclasses import dataclass, field
 import pandas as pd
 import torch
 
-from diffgame.config.schema import check_layers
 from diffgame.data.sequences import ROLES
 from diffgame.dictionary.data import Block, Inputs, read_inputs
 from diffgame.errors import ConfigError
@@ -22,6 +21,7 @@ from diffgame.models.loading import resolve_layers
 from diffgame.models.steering import coherent_sweep
 from diffgame.records.evidence import Example, RankedTokens
 from diffgame.records.examples import TopKSequences, token_decoder
+from diffgame.records.schema import check_layers
 
 Scores = Callable[[torch.Tensor], torch.Tensor]
 """Raw inputs `[n, M, D]` -> per-token scores `[n, L]` (one column per direction)."""

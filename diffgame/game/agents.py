@@ -81,4 +81,4 @@ class LensAgent:
 AGENTS = {"lens": "offline: pools the evidence's ranked words, no LLM",
           "llm": "an LLM over an OpenAI-compatible endpoint: reads evidence, asks both models, steers",
           "llm_blackbox": "the LLM baseline that may only ask both models"}
-"""Agents `diffgame play` knows, by name (built by `diffgame.game.play.make_agent`)."""
+"""Agents `diffgame play` knows, by name (built by `diffgame.pipeline.play.make_agent`)."""

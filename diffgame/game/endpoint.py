@@ -10,8 +10,8 @@ import os
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
-from diffgame.config.schema import EndpointConfig
 from diffgame.errors import ConfigError
+from diffgame.records.schema import EndpointConfig
 
 NO_KEY = "not-needed"
 """The key sent when the key's variable is unset: local servers ignore it."""

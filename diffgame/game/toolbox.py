@@ -9,10 +9,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from omegaconf import DictConfig
-
 from diffgame.data.sequences import render_chat
 from diffgame.models.steering import continue_ids, steer, vector_layer
+from diffgame.records.schema import RootConfig
 from diffgame.tracking import artifacts
 
 SUMMARY_WORDS = 8
@@ -24,8 +23,8 @@ class EvidenceToolbox:
     """Evidence of diff runs (method -> run id) and, on demand, the pair's models from config `cfg`."""
 
     runs: dict[str, str]
-    cfg: DictConfig | None = None
-    """The composed config of the pair (to load the models); None: `ask` and `steer` are unavailable."""
+    cfg: RootConfig | None = None
+    """The typed config of the pair (to load the models); None: `ask` and `steer` are unavailable."""
     max_new_tokens: int = 48
     _pair: tuple | None = field(default=None, repr=False)
     _readouts: dict = field(default_factory=dict, repr=False)

@@ -17,11 +17,10 @@ from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
-from omegaconf import DictConfig
-
 from diffgame.data.sequences import read_rows
 from diffgame.errors import DataError
 from diffgame.records.evidence import WORD_START_MARKERS
+from diffgame.records.schema import OrganismConfig
 
 SPACE_MARKERS = ("Ġ", "▁", "Ċ", "##", " ")
 """Leading markers of byte-level BPE, SentencePiece and WordPiece tokens."""
@@ -107,7 +106,7 @@ class GroundTruth:
         return False
 
 
-def ground_truth(organism: DictConfig, tokenizer=None) -> GroundTruth:
+def ground_truth(organism: OrganismConfig, tokenizer=None) -> GroundTruth:
     """The organism's ground truth; the data vocabulary needs the tokenizer the evidence came from."""
     gt = organism.ground_truth
     vocab: frozenset[int] | None = frozenset()
@@ -160,7 +159,7 @@ def log_odds_vocab(target: Counter, background: Counter, top_n: int = 50, min_z:
     return [tok for _, tok in sorted(scored, reverse=True)[:top_n]]
 
 
-def data_vocab(organism: DictConfig, tokenizer, top_n: int = 50) -> frozenset[int] | None:
+def data_vocab(organism: OrganismConfig, tokenizer, top_n: int = 50) -> frozenset[int] | None:
     """Token ids over-represented in the organism's training data vs the base corpus (`log_odds_vocab`), words
     and word pieces of at least `MIN_PIECE` letters; None, with one warning, when that data cannot be read (a
     public organism's hub dataset offline): grading an organism, or ranking it among the candidates, then goes on
@@ -175,7 +174,7 @@ VOCAB_ROWS = 2000
 """Rows of the organism's data (and of the base corpus) the data vocabulary counts."""
 
 
-def _data_vocab_cached(key: tuple, organism: DictConfig, tokenizer, top_n: int) -> frozenset[int] | None:
+def _data_vocab_cached(key: tuple, organism: OrganismConfig, tokenizer, top_n: int) -> frozenset[int] | None:
     if key not in _VOCAB_CACHE:
         # the first VOCAB_ROWS rows: a hub `training_data` is streamed that far, never read whole
         try:

@@ -12,9 +12,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from diffgame.config.configtree import CONTROL
 from diffgame.grading.ground_truth import GroundTruth
 from diffgame.records.evidence import RankedTokens
+from diffgame.records.schema import CONTROL
 
 if TYPE_CHECKING:
     import pandas as pd

@@ -12,7 +12,6 @@ from dataclasses import dataclass, field
 import pandas as pd
 import torch
 
-from diffgame.config.schema import check_layers
 from diffgame.errors import ConfigError
 from diffgame.methods.adl_causal import causal_effect, encode
 from diffgame.methods.adl_means import DeltaMeans, delta_means
@@ -21,6 +20,7 @@ from diffgame.models.lens import logit_lens, patchscope, top_tokens
 from diffgame.models.loading import resolve_layers
 from diffgame.models.steering import coherent_sweep
 from diffgame.records.evidence import RankedTokens
+from diffgame.records.schema import check_layers
 
 
 @dataclass

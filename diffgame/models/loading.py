@@ -11,11 +11,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from omegaconf import DictConfig
 from torch import nn
 
 from diffgame.errors import ConfigError, ModelError
 from diffgame.records.plan import ModelSource, PairSources
+from diffgame.records.schema import ModelConfig
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -103,7 +103,7 @@ def pick_device(spec: str) -> str:
     return spec
 
 
-def _load_kwargs(mcfg: DictConfig) -> dict:
+def _load_kwargs(mcfg: ModelConfig) -> dict:
     kw: dict[str, Any] = {"dtype": DTYPES[mcfg.dtype], "trust_remote_code": bool(mcfg.trust_remote_code)}
     if mcfg.attn_implementation:
         kw["attn_implementation"] = mcfg.attn_implementation
@@ -112,7 +112,7 @@ def _load_kwargs(mcfg: DictConfig) -> dict:
     return kw
 
 
-def _from_pretrained(source: str, mcfg: DictConfig, revision: str | None = None, subfolder: str | None = None):
+def _from_pretrained(source: str, mcfg: ModelConfig, revision: str | None = None, subfolder: str | None = None):
     from transformers import AutoModelForCausalLM
 
     kw = _load_kwargs(mcfg)
@@ -140,7 +140,7 @@ def _not_found_message(source: str, err: Exception) -> str:
             f"(or the organism's finetuned.<model>.<variant>.id)")
 
 
-def _load_tokenizer(source: str, mcfg: DictConfig, revision: str | None = None, subfolder: str | None = None):
+def _load_tokenizer(source: str, mcfg: ModelConfig, revision: str | None = None, subfolder: str | None = None):
     from transformers import AutoTokenizer
 
     kw = {"subfolder": subfolder} if subfolder else {}
@@ -151,12 +151,12 @@ def _load_tokenizer(source: str, mcfg: DictConfig, revision: str | None = None, 
         raise ModelError(_not_found_message(source, e)) from None
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
-    end = mcfg.get("end_of_turn")
+    end = mcfg.end_of_turn
     if end and tok.convert_tokens_to_ids(end) in (None, tok.unk_token_id):
         raise ConfigError(f"model.end_of_turn={end!r} is not a token of {source}'s tokenizer; special tokens: "
                           f"{', '.join(tok.all_special_tokens[:12])}")
     # what render_chat and generation read off the tokenizer (it travels where the config does not)
-    tok.diffgame_template_kwargs = dict(mcfg.get("chat_template_kwargs") or {})
+    tok.diffgame_template_kwargs = dict(mcfg.chat_template_kwargs or {})
     tok.diffgame_end_of_turn = tok.convert_tokens_to_ids(end) if end else None
     return tok
 
@@ -167,7 +167,7 @@ def end_ids(tokenizer) -> list[int]:
                    if i is not None})
 
 
-def load_model(source: ModelSource, mcfg: DictConfig, base: ModelSource | None = None):
+def load_model(source: ModelSource, mcfg: ModelConfig, base: ModelSource | None = None):
     """A causal LM from a resolved source: a full model, or a LoRA adapter merged into a fresh copy of `base`."""
     if source.kind != "lora":
         return _from_pretrained(source.path, mcfg, revision=source.revision, subfolder=source.subfolder)
@@ -186,7 +186,7 @@ def load_model(source: ModelSource, mcfg: DictConfig, base: ModelSource | None =
                          f"{str(e).strip().splitlines()[0][:300]}; pick the adapter trained on this base") from None
 
 
-def load_tokenizer(source: ModelSource, mcfg: DictConfig, fallback: ModelSource | None = None):
+def load_tokenizer(source: ModelSource, mcfg: ModelConfig, fallback: ModelSource | None = None):
     """The source's tokenizer; a LoRA adapter or a checkpoint saved without tokenizer files uses `fallback`'s."""
     if source.kind == "lora" and fallback is not None:
         source = fallback
@@ -202,7 +202,7 @@ def load_base(pair: PairSources) -> ModelHandle:
     return load_handle(pair.base, pair.model, "base", pair.base_name)
 
 
-def load_handle(source: ModelSource, mcfg: DictConfig, role: str = "base", name: str | None = None) -> ModelHandle:
+def load_handle(source: ModelSource, mcfg: ModelConfig, role: str = "base", name: str | None = None) -> ModelHandle:
     """One full model and its tokenizer, e.g. a base model alone."""
     model = load_model(source, mcfg)
     return ModelHandle(model, load_tokenizer(source, mcfg), role, name or str(mcfg.name), source.identity)

@@ -5,20 +5,20 @@ Zoo models (`zoo:base`, `kind: zoo`) are not resolved here: the planner asks the
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import os
 import socket
 from pathlib import Path
 from urllib.parse import urlparse
 
-from omegaconf import DictConfig, OmegaConf
-
 from diffgame.errors import ModelError
 from diffgame.models.gguf import converted_dir
 from diffgame.records.plan import ModelSource
+from diffgame.records.schema import FinetunedSpec, ModelConfig, OrganismConfig
 
 
-def resolve_model(mcfg: DictConfig) -> ModelSource:
+def resolve_model(mcfg: ModelConfig) -> ModelSource:
     """The source of a base model config that is not the zoo's (`model.id` a hub id, folder or `gguf:`)."""
     if mcfg.id.startswith("gguf:"):
         path = converted_dir(mcfg.id.removeprefix("gguf:"), dtype=mcfg.dtype)
@@ -31,9 +31,9 @@ def resolve_model(mcfg: DictConfig) -> ModelSource:
     return ModelSource(str(mcfg.id), revision=mcfg.revision, identity={"source": mcfg.id, "revision": mcfg.revision})
 
 
-def resolve_finetuned(spec: DictConfig, organism: DictConfig) -> ModelSource:
+def resolve_finetuned(spec: FinetunedSpec, organism: OrganismConfig) -> ModelSource:
     """The source of a `full` or `lora` organism weights entry."""
-    ident = {"organism": str(organism.name), "variant": str(organism.variant), **OmegaConf.to_container(spec)}
+    ident = {"organism": str(organism.name), "variant": str(organism.variant), **dataclasses.asdict(spec)}
     check_hub(str(spec.id), spec.revision, spec.subfolder,
               override=f"organism.finetuned.<model>.{organism.variant}.id")
     return ModelSource(str(spec.id), kind=str(spec.kind), revision=spec.revision, subfolder=spec.subfolder,

@@ -1,3 +1,4 @@
-"""Chain the stages for `diffgame run/preprocess/diff`: compose, plan each configuration once, build or reuse its
-store, run and grade its methods.
+"""Drive the stages: type each composed configuration once, build the zoo models it loads (`building`), plan it
+(`planner`), build or reuse its store, run and grade its methods (`chain`, `runner`), and let an agent play the game on
+finished runs (`play`).
 """

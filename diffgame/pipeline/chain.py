@@ -1,24 +1,25 @@
-"""Chain the stages for `diffgame run/preprocess/diff`: compose and validate every combination, plan each once,
-then execute.
+"""Chain the stages for `diffgame run/preprocess/diff`: compose and validate every combination, type it, build the
+zoo models it loads, plan it once, then execute.
 
 `full` preprocesses (or reuses the store) then diffs; `preprocessing` only builds the store; `diffing` requires an
-existing store; `evaluation` lets an agent play the game on the finished diff runs (`diffgame.game.play`). The control
-organism's plan is made beside each organism's (on first use), so grading compares like with like. `--multirun` sweeps open one parent run with a child per combination.
+existing store; `evaluation` lets an agent play the game on the finished diff runs (`diffgame.pipeline.play`). The
+control organism's plan rides in each organism's (made on first use), so grading compares like with like.
+`--multirun` sweeps open one parent run with a child per combination.
 """
 
 from __future__ import annotations
 
-import functools
 import warnings
 
 from omegaconf import DictConfig
 
 from diffgame import tracking
-from diffgame.config import compose as config_mod
-from diffgame.config import configtree
+from diffgame.config.compose import compose, expand_sweep, settings
 from diffgame.errors import ConfigError
 from diffgame.pipeline import planner
+from diffgame.pipeline.building import build_for
 from diffgame.pipeline.runner import StageSummary, run_methods
+from diffgame.records.schema import RootConfig
 
 
 def execute(overrides: list[str], mode: str | None = None, multirun: bool = False,
@@ -26,10 +27,10 @@ def execute(overrides: list[str], mode: str | None = None, multirun: bool = Fals
     """Run the pipeline for `overrides` (a sweep when `multirun`); validates all configs before any work."""
     from diffgame.zoo import EXPERIMENT as ZOO_EXPERIMENT
 
-    combos = config_mod.expand_sweep(overrides) if multirun else [list(overrides)]
+    combos = expand_sweep(overrides) if multirun else [list(overrides)]
     if mode:
         combos = [c + [f"pipeline.mode={mode}"] for c in combos]
-    cfgs = [config_mod.compose(c) for c in combos]
+    cfgs = [settings(compose(c)) for c in combos]
     for message in dict.fromkeys(filter(None, map(toy_data_warning, cfgs))):  # once per message
         warnings.warn(message, stacklevel=2)
     tracking.set_uri(tracking_uri or cfgs[0].tracking.uri)
@@ -47,14 +48,14 @@ def execute(overrides: list[str], mode: str | None = None, multirun: bool = Fals
     return summaries
 
 
-def toy_data_warning(cfg: DictConfig) -> str | None:
+def toy_data_warning(cfg: RootConfig) -> str | None:
     """A warning when a public organism is diffed on the toy zoo's synthetic data (`dataset=toy`): it runs, but its
     results are not comparable with published ones, which read pretraining and chat data. Zoo-trained organisms
     (the toy and smol zoos) learnt that data, so they get none."""
     if cfg.dataset.name != "toy" or str(cfg.model.id).startswith("zoo:"):
         return None
     try:
-        if configtree.weights_spec(cfg.organism, str(cfg.model.name)).kind == "zoo":
+        if cfg.organism.weights(str(cfg.model.name)).kind == "zoo":
             return None
     except ConfigError:
         return None
@@ -62,11 +63,13 @@ def toy_data_warning(cfg: DictConfig) -> str | None:
             f"with published ones; point dataset.sources at pretraining and chat data (hub ids or local files)")
 
 
-def run_one(cfg: DictConfig, parent_run_id: str | None = None) -> list[StageSummary]:
-    """One configuration: its plan, then its preprocess run and/or one diff run per selected method; in
-    `evaluation` mode, the configured agent's play on the finished diff runs instead."""
+def run_one(cfg: RootConfig | DictConfig, parent_run_id: str | None = None) -> list[StageSummary]:
+    """One configuration: its zoo models, its plan, then its preprocess run and/or one diff run per selected method;
+    in `evaluation` mode, the configured agent's play on the finished diff runs instead."""
+    cfg = settings(cfg) if isinstance(cfg, DictConfig) else cfg  # tests and scripts may hand a composed one
     if cfg.pipeline.mode == "evaluation":
         return [evaluate(cfg)]
+    build_for(cfg, control=cfg.pipeline.mode == "full")  # `full` makes the control's runs to grade against
     plan = planner.make_plan(cfg)
     if plan.mode == "preprocessing":
         from diffgame.preprocess import preprocess  # Lightning: only the stages that extract import it
@@ -74,13 +77,12 @@ def run_one(cfg: DictConfig, parent_run_id: str | None = None) -> list[StageSumm
         result = preprocess(plan, parent_run_id=parent_run_id)
         return [StageSummary("preprocess", result.run_id, plan.model_name, plan.organism_name, reused=result.reused,
                              headline={"tokens": float(result.n_tokens), "bytes": float(result.n_bytes)})]
-    control = functools.cache(lambda: planner.control_plan(plan))
-    return run_methods(plan, parent_run_id=parent_run_id, control=control)
+    return run_methods(plan, parent_run_id=parent_run_id)
 
 
-def evaluate(cfg: DictConfig) -> StageSummary:
+def evaluate(cfg: RootConfig) -> StageSummary:
     """`pipeline.mode=evaluation`: `play.agent` plays the configured organism from `play.methods`' diff runs."""
-    from diffgame.game.play import play
+    from diffgame.pipeline.play import play
 
     methods = [str(m) for m in cfg.play.methods]
     o = play(str(cfg.model.name), str(cfg.organism.name), methods, str(cfg.play.agent), cfg.tracking.experiment,

@@ -10,15 +10,13 @@ from __future__ import annotations
 
 import dataclasses
 import fnmatch
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from types import SimpleNamespace
 
 from diffgame import tracking
 from diffgame.config import registry
-from diffgame.config.configtree import CONTROL, candidate_organisms, has_ground_truth, organism_node
 from diffgame.data.sequences import read_rows, request_source
-from diffgame.errors import DataError, StoreError
+from diffgame.errors import DataError, ModelError, StoreError
 from diffgame.grading.ground_truth import GroundTruth, ground_truth
 from diffgame.grading.score import GRADING_VERSION, grade
 from diffgame.grading.words import WordCompleter, ranked_words
@@ -26,15 +24,12 @@ from diffgame.methods.base import MethodContext
 from diffgame.models.loading import load_pair
 from diffgame.models.paired import shared_vocab, vocab_size
 from diffgame.records.plan import Plan
+from diffgame.records.schema import CONTROL, OrganismConfig
 from diffgame.store import ActivationStore
 from diffgame.tracking import artifacts, claims
 
 GRADE_HEADLINE = ("grade/relative/precision_at_*", "grade/precision_at_*", "grade/control/precision_at_*")
 """Grades lead every method's summary line (see `diffgame.grading.score`)."""
-
-ControlPlan = Callable[[], "Plan | None"]
-"""The control organism's plan beside the organism's, made on first use (None: no control for this base)."""
-
 
 @dataclass
 class StageSummary:
@@ -50,10 +45,8 @@ class StageSummary:
     """A few metrics worth printing (e.g. `kl/generic_chat/role/assistant/mean`)."""
 
 
-def run_methods(plan: Plan, parent_run_id: str | None = None, control: ControlPlan | None = None
-                ) -> list[StageSummary]:
+def run_methods(plan: Plan, parent_run_id: str | None = None) -> list[StageSummary]:
     """One `diff` run per method of `plan`; `full` mode makes the store if needed, `diffing` requires it."""
-    control = control or (lambda: None)
     summaries: list[StageSummary] = []
     todo = []
     for name, config in plan.methods.items():
@@ -65,7 +58,7 @@ def run_methods(plan: Plan, parent_run_id: str | None = None, control: ControlPl
             continue
         metrics = dict(done.data.metrics)
         if done.data.tags.get(tracking.TAG_GRADING) != str(GRADING_VERSION):  # graded under older rules
-            grades = regrade_run(plan, name, done.info.run_id, control)
+            grades = regrade_run(plan, name, done.info.run_id)
             stale = tracking.StageRun(done.info.run_id)
             stale.log_metrics(grades)
             stale.set_tags({tracking.TAG_GRADING: GRADING_VERSION})
@@ -88,12 +81,12 @@ def run_methods(plan: Plan, parent_run_id: str | None = None, control: ControlPl
                 summaries.append(_summary(plan, name, cls, done.info.run_id, dict(done.data.metrics), reused=True))
                 continue
             summaries.append(_run_method(plan, name, cls, config, fp, store, pre_run_id, base, organism,
-                                         completer, parent_run_id, control))
+                                         completer, parent_run_id))
     return summaries
 
 
 def _run_method(plan: Plan, name: str, cls, config, fp: str, store, pre_run_id, base, organism, completer,
-                parent_run_id: str | None, control: ControlPlan) -> StageSummary:
+                parent_run_id: str | None) -> StageSummary:
     """One new (or resumed) diff run of method `name`: run it, log its result, grade it."""
     cfg = plan.cfg
     method = cls(config)
@@ -122,7 +115,7 @@ def _run_method(plan: Plan, name: str, cls, config, fp: str, store, pre_run_id, 
         result = method.run(ctx)
         add_words(result, completer)
         artifacts.log_result(run, result)
-        grades = _grade(plan, name, result, control)
+        grades = _grade(plan, name, result)
         run.log_metrics(grades)
     return _summary(plan, name, cls, run.run_id, {**result.metrics, **grades}, reused=False)
 
@@ -198,24 +191,24 @@ def _open_store(plan: Plan, parent_run_id: str | None) -> tuple[ActivationStore,
 
 
 # --- grading -----------------------------------------------------------------------------------------
-def ground_truths(organism, model_name: str, tokenizer) -> tuple[GroundTruth, dict[str, GroundTruth] | None]:
-    """The organism's ground truth, and every identification candidate's on base `model_name` (None when the
-    organism is not one of them)."""
+def ground_truths(organism: OrganismConfig, candidates: dict[str, OrganismConfig] | None, tokenizer
+                  ) -> tuple[GroundTruth, dict[str, GroundTruth] | None]:
+    """The organism's ground truth, and every identification candidate's (`Plan.candidates`; None when the organism
+    is not one of them), resolved against `tokenizer`."""
     gt = ground_truth(organism, tokenizer)
-    names = candidate_organisms(model_name)
-    if gt.organism not in names:
+    if candidates is None:
         return gt, None
-    return gt, {n: gt if n == gt.organism else ground_truth(organism_node(n, model_name), tokenizer) for n in names}
+    return gt, {n: gt if n == gt.organism else ground_truth(org, tokenizer) for n, org in candidates.items()}
 
 
-def _grade(plan: Plan, method: str, evidence, control: ControlPlan) -> dict[str, float]:
+def _grade(plan: Plan, method: str, evidence) -> dict[str, float]:
     """Grades of a method's evidence: the ground truths and the control's evidence are gathered here, the scores
     computed by `diffgame.grading.score.grade`."""
-    if not has_ground_truth(plan.cfg.organism):
+    if not plan.cfg.organism.has_ground_truth:
         return {}
     ranked = bool(evidence.ranked_tokens) and plan.organism_name != CONTROL
-    gt, candidates = ground_truths(plan.cfg.organism, plan.model_name, plan.tokenizer)
-    grades = grade(evidence, gt, plan.tokenizer, control=control_evidence(control, method) if ranked else None,
+    gt, candidates = ground_truths(plan.cfg.organism, plan.candidates, plan.tokenizer)
+    grades = grade(evidence, gt, plan.tokenizer, control=control_evidence(plan, method) if ranked else None,
                    candidates=candidates if ranked else None)
     # ground truths graded without their data vocabulary (unreadable offline): such grades are not comparable
     missing = {g.organism for g in (gt, *((candidates or {}).values() if ranked else ())) if g.vocab_missing}
@@ -224,20 +217,25 @@ def _grade(plan: Plan, method: str, evidence, control: ControlPlan) -> dict[str,
     return grades
 
 
-def control_evidence(control: ControlPlan, method: str) -> SimpleNamespace | None:
+def control_evidence(plan: Plan, method: str) -> SimpleNamespace | None:
     """Ranked tokens and words of the control organism's finished diff run of `method` with the same base, dataset and
     method config (its fingerprint), so a store holding other builds or configs never lends its control.
 
     In `full` mode a missing control run is made (reusing a finished one by fingerprint), as the runner would for
     `organism=control method=<method>`; in other modes a missing control gives None.
     """
-    plan = control()
-    if plan is None:
+    try:
+        control = plan.control()
+    except ModelError:  # its zoo model is not built: only `full` mode builds it, and then it is there
+        if plan.mode == "full":
+            raise
         return None
-    fp = plan.diff_fingerprints[method]
+    if control is None:
+        return None
+    fp = control.diff_fingerprints[method]
     run = tracking.find_finished("diff", fp)
-    if run is None and plan.mode == "full":
-        run_methods(only(plan, method))
+    if run is None and control.mode == "full":
+        run_methods(only(control, method))
         run = tracking.find_finished("diff", fp)
     if run is None:
         return None
@@ -252,13 +250,13 @@ def only(plan: Plan, method: str) -> Plan:
                                diff_fingerprints={method: plan.diff_fingerprints[method]})
 
 
-def regrade_run(plan: Plan, method: str, run_id: str, control: ControlPlan | None = None) -> dict[str, float]:
+def regrade_run(plan: Plan, method: str, run_id: str) -> dict[str, float]:
     """Grades of a finished diff run recomputed from its logged evidence (ranked tokens and samples)."""
     paths = artifacts.list_artifacts(run_id)
     evidence = SimpleNamespace(ranked_tokens=artifacts.ranked_tokens(run_id, paths),
                                ranked_words=artifacts.ranked_words(run_id, paths),
                                samples=artifacts.all_samples(run_id, paths))
-    return _grade(plan, method, evidence, control or (lambda: None))
+    return _grade(plan, method, evidence)
 
 
 # --- summaries ---------------------------------------------------------------------------------------

@@ -17,7 +17,6 @@ from pathlib import Path
 
 import lightning as L
 import torch
-from omegaconf import DictConfig
 
 from diffgame import tracking
 from diffgame.data.sequences import load_sequences
@@ -27,6 +26,7 @@ from diffgame.preprocess.module import PairedExtraction, PlannedBatches, TokenPr
 from diffgame.preprocess.plan import shard_plan
 from diffgame.preprocess.writer import PendingParts, ShardWriter
 from diffgame.records.plan import Plan
+from diffgame.records.schema import PreprocessingConfig
 from diffgame.store import PARTS, ActivationStore, StoreWriter
 from diffgame.tracking import claims
 from diffgame.tracking.artifacts import STORE, store_dir
@@ -68,8 +68,7 @@ def _check_organism_tokenizer(plan: Plan) -> None:
                          f"one token stream: pick an organism finetuned from this base model")
 
 
-def _trainer(cfg: DictConfig, callbacks: list) -> L.Trainer:
-    pp = cfg.preprocessing
+def _trainer(pp: PreprocessingConfig, callbacks: list) -> L.Trainer:
     return L.Trainer(accelerator=pp.accelerator, devices=pp.devices, strategy=pp.strategy, num_nodes=pp.num_nodes,
                      logger=False, enable_checkpointing=False, enable_progress_bar=False,
                      enable_model_summary=False, use_distributed_sampler=False, callbacks=callbacks)
@@ -96,7 +95,7 @@ def reuse_store(plan: Plan) -> PreprocessResult | None:
     under `preprocessing.rebuild=true`) is marked FAILED with the reason and never reused or resumed again."""
     fp = plan.store_fingerprint
     while (done := tracking.find_finished(STAGE, fp)) is not None:
-        if plan.cfg.preprocessing.get("rebuild") and done.info.start_time < _STARTED_MS:
+        if plan.cfg.preprocessing.rebuild and done.info.start_time < _STARTED_MS:
             tracking.abandon(done.info.run_id, "rebuilt on request (preprocessing.rebuild=true)")
             _say(f"preprocess run {done.info.run_id} marked FAILED: rebuilding its store on request")
             continue
@@ -255,7 +254,7 @@ def _extract(plan: Plan, shards: dict, sequences, root: Path, models: dict, part
     loader = torch.utils.data.DataLoader(batches, batch_size=None, num_workers=0)
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*(infer the batch indices|LeafSpec|litlogger).*")
-        _trainer(cfg, [writer, progress]).predict(module, dataloaders=loader, return_predictions=False)
+        _trainer(cfg.preprocessing, [writer, progress]).predict(module, dataloaders=loader, return_predictions=False)
 
 
 def _extract_only(plan: Plan) -> PreprocessResult:

@@ -1,3 +1,3 @@
-"""The record types every stage hands on: evidence shapes and a method's result, max-activating examples, and the
-resolved plan of one configuration.
+"""What travels down the stages: the typed config (`schema`), the resolved plan of one configuration (`plan`),
+evidence shapes and a method's result (`evidence`), and max-activating examples (`examples`).
 """

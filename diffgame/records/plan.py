@@ -1,17 +1,19 @@
 """What one configuration resolves to, worked out once by `diffgame.pipeline.planner` and handed down the stages.
 
 A `ModelSource` says where one model loads from; `PairSources` is the base and organism pair with the model config
-that says how to load them; a `Plan` adds the resolved layers, the tokenizer, the fingerprints of every stage and
-the method configs, so no stage below the pipeline resolves, searches the tracking store or reads configs again.
+that says how to load them; a `Plan` adds the typed config, the resolved layers, the tokenizer, the fingerprints of
+every stage, the method configs, the identification candidates and the control's plan, so no stage below the
+pipeline resolves, searches the tracking store or reads the config tree again.
 """
 
 from __future__ import annotations
 
 import shlex
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from omegaconf import DictConfig
+from diffgame.records.schema import ModelConfig, OrganismConfig, RootConfig
 
 
 @dataclass(frozen=True)
@@ -32,7 +34,7 @@ class ModelSource:
 class PairSources:
     """The base and the organism, resolved, with the model config (dtype, device, attention) to load them by."""
 
-    model: DictConfig
+    model: ModelConfig
     base: ModelSource
     organism: ModelSource
     base_name: str
@@ -43,8 +45,8 @@ class PairSources:
 class Plan:
     """One configuration, resolved: sources, identities, layers, tokenizer, fingerprints and method configs."""
 
-    cfg: DictConfig
-    """The composed config (names, dataset, preprocessing and tracking settings)."""
+    cfg: RootConfig
+    """The typed config (names, dataset, preprocessing and tracking settings)."""
     pair: PairSources
     tokenizer: Any
     """The base's tokenizer (also the store's: base and organism share one vocabulary)."""
@@ -58,6 +60,12 @@ class Plan:
     """Registry name -> the method's config dataclass, in the order selected."""
     diff_fingerprints: dict[str, str]
     """Registry name -> fingerprint of that method's `diff` run."""
+    candidates: dict[str, OrganismConfig] | None = None
+    """Every organism identification ranks among on this base, by name (the organism itself as configured here);
+    None when the organism is not one of them (the control, one without ground truth)."""
+    control: Callable[[], Plan | None] = lambda: None
+    """The control organism's plan with the same base, data and method configs, made on first use (resolving it
+    may need models a run never asks for); None where the control has no weights for this base."""
 
     @property
     def model_name(self) -> str:
@@ -74,8 +82,8 @@ class Plan:
     def command(self, stage: str = "preprocess") -> str:
         """The command line that makes this configuration's `stage` run, quoted in error messages: the names that
         identify the store, then every override the user gave (so `zoo.size=micro` and the like are kept)."""
-        given = [str(o) for o in (self.cfg.get("overrides") or [])  # the stage's command sets its mode; a hint
-                 if not str(o).lstrip("+~").startswith(("pipeline.mode=", "preprocessing.rebuild="))]  # never rebuilds
+        given = [str(o) for o in self.cfg.overrides  # the stage's command sets its mode; a hint never rebuilds
+                 if not str(o).lstrip("+~").startswith(("pipeline.mode=", "preprocessing.rebuild="))]
         keys = {o.split("=", 1)[0].lstrip("+~") for o in given}
         named = {"model": self.model_name, "organism": self.organism_name, "dataset": self.cfg.dataset.name,
                  "preprocessing.layers": f"[{','.join(str(x) for x in self.cfg.preprocessing.layers)}]"}

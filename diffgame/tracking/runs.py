@@ -24,7 +24,8 @@ from urllib.parse import unquote, urlparse
 from diffgame import __version__
 from diffgame.errors import TrackingError
 from diffgame.tracking import locations
-from diffgame.tracking.tags import STAGES, TAG_ABANDONED, TAG_ERROR, TAG_FINGERPRINT, TAG_LEASE, TAG_PARENT, TAG_STAGE
+from diffgame.tracking.tags import (STAGES, TAG_ABANDONED, TAG_ERROR, TAG_FINGERPRINT, TAG_LEASE, TAG_MACHINE, TAG_PARENT,
+                                    TAG_STAGE)
 
 LEASE_S = 120.0
 ERROR_FILE = "error.txt"
@@ -302,6 +303,19 @@ def _record_failure(c, run_id: str, status: str, text: str, error: BaseException
                   f"{str(failure).splitlines()[0] if str(failure) else ''}", file=sys.stderr, flush=True)
 
 
+def machine() -> str:
+    """This machine in a few words: architecture, cores, processor (or the CUDA device when there is one)."""
+    import platform
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
+    except OSError:
+        pass
+    return f"{platform.machine()}, {os.cpu_count()} cores, {cpu}"
+
+
 @contextmanager
 def stage_run(stage: str, *, fp: str, tags: dict[str, Any], experiment: str = "diffgame",
               run_name: str | None = None, params: dict[str, Any] | None = None,
@@ -313,7 +327,7 @@ def stage_run(stage: str, *, fp: str, tags: dict[str, Any], experiment: str = "d
     if stage not in STAGES:
         raise ValueError(f"unknown stage {stage!r}; known: {', '.join(STAGES)}")
     c = client()
-    all_tags = {TAG_STAGE: stage, TAG_FINGERPRINT: fp, "diffgame.version": __version__,
+    all_tags = {TAG_STAGE: stage, TAG_FINGERPRINT: fp, "diffgame.version": __version__, TAG_MACHINE: machine(),
                 **{k: str(v) for k, v in tags.items() if v is not None}}
     exp_id = None if resume_run_id else experiment_id(experiment)
     parent_run_id = parent_run_id or (None if resume_run_id else _project_run(exp_id))

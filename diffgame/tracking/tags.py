@@ -28,6 +28,8 @@ TAG_ORGANISM_DATA = "diffgame.organism_data"
 (`none`: generic data only); the blind game shows only evidence from generic data."""
 TAG_ABANDONED = "diffgame.abandoned"
 """Set on a run marked FAILED because its results are unusable: it is rebuilt from scratch, never resumed."""
+TAG_MACHINE = "diffgame.machine"
+"""What machine made the run (`x86_64, 2 cores, AMD EPYC ...`), so a table of results can say where it was measured."""
 
 
 def variant_of(tags: dict) -> str:

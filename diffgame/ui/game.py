@@ -12,21 +12,21 @@ import pandas as pd
 
 from diffgame import tracking
 from diffgame.config import registry
-from diffgame.config.compose import compose
-from diffgame.config.configtree import CONTROL
+from diffgame.config.compose import compose, settings
 from diffgame.errors import ConfigError, TrackingError
-from diffgame.game.play import rubric_grade  # noqa: F401  (the Game page grades a guess with the rubric)
 from diffgame.grading.ground_truth import ground_truth
 from diffgame.grading.guesses import GENERIC_WORDS, UPPERCASE_WORDS, GuessGrade, grade_guess, guess_hits  # noqa: F401
+from diffgame.pipeline.play import rubric_grade  # noqa: F401  (the Game page grades a guess with the rubric)
+from diffgame.records.schema import CONTROL, OrganismConfig
 
 TAG_SLUG = "diffgame.slug"
 TAG_PLAYER = "diffgame.player"
 GAME_STAGE = "game"
 
 
-def organism_node(model: str, organism: str):
-    """An organism's composed config (ground truth, description) as paired with `model`."""
-    return compose([f"model={model}", f"organism={organism}"]).organism
+def organism_node(model: str, organism: str) -> OrganismConfig:
+    """An organism's typed config (ground truth, description) as paired with `model`."""
+    return settings(compose([f"model={model}", f"organism={organism}"])).organism
 
 
 # --- what a blind round may show ------------------------------------------------------------------

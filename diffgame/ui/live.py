@@ -17,6 +17,7 @@ from diffgame.methods.divergence import token_divergence
 from diffgame.models.loading import ModelHandle, decoder_layers
 from diffgame.models.residuals import on_output
 from diffgame.models.steering import continue_ids, steer, vector_layer  # noqa: F401  (the app's steering)
+from diffgame.records.schema import RootConfig
 
 
 def encode(handle: ModelHandle, text: str | None = None, messages: list[dict] | None = None,
@@ -82,8 +83,8 @@ def generate(handle: ModelHandle, ids: list[int], max_new_tokens: int = 32, do_s
         return continue_ids(handle.model, handle.tokenizer, ids, max_new_tokens, do_sample, temperature, seed)
 
 
-def load_run_pair(cfg):
-    """Base and organism of a composed config, loaded (zoo models are located, and built when missing)."""
+def load_run_pair(cfg: RootConfig):
+    """Base and organism of a typed config, loaded (zoo models are located; a run's models were built for it)."""
     from diffgame.models.loading import load_pair
     from diffgame.zoo.pairs import resolve_pair
 

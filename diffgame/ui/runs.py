@@ -14,11 +14,11 @@ from dataclasses import dataclass
 import pandas as pd
 
 from diffgame import tracking
-from diffgame.config.compose import compose
-from diffgame.config.configtree import CONTROL
+from diffgame.config.compose import compose, settings
 from diffgame.config.registry import get_method, known_methods  # noqa: F401  (the app's method pages)
 from diffgame.errors import ConfigError
 from diffgame.grading.score import K
+from diffgame.records.schema import CONTROL, RootConfig
 
 RUN_COLUMNS = ("run_id", "run_name", "experiment_id", "stage", "model", "organism", "variant", "method", "status",
                "start_time", "preprocess_run_id", "metrics", "params", "tags")
@@ -203,10 +203,8 @@ def organism_url(model: str, organism: str, variant: str = "default") -> str | N
     it has one); None for zoo weights, local paths and unknown names."""
     from pathlib import Path
 
-    from diffgame.config.configtree import weights_spec
-
     try:
-        spec = weights_spec(model_config(model, organism, variant=variant).organism, model)
+        spec = model_config(model, organism, variant=variant).organism.weights(model)
     except ConfigError:
         return None
     repo = str(spec.id or "")
@@ -216,15 +214,15 @@ def organism_url(model: str, organism: str, variant: str = "default") -> str | N
 
 
 def model_config(model: str, organism: str, overrides: tuple[str, ...] = (), params: dict | None = None,
-                 variant: str = "default"):
-    """The composed config to load a run's models: its model/organism/variant, the zoo size it used, then app
+                 variant: str = "default") -> RootConfig:
+    """The typed config to load a run's models: its model/organism/variant, the zoo size it used, then app
     overrides."""
     base = [f"model={model}", f"organism={organism}"]
     if variant not in ("", tracking.DEFAULT_VARIANT):
         base.append(f"organism.variant={variant}")
     if params and "zoo.size" in params and not any(o.startswith("zoo.size=") for o in overrides):
         base.append(f"zoo.size={params['zoo.size']}")
-    return compose([*base, *overrides])
+    return settings(compose([*base, *overrides]))
 
 
 def causal_summary(metrics: dict[str, float]) -> pd.DataFrame:

@@ -1,13 +1,14 @@
 """The embedded toy organism zoo: synthetic corpora, a BPE tokenizer, a small Llama base and finetuned organisms.
 
-`diffgame zoo build --size micro` trains them offline; `locate(cfg, organism)` finds (or builds) one for loading.
+`diffgame zoo build --size micro` trains them offline (`diffgame.pipeline.building` names which); `locate(cfg,
+organism)` finds a built one for loading.
 """
 
 from diffgame.data.corpora import CORPORA, CORPUS_VERSION, corpus, corpus_format
 from diffgame.zoo.build import EXPERIMENT, ZooEntry
 from diffgame.zoo.recipes import recipe_rows
-from diffgame.zoo.registry import build_zoo, list_zoo, locate, print_zoo, zoo_organisms
+from diffgame.zoo.registry import build_models, ensure, list_zoo, locate, print_zoo
 from diffgame.zoo.sizes import SIZES, ZooSize, get_size
 
-__all__ = ["CORPORA", "CORPUS_VERSION", "EXPERIMENT", "SIZES", "ZooEntry", "ZooSize", "build_zoo", "corpus", "corpus_format",
-           "get_size", "list_zoo", "locate", "print_zoo", "recipe_rows", "zoo_organisms"]
+__all__ = ["CORPORA", "CORPUS_VERSION", "EXPERIMENT", "SIZES", "ZooEntry", "ZooSize", "build_models", "corpus",
+           "corpus_format", "ensure", "get_size", "list_zoo", "locate", "print_zoo", "recipe_rows"]

@@ -13,10 +13,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from diffgame import tracking
-from diffgame.config.configtree import model_node
 from diffgame.data.corpora import CORPUS_VERSION, corpus
-from diffgame.errors import ModelError
+from diffgame.errors import ConfigError, ModelError
 from diffgame.models.sources import resolve_model
+from diffgame.records.schema import ModelConfig, OrganismConfig
 from diffgame.tracking import claims
 from diffgame.tracking.locations import require_space
 from diffgame.zoo.recipes import mixed_rows, recipe_identity, recipe_rows, validate_data
@@ -188,19 +188,19 @@ def train_base(size: ZooSize, progress: bool = True):
     return model, tokenizer, losses
 
 
-def pretrained_source(size: ZooSize, model_cfg=None) -> tuple[str, dict]:
+def pretrained_source(size: ZooSize, model_cfg: ModelConfig | None) -> tuple[str, dict]:
     """Where the pretrained base of `size` loads from, resolved exactly as the planner resolves a base model.
 
-    `model_cfg` (the composed `model` node on that model) carries overrides like `model.id=/local/dir`; without it
-    the `model` config named by `size.pretrained_base` is read as is.
+    `model_cfg` is the typed `model` config named by `size.pretrained_base`, with its overrides (`model.id=/local/dir`).
     """
     if model_cfg is None or str(model_cfg.name) != size.pretrained_base:
-        model_cfg = model_node(size.pretrained_base)
+        raise ConfigError(f"zoo {size.name} finetunes the pretrained model={size.pretrained_base}: pass its model "
+                          f"config (got {getattr(model_cfg, 'name', None)!r})")
     source = resolve_model(model_cfg)
     return source.path, {**source.identity, "path": source.path}
 
 
-def ensure_base(size: ZooSize, progress: bool = True, model_cfg=None) -> ZooEntry:
+def ensure_base(size: ZooSize, progress: bool = True, model_cfg: ModelConfig | None = None) -> ZooEntry:
     """The base of `size`: a finished zoo run with its fingerprint, or a new one trained now.
 
     A pretrained base (`size.pretrained_base`) is not trained or copied: its entry points at the resolved model
@@ -254,8 +254,9 @@ def train_organism(size: ZooSize, organism, base_dir: Path, progress: bool = Tru
     return model, tokenizer, losses
 
 
-def ensure_organism(size: ZooSize, organism, progress: bool = True, model_cfg=None) -> ZooEntry:
-    """The organism (an `organism` config node) of `size`, trained now unless a matching run exists.
+def ensure_organism(size: ZooSize, organism: OrganismConfig, progress: bool = True,
+                    model_cfg: ModelConfig | None = None) -> ZooEntry:
+    """The organism (its typed config) of `size`, trained now unless a matching run exists.
 
     `model_cfg`, when given, resolves a pretrained base with its overrides (see `pretrained_source`)."""
     name = str(organism.name)

@@ -11,8 +11,8 @@ import json
 import random
 from pathlib import Path
 
-from diffgame.config.configtree import find_data_file
 from diffgame.data.corpora import CORPORA, corpus
+from diffgame.data.files import find_data_file
 from diffgame.errors import ConfigError, DataError
 
 

@@ -1,7 +1,8 @@
-"""The zoo's public entry points: which organisms it holds, building them, locating one, listing what is built.
+"""The zoo's public entry points: building its models, locating a built one, listing what is built.
 
-Zoo organisms are the organism configs whose weights for `model=toy` are `kind: zoo`, so one registry
-(`experiments/organism/`) serves the zoo and public organisms alike.
+Which organisms a size holds is the config tree's to say (`finetuned.<model>.default.kind: zoo`); the pipeline reads
+it and hands the typed organisms in (`diffgame.pipeline.building`), so building is an explicit stage before
+planning and locating never trains.
 """
 
 from __future__ import annotations
@@ -9,50 +10,68 @@ from __future__ import annotations
 import time
 
 from diffgame import tracking
-from diffgame.config.configtree import organism_node, zoo_organisms
-from diffgame.errors import ConfigError
-from diffgame.zoo.build import (BASE, EXPERIMENT, TAG_SIZE, ZooEntry, _entry, _say, ensure_base, ensure_organism,
-                                model_name)
-from diffgame.zoo.sizes import SIZES, get_size
+from diffgame.errors import ConfigError, ModelError
+from diffgame.records.schema import ModelConfig, OrganismConfig, RootConfig
+from diffgame.zoo.build import (BASE, EXPERIMENT, TAG_SIZE, ZooEntry, _entry, _find_built, _say, base_fingerprint,
+                                ensure_base, ensure_organism, model_name, organism_fingerprint, pretrained_source)
+from diffgame.zoo.sizes import SIZES, ZooSize, get_size
 
 
-def build_zoo(size: str = "small", names: list[str] | None = None, progress: bool = True) -> list[ZooEntry]:
-    """Train (or reuse) the base and the named zoo organisms (all when `names` is empty) for `size`."""
+def build_models(size: str, organisms: list[OrganismConfig], model: ModelConfig | None = None,
+                 progress: bool = True) -> list[ZooEntry]:
+    """Train (or reuse) the base of `size` and `organisms`; `model` is the pretrained base's config (smol sizes)."""
     sz = get_size(size)
-    known = zoo_organisms(model_name(sz))
-    names = list(names) if names else known
-    unknown = [n for n in names if n not in known]
-    if unknown:
-        raise ConfigError(f"unknown zoo organism '{unknown[0]}'; known: {', '.join(known)}")
-    organisms = [organism_node(n) for n in names]  # compose all first: config errors before any training
     start = time.time()
-    entries = [ensure_base(sz, progress=progress)]
+    entries = [ensure_base(sz, progress=progress, model_cfg=model)]
     for org in organisms:
-        entries.append(ensure_organism(sz, org, progress=progress))
+        entries.append(ensure_organism(sz, org, progress=progress, model_cfg=model))
     trained = sum(not e.reused for e in entries)
     _say(f"zoo {size}: {len(entries)} models ({trained} trained, {len(entries) - trained} reused) "
          f"in {time.time() - start:.0f} s")
     return entries
 
 
-def locate(cfg, organism: str | None = None):
-    """Local model directory and zoo run id of the base (`organism=None`) or an organism, for `cfg.zoo.size`.
-
-    Builds what is missing (the base, then that organism) and says so. The organism recipe is `cfg.organism`
-    when its name matches, so overrides like `organism.zoo.mix=0.5` apply; otherwise the named config.
-    """
+def zoo_size(cfg: RootConfig) -> ZooSize:
+    """The zoo size `cfg.zoo.size` names, checked to build organisms of `cfg.model`."""
     sz = get_size(str(cfg.zoo.size))
     if str(cfg.model.name) != model_name(sz):
         fits = ", ".join(f"zoo.size={n} for model={model_name(s)}" for n, s in SIZES.items())
         raise ConfigError(f"zoo.size={sz.name} builds organisms of model={model_name(sz)}, not model={cfg.model.name}"
                           f"; use {fits}")
+    return sz
+
+
+def ensure(cfg: RootConfig, organism: OrganismConfig | None = None, progress: bool = True) -> ZooEntry:
+    """The zoo base (`organism=None`) or `organism` for `cfg.zoo.size`, built now when missing (and said so)."""
+    sz = zoo_size(cfg)
     if organism is None:
-        entry = ensure_base(sz, model_cfg=cfg.model)
+        entry = ensure_base(sz, progress=progress, model_cfg=cfg.model)
     else:
-        org = cfg.organism if str(cfg.organism.name) == organism else organism_node(organism)
-        entry = ensure_organism(sz, org, model_cfg=cfg.model)
+        entry = ensure_organism(sz, organism, progress=progress, model_cfg=cfg.model)
     if not entry.reused:
         _say(f"built zoo {sz.name} {entry.name} (run {entry.run_id}); later calls reuse it")
+    return entry
+
+
+def locate(cfg: RootConfig, organism: OrganismConfig | None = None):
+    """Local model directory and zoo run id of the built base (`organism=None`) or organism for `cfg.zoo.size`; a
+    model that is not built is a ModelError naming the command that builds it (locating never trains)."""
+    sz = zoo_size(cfg)
+    if organism is None:
+        if sz.pretrained_base is not None:
+            path, _ = pretrained_source(sz, cfg.model)
+            return path, ""
+        fp, name = base_fingerprint(sz), BASE
+    else:
+        base_fp = (base_fingerprint(sz, pretrained_source(sz, cfg.model)[1]) if sz.pretrained_base is not None
+                   else None)
+        fp, name = organism_fingerprint(sz, organism, base_fp), str(organism.name)
+    run = _find_built(fp)
+    if run is None:
+        what = "" if organism is None else f" {name}"
+        raise ModelError(f"zoo {sz.name} {name} is not built in {tracking.resolve_uri()}; run `diffgame zoo build "
+                         f"--size {sz.name}{what}` (or `diffgame run`, which builds what it needs)")
+    entry = _entry(run, name, sz.name, reused=True)
     return entry.model_dir, entry.run_id
 
 

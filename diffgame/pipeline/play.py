@@ -15,20 +15,19 @@ import dataclasses
 import time
 from dataclasses import dataclass
 
-from omegaconf import OmegaConf
-
 from diffgame import tracking
-from diffgame.config.compose import compose
-from diffgame.config.configtree import CONTROL, candidate_organisms, organism_node
+from diffgame.config.compose import compose, settings
+from diffgame.config.configtree import candidate_organisms, organism_settings
 from diffgame.errors import ConfigError, TrackingError
 from diffgame.game.agents import AGENTS, LensAgent, Play
-from diffgame.game.chat_agent import Budget, LLMAgent
+from diffgame.game.chat_agent import LLMAgent
 from diffgame.game.endpoint import Endpoint
 from diffgame.game.rubric import DEFAULT_RUBRIC, RubricGrade, grade_description
 from diffgame.game.toolbox import EvidenceToolbox
 from diffgame.grading.ground_truth import ground_truth, sole_leader
 from diffgame.grading.guesses import grade_guess, guess_hits
 from diffgame.grading.score import identification_rank
+from diffgame.records.schema import CONTROL, OrganismConfig, PlayConfig, RootConfig
 from diffgame.tracking import artifacts
 
 TAG_AGENT = "diffgame.agent"
@@ -91,7 +90,7 @@ def play(model: str, organism: str, methods: list[str] | tuple[str, ...] = DEFAU
     runs = evidence_runs(model, organism, list(methods), variant)
     run_ids = [r.info.run_id for r in runs.values()]
     zoo = [f"zoo.size={r.data.params['zoo.size']}" for r in runs.values() if "zoo.size" in r.data.params][:1]
-    cfg = compose([f"model={model}", f"organism={organism}", *zoo, *overrides])
+    cfg = settings(compose([f"model={model}", f"organism={organism}", *zoo, *overrides]))
     player = make_agent(agent, cfg.play)
     endpoint = cfg.play.endpoint
     fp = tracking.fingerprint({"agent": agent, "config": dataclasses.asdict(player), "evidence": run_ids,
@@ -103,7 +102,7 @@ def play(model: str, organism: str, methods: list[str] | tuple[str, ...] = DEFAU
         description = artifacts.artifact_file(done.info.run_id, "play/description.txt").read_text().strip()
         return PlayOutcome(done.info.run_id, organism, done.data.tags.get(TAG_GUESS) or None, description,
                            dict(done.data.metrics), reused=True)  # only a submitted play is reused
-    nodes = {n: organism_node(n, model) for n in names}
+    nodes = {n: organism_settings(n, model) for n in names}
     tags = {tracking.TAG_MODEL: model, tracking.TAG_ORGANISM: organism, tracking.TAG_VARIANT: variant,
             TAG_AGENT: agent, TAG_EVIDENCE: ",".join(run_ids), tracking.TAG_METHOD: "+".join(methods)}
     with tracking.stage_run("play", fp=fp, tags=tags, experiment=experiment, run_name=f"play-{agent}-{organism}",
@@ -139,19 +138,19 @@ def play(model: str, organism: str, methods: list[str] | tuple[str, ...] = DEFAU
                        outcome=result.outcome)
 
 
-def make_agent(agent: str, play_cfg):
-    """The agent named `agent`, configured from `play_cfg` (the `play` config node)."""
+def make_agent(agent: str, play_cfg: PlayConfig):
+    """The agent named `agent`, configured from `play_cfg` (the typed `play` config)."""
     if agent == "lens":
         return LensAgent()
     if not play_cfg.endpoint.model:
         raise ConfigError(f"agent '{agent}' needs a chat endpoint; set play.endpoint.model=<name> (and "
                           f"play.endpoint.base_url=<url> for a local server such as vLLM, llama.cpp or Ollama)")
-    return LLMAgent(endpoint(play_cfg), Budget(**play_cfg.budget), blackbox=agent == "llm_blackbox")
+    return LLMAgent(endpoint(play_cfg), play_cfg.budget, blackbox=agent == "llm_blackbox")
 
 
-def endpoint(play_cfg) -> Endpoint:
-    """The chat endpoint of a `play` config node."""
-    return Endpoint(**OmegaConf.to_container(play_cfg.endpoint, resolve=True))
+def endpoint(play_cfg: PlayConfig) -> Endpoint:
+    """The chat endpoint of a typed `play` config."""
+    return Endpoint(**dataclasses.asdict(play_cfg.endpoint))
 
 
 def from_chat(chat, nodes: dict) -> Play:
@@ -166,17 +165,18 @@ def _keyword_grade(description: str, organism: str, nodes: dict):
     return grade_guess(description, organism, nodes) if description.strip() else None
 
 
-def truth_text(node) -> str:
+def truth_text(node: OrganismConfig) -> str:
     """What the rubric grader is told the finetuning taught: the organism's long description (else its description)
     and its keywords."""
     keywords = ", ".join(node.ground_truth.keywords or [])
-    return f"{node.get('long_description') or node.description}" + (f"\nKey words: {keywords}" if keywords else "")
+    return f"{node.long_description or node.description}" + (f"\nKey words: {keywords}" if keywords else "")
 
 
-def rubric_grade(description: str, node, overrides: tuple[str, ...] = (), cfg=None) -> RubricGrade | None:
-    """Score a description 1–5 against organism config `node` with the configured endpoint's rubric grader; None
-    when no endpoint is configured (`play.endpoint.model`) or the description is empty."""
-    cfg = cfg if cfg is not None else compose(list(overrides))
+def rubric_grade(description: str, node: OrganismConfig, overrides: tuple[str, ...] = (),
+                 cfg: RootConfig | None = None) -> RubricGrade | None:
+    """Score a description 1–5 against organism `node` with the configured endpoint's rubric grader; None when no
+    endpoint is configured (`play.endpoint.model`) or the description is empty."""
+    cfg = cfg if cfg is not None else settings(compose(list(overrides)))
     if not cfg.play.endpoint.model or not description.strip():
         return None
     return grade_description(description, truth_text(node), endpoint(cfg.play), cfg.play.rubric or DEFAULT_RUBRIC)

@@ -1,4 +1,5 @@
-"""Typed schemas of the config groups; `experiments/*.yaml` fills them and `config.validate` checks against them.
+"""The typed config: one dataclass per config group, filled from `experiments/*.yaml` and checked by
+`diffgame.config.validate`; the pipeline builds them once and they, not the raw config tree, travel down the stages.
 
 Method configs are not here: each method file defines its own and registers it (see `diffgame.methods`).
 """
@@ -11,6 +12,9 @@ from typing import Any, Literal
 from diffgame.errors import ConfigError
 
 Dtype = Literal["float32", "bfloat16", "float16"]
+
+CONTROL = "control"
+"""The null organism every grade is compared against."""
 
 
 def check_layers(layers: list | None, name: str) -> None:
@@ -80,8 +84,9 @@ class FinetunedSpec:
 
 
 @dataclass
-class GroundTruth:
-    """What the finetuning is known to have changed; grading compares evidence to it."""
+class GroundTruthConfig:
+    """What the finetuning is known to have changed, as configured; grading resolves it into token sets
+    (`diffgame.grading.ground_truth.GroundTruth`) and compares evidence to them."""
 
     keywords: list[str] = field(default_factory=list)
     """Words whose tokens count as hits."""
@@ -141,12 +146,34 @@ class OrganismConfig:
     base whose weights the zoo builds, it is the zoo recipe's `zoo.data` (`configtree.for_base`)."""
     zoo: ZooRecipe = field(default_factory=ZooRecipe)
     """How the embedded zoo trains this organism."""
-    ground_truth: GroundTruth = field(default_factory=GroundTruth)
+    ground_truth: GroundTruthConfig = field(default_factory=GroundTruthConfig)
     """What grading counts as a hit."""
     per_model: dict[str, Truth] = field(default_factory=dict)
     """Per base model name, what that base's finetuning taught where it differs (public organisms trained on other
     data than the zoo recipe); applied when a config names the model (`configtree.for_base`). A config that
     replaces `finetuned` (a local copy) may keep entries for bases it no longer names."""
+
+    @property
+    def has_ground_truth(self) -> bool:
+        gt = self.ground_truth
+        return bool(gt.keywords or gt.predicate or gt.vocab_from_data)
+
+    def weights(self, model_name: str) -> FinetunedSpec:
+        """The weights entry for base model `model_name` and this variant; a ConfigError lists what exists."""
+        per_model = self.finetuned.get(model_name)
+        if per_model is None:
+            known = ", ".join(sorted(map(str, self.finetuned))) or "none"
+            raise ConfigError(f"organism '{self.name}' has no weights for model '{model_name}'; models with weights: "
+                              f"{known}; pick one of those (model=<name>) or add "
+                              f"'organism.finetuned.{model_name}.default={{kind:full,id:<hub id or path>}}'")
+        spec = per_model.get(self.variant)
+        if spec is None:
+            raise ConfigError(f"unknown variant '{self.variant}' of organism '{self.name}' for model "
+                              f"'{model_name}'; known: {', '.join(sorted(map(str, per_model)))}")
+        if spec.kind in ("full", "lora") and not spec.id:
+            raise ConfigError(f"organism '{self.name}' variant '{self.variant}' for model '{model_name}' is kind "
+                              f"'{spec.kind}' but has no id; set organism.finetuned.{model_name}.{self.variant}.id")
+        return spec
 
 
 @dataclass
