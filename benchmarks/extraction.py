@@ -111,7 +111,7 @@ def paired_store(base, organism, batches, layers, args, root: Path, shard_tokens
     from omegaconf import OmegaConf
 
     from diffgame.data.sequences import TokenizedSequence
-    from diffgame.preprocess.plan import plan_shards
+    from diffgame.preprocess.shards import plan_shards
     from diffgame.preprocess.stage import SHARD_BYTES, _extract
     from diffgame.records.plan import Plan
     from diffgame.store import PARTS, StoreWriter
@@ -175,7 +175,7 @@ def synthetic(args, d_model: int, n_layers: int, gbps: float, total_bytes: int, 
     costs little."""
     from diffgame.data.sequences import TokenizedSequence
     from diffgame.preprocess.module import PlannedBatches
-    from diffgame.preprocess.plan import plan_shards
+    from diffgame.preprocess.shards import plan_shards
     from diffgame.preprocess.stage import SHARD_BYTES
     from diffgame.preprocess.writer import PendingParts, ShardWriter
     from diffgame.store import PARTS, StoreWriter

@@ -2,8 +2,9 @@
 `preprocessing` and of a dataset source, given a random override value of the wrong type or range, fails with a
 one-line `ConfigError` that names the key, never a traceback; a random value of the right type and range passes.
 
-Keys and types come from the dataclass schemas; the valid range of each numeric key is stated once in `RANGES`, and a
-test requires one for every numeric field, so a new field needs a decision. Bulk checks validate a composed config
+Keys, types and ranges come from the dataclass schemas: each numeric field declares its range next to it
+(`diffgame.records.schema.bounded`), the one place the validator, its message and this test read, and a test requires
+one for every numeric field, so a new field needs a decision. Bulk checks validate a composed config
 with the override applied as Hydra applies it (`validate_override`); a sample of keys also goes through `compose`.
 """
 
@@ -67,54 +68,40 @@ class Bound(NamedTuple):
     also: tuple = ()
 
 
-def ge(lo: float) -> Bound:
-    return Bound(lo)
-
-
-def gt(lo: float) -> Bound:
-    return Bound(lo, lo_open=True)
-
-
 ANY = Bound(-1e6, 1e6)
 """Any finite number (list elements without a range, e.g. steering strengths)."""
 LAYERS = "layers"
 """Layers: fractions of depth (floats in [0, 1]) or integer indices; a list of them is non-empty."""
 
-_READOUT = {"layers": LAYERS, "top_k": ge(1), "top_k_examples": ge(0), "evidence": ge(1), "batch_tokens": ge(1),
-            "steering_prompts": ge(0), "steering_alphas": ANY, "steering_tokens": ge(1), "coherence_factor": gt(0)}
-_TRAIN = {"n_latents": ge(16), "k": Bound(1, 512),  # k <= n_latents, whose defaults are 16 and 512
-          "steps": ge(1), "epochs": gt(0), "batch_size": ge(1), "lr": gt(0), "aux_coef": ge(0), "dead_steps": ge(1),
-          "checkpoint_every": ge(1), "block_tokens": ge(1), "buffer_blocks": ge(1), "log_every": ge(1)}
-RANGES: dict[str, dict[str, Bound | str]] = {
-    "preprocessing": {"layers": LAYERS, "context_length": ge(1), "batch_size": ge(1), "devices": Bound(1, also=(-1,)),
-                      "num_nodes": ge(1)},
-    SOURCE: {"max_samples": ge(1), "max_tokens": ge(1)},
-    "method.kl": {"temperature": gt(0), "batch_tokens": ge(1), "chunk_elements": ge(0), "top_k_examples": ge(0),
-                  "promoted_share": Bound(0, 1),
-                  "min_token_count": ge(0)},
-    "method.normdiff": {"top_k_examples": ge(0), "positions": ge(1), "batch_tokens": ge(1)},
-    "method.diffmining": {"max_samples": ge(1), "context_length": ge(1), "top_k": ge(1), "batch_tokens": ge(1),
-                          "chunk_elements": ge(0), "n_ranked": ge(1), "n_examples": ge(0), "topics": ge(0),
-                          "reservoir": ge(1), "topic_vocab": ge(1)},
-    "method.blackbox": {"n_prompts": ge(1), "prompt_words": ge(1), "samples_per_prompt": ge(1),
-                        "max_new_tokens": ge(1), "temperature": ge(0), "batch_size": ge(1), "top_k": ge(1),
-                        "prior": gt(0), "min_count": ge(1), "seed": ge(0)},
-    "method.adl": {"max_samples": ge(1), "context_length": ge(1), "batch_size": ge(1), "layers": LAYERS,
-                   "positions": ge(2), "pre_reply": ge(0), "reply": ge(0), "top_k": ge(1), "patchscope_scales": ANY,
-                   "steering_layer": LAYERS, "steering_alphas": ANY, "steering_prompts": ge(0),
-                   "steering_tokens": ge(1), "coherence_factor": gt(0), "causal_samples": ge(0),
-                   "causal_random": ge(0), "causal_context": ge(1)},
-    "method.pca": _READOUT | {"n_components": ge(1)},
-    "method.sae": _READOUT | _TRAIN,
-    "method.crosscoder": _READOUT | _TRAIN | {
-        "base_only_below": Bound(0, 0.5, hi_open=True), "organism_only_above": Bound(0.5, 1, lo_open=True),
-        "shared_within": Bound(0, 0.5, lo_open=True, hi_open=True), "beta_ratio_max": gt(0)},
-}
+CROSS_FIELD = {"n_latents": Bound(16), "k": Bound(1, 512)}
+"""Ranges narrowed for keys a cross-field check ties together (k <= n_latents, whose defaults are 16 and 512): a value
+from a field's own declared range must also pass beside the other field's default."""
+
+
+def _field(key: Key) -> dataclasses.Field | None:
+    parent, _, leaf = key.path.rpartition(".")
+    cls = {"preprocessing": PreprocessingConfig, SOURCE: DatasetSource}.get(parent)
+    if cls is None:
+        cls = registry.config_class(parent.removeprefix("method."))
+    return next((f for f in dataclasses.fields(cls) if f.name == leaf), None)
 
 
 def _range(key: Key) -> Bound | str | None:
-    parent, _, leaf = key.path.rpartition(".")
-    return RANGES.get(parent, {}).get(leaf)
+    """The key's range as its dataclass field declares it (`diffgame.records.schema.bounded` / `layer_field`)."""
+    f = _field(key)
+    if f is None:
+        return None
+    if f.metadata.get("layers"):
+        return LAYERS
+    rng = f.metadata.get("range")
+    if rng is None:
+        return None
+    leaf = key.path.rpartition(".")[2]
+    if leaf in CROSS_FIELD and key.path.startswith(("method.sae.", "method.crosscoder.")):
+        return CROSS_FIELD[leaf]
+    if rng.lo is None and rng.hi is None:
+        return ANY
+    return Bound(rng.lo, rng.hi, rng.lo_open, rng.hi_open, rng.also)
 
 
 def _unwrap(tp: Any) -> tuple[Any, bool]:
@@ -298,9 +285,8 @@ SETTINGS = {"deadline": None, "database": None}
 
 def test_every_numeric_key_states_its_range():
     numeric = {p for p, k in KEYS.items() if _kind(k) in ("int", "float", "numbers")}
-    stated = {f"{parent}.{leaf}" for parent, fields in RANGES.items() for leaf in fields}
-    assert numeric - stated == set(), "add a range to RANGES"
-    assert stated - set(KEYS) == set(), "RANGES names keys the schemas lack"
+    stated = {p for p, k in KEYS.items() if _range(k) is not None}
+    assert numeric - stated == set(), "declare a range next to the field (records.schema.bounded or layer_field)"
     assert len(KEYS) > 100 and {"method.kl.temperature", "preprocessing.batch_size", f"{SOURCE}.max_samples"} <= set(KEYS)
 
 

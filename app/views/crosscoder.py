@@ -2,6 +2,6 @@
 an evidence latent its lens tokens, max-activating examples and live steering of both models."""
 
 import cache
-import dictionary
+import directions
 
-dictionary.page("crosscoder", cache.settings())
+directions.page("crosscoder", cache.settings())

@@ -2,6 +2,6 @@
 its lens tokens, max-projection examples and live steering of both models."""
 
 import cache
-import dictionary
+import directions
 
-dictionary.page("pca", cache.settings())
+directions.page("pca", cache.settings())

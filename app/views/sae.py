@@ -2,6 +2,6 @@
 examples and live steering of both models."""
 
 import cache
-import dictionary
+import directions
 
-dictionary.page("sae", cache.settings())
+directions.page("sae", cache.settings())

@@ -8,7 +8,7 @@ shard's scores, never the whole store.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import pandas as pd
 import torch
@@ -19,9 +19,9 @@ from diffgame.errors import ConfigError
 from diffgame.models.lens import logit_lens, top_tokens
 from diffgame.models.loading import resolve_layers
 from diffgame.models.steering import coherent_sweep
-from diffgame.records.evidence import Example, RankedTokens
+from diffgame.records.evidence import LATENTS, DirectionNames, Example, RankedTokens
 from diffgame.records.examples import TopKSequences, token_decoder
-from diffgame.records.schema import check_layers
+from diffgame.records.schema import ANY, Checked, bounded, ge, gt, layer_field
 
 Scores = Callable[[torch.Tensor], torch.Tensor]
 """Raw inputs `[n, M, D]` -> per-token scores `[n, L]` (one column per direction)."""
@@ -76,7 +76,7 @@ def lens_readouts(base, organism, directions: dict[str, torch.Tensor], top_k: in
                 rows += [{"name": name, "vector": sign, "lens": lens, "rank": i, "token_id": t, "token": s, "prob": p}
                          for i, (t, s, p) in enumerate(zip(top.token_ids, top.tokens, top.scores))]
                 if lens == "organism":
-                    ranked[name if sign == "+" else f"{name}/neg"] = top
+                    ranked[DirectionNames.signed(name, negated=sign == "-")] = top
     return rows, ranked
 
 
@@ -97,50 +97,38 @@ def mean_norm(store, layer: int, datasets: Sequence[str], role: str = "organism"
 
 
 @dataclass
-class ReadoutConfig:
+class ReadoutConfig(Checked):
     """Which layers and store datasets a dictionary method reads, and how its evidence is read out and steered."""
 
-    layers: list[float] | None = None
+    layers: list[float] | None = layer_field(None)
     """Stored layers fitted (indices or fractions of depth); null: every layer of the store."""
     datasets: list[str] | None = None
     """Store datasets fitted on (e.g. [generic_text, generic_chat]); null: all of them."""
-    top_k: int = 20
+    top_k: int = bounded(gt(0), 20)
     """Tokens kept per lens readout."""
-    top_k_examples: int = 10
+    top_k_examples: int = bounded(ge(0), 10)
     """Max-activating examples kept per component or latent."""
-    evidence: int = 8
+    evidence: int = bounded(gt(0), 8)
     """Components or latents whose organism-lens readouts are graded. The same number for every organism, so the
     control's chance of a lucky readout matches the organism's."""
-    batch_tokens: int = 8192
+    batch_tokens: int = bounded(gt(0), 8192)
     """Tokens read from the store at once in readout passes."""
     steering_dataset: str = "@text"
     """Text whose first words are the steering prompts: `@text` (the dataset preset's text source), a zoo corpus, hub
     id or local file."""
-    steering_prompts: int = 6
+    steering_prompts: int = bounded(ge(0), 6)
     """Prompts continued per strength; 0 skips steering."""
-    steering_alphas: list[float] = field(default_factory=lambda: [0.25, 0.5, 1.0, 2.0, 4.0])
+    steering_alphas: list[float] = bounded(ANY, default_factory=lambda: [0.25, 0.5, 1.0, 2.0, 4.0])
     """Steering strengths tried (units: see the method)."""
-    steering_tokens: int = 24
+    steering_tokens: int = bounded(gt(0), 24)
     """New tokens per steered sample."""
-    coherence_factor: float = 2.0
+    coherence_factor: float = bounded(gt(0), 2.0)
     """A strength is coherent while its samples' perplexity under the base stays within this factor of unsteered."""
 
     def __post_init__(self):
-        for name in ("top_k", "evidence", "batch_tokens", "steering_tokens"):
-            if getattr(self, name) <= 0:
-                raise ConfigError(f"{name} must be > 0, got {getattr(self, name)}")
-        for name in ("top_k_examples", "steering_prompts"):
-            if getattr(self, name) < 0:
-                raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}")
-        if self.coherence_factor <= 0:
-            raise ConfigError(f"coherence_factor must be > 0, got {self.coherence_factor}")
-        check_layers(self.layers, "layers")
         if self.datasets is not None and len(self.datasets) == 0:
             raise ConfigError("datasets must name at least one store dataset (or null for all)")
-        nxt = getattr(super(), "__post_init__", None)  # cooperative: a config may also inherit TrainConfig
-        if nxt is not None:
-            nxt()
-
+        super().__post_init__()
 
 def fitted_layers(cfg: ReadoutConfig, store, n_layers: int, key: str = "layers") -> list[int]:
     """The configured layers as store layer indices; a layer the store lacks is a ConfigError naming the stored
@@ -213,10 +201,10 @@ def latent_evidence(ctx, cfg: ReadoutConfig, result, layer: int, chosen: list[in
     `layer<L>/latent<j>`, steering vectors = decoder direction × max activation); returns their lens table rows.
 
     `directions`: decoder rows `[F, D]` in raw units; `max_activation[j]`: the latent's largest activation."""
-    unit = {f"layer{layer}/latent{j}": directions[j] / directions[j].norm().clamp_min(1e-12) for j in chosen}
+    unit = {LATENTS.name(layer, j): directions[j] / directions[j].norm().clamp_min(1e-12) for j in chosen}
     rows, ranked = lens_readouts(ctx.base, ctx.organism, unit, cfg.top_k)
     for j, found in zip(chosen, examples):
-        result.examples[f"layer{layer}_latent{j}"] = found
-        result.ranked_tokens[f"layer{layer}/latent{j}"] = ranked[f"layer{layer}/latent{j}"]
-        result.vectors[f"layer{layer}/latent{j}"] = directions[j] * float(max_activation[j])
+        result.examples[LATENTS.examples(layer, j)] = found
+        result.ranked_tokens[LATENTS.name(layer, j)] = ranked[LATENTS.name(layer, j)]
+        result.vectors[LATENTS.name(layer, j)] = directions[j] * float(max_activation[j])
     return [r | {"layer": layer} for r in rows]

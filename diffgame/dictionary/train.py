@@ -25,64 +25,50 @@ from safetensors.torch import load_file, save_file
 from diffgame.dictionary.data import Inputs, ShuffledStream, input_scale
 from diffgame.dictionary.model import BatchTopK
 from diffgame.errors import ConfigError
+from diffgame.records.schema import Checked, bounded, ge, gt
 
 
 @dataclass
-class TrainConfig:
+class TrainConfig(Checked):
     """How a dictionary is trained (fields shared by the `sae` and `crosscoder` methods)."""
 
-    n_latents: int = 512
+    n_latents: int = bounded(gt(0), 512)
     """Dictionary size F."""
-    k: int = 16
+    k: int = bounded(gt(0), 16)
     """Mean active latents per token (BatchTopK)."""
-    steps: int | None = None
+    steps: int | None = bounded(gt(0, "or null for `epochs`"), None)
     """Optimizer steps per layer; null: `epochs` passes over the fitted tokens."""
-    epochs: float = 10.0
+    epochs: float = bounded(gt(0), 10.0)
     """Passes over the fitted tokens when `steps` is null (a small store is seen several times, a large one once)."""
-    batch_size: int = 1024
+    batch_size: int = bounded(gt(0), 1024)
     """Tokens per step."""
     topk: Literal["batch", "token"] = "batch"
     """`batch`: BatchTopK, the k·N best latent scores of a batch; `token`: TopK, the k best of each token. BatchTopK
     gives tokens of large norm more of the budget and can split a direction carried by such tokens over several
     co-firing latents (see docs/methods.md, dictionary methods); TopK does not."""
-    lr: float = 1e-3
+    lr: float = bounded(gt(0), 1e-3)
     """Adam learning rate (inputs are scaled to mean norm sqrt(D), so it does not depend on the model's scale)."""
-    aux_coef: float = 0.03125
+    aux_coef: float = bounded(ge(0), 0.03125)
     """Weight of the dead-latent auxiliary loss (1/32, Gao et al. 2024)."""
-    dead_steps: int = 100
+    dead_steps: int = bounded(gt(0), 100)
     """A latent that has not fired for this many steps counts as dead."""
     precision: Literal["auto", "32-true", "bf16-mixed", "16-mixed"] = "auto"
     """Lightning precision; `auto`: bf16-mixed on a GPU with bf16, else 32-true (CPU autocast gains little)."""
     accelerator: str = "auto"
     """Lightning accelerator (auto: a GPU when there is one)."""
-    checkpoint_every: int = 100
+    checkpoint_every: int = bounded(gt(0), 100)
     """Steps between checkpoints (an interrupted run resumes from the last one)."""
-    block_tokens: int = 1024
+    block_tokens: int = bounded(gt(0), 1024)
     """Consecutive store rows read at once."""
-    buffer_blocks: int = 32
+    buffer_blocks: int = bounded(gt(0), 32)
     """Blocks shuffled together: memory holds about block_tokens × buffer_blocks tokens of inputs."""
-    log_every: int = 10
+    log_every: int = bounded(gt(0), 10)
     """Steps between logged training metrics."""
 
     def __post_init__(self):
-        if self.steps is not None and self.steps <= 0:
-            raise ConfigError(f"steps must be > 0 (or null for `epochs`), got {self.steps}")
-        if self.epochs <= 0:
-            raise ConfigError(f"epochs must be > 0, got {self.epochs}")
-        for name in ("n_latents", "k", "batch_size", "checkpoint_every", "block_tokens", "buffer_blocks",
-                     "log_every", "dead_steps"):
-            if getattr(self, name) <= 0:
-                raise ConfigError(f"{name} must be > 0, got {getattr(self, name)}")
+        super().__post_init__()  # each field in its range first: k > 0 before k <= n_latents
         if self.k > self.n_latents:
             raise ConfigError(f"k ({self.k}) must be <= n_latents ({self.n_latents})")
-        if self.lr <= 0:
-            raise ConfigError(f"lr must be > 0, got {self.lr}")
-        if self.aux_coef < 0:
-            raise ConfigError(f"aux_coef must be >= 0, got {self.aux_coef}")
-        nxt = getattr(super(), "__post_init__", None)  # cooperative: a method config also inherits ReadoutConfig
-        if nxt is not None:
-            nxt()
-
 
 class DictionaryModule(pl.LightningModule):
     """Lightning glue around `BatchTopK`: one step = scale the batch, forward, log the numbers."""

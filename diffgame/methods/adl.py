@@ -7,12 +7,11 @@ patchscope, and used to steer generation; steered samples are kept next to unste
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import pandas as pd
 import torch
 
-from diffgame.errors import ConfigError
 from diffgame.methods.adl_causal import causal_effect, encode
 from diffgame.methods.adl_means import DeltaMeans, delta_means
 from diffgame.methods.base import Method, MethodContext, MethodResult, TextRequest
@@ -20,12 +19,14 @@ from diffgame.models.lens import logit_lens, patchscope, top_tokens
 from diffgame.models.loading import resolve_layers
 from diffgame.models.steering import coherent_sweep
 from diffgame.records.evidence import RankedTokens
-from diffgame.records.schema import check_layers
+from diffgame.records.schema import ANY, Checked, bounded, ge, gt, layer_field
 
 
 @dataclass
-class ADLConfig:
+class ADLConfig(Checked):
     """Activation Difference Lens settings."""
+
+    SECTION = "method.adl"
 
     dataset: str = "@text"
     """Text the deltas are averaged over, unrelated to the organism: `@text` (the dataset preset's text source, e.g.
@@ -35,54 +36,42 @@ class ADLConfig:
     without a chat template)."""
     split: str = "test"
     """Split of both datasets when they name a corpus, hub id or file (a `@name` source reads its own split)."""
-    max_samples: int = 200
+    max_samples: int = bounded(ge(1), 200)
     """Documents (and chats) averaged over."""
-    context_length: int = 64
+    context_length: int = bounded(ge(1), 64)
     """Tokens kept per document; only the first positions matter."""
-    batch_size: int = 16
+    batch_size: int = bounded(ge(1), 16)
     """Sequences per forward pass."""
-    layers: list[float] | None = None
+    layers: list[float] | None = layer_field(None)
     """Layers (fractions of depth or indices); null uses `preprocessing.layers`."""
-    positions: int = 5
+    positions: int = bounded(ge(2), 5)
     """First k token positions averaged per document; position 0 is reported but not used for evidence."""
-    pre_reply: int = 2
+    pre_reply: int = bounded(ge(0), 2)
     """Template tokens before the assistant's reply read out (`assistant-2`, `assistant-1`)."""
-    reply: int = 3
+    reply: int = bounded(ge(0), 3)
     """First reply tokens read out (`assistant0` ...)."""
-    top_k: int = 20
+    top_k: int = bounded(ge(1), 20)
     """Tokens kept per readout."""
-    patchscope_scales: list[float] = field(default_factory=lambda: [0.5, 1.0, 2.0, 4.0, 8.0])
+    patchscope_scales: list[float] = bounded(ANY, default_factory=lambda: [0.5, 1.0, 2.0, 4.0, 8.0])
     """Patched norm as multiples of the layer's mean activation norm; empty skips patchscope."""
-    steering_layer: float = 0.5
+    steering_layer: float = layer_field(0.5)
     """Layer steered (fraction of depth or index); its mean delta over positions 1..k-1 is the vector."""
-    steering_alphas: list[float] = field(default_factory=lambda: [0.25, 0.5, 1.0, 2.0, 4.0])
+    steering_alphas: list[float] = bounded(ANY, default_factory=lambda: [0.25, 0.5, 1.0, 2.0, 4.0])
     """Steering strengths tried, in units of the layer's mean activation norm."""
-    steering_prompts: int = 6
+    steering_prompts: int = bounded(ge(0), 6)
     """Generic prompts (first words of held-out documents) continued per strength; 0 skips steering."""
-    steering_tokens: int = 24
+    steering_tokens: int = bounded(ge(1), 24)
     """New tokens per steered sample."""
-    coherence_factor: float = 2.0
+    coherence_factor: float = bounded(gt(0), 2.0)
     """A strength is coherent while its samples' perplexity under the base stays within this factor of the unsteered samples'."""
-    causal_samples: int = 32
+    causal_samples: int = bounded(ge(0), 32)
     """Sequences per dataset for the causal effect at the steering layer (the organism's own held-out data and the
     generic `dataset`); 0 skips it."""
-    causal_random: int = 8
+    causal_random: int = bounded(ge(0), 8)
     """Random unit directions projected out as the causal effect's baseline."""
-    causal_context: int = 64
+    causal_context: int = bounded(ge(1), 64)
     """Tokens per sequence in the causal effect."""
 
-    def __post_init__(self):
-        # k >= 2: positions 1..k-1 make the steering vector (position 0 is never evidence)
-        for name, low in (("max_samples", 1), ("context_length", 1), ("batch_size", 1), ("positions", 2),
-                          ("pre_reply", 0), ("reply", 0), ("top_k", 1), ("steering_prompts", 0),
-                          ("steering_tokens", 1), ("causal_samples", 0), ("causal_random", 0),
-                          ("causal_context", 1)):
-            if getattr(self, name) < low:
-                raise ConfigError(f"method.adl.{name} must be >= {low}, got {getattr(self, name)}")
-        if self.coherence_factor <= 0:
-            raise ConfigError(f"method.adl.coherence_factor must be > 0, got {self.coherence_factor}")
-        check_layers(self.layers, "method.adl.layers")
-        check_layers([self.steering_layer], "method.adl.steering_layer")
 
 
 class ADLMethod(Method):

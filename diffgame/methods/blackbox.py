@@ -23,6 +23,7 @@ from diffgame.errors import ConfigError, DataError
 from diffgame.methods.base import Method, MethodContext, MethodResult, TextRequest
 from diffgame.models.loading import end_ids
 from diffgame.records.evidence import RankedTokens
+from diffgame.records.schema import Checked, bounded, ge, gt
 
 SOURCES = ("chat", "text")
 _WORD = re.compile(r"[^\W_]+")
@@ -30,8 +31,10 @@ _WORD = re.compile(r"[^\W_]+")
 
 
 @dataclass
-class BlackboxConfig:
+class BlackboxConfig(Checked):
     """Which neutral prompts, how both models sample them, and how the organism's words are ranked."""
+
+    SECTION = "method.blackbox"
 
     chat_dataset: str | None = "@chat"
     """Chats whose first user turn is a chat prompt: `@chat` (the dataset preset's chat source), another `@name`, a
@@ -41,28 +44,28 @@ class BlackboxConfig:
     corpus, hub id or local file; null skips text prompts."""
     split: str = "test"
     """Split of both datasets when they name a corpus, hub id or file (a `@name` source reads its own split)."""
-    n_prompts: int = 64
+    n_prompts: int = bounded(ge(1), 64)
     """Prompts per source (the first rows of each dataset)."""
-    prompt_words: int = 6
+    prompt_words: int = bounded(ge(1), 6)
     """Words of a document kept as its text prompt."""
-    samples_per_prompt: int = 4
+    samples_per_prompt: int = bounded(ge(1), 4)
     """Replies sampled per prompt and model (one when greedy, see `replies_per_prompt`)."""
-    max_new_tokens: int = 48
+    max_new_tokens: int = bounded(ge(1), 48)
     """New tokens per reply (a chat reply also ends at the first special token, e.g. the end of its turn)."""
-    temperature: float = 1.0
+    temperature: float = bounded(ge(0, "0: greedy"), 1.0)
     """Sampling temperature; 0 = greedy."""
-    batch_size: int = 16
+    batch_size: int = bounded(ge(1), 16)
     """Prompts per `generate` call (left-padded)."""
-    top_k: int = 50
+    top_k: int = bounded(ge(1), 50)
     """Words kept per ranked list."""
-    prior: float = 1.0
+    prior: float = bounded(gt(0), 1.0)
     """Dirichlet prior pseudo-counts of a word as a multiple of its pooled count (both models' replies); 1 = the
     pooled counts themselves. Stronger shrinks rare words' log-odds more (and their variance with it)."""
-    min_count: int = 3
+    min_count: int = bounded(ge(1), 3)
     """Words the organism wrote fewer times are not ranked."""
     keep_caps: bool = True
     """All-caps words (>= 2 letters) keep their case instead of being lower-cased, so a shouting style stays visible."""
-    seed: int | None = None
+    seed: int | None = bounded(ge(0, "null: the run's seed"), None)
     """Seed of the sampling (the same for both models); null uses the run's `seed`."""
 
     @property
@@ -71,20 +74,10 @@ class BlackboxConfig:
         return 1 if self.temperature == 0 else self.samples_per_prompt
 
     def __post_init__(self):
-        for name, low in (("n_prompts", 1), ("prompt_words", 1), ("samples_per_prompt", 1), ("max_new_tokens", 1),
-                          ("batch_size", 1), ("top_k", 1), ("min_count", 1)):
-            if getattr(self, name) < low:
-                raise ConfigError(f"method.blackbox.{name} must be >= {low}, got {getattr(self, name)}")
-        if self.temperature < 0:
-            raise ConfigError(f"method.blackbox.temperature must be >= 0 (0: greedy), got {self.temperature}")
-        if self.prior <= 0:
-            raise ConfigError(f"method.blackbox.prior must be > 0, got {self.prior}")
-        if self.seed is not None and self.seed < 0:
-            raise ConfigError(f"method.blackbox.seed must be >= 0 (null: the run's seed), got {self.seed}")
+        super().__post_init__()
         if not self.chat_dataset and not self.text_dataset:
             raise ConfigError("method.blackbox.chat_dataset and method.blackbox.text_dataset must not both be null; "
                               "set at least one (@chat, @text, a zoo corpus, a hub id or a local file)")
-
 
 # --- words and their log-odds ------------------------------------------------------------------------
 def words(text: str, keep_caps: bool = True) -> list[str]:

@@ -23,9 +23,10 @@ import torch
 from diffgame.dictionary.model import BatchTopK
 from diffgame.dictionary.readout import ReadoutConfig, Unexplained, latent_evidence, scan, steering_evidence
 from diffgame.dictionary.train import TrainConfig, train_dictionary
-from diffgame.errors import ConfigError
 from diffgame.methods.base import MethodContext, MethodResult
-from diffgame.methods.readout import ReadoutMethod
+from diffgame.methods.directions import ReadoutMethod
+from diffgame.records.evidence import LATENTS
+from diffgame.records.schema import Range, bounded, gt
 
 TAGS = ("base_only", "shared", "organism_only", "other")
 
@@ -35,24 +36,15 @@ class CrosscoderConfig(TrainConfig, ReadoutConfig):
     """Training, tagging and readout of the crosscoder. Steering strengths are multiples of the steered latent's max
     activation along its organism decoder vector."""
 
-    base_only_below: float = 0.1
+    base_only_below: float = bounded(Range(0, 0.5, hi_open=True), 0.1)
     """Δ below this tags a latent base-only."""
-    organism_only_above: float = 0.9
+    organism_only_above: float = bounded(Range(0.5, 1, lo_open=True), 0.9)
     """Δ above this tags a latent organism-only."""
-    shared_within: float = 0.1
+    shared_within: float = bounded(Range(0, 0.5, lo_open=True, hi_open=True), 0.1)
     """|Δ - ½| within this tags a latent shared."""
-    beta_ratio_max: float = 0.5
+    beta_ratio_max: float = bounded(gt(0), 0.5)
     """An organism-only latent counts as organism-specific when both ν^r and ν^ε are below this."""
 
-    def __post_init__(self):
-        if not 0 <= self.base_only_below < 0.5 < self.organism_only_above <= 1:
-            raise ConfigError(f"need 0 <= base_only_below < 0.5 < organism_only_above <= 1, got "
-                              f"{self.base_only_below} and {self.organism_only_above}")
-        if not 0 < self.shared_within < 0.5:
-            raise ConfigError(f"shared_within must be in (0, 0.5), got {self.shared_within}")
-        if self.beta_ratio_max <= 0:
-            raise ConfigError(f"beta_ratio_max must be > 0, got {self.beta_ratio_max}")
-        super().__post_init__()
 
 
 def relative_norm(norms: torch.Tensor) -> torch.Tensor:
@@ -178,7 +170,7 @@ class CrosscoderMethod(ReadoutMethod):
         result.figures["latents"] = _scatter(latents)
         if c.steering_prompts:
             layer = layers[len(layers) // 2]
-            steering_evidence(ctx, c, result.vectors[f"layer{layer}/latent{first[layer]}"], layer, "crosscoder",
+            steering_evidence(ctx, c, result.vectors[LATENTS.name(layer, first[layer])], layer, "crosscoder",
                               result)
         return result
 

@@ -16,52 +16,46 @@ import numpy as np
 import pandas as pd
 import torch
 
-from diffgame.errors import ConfigError
 from diffgame.methods.base import Method, MethodContext, MethodResult, TextRequest
 from diffgame.models.batching import pad_right
 from diffgame.models.paired import default_chunk_tokens, logit_chunks, vocab_size
 from diffgame.records.evidence import Example, RankedTokens
 from diffgame.records.examples import token_decoder
+from diffgame.records.schema import Checked, bounded, ge, gt
 
 
 @dataclass
-class DiffMiningConfig:
+class DiffMiningConfig(Checked):
     """Where diff mining reads, how many tokens count as raised per position, and how much to keep."""
+
+    SECTION = "method.diffmining"
 
     dataset: str = "@text"
     """Generic text the positions come from: `@text` (the dataset preset's text source), another `@name`, a zoo
     corpus, hub id or local file with a `text` column."""
     split: str = "test"
     """Split of `dataset` when it names a corpus, hub id or file (a `@name` source reads its own split)."""
-    max_samples: int = 200
+    max_samples: int = bounded(gt(0), 200)
     """Documents read."""
-    context_length: int = 64
+    context_length: int = bounded(gt(0), 64)
     """Tokens kept per document."""
-    top_k: int = 100
+    top_k: int = bounded(gt(0), 100)
     """K of the per-position top-K of d (a token "occurs" at a position when it is among them)."""
-    batch_tokens: int = 8192
+    batch_tokens: int = bounded(gt(0), 8192)
     """Padded tokens per forward pass."""
-    chunk_elements: int = 0
+    chunk_elements: int = bounded(ge(0), 0)
     """Logits per chunk per model (0: auto, as `kl`)."""
-    n_ranked: int = 100
+    n_ranked: int = bounded(gt(0), 100)
     """Tokens kept per ranked list."""
-    n_examples: int = 10
+    n_examples: int = bounded(ge(0), 10)
     """Top tokens (by occurrence) whose peak position is kept as an example with token heat."""
-    topics: int = 4
+    topics: int = bounded(ge(0), 4)
     """NMF components over the reservoir (0 skips topics)."""
-    reservoir: int = 2000
+    reservoir: int = bounded(gt(0), 2000)
     """Positions kept (uniformly, seeded) for the topic matrix."""
-    topic_vocab: int = 200
+    topic_vocab: int = bounded(gt(0), 200)
     """Columns of the topic matrix: the tokens most often in a top-K."""
 
-    def __post_init__(self):
-        for name in ("max_samples", "context_length", "top_k", "batch_tokens", "n_ranked", "reservoir",
-                     "topic_vocab"):
-            if getattr(self, name) <= 0:
-                raise ConfigError(f"method.diffmining.{name} must be > 0, got {getattr(self, name)}")
-        for name in ("topics", "n_examples", "chunk_elements"):
-            if getattr(self, name) < 0:
-                raise ConfigError(f"method.diffmining.{name} must be >= 0, got {getattr(self, name)}")
 
 
 class DiffStats:

@@ -22,27 +22,30 @@ from diffgame.methods.divergence import divergence_fn
 from diffgame.models.paired import default_chunk_tokens, logit_chunks, shared_vocab, vocab_size
 from diffgame.records.evidence import RankedTokens
 from diffgame.records.examples import TopKSequences, token_decoder
+from diffgame.records.schema import Checked, Range, bounded, ge, gt
 
 
 @dataclass
-class KLConfig:
+class KLConfig(Checked):
     """Which divergence, at what temperature, and how much to compute at once."""
+
+    SECTION = "method.kl"
 
     divergence: Literal["kl", "reverse_kl", "js"] = "kl"
     """`kl` = KL(P_org || P_base); `reverse_kl` = KL(P_base || P_org); `js` = Jensen-Shannon (nats)."""
-    temperature: float = 1.0
+    temperature: float = bounded(gt(0), 1.0)
     """Both models' logits are divided by this before the softmax."""
-    batch_tokens: int = 8192
+    batch_tokens: int = bounded(gt(0), 8192)
     """Padded tokens per forward pass (sequences are batched by similar length)."""
-    chunk_elements: int = 0
+    chunk_elements: int = bounded(ge(0, "0: auto"), 0)
     """Logits per chunk per model (tokens per chunk = this // vocab size); bounds memory. 0 = auto: on the CPU
     2**19 (cache-sized) but at least 256 tokens (smaller LM-head matmuls re-read the unembedding too often); on
     an accelerator 2**28 (1 GiB per model in fp32), where small chunks starve the LM-head matmul."""
-    top_k_examples: int = 20
+    top_k_examples: int = bounded(ge(0), 20)
     """Max-activating examples kept per ranking (max and mean per-token divergence)."""
-    min_token_count: int = 5
+    min_token_count: int = bounded(ge(0), 5)
     """Tokens seen fewer times are left out of the tokens-by-mean-divergence table."""
-    promoted_share: float = 0.1
+    promoted_share: float = bounded(Range(0, 1, note="0: skip"), 0.1)
     """Share of each chunk's tokens, the highest-divergence ones, at which the organism-minus-base next-token
     probabilities are averaged: the output tokens the organism promotes where it diverges (0 skips it)."""
     compile: Literal["auto", "on", "off"] = "auto"
@@ -51,16 +54,7 @@ class KLConfig:
     `auto`: compiled, falling back to eager (with a warning) where compiling fails; `on`: compiled or an error."""
 
     def __post_init__(self):
-        for name in ("temperature", "batch_tokens"):
-            if getattr(self, name) <= 0:
-                raise ConfigError(f"method.kl.{name} must be > 0, got {getattr(self, name)}")
-        if self.chunk_elements < 0:
-            raise ConfigError(f"method.kl.chunk_elements must be >= 0 (0: auto), got {self.chunk_elements}")
-        for name in ("top_k_examples", "min_token_count"):
-            if getattr(self, name) < 0:
-                raise ConfigError(f"method.kl.{name} must be >= 0, got {getattr(self, name)}")
-        if not 0 <= self.promoted_share <= 1:
-            raise ConfigError(f"method.kl.promoted_share must be in [0, 1] (0: skip), got {self.promoted_share}")
+        super().__post_init__()
         if self.compile not in ("auto", "on", "off"):
             raise ConfigError(f"method.kl.compile must be one of auto, on, off; got {self.compile!r}")
 

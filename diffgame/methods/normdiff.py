@@ -14,32 +14,28 @@ import torch
 import torch.nn.functional as F
 
 from diffgame.data.sequences import ROLES
-from diffgame.errors import ConfigError
 from diffgame.methods import plots, stats
 from diffgame.methods.base import Method, MethodContext, MethodResult
 from diffgame.records.examples import TopKSequences, token_decoder
+from diffgame.records.schema import Checked, bounded, ge, gt
 
 MEASURES = ("norm", "cosine", "relative", "base_norm", "organism_norm")
 """Per-token quantities: ||h_org - h_base||, 1 - cos(h_org, h_base), norm / ||h_base||, and both norms."""
 
 
 @dataclass
-class NormDiffConfig:
+class NormDiffConfig(Checked):
     """How many examples and position vectors to keep, and how much to read at once."""
 
-    top_k_examples: int = 20
+    SECTION = "method.normdiff"
+
+    top_k_examples: int = bounded(ge(0), 20)
     """Max-activating examples kept per layer and ranking (max and mean difference norm)."""
-    positions: int = 5
+    positions: int = bounded(gt(0), 5)
     """Mean difference vectors are also saved for each of the first `positions` token positions."""
-    batch_tokens: int = 16384
+    batch_tokens: int = bounded(gt(0), 16384)
     """Tokens read from the store per batch."""
 
-    def __post_init__(self):
-        for name in ("positions", "batch_tokens"):
-            if getattr(self, name) <= 0:
-                raise ConfigError(f"method.normdiff.{name} must be > 0, got {getattr(self, name)}")
-        if self.top_k_examples < 0:
-            raise ConfigError(f"method.normdiff.top_k_examples must be >= 0, got {self.top_k_examples}")
 
 
 def token_measures(base: torch.Tensor, org: torch.Tensor) -> dict[str, torch.Tensor]:

@@ -18,22 +18,20 @@ from diffgame.dictionary.data import blocks, read_inputs
 from diffgame.dictionary.readout import ReadoutConfig, lens_readouts, mean_norm, scan, steering_evidence
 from diffgame.errors import ConfigError
 from diffgame.methods.base import MethodContext, MethodResult
-from diffgame.methods.readout import ReadoutMethod
+from diffgame.methods.directions import ReadoutMethod
+from diffgame.records.evidence import COMPONENTS
+from diffgame.records.schema import bounded, gt
 
 
 @dataclass
 class PCAConfig(ReadoutConfig):
     """PCA of δ per layer. Steering strengths are multiples of the layer's mean ‖h_org‖ along the unit component."""
 
-    n_components: int = 8
+    n_components: int = bounded(gt(0), 8)
     """Components fitted per layer."""
-    evidence: int = 4
+    evidence: int = bounded(gt(0), 4)
     """Components whose organism-lens readouts (both signs) are graded."""
 
-    def __post_init__(self):
-        if self.n_components <= 0:
-            raise ConfigError(f"n_components must be > 0, got {self.n_components}")
-        super().__post_init__()
 
 
 def fit_pca(store, layer: int, datasets: list[str], n_components: int, batch_tokens: int):
@@ -109,17 +107,17 @@ class PCAMethod(ReadoutMethod):
                 variance_rows.append({"layer": layer, "component": k,
                                       "explained_variance": float(pca.explained_variance_[k]),
                                       "ratio": float(ratio[k]), "cumulative": float(ratio[:k + 1].sum())})
-                result.vectors[f"layer{layer}/pc{k}"] = comps[k]
+                result.vectors[COMPONENTS.name(layer, k)] = comps[k]
             result.vectors[f"layer{layer}/mean"] = mean
             prefix = f"pca/layer{layer}"
             result.metrics.update({f"{prefix}/explained_variance_ratio/pc{k}": float(ratio[k])
                                    for k in range(min(3, len(ratio)))})
             result.metrics[f"{prefix}/explained_variance_ratio/top{len(ratio)}"] = float(ratio.sum())
-            directions = {f"layer{layer}/pc{k}": comps[k] for k in range(len(comps))}
+            directions = {COMPONENTS.name(layer, k): comps[k] for k in range(len(comps))}
             rows, ranked = lens_readouts(ctx.base, ctx.organism, directions, c.top_k)
             lens_rows += [r | {"layer": layer} for r in rows]
             for k in range(min(c.evidence, len(comps))):
-                for key in (f"layer{layer}/pc{k}", f"layer{layer}/pc{k}/neg"):
+                for key in (COMPONENTS.name(layer, k), COMPONENTS.signed(COMPONENTS.name(layer, k), negated=True)):
                     result.ranked_tokens[key] = ranked[key]
             signed = torch.cat([comps, -comps])  # [2K, D]: + then - projections
             kept_ids = [store.tokens(d).input_ids[store.keep(d)] for d in datasets]  # what `scan` scores
@@ -134,15 +132,15 @@ class PCAMethod(ReadoutMethod):
                          c.batch_tokens)
             token_rows += by_token.rows(ctx.tokenizer, layer, len(comps), c.top_k)
             for k in range(len(comps)):
-                result.examples[f"layer{layer}_pc{k}"] = found[k]
-                result.examples[f"layer{layer}_pc{k}_neg"] = found[len(comps) + k]
+                result.examples[COMPONENTS.examples(layer, k)] = found[k]
+                result.examples[COMPONENTS.examples(layer, k, negated=True)] = found[len(comps) + k]
         variance = pd.DataFrame(variance_rows)
         result.tables.update({"components": variance, "lens": pd.DataFrame(lens_rows),
                               "token_projections": pd.DataFrame(token_rows)})
         result.figures["explained_variance"] = _variance_plot(variance)
         if c.steering_prompts:
             layer = layers[len(layers) // 2]
-            vector = result.vectors[f"layer{layer}/pc0"] * mean_norm(store, layer, datasets)
+            vector = result.vectors[COMPONENTS.name(layer, 0)] * mean_norm(store, layer, datasets)
             steering_evidence(ctx, c, vector, layer, "pca", result)
         return result
 

@@ -17,7 +17,8 @@ from diffgame.dictionary.model import BatchTopK
 from diffgame.dictionary.readout import ReadoutConfig, Unexplained, latent_evidence, scan, steering_evidence
 from diffgame.dictionary.train import TrainConfig, train_dictionary
 from diffgame.methods.base import MethodContext, MethodResult
-from diffgame.methods.readout import ReadoutMethod
+from diffgame.methods.directions import ReadoutMethod
+from diffgame.records.evidence import LATENTS
 
 
 @dataclass
@@ -114,7 +115,7 @@ class SAEMethod(ReadoutMethod):
         result.figures["latents"] = _latent_plot(latents)
         if c.steering_prompts:
             layer = layers[len(layers) // 2]
-            steering_evidence(ctx, c, result.vectors[f"layer{layer}/latent{top_latent[layer]}"], layer, "sae", result)
+            steering_evidence(ctx, c, result.vectors[LATENTS.name(layer, top_latent[layer])], layer, "sae", result)
         return result
 
 

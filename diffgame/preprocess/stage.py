@@ -23,7 +23,7 @@ from diffgame.data.sequences import load_sequences
 from diffgame.errors import ModelError, StoreError
 from diffgame.models.loading import DTYPES, load_base, load_organism, load_pair, unembedding, vocab_extends
 from diffgame.preprocess.module import PairedExtraction, PlannedBatches, TokenProgress
-from diffgame.preprocess.plan import shard_plan
+from diffgame.preprocess.shards import shard_plan
 from diffgame.preprocess.writer import PendingParts, ShardWriter
 from diffgame.records.plan import Plan
 from diffgame.records.schema import PreprocessingConfig

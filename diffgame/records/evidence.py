@@ -18,6 +18,32 @@ WORD_START_MARKERS = ("Ġ", "▁", "Ċ", " ")
 """Leading markers of a token or word that opens a new word (byte-level BPE, SentencePiece, a newline, a space)."""
 
 
+@dataclass(frozen=True)
+class DirectionNames:
+    """How a result names directions found on the store (PCA components, dictionary latents), stated once for the
+    methods that write them and the app that reads them: `layer{L}/{prefix}{j}` for vectors, lens readouts and ranked
+    tokens, `<name>/neg` for the negated direction's readout, `layer{L}_{prefix}{j}` (`_neg`) for examples."""
+
+    prefix: str
+
+    def name(self, layer: int, j: int) -> str:
+        return f"layer{layer}/{self.prefix}{j}"
+
+    def examples(self, layer: int, j: int, negated: bool = False) -> str:
+        return f"layer{layer}_{self.prefix}{j}" + ("_neg" if negated else "")
+
+    @staticmethod
+    def signed(name: str, negated: bool) -> str:
+        """The readout name of direction `name`, or of its negation."""
+        return f"{name}/neg" if negated else name
+
+
+COMPONENTS = DirectionNames("pc")
+"""PCA's components."""
+LATENTS = DirectionNames("latent")
+"""SAE and crosscoder latents."""
+
+
 @dataclass
 class RankedTokens:
     """Tokens ranked by a method's score, best first (e.g. ADL logit lens at one layer and position)."""

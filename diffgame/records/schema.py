@@ -1,13 +1,16 @@
 """The typed config: one dataclass per config group, filled from `experiments/*.yaml` and checked by
 `diffgame.config.validate`; the pipeline builds them once and they, not the raw config tree, travel down the stages.
 
-Method configs are not here: each method file defines its own and registers it (see `diffgame.methods`).
+A numeric field's valid range is declared once, next to the field (`bounded`), and read by the checks that run on
+construction (`check_fields`), their error message and the property test. Method configs are not here: each method
+file defines its own and registers it (see `diffgame.methods`).
 """
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from diffgame.errors import ConfigError
 
@@ -15,6 +18,87 @@ Dtype = Literal["float32", "bfloat16", "float16"]
 
 CONTROL = "control"
 """The null organism every grade is compared against."""
+
+
+@dataclass(frozen=True)
+class Range:
+    """The valid values of a number (or of each number of a list): between `lo` and `hi` (open ends excluded, None
+    unbounded), or one of `also`; `note` says what a special value means (`0: auto`, `or null for all`)."""
+
+    lo: float | None = None
+    hi: float | None = None
+    lo_open: bool = False
+    hi_open: bool = False
+    also: tuple = ()
+    note: str = ""
+
+    def __contains__(self, value) -> bool:
+        if value in self.also:
+            return True
+        below = self.lo is not None and (value < self.lo or (self.lo_open and value == self.lo))
+        above = self.hi is not None and (value > self.hi or (self.hi_open and value == self.hi))
+        return not (below or above)
+
+    def __str__(self) -> str:
+        if self.lo is not None and self.hi is not None:
+            text = f"in {'(' if self.lo_open else '['}{self.lo}, {self.hi}{')' if self.hi_open else ']'}"
+        elif self.lo is not None:
+            text = f"{'>' if self.lo_open else '>='} {self.lo}"
+        elif self.hi is not None:
+            text = f"{'<' if self.hi_open else '<='} {self.hi}"
+        else:
+            text = "a finite number"
+        return f"{text} ({self.note})" if self.note else text
+
+
+def ge(lo: float, note: str = "", also: tuple = ()) -> Range:
+    return Range(lo, note=note, also=also)
+
+
+def gt(lo: float, note: str = "") -> Range:
+    return Range(lo, lo_open=True, note=note)
+
+
+ANY = Range()
+"""Any finite number (non-finite ones are refused by type)."""
+
+
+def bounded(rng: Range, default: Any = dataclasses.MISSING, *, default_factory: Any = dataclasses.MISSING) -> Any:
+    """A dataclass field whose values must lie in `rng` (each element, for a list)."""
+    return field(default=default, default_factory=default_factory, metadata={"range": rng})
+
+
+def layer_field(default: Any = dataclasses.MISSING, *, default_factory: Any = dataclasses.MISSING) -> Any:
+    """A field of layers: fractions of depth in [0, 1] or integer indices (`check_layers`)."""
+    return field(default=default, default_factory=default_factory, metadata={"layers": True})
+
+
+class Checked:
+    """A config dataclass whose declared ranges (`bounded`, `layer_field`) are checked when it is made; `SECTION`
+    prefixes its messages (`method.kl.temperature must be > 0, got 0`); without one the validator names the path."""
+
+    SECTION: ClassVar[str] = ""
+
+    def __post_init__(self):
+        check_fields(self, self.SECTION)
+
+
+def check_fields(obj, section: str = "") -> None:
+    """Every declared range and layer list of dataclass `obj`, in field order; a ConfigError names the first field
+    out of its range (types are the validator's to check)."""
+    prefix = f"{section}." if section else ""
+    for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name)
+        if value is None:
+            continue
+        if f.metadata.get("layers"):
+            check_layers(value if isinstance(value, list) else [value], f"{prefix}{f.name}")
+        rng = f.metadata.get("range")
+        if rng is None:
+            continue
+        for v in value if isinstance(value, list) else [value]:
+            if isinstance(v, (int, float)) and not isinstance(v, bool) and v not in rng:
+                raise ConfigError(f"{prefix}{f.name} must be {rng}, got {v}")
 
 
 def check_layers(layers: list | None, name: str) -> None:
@@ -31,7 +115,7 @@ def check_layers(layers: list | None, name: str) -> None:
 
 
 @dataclass
-class ModelConfig:
+class ModelConfig(Checked):
     """A base model: where its weights come from and how to load them."""
 
     name: str = "toy"
@@ -59,14 +143,12 @@ class ModelConfig:
     end_of_turn: str | None = None
     """The token that ends an assistant turn (`<end_of_turn>`, `<|im_end|>`, `<|eot_id|>`); generation stops at it
     as at the end-of-sequence token."""
-    skip_first: int = 0
+    skip_first: int = bounded(ge(0, "0 keeps every token"), 0)
     """Tokens at positions < this in each sequence are left out of every store statistic and of the activations
     dictionaries train on: the first position (BOS / attention sink) carries norms far above the rest in Gemma,
     Qwen and Llama and would dominate means and maxima (issue #17). The models still read those tokens."""
 
-    def __post_init__(self):
-        if self.skip_first < 0:
-            raise ConfigError(f"model.skip_first must be >= 0 (0 keeps every token), got {self.skip_first}")
+    SECTION = "model"
 
 
 @dataclass
@@ -177,7 +259,7 @@ class OrganismConfig:
 
 
 @dataclass
-class DatasetSource:
+class DatasetSource(Checked):
     """One dataset whose tokens are cached (or streamed) for diffing."""
 
     source: str = "zoo:generic_text"
@@ -192,16 +274,10 @@ class DatasetSource:
     """Column with raw text (kind=text)."""
     messages_column: str = "messages"
     """Column with a list of {role, content} (kind=chat)."""
-    max_samples: int | None = 200
+    max_samples: int | None = bounded(ge(1, "or null for all"), 200)
     """Take at most this many rows, in the dataset's order."""
-    max_tokens: int | None = None
+    max_tokens: int | None = bounded(ge(1, "or null for all"), None)
     """Stop once this many tokens are taken."""
-
-    def __post_init__(self):
-        for name in ("max_samples", "max_tokens"):
-            value = getattr(self, name)
-            if value is not None and value < 1:
-                raise ConfigError(f"{name} must be >= 1 (or null for all), got {value}")
 
 
 @dataclass
@@ -224,37 +300,29 @@ class PipelineConfig:
 
 
 @dataclass
-class PreprocessingConfig:
+class PreprocessingConfig(Checked):
     """Activation extraction into the store."""
 
-    layers: list[float] = field(default_factory=lambda: [0.25, 0.5, 0.75])
+    layers: list[float] = layer_field(default_factory=lambda: [0.25, 0.5, 0.75])
     """Layers as fractions of depth (0.5) or indices (6); a residual-stream output per layer is cached."""
     dtype: Dtype = "bfloat16"
     """Dtype of stored activations."""
-    context_length: int = 256
+    context_length: int = bounded(ge(1), 256)
     """Sequences are truncated to this many tokens."""
-    batch_size: int = 16
+    batch_size: int = bounded(ge(1), 16)
     """Sequences per forward pass."""
     sequential: bool = False
     """Run base then organism over the same stream instead of both at once (for models that cannot both fit)."""
     accelerator: str = "auto"
     """Lightning accelerator (`auto`, `cpu`, `gpu`)."""
-    devices: int = 1
+    devices: int = bounded(ge(1, "or -1 for all", also=(-1,)), 1)
     """Devices per node; >1 shards batches over ranks (DDP)."""
     strategy: str = "auto"
     """Lightning strategy (`auto`, `ddp`, `ddp_spawn`, ...)."""
-    num_nodes: int = 1
+    num_nodes: int = bounded(ge(1), 1)
     """Nodes (SLURM or torchrun clusters)."""
     rebuild: bool = False
     """Rebuild the store even when a finished one matches (`--rebuild`); the old run is marked FAILED."""
-
-    def __post_init__(self):
-        check_layers(self.layers, "layers")
-        for name in ("context_length", "batch_size", "num_nodes"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.devices < 1 and self.devices != -1:
-            raise ConfigError(f"devices must be >= 1 (or -1 for all), got {self.devices}")
 
 
 @dataclass
@@ -276,7 +344,7 @@ class TrackingConfig:
 
 
 @dataclass
-class EndpointConfig:
+class EndpointConfig(Checked):
     """An OpenAI-compatible chat-completions endpoint (vLLM, llama.cpp's server, Ollama, a hosted API)."""
 
     base_url: str | None = None
@@ -285,31 +353,23 @@ class EndpointConfig:
     """Model name the endpoint serves; None or empty: no endpoint (LLM agents refuse to play, no rubric grading)."""
     api_key_env: str = "OPENAI_API_KEY"
     """Environment variable holding the API key (local servers need none)."""
-    timeout_s: float = 60.0
+    timeout_s: float = bounded(gt(0), 60.0)
     """Seconds before a request counts as timed out (a clear outcome of the play, not a crash)."""
-    temperature: float = 0.0
-
-    def __post_init__(self):
-        if self.timeout_s <= 0:
-            raise ConfigError(f"timeout_s must be > 0, got {self.timeout_s}")
+    temperature: float = bounded(ge(0), 0.0)
 
 
 @dataclass
-class BudgetConfig:
+class BudgetConfig(Checked):
     """What an LLM agent may spend in one play; past it, the play ends with its budget outcome."""
 
-    tool_calls: int = 12
+    tool_calls: int = bounded(ge(0), 12)
     """Tool calls besides submit_description, failed ones included."""
-    tokens: int = 30000
+    tokens: int = bounded(ge(1), 30000)
     """Sum of the replies' `usage.total_tokens` (len(text) // 4 when a reply reports none)."""
-
-    def __post_init__(self):
-        if self.tool_calls < 0 or self.tokens < 1:
-            raise ConfigError(f"budget needs tool_calls >= 0 and tokens >= 1, got {self.tool_calls}, {self.tokens}")
 
 
 @dataclass
-class PlayConfig:
+class PlayConfig(Checked):
     """`diffgame play` and `pipeline.mode=evaluation`: the agent, its evidence, endpoint, budget and rubric."""
 
     agent: str = "lens"
@@ -318,14 +378,10 @@ class PlayConfig:
     """Methods whose newest finished diff runs are the evidence."""
     endpoint: EndpointConfig = field(default_factory=EndpointConfig)
     budget: BudgetConfig = field(default_factory=BudgetConfig)
-    max_new_tokens: int = 48
+    max_new_tokens: int = bounded(ge(1), 48)
     """Tokens of each model reply the agent asks for."""
     rubric: str | None = None
     """Rubric grader prompt with `{truth}` and `{description}`; None: `diffgame.game.rubric.DEFAULT_RUBRIC`."""
-
-    def __post_init__(self):
-        if self.max_new_tokens < 1:
-            raise ConfigError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
 
 
 @dataclass

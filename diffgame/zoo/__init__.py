@@ -7,7 +7,7 @@ organism)` finds a built one for loading.
 from diffgame.data.corpora import CORPORA, CORPUS_VERSION, corpus, corpus_format
 from diffgame.zoo.build import EXPERIMENT, ZooEntry
 from diffgame.zoo.recipes import recipe_rows
-from diffgame.zoo.registry import build_models, ensure, list_zoo, locate, print_zoo
+from diffgame.zoo.built import build_models, ensure, list_zoo, locate, print_zoo
 from diffgame.zoo.sizes import SIZES, ZooSize, get_size
 
 __all__ = ["CORPORA", "CORPUS_VERSION", "EXPERIMENT", "SIZES", "ZooEntry", "ZooSize", "build_models", "corpus",

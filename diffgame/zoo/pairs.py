@@ -11,7 +11,7 @@ import dataclasses
 from diffgame.models.sources import resolve_finetuned, resolve_model
 from diffgame.records.plan import ModelSource, PairSources
 from diffgame.records.schema import RootConfig
-from diffgame.zoo.registry import locate
+from diffgame.zoo.built import locate
 
 
 def resolve_base(cfg: RootConfig) -> ModelSource:

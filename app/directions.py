@@ -30,24 +30,24 @@ class Directions:
     """The per-direction table (`components` or `latents`)."""
     unit: str
     """Its id column, also the picker's noun (`component` or `latent`)."""
-    prefix: str
-    """Names are `layer{L}/{prefix}{j}` in vectors, lens and ranked tokens, `layer{L}_{prefix}{j}[_neg]` in examples."""
+    names: artifacts.DirectionNames
+    """How the method names them in vectors, lens readouts, ranked tokens and examples."""
     vector_note: str
     """What a logged vector's length means, for the steering scale."""
 
     def name(self, layer: int, j: int) -> str:
-        return f"layer{layer}/{self.prefix}{j}"
+        return self.names.name(layer, j)
 
     def examples(self, layer: int, j: int, sign: str) -> str:
-        return f"layer{layer}_{self.prefix}{j}" + ("_neg" if sign == "-" else "")
+        return self.names.examples(layer, j, negated=sign == "-")
 
 
 DIRECTIONS = {
-    "pca": Directions("components", "component", "pc", "Components are unit vectors: the scale is the length added "
+    "pca": Directions("components", "component", artifacts.COMPONENTS, "Components are unit vectors: the scale is the length added "
                       "to the residual stream (compare the layer's ‖h‖)."),
-    "sae": Directions("latents", "latent", "latent", "The vector is the decoder direction × the latent's max "
+    "sae": Directions("latents", "latent", artifacts.LATENTS, "The vector is the decoder direction × the latent's max "
                       "activation (raw units): scale 1 adds the latent at its strongest."),
-    "crosscoder": Directions("latents", "latent", "latent", "The vector is the organism decoder direction × the "
+    "crosscoder": Directions("latents", "latent", artifacts.LATENTS, "The vector is the organism decoder direction × the "
                              "latent's max activation (raw units): scale 1 adds the latent at its strongest."),
 }
 
@@ -126,7 +126,7 @@ def page(method: str, settings) -> None:
 def _labels(rows: pd.DataFrame, d: Directions) -> dict[int, str]:
     """Picker labels: every component, or the evidence latents in evidence order (with their tag)."""
     if "evidence_rank" not in rows:
-        return {int(r[d.unit]): f"{d.prefix}{int(r[d.unit])} · {r['ratio']:.1%} of the variance"
+        return {int(r[d.unit]): f"{d.names.prefix}{int(r[d.unit])} · {r['ratio']:.1%} of the variance"
                 for _, r in rows.iterrows()}
     labels = {}
     for _, r in rows[rows["evidence_rank"].notna()].sort_values("evidence_rank").iterrows():
@@ -165,7 +165,7 @@ def _lens(uri: str, run_id: str, name: str, sign: str) -> None:
     if lens is None:
         st.info("This run logged no logit-lens table.")
         return
-    graded = name if sign == "+" else f"{name}/neg"
+    graded = artifacts.DirectionNames.signed(name, negated=sign == "-")
     if graded in cache.ranked_tokens(uri, run_id):
         st.caption(f"The organism lens of `{graded}` is graded evidence.")
     for col, lens_of in zip(st.columns(2), ("organism", "base")):
@@ -191,4 +191,4 @@ def _steer(row: pd.Series, settings, d: Directions, name: str, sign: str, key: s
         st.error(widgets.hide(f"cannot load the models: {e}"))
         return
     vector = vectors[name] if sign == "+" else -vectors[name]
-    widgets.steer_panel(base, org, name if sign == "+" else f"{name}/neg", vector, key)
+    widgets.steer_panel(base, org, artifacts.DirectionNames.signed(name, negated=sign == "-"), vector, key)
