@@ -157,7 +157,8 @@ def provenance(model: str, rows: list[dict]) -> str:
     runs = backend.runs_frame("diff")
     ids = {r["run_id"] for r in rows}
     used = runs[runs["run_id"].isin(ids)]
-    machines = sorted({t.get(tracking.TAG_MACHINE, "not recorded") for t in used["tags"]})
+    machines = sorted({t.get(tracking.TAG_MACHINE, "a machine not recorded (runs made before the tag)")
+                       for t in used["tags"]})
     first, last = used["start_time"].min(), used["start_time"].max()
     return (f"Read from `{tracking.resolve_uri()}` by `scripts/results_tables.py` on {dt.date.today().isoformat()}: "
             f"{len(ids)} diff runs of `model={model}` started {first:%Y-%m-%d %H:%M} to {last:%Y-%m-%d %H:%M} UTC on "
