@@ -21,7 +21,7 @@ from diffgame.models.loading import resolve_layers
 from diffgame.models.steering import coherent_sweep
 from diffgame.records.evidence import LATENTS, DirectionNames, Example, RankedTokens
 from diffgame.records.examples import TopKSequences, token_decoder
-from diffgame.records.schema import ANY, Checked, bounded, ge, gt, layer_field
+from diffgame.records.ranges import ANY, Checked, bounded, ge, gt, layer_field
 
 Scores = Callable[[torch.Tensor], torch.Tensor]
 """Raw inputs `[n, M, D]` -> per-token scores `[n, L]` (one column per direction)."""

@@ -25,7 +25,7 @@ from safetensors.torch import load_file, save_file
 from diffgame.dictionary.data import Inputs, ShuffledStream, input_scale
 from diffgame.dictionary.model import BatchTopK
 from diffgame.errors import ConfigError
-from diffgame.records.schema import Checked, bounded, ge, gt
+from diffgame.records.ranges import Checked, bounded, ge, gt
 
 
 @dataclass

@@ -19,7 +19,7 @@ from diffgame.models.lens import logit_lens, patchscope, top_tokens
 from diffgame.models.loading import resolve_layers
 from diffgame.models.steering import coherent_sweep
 from diffgame.records.evidence import RankedTokens
-from diffgame.records.schema import ANY, Checked, bounded, ge, gt, layer_field
+from diffgame.records.ranges import ANY, Checked, bounded, ge, gt, layer_field
 
 
 @dataclass

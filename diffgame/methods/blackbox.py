@@ -23,7 +23,7 @@ from diffgame.errors import ConfigError, DataError
 from diffgame.methods.base import Method, MethodContext, MethodResult, TextRequest
 from diffgame.models.loading import end_ids
 from diffgame.records.evidence import RankedTokens
-from diffgame.records.schema import Checked, bounded, ge, gt
+from diffgame.records.ranges import Checked, bounded, ge, gt
 
 SOURCES = ("chat", "text")
 _WORD = re.compile(r"[^\W_]+")

@@ -26,7 +26,7 @@ from diffgame.dictionary.train import TrainConfig, train_dictionary
 from diffgame.methods.base import MethodContext, MethodResult
 from diffgame.methods.directions import ReadoutMethod
 from diffgame.records.evidence import LATENTS
-from diffgame.records.schema import Range, bounded, gt
+from diffgame.records.ranges import Range, bounded, gt
 
 TAGS = ("base_only", "shared", "organism_only", "other")
 

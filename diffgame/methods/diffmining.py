@@ -21,7 +21,7 @@ from diffgame.models.batching import pad_right
 from diffgame.models.paired import default_chunk_tokens, logit_chunks, vocab_size
 from diffgame.records.evidence import Example, RankedTokens
 from diffgame.records.examples import token_decoder
-from diffgame.records.schema import Checked, bounded, ge, gt
+from diffgame.records.ranges import Checked, bounded, ge, gt
 
 
 @dataclass

@@ -22,7 +22,7 @@ from diffgame.methods.divergence import divergence_fn
 from diffgame.models.paired import default_chunk_tokens, logit_chunks, shared_vocab, vocab_size
 from diffgame.records.evidence import RankedTokens
 from diffgame.records.examples import TopKSequences, token_decoder
-from diffgame.records.schema import Checked, Range, bounded, ge, gt
+from diffgame.records.ranges import Checked, Range, bounded, ge, gt
 
 
 @dataclass

@@ -17,7 +17,7 @@ from diffgame.data.sequences import ROLES
 from diffgame.methods import plots, stats
 from diffgame.methods.base import Method, MethodContext, MethodResult
 from diffgame.records.examples import TopKSequences, token_decoder
-from diffgame.records.schema import Checked, bounded, ge, gt
+from diffgame.records.ranges import Checked, bounded, ge, gt
 
 MEASURES = ("norm", "cosine", "relative", "base_norm", "organism_norm")
 """Per-token quantities: ||h_org - h_base||, 1 - cos(h_org, h_base), norm / ||h_base||, and both norms."""

@@ -20,7 +20,7 @@ from diffgame.errors import ConfigError
 from diffgame.methods.base import MethodContext, MethodResult
 from diffgame.methods.directions import ReadoutMethod
 from diffgame.records.evidence import COMPONENTS
-from diffgame.records.schema import bounded, gt
+from diffgame.records.ranges import bounded, gt
 
 
 @dataclass
