@@ -149,13 +149,16 @@ def _play_a_round(page, port: int, tmp_path: Path) -> None:
     box = page.get_by_label("Your description")
     box.fill("the assistant replies in all caps, shouting")
     box.press("Control+Enter")  # commit the text area's value before the click
+    page.wait_for_timeout(1_000)  # the commit's rerun starts; a click during it can be lost
+    page.wait_for_function("!document.querySelector('[data-testid=\"stStatusWidget\"]')", timeout=180_000)
     page.get_by_role("button", name="Reveal and grade").click()
-    page.get_by_text("Which evidence carried the signal").wait_for(timeout=120_000)
+    for text in ("Which evidence carried the signal", "Verdict", "Matching words:"):  # graded: the guess fits caps
+        page.get_by_text(text).first.wait_for(timeout=120_000)
+    page.wait_for_function("!document.querySelector('[data-testid=\"stStatusWidget\"]')", timeout=180_000)
     body = page.locator("body").inner_text()
     found = re.search(r"(mystery-[0-9a-f]{4})\s+was\s+(\w+)", body)
     assert found and found.group(1) in blind, body[:2000]
     assert not re.search(rf"\b{found.group(2)}\b", blind)  # the organism's name appeared nowhere before the reveal
-    assert "Verdict" in body and "Matching words" in body  # graded (the guess fits caps, whichever was drawn)
     _shot(page, tmp_path, "game_reveal")
 
 

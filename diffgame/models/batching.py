@@ -1,6 +1,7 @@
-"""Batching token sequences: right-padded `[B, T]` ids with their attention mask, and length-sorted batches.
+"""Batching token sequences: right- or left-padded `[B, T]` ids with their attention mask, and length-sorted batches.
 
-Every forward over variable-length sequences (extraction, KL, ADL means, the zoo's losses) pads the same way.
+Every forward over variable-length sequences (extraction, KL, ADL means, the zoo's losses) pads right; sampling
+pads left, so every prompt's last token sits in the last column.
 """
 
 from __future__ import annotations
@@ -21,6 +22,18 @@ def pad_right(seqs: Sequence[Sequence[int]], pad_id: int, width: int | None = No
     for row, (s, n) in enumerate(zip(seqs, lengths)):
         ids[row, :n] = torch.as_tensor(list(s[:n]) if not isinstance(s, torch.Tensor) else s[:n], dtype=torch.long)
         mask[row, :n] = 1
+    return ids, mask
+
+
+def pad_left(seqs: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Ids `[B, T]` left-padded with `pad_id` and the attention mask `[B, T]` (1 on real tokens)."""
+    width = max((len(s) for s in seqs), default=0)
+    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(seqs), width), dtype=torch.long)
+    for row, s in enumerate(seqs):
+        if len(s):
+            ids[row, width - len(s):] = torch.as_tensor(list(s), dtype=torch.long)
+            mask[row, width - len(s):] = 1
     return ids, mask
 
 

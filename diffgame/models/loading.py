@@ -167,6 +167,11 @@ def end_ids(tokenizer) -> list[int]:
                    if i is not None})
 
 
+def stop_ids(tokenizer) -> set[int]:
+    """Token ids that end a sampled reply: every special token (an end of turn, a new turn) and `end_ids`."""
+    return (set(getattr(tokenizer, "all_special_ids", [])) | set(end_ids(tokenizer))) - {None}
+
+
 def load_model(source: ModelSource, mcfg: ModelConfig, base: ModelSource | None = None):
     """A causal LM from a resolved source: a full model, or a LoRA adapter merged into a fresh copy of `base`."""
     if source.kind != "lora":
