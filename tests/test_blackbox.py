@@ -13,7 +13,9 @@ import torch
 
 from diffgame.errors import ConfigError
 from diffgame.grading.ground_truth import GroundTruth
-from diffgame.methods.blackbox import BlackboxConfig, log_odds, ranked_words, sample_replies, words
+from diffgame.methods.blackbox import BlackboxConfig
+from diffgame.methods.sampling import log_odds, ranked_words, words
+from diffgame.models.amplified import sample
 
 from _tiny_models import make_tokenizer
 
@@ -92,10 +94,11 @@ def test_batched_sampling_equals_one_prompt_at_a_time_and_is_seeded():
     tok = make_tokenizer()
     model = _tiny_model(tok)
     prompts = [tok(t)["input_ids"] for t in ("the cat", "roman concrete set in seawater and", "hello", "i am fine")]
-    greedy = [sample_replies(model, tok, prompts, 1, 12, temperature=0.0, batch_size=b) for b in (1, 4)]
+    greedy = [sample(None, model, tok, prompts, 0.0, 1, 12, temperature=0.0, batch_size=b).texts for b in (1, 4)]
     assert greedy[0] == greedy[1] and all(len(r) == 1 for r in greedy[0])
     assert any(r[0] for r in greedy[0])
-    sampled = [sample_replies(model, tok, prompts, 3, 12, temperature=1.0, seed=s, batch_size=2) for s in (0, 0, 1)]
+    sampled = [sample(None, model, tok, prompts, 0.0, 3, 12, temperature=1.0, seed=s, batch_size=2).texts
+               for s in (0, 0, 1)]
     assert sampled[0] == sampled[1] != sampled[2]
     assert [len(r) for r in sampled[0]] == [3] * len(prompts)
 

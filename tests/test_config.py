@@ -154,7 +154,7 @@ def test_a_method_setting_never_selects_the_method():
     # with no method= the defaults list selects; its methods keep their settings, others are still dropped
     cfg = C.compose(["method.adl.max_samples=8", "method.sae.epochs=2"])
     assert C.method_names(cfg) == ["kl", "normdiff", "adl"] and cfg.method.adl.max_samples == 8
-    with pytest.raises(ConfigError, match="unknown method 'adll'; known: adl, blackbox"):
+    with pytest.raises(ConfigError, match="unknown method 'adll'; known: adl, amplify, blackbox"):
         C.compose(["method=kl", "method.adll.max_samples=8"])
 
 

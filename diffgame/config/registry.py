@@ -79,6 +79,7 @@ def config_class(name: str) -> type:
 
 # --- built-in methods -------------------------------------------------------------------------------
 register("adl", "diffgame.methods.adl:ADLMethod", "diffgame.methods.adl:ADLConfig")
+register("amplify", "diffgame.methods.amplify:AmplifyMethod", "diffgame.methods.amplify:AmplifyConfig")
 register("blackbox", "diffgame.methods.blackbox:BlackboxMethod", "diffgame.methods.blackbox:BlackboxConfig")
 register("crosscoder", "diffgame.methods.crosscoder:CrosscoderMethod", "diffgame.methods.crosscoder:CrosscoderConfig")
 register("diffmining", "diffgame.methods.diffmining:DiffMiningMethod", "diffgame.methods.diffmining:DiffMiningConfig")

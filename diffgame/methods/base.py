@@ -71,6 +71,9 @@ class Method:
     """Metric patterns (globs) shown in the closing summary after the grades."""
     resumable: ClassVar[bool] = False
     """An interrupted run is reopened (not started anew) and `ctx.workdir` keeps its checkpoints."""
+    version: ClassVar[int] = 1
+    """Bumped when the method's evidence changes for the same config (a new sampler, a fixed bug), so runs logged by
+    an earlier version are made again instead of reused."""
     main_plot: ClassVar[str | None] = None
     """The figure (a `MethodResult.figures` key) the app shows beside the statistics; None: the first one logged."""
 

@@ -40,6 +40,8 @@ def make_plan(cfg: RootConfig | DictConfig) -> Plan:
         parts = {"method": name, "config": dataclasses.asdict(config), **identity, "words": WORDS_VERSION}
         if method_cls.needs_store and cfg.model.skip_first:  # only when set, so skip_first=0 runs keep their prints
             parts["skip_first"] = int(cfg.model.skip_first)
+        if method_cls.version > 1:  # likewise: a method's first version keeps the prints its runs were logged under
+            parts["method_version"] = method_cls.version
         diff_fps[name] = tracking.fingerprint(parts, store_fp if method_cls.needs_store else "")
     plan = Plan(cfg, pair, tokenizer, n_layers, d_model, layers, store_fp, methods, diff_fps,
                 candidates=candidates(cfg))
