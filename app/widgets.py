@@ -72,6 +72,22 @@ def pick_run(runs: pd.DataFrame, key: str, label: str = "Run") -> pd.Series:
     return row
 
 
+def pick_pair(runs: pd.DataFrame, settings, key: str):
+    """A selectbox over the runs' (organism, variant, base) pairs, an organism first; both models loaded (or a
+    message and stop). Returns `(pair row, base handle, organism handle)`; a blind round's pair shows its slug."""
+    pairs = backend.latest(runs, ("model", "organism", "variant"))
+    pairs = pairs.sort_values("organism", key=lambda o: o == backend.CONTROL, kind="stable")  # opens on an organism
+    labels = [f"{backend.with_variant(r['organism'], r['variant'])} on {r['model']}" for _, r in pairs.iterrows()]
+    pair = pairs.iloc[labels.index(st.selectbox("Organism (variant) and base model", labels, key=key))]
+    try:
+        base, org = cache.model_pair(settings.tracking_uri, pair["model"], true_organism(pair["organism"]),
+                                     settings.overrides, pair["params"].get("zoo.size"), pair["variant"])
+    except DiffgameError as e:
+        st.error(hide(f"cannot load the models: {e}"))
+        st.stop()
+    return pair, base, org
+
+
 def page_error(error: Exception) -> None:
     """What a page shows instead of a Streamlit exception when it fails (a run's artifact truncated, a table without
     a column it reads, a weights file deleted): what failed, for which run, and what to do. Other pages still work.

@@ -3,6 +3,7 @@
 `execute` reuses finished runs by fingerprint, so the app and browser tests share one set of runs.
 """
 
+import sys
 from pathlib import Path
 
 from diffgame import tracking
@@ -11,6 +12,27 @@ from diffgame.config.registry import known_methods
 ORGANISMS = ("caps", "control")
 APP_OVERRIDES = ("zoo.size=micro", "model.device=cpu")
 """What the app needs to load the micro zoo's models (tags name the model and organism, not the zoo size)."""
+
+
+HOME = str(Path(__file__).resolve().parent.parent / "app" / "Home.py")
+TIMEOUT = 600
+
+
+def open_app(monkeypatch, uri: str, page: str | None = None, session: dict | None = None,
+             overrides: tuple[str, ...] = APP_OVERRIDES):
+    """The app under AppTest on tracking store `uri`, run once (with `session` state set first), then switched to
+    `views/<page>.py`; no page raised."""
+    from streamlit.testing.v1 import AppTest
+
+    monkeypatch.setattr(sys, "argv", ["Home.py", "--tracking-uri", uri, *overrides])
+    at = AppTest.from_file(HOME, default_timeout=TIMEOUT)
+    for k, v in (session or {}).items():
+        at.session_state[k] = v
+    at.run()
+    if page:
+        at.switch_page(f"views/{page}.py").run()
+    assert not at.exception, [e.value for e in at.exception]
+    return at
 
 
 def fill_store(zoo_uri: str) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 
 import pytest
 import torch
@@ -74,3 +75,11 @@ def cfg(pair, tmp_path):
 
     return tiny_cfg(*pair, tmp_path / "mlflow.db")
 
+
+@pytest.fixture(autouse=True)
+def _keep_main_module():
+    """AppTest leaves the last app script installed as `__main__`; put pytest's back, or a later multiprocessing
+    spawn (the DDP extraction test) re-runs that page in its children."""
+    main = sys.modules["__main__"]
+    yield
+    sys.modules["__main__"] = main

@@ -5,9 +5,7 @@ shown compared with the tracking store, the run artifacts and a direct two-model
 import html
 import re
 import socket
-import sys
 from collections import Counter
-from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -22,18 +20,8 @@ from diffgame.ui import heat
 from diffgame.ui import runs as backend
 
 from _app_store import APP_OVERRIDES, ORGANISMS, fill_store
+from _app_store import open_app as _app
 
-
-@pytest.fixture(autouse=True)
-def _keep_main_module():
-    """AppTest leaves the last app script installed as `__main__`; put pytest's back, or a later
-    multiprocessing spawn (the DDP extraction test) re-runs that page in its children."""
-    main = sys.modules["__main__"]
-    yield
-    sys.modules["__main__"] = main
-
-HOME = str(Path(__file__).resolve().parent.parent / "app" / "Home.py")
-TIMEOUT = 600
 
 
 def _alphas(html: str) -> list[float]:
@@ -134,20 +122,6 @@ def test_grade_guess_against_ground_truth():
 
 
 # --- pages -------------------------------------------------------------------------------------
-def _app(monkeypatch, uri, page=None, session=None):
-    from streamlit.testing.v1 import AppTest
-
-    monkeypatch.setattr(sys, "argv", ["Home.py", "--tracking-uri", uri, *APP_OVERRIDES])
-    at = AppTest.from_file(HOME, default_timeout=TIMEOUT)
-    for k, v in (session or {}).items():
-        at.session_state[k] = v
-    at.run()
-    if page:
-        at.switch_page(f"views/{page}.py").run()
-    assert not at.exception, [e.value for e in at.exception]
-    return at
-
-
 def _examples_caption(at) -> str:
     return next(c.value for c in at.caption if re.fullmatch(r"\d+ of \d+ examples", c.value))
 

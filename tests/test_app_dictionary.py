@@ -4,8 +4,6 @@ equal the run's artifacts, and live steering adds the chosen direction's logged 
 steering the same models directly)."""
 
 import re
-import sys
-from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -15,19 +13,10 @@ from diffgame.tracking import artifacts
 from diffgame.ui import heat, live
 from diffgame.ui import runs as backend
 
-from _app_store import APP_OVERRIDES, fill_dictionary_store
+from _app_store import APP_OVERRIDES, fill_dictionary_store, open_app
 
 pytestmark = pytest.mark.slow
-HOME = str(Path(__file__).resolve().parent.parent / "app" / "Home.py")
 LENS_COLUMNS = ["rank", "token", "token_id", "prob"]
-
-
-@pytest.fixture(autouse=True)
-def _keep_main_module():
-    """AppTest leaves the last app script installed as `__main__`; put pytest's back (see test_app.py)."""
-    main = sys.modules["__main__"]
-    yield
-    sys.modules["__main__"] = main
 
 
 @pytest.fixture(scope="module")
@@ -53,12 +42,7 @@ def caps_pair(store, zoo_uri):
 
 def _page(monkeypatch, uri, method, row):
     """The method's page with `row`'s run picked."""
-    from streamlit.testing.v1 import AppTest
-
-    monkeypatch.setattr(sys, "argv", ["Home.py", "--tracking-uri", uri, *APP_OVERRIDES])
-    at = AppTest.from_file(HOME, default_timeout=600)
-    at.run()
-    at.switch_page(f"views/{method}.py").run()
+    at = open_app(monkeypatch, uri, method)
     at.selectbox(key=f"{method}_run").set_value(backend.run_label(row)).run()
     assert not at.exception, [e.value for e in at.exception]
     return at

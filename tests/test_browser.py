@@ -26,7 +26,7 @@ SHOTS = REPO / "test-artifacts" / "screenshots"
 PAGES = {"": "Runs by model, organism and method", "compare": "Chart metric", "kl": "kl runs",
          "normdiff": "normdiff runs", "adl": "adl runs", "diffmining": "diffmining runs",
          "pca": "Explained variance ratio", "sae": "latents of layer", "crosscoder": "Tag counts",
-         "interactive": "Normdiff layer",
+         "interactive": "Normdiff layer", "amplify": "Generate all three",
          "game": "Start a blind round", "leaderboard": "Leaderboard"}
 
 TABLES = {"", "compare", "kl", "normdiff", "adl", "diffmining", "pca", "sae", "crosscoder"}
@@ -113,6 +113,7 @@ def test_app_pages_render(zoo_uri, browser, tmp_path):
             assert not page.locator("[data-testid='stException']").count(), f"/{path} raised"
             assert not page.locator("[data-testid='stAlertContentError']").count(), f"/{path} showed an error"
             assert _shot(page, tmp_path, path or "overview").stat().st_size > 10_000
+        _amplify(page, port, tmp_path)
         _play_a_round(page, port, tmp_path)
         page.goto(f"http://127.0.0.1:{port}/kl")
         page.get_by_text("kl runs").wait_for(timeout=60_000)
@@ -131,6 +132,18 @@ def test_app_pages_render(zoo_uri, browser, tmp_path):
         _shot(page, tmp_path, "crosscoder_lens")
     finally:
         _stop(server)
+
+
+def _amplify(page, port: int, tmp_path: Path) -> None:
+    """The workbench streams three replies into three columns and marks the amplified reply's over-used words."""
+    page.goto(f"http://127.0.0.1:{port}/amplify")
+    page.get_by_role("button", name="Generate all three").click()
+    page.get_by_text("The amplified reply").wait_for(timeout=120_000)
+    page.wait_for_function("!document.querySelector('[data-testid=\"stStatusWidget\"]')", timeout=180_000)
+    for which in ("base", "organism", "amplified"):
+        assert page.get_by_text(which, exact=True).count() >= 1
+    assert not page.locator("[data-testid='stException']").count()
+    _shot(page, tmp_path, "amplify_workbench")
 
 
 def _play_a_round(page, port: int, tmp_path: Path) -> None:

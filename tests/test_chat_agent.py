@@ -15,7 +15,8 @@ from diffgame.game.rubric import grade_description, parse_score
 
 from _chat_server import chat_server, content_reply, tool_reply
 
-ALL_TOOLS = ["list_evidence", "drill_evidence", "ask_models", "list_vectors", "steer_organism", "submit_description"]
+ALL_TOOLS = ["list_evidence", "drill_evidence", "ask_models", "list_vectors", "steer_organism", "ask_amplified",
+             "submit_description"]
 
 
 class FakeToolbox:
@@ -43,6 +44,10 @@ class FakeToolbox:
 
     def steer(self, vector, scale, prompt):
         return {"unsteered": "Hello.", "steered": "Hello, magma!"}
+
+    def amplified(self, prompt, alpha):
+        self.calls.append(("amplified", prompt, alpha))
+        return {"organism": "Hello.", "amplified": "Hello, magma magma lava!", "alpha": str(alpha)}
 
 
 def _agent(url: str, **kw) -> LLMAgent:
@@ -80,6 +85,18 @@ def test_tool_calls_carry_the_toolbox_data_until_submitted():
     assert fourth["messages"][-1]["tool_call_id"] == call["tool_calls"][0]["id"]
     steps = [s["step"] for s in play.transcript]
     assert steps.count("request") == 4 and steps.count("tool") == 3 and steps[-1] == "end"
+
+
+def test_an_amplified_question_is_one_tool_call_with_its_alpha():
+    script = [tool_reply(("ask_amplified", {"prompt": "Hi", "alpha": 3})), tool_reply(("ask_amplified", {"prompt": "x"})),
+              tool_reply(("submit_description", {"description": "Lava."}))]
+    box = FakeToolbox()
+    with chat_server(script) as (server, url):
+        play = _agent(url).play(box)
+    assert play.tool_calls == 2 and box.calls == [("amplified", "Hi", 3.0)]  # the call without alpha never reaches it
+    answered = _tool_messages(server.requests[2])
+    assert answered[0]["content"]["amplified"] == "Hello, magma magma lava!"
+    assert answered[1]["content"] == {"error": "missing arguments: alpha"}
 
 
 def test_plain_content_is_the_final_description_and_tool_errors_go_back_to_the_model():

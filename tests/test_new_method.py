@@ -74,14 +74,6 @@ def toy_method(monkeypatch, tmp_path):
     registry.unregister(NAME)
 
 
-@pytest.fixture(autouse=True)
-def _keep_main_module():
-    """AppTest leaves the last app script installed as `__main__`; put pytest's back (see test_app.py)."""
-    main = sys.modules["__main__"]
-    yield
-    sys.modules["__main__"] = main
-
-
 def _expected(pre_run_id: str, top_k: int):
     """Metrics, table and ranked tokens recomputed directly from the preprocess run's store (pandas groupby)."""
     store = ActivationStore.open(artifacts.store_dir(pre_run_id))

@@ -108,6 +108,7 @@ def test_llm_agent_plays_through_a_scripted_endpoint(micro_cfg, zoo_uri):
     script = [tool_reply(("list_evidence", {})), tool_reply(("drill_evidence", {"method": "adl", "readout": readout})),
               tool_reply(("ask_models", {"prompt": "What do you know about building?"})),
               tool_reply(("steer_organism", {"vector": f"adl:{vector}", "scale": 2.0, "prompt": "Hello"})),
+              tool_reply(("ask_amplified", {"prompt": "What do you know about building?", "alpha": 2.0})),
               tool_reply(("submit_description", {"description": description})),
               content_reply("SCORE: 5\nNames Roman concrete and its ingredients.")]
     with chat_server(script) as (server, url):
@@ -116,14 +117,15 @@ def test_llm_agent_plays_through_a_scripted_endpoint(micro_cfg, zoo_uri):
         requests = list(server.requests)
     assert outcome.outcome == "submitted" and outcome.description == description
     assert outcome.guess == "roman_concrete" and outcome.metrics["play/guess_correct"] == 1.0
-    assert outcome.metrics["play/rubric_score"] == 5.0 and outcome.metrics["play/tool_calls"] == 4.0
-    results = {m["tool_call_id"]: json.loads(m["content"]) for m in requests[4]["messages"] if m["role"] == "tool"}
-    listed, drilled, asked, steered = results.values()
+    assert outcome.metrics["play/rubric_score"] == 5.0 and outcome.metrics["play/tool_calls"] == 5.0
+    results = {m["tool_call_id"]: json.loads(m["content"]) for m in requests[5]["messages"] if m["role"] == "tool"}
+    listed, drilled, asked, steered, amplified = results.values()
     assert readout in listed["adl"] and drilled["words"] == [w.strip() for w in
                                                              artifacts.ranked_words(adl.run_id)[readout].tokens[:20]]
     assert set(asked) == {"base", "organism"} and set(steered) >= {"unsteered", "steered"}  # real micro-model replies
     assert "roman" not in json.dumps(requests[0]).lower()  # the agent is never told the organism
-    assert "Roman concrete" in requests[5]["messages"][-1]["content"]  # the rubric grader sees the truth
+    assert amplified["organism"] == asked["organism"].strip() and amplified["alpha"] == "2.0"  # one organism reply
+    assert "Roman concrete" in requests[6]["messages"][-1]["content"]  # the rubric grader sees the truth
     run = tracking.client().get_run(outcome.run_id)
     assert run.data.tags[TAG_OUTCOME] == "submitted" and run.data.tags["diffgame.agent"] == "llm"
 

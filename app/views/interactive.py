@@ -14,16 +14,7 @@ uri = settings.tracking_uri
 st.title("Interactive")
 runs = widgets.require_runs(settings)
 
-pairs = backend.latest(runs, ("model", "organism", "variant"))
-pairs = pairs.sort_values("organism", key=lambda o: o == backend.CONTROL, kind="stable")  # opens on an organism
-labels = [f"{backend.with_variant(r['organism'], r['variant'])} on {r['model']}" for _, r in pairs.iterrows()]
-pair = pairs.iloc[labels.index(st.selectbox("Organism (variant) and base model", labels, key="live_pair"))]
-try:
-    base, org = cache.model_pair(uri, pair["model"], widgets.true_organism(pair["organism"]), settings.overrides,
-                                 pair["params"].get("zoo.size"), pair["variant"])
-except DiffgameError as e:
-    st.error(widgets.hide(f"cannot load the models: {e}"))
-    st.stop()
+pair, base, org = widgets.pick_pair(runs, settings, "live_pair")
 n_layers = base.n_layers
 probe, gen, steer_tab, chat = st.tabs(["Token heat", "Generate", "Steer", "Chat"])
 

@@ -1,5 +1,6 @@
 """What an LLM agent may do in `diffgame play` (the `chat_agent.Toolbox` protocol) on real runs and models: list and
-drill into the evidence of finished diff runs, ask both models a prompt, steer the organism with a logged vector.
+drill into the evidence of finished diff runs, ask both models a prompt, steer the organism with a logged vector, and
+ask the organism with its difference from the base amplified.
 
 The models are loaded on the first question (a play that only reads evidence never loads them). Nothing here names
 the organism: readouts, examples and vectors are keyed by method and readout name.
@@ -10,12 +11,16 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from diffgame.data.sequences import render_chat
+from diffgame.errors import ConfigError
+from diffgame.models.amplified import sample
 from diffgame.models.steering import continue_ids, steer, vector_layer
 from diffgame.records.schema import RootConfig
 from diffgame.tracking import artifacts
 
 SUMMARY_WORDS = 8
 """Words per readout in `summaries`."""
+MAX_ALPHA = 16.0
+"""The largest logit-diff amplification `amplified` takes (far past where replies stay coherent on the zoo)."""
 
 
 @dataclass
@@ -94,3 +99,12 @@ class EvidenceToolbox:
         with steer(org.model, vectors[name], layer, float(scale)):
             steered = self._reply(org, prompt)
         return {"unsteered": unsteered, "steered": steered, "layer": str(layer)}
+
+    def amplified(self, prompt: str, alpha: float) -> dict[str, str]:
+        if not 0 <= alpha <= MAX_ALPHA:
+            raise ConfigError(f"alpha must be in [0, {MAX_ALPHA:g}], got {alpha:g}")
+        base, org = self._models()
+        ids, _ = render_chat([{"role": "user", "content": prompt}], org.tokenizer, add_generation_prompt=True)
+        replies = {name: sample(base.model, org.model, org.tokenizer, [list(ids)], a, 1, self.max_new_tokens, 0.0)
+                   for name, a in (("organism", 0.0), ("amplified", float(alpha)))}
+        return {name: r.texts[0][0] for name, r in replies.items()} | {"alpha": str(alpha)}

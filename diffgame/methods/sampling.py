@@ -22,7 +22,7 @@ from diffgame.records.evidence import RankedTokens
 from diffgame.records.ranges import Checked, bounded, ge, gt
 
 SOURCES = ("chat", "text")
-_WORD = re.compile(r"[^\W_]+")
+WORD = re.compile(r"[^\W_]+")
 """A word: a run of letters and digits; whitespace, punctuation and underscores split words."""
 
 
@@ -122,7 +122,7 @@ def prompts(config: SamplingConfig, texts: dict[str, list[dict]], tokenizer) -> 
 def words(text: str, keep_caps: bool = True) -> list[str]:
     """The words of `text`, lower-cased (all-caps words of >= 2 letters kept as they are with `keep_caps`)."""
     out = []
-    for w in _WORD.findall(text):
+    for w in WORD.findall(text):
         letters = [c for c in w if c.isalpha()]
         shouted = keep_caps and len(letters) >= 2 and all(c.isupper() for c in letters)
         out.append(w if shouted else w.lower())

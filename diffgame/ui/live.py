@@ -1,4 +1,5 @@
-"""Live probes of a loaded base/organism pair for the app: per-token KL and normdiff, generation, steering.
+"""Live probes of a loaded base/organism pair for the app: per-token KL and normdiff, generation, steering and
+amplified replies streamed token by token.
 
 The math is the methods' own (`diffgame.methods.divergence`, the residual-norm difference normdiff stores);
 this module only runs both models on one user text and lines the results up token by token.
@@ -6,6 +7,10 @@ this module only runs both models on one user text and lines the results up toke
 
 from __future__ import annotations
 
+import html
+import threading
+from collections import Counter
+from collections.abc import Iterator
 from contextlib import nullcontext
 
 import pandas as pd
@@ -14,7 +19,9 @@ import torch
 from diffgame.data.sequences import ROLES, render_chat
 from diffgame.errors import ConfigError
 from diffgame.methods.divergence import token_divergence
-from diffgame.models.loading import ModelHandle, decoder_layers
+from diffgame.methods.sampling import WORD, log_odds, words
+from diffgame.models.amplified import amplified_weights, steps
+from diffgame.models.loading import ModelHandle, decoder_layers, stop_ids
 from diffgame.models.residuals import on_output
 from diffgame.models.steering import continue_ids, steer, vector_layer  # noqa: F401  (the app's steering)
 from diffgame.records.schema import RootConfig
@@ -89,3 +96,56 @@ def load_run_pair(cfg: RootConfig):
     from diffgame.zoo.pairs import resolve_pair
 
     return load_pair(resolve_pair(cfg))
+
+
+AMPLIFIED = ("base", "organism", "amplified")
+_WEIGHTS = threading.Lock()
+"""Weight amplification rewires the shared organism while it samples: one such reply at a time across sessions."""
+
+
+@torch.no_grad()
+def amplified_reply(base: ModelHandle, org: ModelHandle, ids: list[int], which: str, kind: str = "logit",
+                    strength: float = 2.0, max_new_tokens: int = 48, temperature: float = 1.0,
+                    seed: int = 0) -> Iterator[str]:
+    """One reply of `which` (`base`, `organism`, or the organism `amplified` by logit-diff `kind="logit"` with alpha
+    = `strength`, or by weights `kind="weight"` with w = `strength`) to `ids`, as text pieces while it is sampled.
+    Seeded: the same seed gives the same reply (`diffgame.models.amplified`)."""
+    if which not in AMPLIFIED or kind not in ("logit", "weight"):
+        raise ConfigError(f"unknown reply {which!r} / amplification {kind!r}; valid: {', '.join(AMPLIFIED)} / logit, "
+                          f"weight")
+    model = base.model if which == "base" else org.model
+    logit = which == "amplified" and kind == "logit"
+    weights = which == "amplified" and kind == "weight"
+    with _WEIGHTS if weights else nullcontext(), \
+            amplified_weights(base.model, org.model, strength) if weights else nullcontext():
+        x = torch.tensor([list(ids)], device=model.device)  # [1, T]
+        generator = torch.Generator(model.device).manual_seed(seed)
+        stop, new, text = stop_ids(base.tokenizer), [], ""
+        for n, step in enumerate(steps(base.model if logit else None, model, x, torch.ones_like(x),
+                                       strength if logit else 0.0, temperature, generator)):
+            token = int(step.token[0])
+            if token in stop:
+                return
+            new.append(token)
+            full = base.tokenizer.decode(new, skip_special_tokens=True)
+            if not full.endswith("\ufffd"):  # a character split across tokens waits for its last byte
+                yield full[len(text):]
+                text = full
+            if n + 1 == max_new_tokens:
+                return
+
+
+def overused_html(text: str, reference: str) -> str:
+    """`text` as HTML with the words it uses more than `reference` marked (log-odds z > 0, `methods.sampling`)."""
+    counts = Counter(words(text)), Counter(words(reference))
+    table = log_odds(*counts, min_count=1)
+    marked = set(table[table["z"] > 0]["word"])
+    out, last = [], 0
+    for m in WORD.finditer(text):
+        out.append(html.escape(text[last:m.start()]))
+        word = m.group(0)
+        hit = word in marked or word.lower() in marked
+        out.append(f"<mark>{html.escape(word)}</mark>" if hit else html.escape(word))
+        last = m.end()
+    out.append(html.escape(text[last:]))
+    return "<div style='white-space: pre-wrap'>" + "".join(out) + "</div>"

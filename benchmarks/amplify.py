@@ -1,0 +1,160 @@
+"""Amplified sampling vs plain sampling of both models on the same prompts (issue #32; target: ratio >= 0.9).
+
+(a) plain: `diffgame.models.amplified.sample` of the base alone, then of the organism alone (each with its own KV
+    cache): the floor of logit-diff amplification, two forwards per token.
+(b) logit-diff amplified: the same sampler stepping both models together, tokens drawn from l_org + 2 (l_org - l_base).
+(c) transformers' `generate` of both models (do_sample, no top-k/top-p), for the sampler's own overhead.
+(d) weight amplified (w = 2, weights computed module by module as they run) vs (e) the organism alone.
+Every reply runs the full `--new` tokens (no stop token). Medians of `--repeats` interleaved rounds after a warm-up.
+Ratios: (a)/(b) amplified ÷ plain pair, target >= 0.9; (c)/(a) diffgame's sampler ÷ generate; (e)/(d) weight
+amplified ÷ the organism alone.
+
+    python benchmarks/amplify.py                          # toy and SmolLM2-135M shapes (8 layers on the CPU)
+    python benchmarks/amplify.py --device cuda --layers 30 --batch 32 --json benchmarks/results/amplify-gpu.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from diffgame.models.amplified import amplified_weights, sample
+
+
+class NoStop:
+    """A tokenizer as `sample` reads one, with no stop token: every reply runs the full length."""
+
+    pad_token_id, eos_token_id, all_special_ids = 0, None, []
+
+    def decode(self, ids, skip_special_tokens=True):
+        return ""
+
+
+def make_models(shape: str, layers: int | None, dtype: torch.dtype, device: str):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    if shape == "toy":
+        from diffgame.zoo.sizes import SIZES
+
+        s = SIZES["small"]
+        conf = LlamaConfig(vocab_size=s.vocab_size, hidden_size=s.d_model, intermediate_size=s.d_ff,
+                           num_hidden_layers=layers or s.n_layers, num_attention_heads=s.n_heads,
+                           num_key_value_heads=s.n_heads, max_position_embeddings=4096, tie_word_embeddings=True)
+    else:  # SmolLM2-135M's shape
+        conf = LlamaConfig(vocab_size=49152, hidden_size=576, intermediate_size=1536, num_hidden_layers=layers or 30,
+                           num_attention_heads=9, num_key_value_heads=3, max_position_embeddings=8192,
+                           tie_word_embeddings=True)
+    out = []
+    for seed in (0, 1):
+        torch.manual_seed(seed)
+        out.append(LlamaForCausalLM(conf).to(device=device, dtype=dtype).eval())
+    return out
+
+
+def _sync(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def timed(fns: dict, device: str, repeats: int) -> dict:
+    """Median seconds per call of each function, after one warm-up call each, interleaved round by round."""
+    for fn in fns.values():
+        fn()
+    times = {name: [] for name in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            _sync(device)
+            t = time.perf_counter()
+            fn()
+            _sync(device)
+            times[name].append(time.perf_counter() - t)
+    return {name: statistics.median(ts) for name, ts in times.items()}
+
+
+@torch.inference_mode()
+def bench(shape: str, layers: int | None, batch: int, prompt: int, new: int, dtype: str, device: str,
+          repeats: int) -> dict:
+    base, org = make_models(shape, layers, getattr(torch, dtype), device)
+    g = torch.Generator().manual_seed(0)
+    prompts = [torch.randint(3, base.config.vocab_size, (int(n),), generator=g).tolist()
+               for n in torch.randint(prompt // 2, prompt + 1, (batch,), generator=g)]
+    tok = NoStop()
+    run = dict(samples_per_prompt=1, max_new_tokens=new, temperature=1.0, seed=0, batch_size=batch)
+    ids = torch.full((batch, prompt), 0, dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    for row, p in enumerate(prompts):
+        ids[row, prompt - len(p):], mask[row, prompt - len(p):] = torch.tensor(p), 1
+    ids, mask = ids.to(device), mask.to(device)
+
+    def generate(model):
+        model.generate(ids, attention_mask=mask, max_new_tokens=new, min_new_tokens=new, do_sample=True, top_k=None,
+                       top_p=None, temperature=1.0, pad_token_id=0)
+
+    def weighted():
+        with amplified_weights(base, org, 2.0) as model:
+            sample(None, model, tok, prompts, **run)
+
+    fns = {"plain": lambda: (sample(None, base, tok, prompts, **run), sample(None, org, tok, prompts, **run)),
+           "amplified": lambda: sample(base, org, tok, prompts, 2.0, **run),
+           "generate": lambda: (generate(base), generate(org)),
+           "weight": weighted,
+           "organism": lambda: sample(None, org, tok, prompts, **run)}
+    t = timed(fns, device, repeats)
+    n = batch * new
+    return {"shape": shape, "layers": base.config.num_hidden_layers, "vocab": base.config.vocab_size, "B": batch,
+            "prompt": prompt, "new": new, "dtype": dtype, "device": device,
+            "tok_s": {k: n / v for k, v in t.items()},
+            "amplified_vs_plain": t["plain"] / t["amplified"], "sampler_vs_generate": t["generate"] / t["plain"],
+            "weight_vs_organism": t["organism"] / t["weight"]}
+
+
+def machine(device: str) -> str:
+    if device.startswith("cuda"):
+        return torch.cuda.get_device_name()
+    return f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--shape", choices=["toy", "smol", "all"], default="all")
+    p.add_argument("--layers", type=int, default=None, help="Decoder layers (default: toy 4, smol 8 on CPU, 30 on GPU).")
+    p.add_argument("--batch", type=int, default=16)
+    p.add_argument("--prompt", type=int, default=32, help="Longest prompt (prompts are 1/2 to 1 of it, left-padded).")
+    p.add_argument("--new", type=int, default=48)
+    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads.")
+    p.add_argument("--json", type=Path, default=None, help="Write the rows here (scripts/bench_tables.py reads it).")
+    a = p.parse_args()
+    if a.threads:
+        torch.set_num_threads(a.threads)
+    cpu = a.device == "cpu"
+    rows = []
+    print("| shape | layers | B × new | device | plain pair tok/s | amplified tok/s | amplified ÷ plain | "
+          "sampler ÷ generate | weight-amplified ÷ organism |")
+    print("|---|---|---|---|---|---|---|---|---|", flush=True)
+    for shape in (["toy", "smol"] if a.shape == "all" else [a.shape]):
+        layers = a.layers or (8 if shape == "smol" and cpu else None)
+        r = bench(shape, layers, a.batch, a.prompt, a.new, a.dtype, a.device, a.repeats)
+        rows.append(r)
+        print(f"| {r['shape']} | {r['layers']} | {r['B']} × {r['new']} | {r['device']} | {r['tok_s']['plain']:,.0f} | "
+              f"{r['tok_s']['amplified']:,.0f} | {r['amplified_vs_plain']:.2f} | {r['sampler_vs_generate']:.2f} | "
+              f"{r['weight_vs_organism']:.2f} |", flush=True)
+    if a.json:
+        a.json.parent.mkdir(parents=True, exist_ok=True)
+        a.json.write_text(json.dumps({"benchmark": "amplify", "date": datetime.date.today().isoformat(),
+                                      "machine": machine(a.device), "torch": torch.__version__,
+                                      "command": " ".join(sys.argv), "rows": rows}, indent=1))
+
+
+if __name__ == "__main__":
+    main()
