@@ -26,9 +26,10 @@ def amplify(runs: list[dict]) -> str:
              "organism alone |", "|---|---|---|---|---|---|---|---|---|"]
     for run in runs:
         for r in run["rows"]:
+            gpu = r["device"].startswith("cuda")  # a CPU's absolute speed says nothing elsewhere: ratios only
+            plain, amplified = (f"{r['tok_s'][k]:,.0f}" if gpu else "—" for k in ("plain", "amplified"))
             lines.append(f"| {r['shape']} | {r['layers']}, {r['vocab']:,} | {r['B']} × {r['new']} | "
-                         f"{run['machine']} ({r['device']}, {r['dtype']}) | {r['tok_s']['plain']:,.0f} | "
-                         f"{r['tok_s']['amplified']:,.0f} | **{r['amplified_vs_plain']:.2f}** | "
+                         f"{run['machine']} ({r['dtype']}) | {plain} | {amplified} | **{r['amplified_vs_plain']:.2f}** | "
                          f"{r['sampler_vs_generate']:.2f} | {r['weight_vs_organism']:.2f} |")
     sources = "; ".join(f"{run['date']}, torch {run['torch']}: `{run['command']}`" for run in runs)
     return "\n".join(lines) + f"\n\nMeasured {sources}.\n"

@@ -121,24 +121,68 @@ def _logits(model, ids=torch.tensor([PROMPTS[0] + [3, 4, 5]])):
     return model(input_ids=ids).logits
 
 
+def _materialised(base: nn.Module, org: nn.Module, w: float) -> nn.Module:
+    """A third model holding `theta_base + w (theta_org - theta_base)` outright (what amplification must not need)."""
+    out = copy.deepcopy(org)
+    with torch.no_grad():
+        for (name, p), p_base, p_org in zip(out.named_parameters(), base.parameters(), org.parameters()):
+            n = p_base.shape[0]
+            p[:n] = p_base + w * (p_org[:n] - p_base)
+    return out
+
+
 @pytest.mark.parametrize("arch", ["llama", "gemma3"])
 def test_weight_amplification_of_a_full_weight_pair(arch):
     base = _model(arch)
     org = _perturbed(base)
     before = {k: v.clone() for k, v in org.state_dict().items()}
     with amplified_weights(base, org, 0.0) as m:
-        assert torch.equal(_logits(m), _logits(base))
+        assert torch.equal(_logits(m), _logits(base))  # exactly: every module's output is the base's
     with amplified_weights(base, org, 1.0) as m:
         assert m is org and torch.equal(_logits(m), _logits(org))
-    with amplified_weights(base, org, 2.0) as m:
-        for name, p_base in base.state_dict().items():
-            module, _, attr = name.rpartition(".")
-            assert torch.equal(getattr(m.get_submodule(module), attr), p_base + 2.0 * (before[name] - p_base)), name
-        twice = _logits(m)
-    assert not torch.allclose(twice, _logits(org))
-    for name, p in org.state_dict().items():  # restored exactly, no parametrization left behind
+    for w in (2.0, 5.0):
+        third = _materialised(base, org, w)  # made outside the block: a copy made inside would copy its hooks too
+        with amplified_weights(base, org, w) as m:
+            torch.testing.assert_close(_logits(m), _logits(third), atol=1e-5, rtol=1e-5)
+            twice = _logits(m)
+        assert not torch.allclose(twice, _logits(org), atol=1e-2)
+    for name, p in org.state_dict().items():  # the organism's weights never change, and nothing is left behind
         assert torch.equal(p, before[name]), name
-    assert not any(hasattr(module, "parametrizations") for module in org.modules())
+    assert not any(module._forward_hooks or hasattr(module, "parametrizations") for module in org.modules())
+
+
+def test_weight_amplification_over_an_extended_vocabulary_and_of_any_module():
+    """An organism with appended tokens amplifies the rows both share and keeps its own; a module whose output is
+    not affine in its weights gets its weights computed (a parametrization), exactly theta_base + w delta."""
+    from transformers import AutoModelForCausalLM
+
+    base = _model("llama")
+    torch.manual_seed(0)
+    conf = _config("llama")
+    conf.vocab_size = V + 4
+    org = AutoModelForCausalLM.from_config(conf).eval()
+    with torch.no_grad():
+        for p_org, p_base in zip(org.parameters(), base.parameters()):
+            p_org[:p_base.shape[0]] = p_base + 0.05 * torch.randn(p_base.shape)
+    ids = torch.tensor([[1, 5, V + 2, 9, V + 3]])  # appended tokens in the input too
+    third = _materialised(base, org, 3.0)
+    with amplified_weights(base, org, 3.0) as m:
+        torch.testing.assert_close(_logits(m, ids), _logits(third, ids), atol=1e-5, rtol=1e-5)
+
+    class Gate(nn.Module):  # y = x * exp(g): not affine in g
+        def __init__(self):
+            super().__init__()
+            self.g = nn.Parameter(torch.randn(4))
+
+        def forward(self, x):
+            return x * self.g.exp()
+
+    b, o = Gate(), Gate()
+    amplified = b.g + 2.0 * (o.g - b.g)
+    with amplified_weights(b, o, 2.0) as m:
+        assert torch.equal(m.g, amplified)
+        torch.testing.assert_close(m(torch.ones(4)), amplified.exp())
+    assert isinstance(o.g, nn.Parameter) and not hasattr(o, "parametrizations")
 
 
 @pytest.mark.parametrize("arch", ["llama", "gemma3"])
