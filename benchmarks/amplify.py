@@ -10,7 +10,7 @@ Ratios: (a)/(b) amplified ÷ plain pair, target >= 0.9; (c)/(a) diffgame's sampl
 amplified ÷ the organism alone.
 
     python benchmarks/amplify.py                          # toy and SmolLM2-135M shapes (8 layers on the CPU)
-    python benchmarks/amplify.py --device cuda --layers 30 --batch 32 --json benchmarks/results/amplify-gpu.json
+    python benchmarks/amplify.py --device cuda --layers 30 --batch 32 --json benchmarks/measured/amplify-gpu.json
 """
 
 from __future__ import annotations

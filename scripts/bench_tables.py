@@ -1,8 +1,8 @@
-"""Write docs/benchmarks.md's tables from the JSON the benchmarks write (`--json benchmarks/results/<name>-*.json`):
+"""Write docs/benchmarks.md's tables from the JSON the benchmarks write (`--json benchmarks/measured/<name>-*.json`):
 every row between a page's `<!-- bench: <name> -->` and `<!-- bench end -->` markers comes from here, with the date,
 machine and command of the run that measured it.
 
-    python benchmarks/amplify.py --json benchmarks/results/amplify-cpu.json
+    python benchmarks/amplify.py --json benchmarks/measured/amplify-cpu.json
     python scripts/bench_tables.py --write docs/benchmarks.md
 """
 
