@@ -15,7 +15,8 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-RESULTS = ROOT / "benchmarks" / "results"
+RESULTS = ROOT / "benchmarks" / "measured"
+"""The benchmarks' JSON that the docs' tables are made from (committed; `benchmarks/results/` is scratch)."""
 PAGE = ROOT / "docs" / "benchmarks.md"
 BLOCK = re.compile(r"(<!-- bench: (?P<name>[\w-]+) -->\n)(?P<body>.*?)(<!-- bench end -->)", re.S)
 
