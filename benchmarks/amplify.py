@@ -20,14 +20,15 @@ import datetime
 import json
 import os
 import platform
-import statistics
 import sys
-import time
 from pathlib import Path
 
 import torch
 
 from diffgame.models.amplified import amplified_weights, sample
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import kl  # noqa: E402  (its model shapes and its interleaved timer)
 
 
 class NoStop:
@@ -40,44 +41,19 @@ class NoStop:
 
 
 def make_models(shape: str, layers: int | None, dtype: torch.dtype, device: str):
+    """The base and the organism (two seeds): `kl.py`'s toy zoo shape, or SmolLM2-135M's shape."""
+    if shape == "toy":
+        return kl.make_models("toy", layers, dtype, device)
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    if shape == "toy":
-        from diffgame.zoo.sizes import SIZES
-
-        s = SIZES["small"]
-        conf = LlamaConfig(vocab_size=s.vocab_size, hidden_size=s.d_model, intermediate_size=s.d_ff,
-                           num_hidden_layers=layers or s.n_layers, num_attention_heads=s.n_heads,
-                           num_key_value_heads=s.n_heads, max_position_embeddings=4096, tie_word_embeddings=True)
-    else:  # SmolLM2-135M's shape
-        conf = LlamaConfig(vocab_size=49152, hidden_size=576, intermediate_size=1536, num_hidden_layers=layers or 30,
-                           num_attention_heads=9, num_key_value_heads=3, max_position_embeddings=8192,
-                           tie_word_embeddings=True)
+    conf = LlamaConfig(vocab_size=49152, hidden_size=576, intermediate_size=1536, num_hidden_layers=layers or 30,
+                       num_attention_heads=9, num_key_value_heads=3, max_position_embeddings=8192,
+                       tie_word_embeddings=True)
     out = []
     for seed in (0, 1):
         torch.manual_seed(seed)
         out.append(LlamaForCausalLM(conf).to(device=device, dtype=dtype).eval())
     return out
-
-
-def _sync(device: str) -> None:
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
-
-
-def timed(fns: dict, device: str, repeats: int) -> dict:
-    """Median seconds per call of each function, after one warm-up call each, interleaved round by round."""
-    for fn in fns.values():
-        fn()
-    times = {name: [] for name in fns}
-    for _ in range(repeats):
-        for name, fn in fns.items():
-            _sync(device)
-            t = time.perf_counter()
-            fn()
-            _sync(device)
-            times[name].append(time.perf_counter() - t)
-    return {name: statistics.median(ts) for name, ts in times.items()}
 
 
 @torch.inference_mode()
@@ -108,7 +84,7 @@ def bench(shape: str, layers: int | None, batch: int, prompt: int, new: int, dty
            "generate": lambda: (generate(base), generate(org)),
            "weight": weighted,
            "organism": lambda: sample(None, org, tok, prompts, **run)}
-    t = timed(fns, device, repeats)
+    t = kl.timed(fns, device, repeats)
     n = batch * new
     return {"shape": shape, "layers": base.config.num_hidden_layers, "vocab": base.config.vocab_size, "B": batch,
             "prompt": prompt, "new": new, "dtype": dtype, "device": device,

@@ -101,55 +101,58 @@ def identification_lines(rows: list[dict]) -> list[str]:
     return out
 
 
-def baseline_lines(rows: list[dict]) -> list[str]:
-    """Per organism: the best white-box method's control-relative score against the black-box baseline's."""
+def scores_by_organism(rows: list[dict]) -> dict[str, dict[str, float]]:
+    """Control-relative words precision@20 per organism and method; built-in organisms first, then the user's, then
+    generated ones, by name within each."""
     by_org: dict[str, dict[str, float]] = {}
     for r in rows:
         by_org.setdefault(r["organism"], {})[r["method"]] = float(r["relative/precision_at_20"])
+    return {o: by_org[o] for o in sorted(by_org, key=lambda o: ({"built-in": 0, "BYO": 1}.get(kind_of(o), 2), o))}
+
+
+def verdict(diff: float, words: tuple[str, str, str]) -> str:
+    """`words[0]` above +TIE, `words[2]` below -TIE, else `words[1]` (within a tie)."""
+    return words[0] if diff > TIE else words[2] if diff < -TIE else words[1]
+
+
+def tally_sentence(subject: str, tally: dict[str, list[str]]) -> str:
+    """`<subject> <first outcome> on n of N organisms (names), <second> on n (names) and <third> on n (names)`."""
+    (first, a), (second, b), (third, c) = tally.items()
+    names = [", ".join(x) or "none" for x in (a, b, c)]
+    return (f"{subject} {first} on {len(a)} of {len(a) + len(b) + len(c)} organisms ({names[0]}), {second} on "
+            f"{len(b)} ({names[1]}) and {third} on {len(c)} ({names[2]}); a tie is within ±{TIE:.2f}.")
+
+
+def baseline_lines(rows: list[dict]) -> list[str]:
+    """Per organism: the best white-box method's control-relative score against the black-box baseline's."""
     out = ["| organism | best white-box | its words rel. | black-box words rel. | verdict |", "|---|---|---|---|---|"]
-    tally = {"beats": [], "ties": [], "loses to": []}
-    for organism in sorted(by_org, key=lambda o: ({"built-in": 0, "BYO": 1}.get(kind_of(o), 2), o)):
-        scores = by_org[organism]
+    words = ("beats", "ties", "loses to")
+    tally = {"beats the black-box baseline": [], "ties": [], "loses": []}
+    for organism, scores in scores_by_organism(rows).items():
         white = {m: v for m, v in scores.items() if m not in (BASELINE, AMPLIFY)}
         if not white or BASELINE not in scores:
             continue
         best = max(white, key=white.get)
-        diff = white[best] - scores[BASELINE]
-        verdict = "beats" if diff > TIE else "loses to" if diff < -TIE else "ties"
-        tally[verdict].append(label(organism))
+        said = verdict(white[best] - scores[BASELINE], words)
+        list(tally.values())[words.index(said)].append(label(organism))
         out.append(f"| {label(organism)} | {best} | {fmt(white[best], '+.2f')} | {fmt(scores[BASELINE], '+.2f')} | "
-                   f"white-box {verdict} the baseline |")
-    out += ["", f"White-box diffing (its best method per organism) beats the black-box baseline on "
-                f"{len(tally['beats'])} of {sum(map(len, tally.values()))} organisms "
-                f"({', '.join(tally['beats']) or 'none'}), ties on {len(tally['ties'])} "
-                f"({', '.join(tally['ties']) or 'none'}) and loses on {len(tally['loses to'])} "
-                f"({', '.join(tally['loses to']) or 'none'}); a tie is within ±{TIE:.2f}."]
-    return out
+                   f"white-box {said} the baseline |")
+    return out + ["", tally_sentence("White-box diffing (its best method per organism)", tally)]
 
 
 def amplify_lines(rows: list[dict]) -> list[str]:
     """Per organism: amplification's control-relative score against the baseline's, at the same prompts and samples."""
-    by_org: dict[str, dict[str, dict]] = {}
-    for r in rows:
-        by_org.setdefault(r["organism"], {})[r["method"]] = r
     out = ["| organism | amplify words rel. | black-box words rel. | verdict |", "|---|---|---|---|"]
-    tally = {"reads more than": [], "ties": [], "reads less than": []}
-    for organism in sorted(by_org, key=lambda o: ({"built-in": 0, "BYO": 1}.get(kind_of(o), 2), o)):
-        found = by_org[organism]
-        if AMPLIFY not in found or BASELINE not in found:
+    words = ("reads more than", "ties", "reads less than")
+    tally = {"reads more than sampling the organism": [], "ties": [], "reads less": []}
+    for organism, scores in scores_by_organism(rows).items():
+        if AMPLIFY not in scores or BASELINE not in scores:
             continue
-        amp, base = (float(found[m]["relative/precision_at_20"]) for m in (AMPLIFY, BASELINE))
-        diff = amp - base
-        verdict = "reads more than" if diff > TIE else "reads less than" if diff < -TIE else "ties"
-        tally[verdict].append(label(organism))
-        out.append(f"| {label(organism)} | {fmt(amp, '+.2f')} | {fmt(base, '+.2f')} | amplification {verdict} "
-                   f"sampling the organism |")
-    out += ["", f"Amplification reads more than sampling the organism on {len(tally['reads more than'])} of "
-                f"{sum(map(len, tally.values()))} organisms ({', '.join(tally['reads more than']) or 'none'}), ties on "
-                f"{len(tally['ties'])} ({', '.join(tally['ties']) or 'none'}) and reads less on "
-                f"{len(tally['reads less than'])} ({', '.join(tally['reads less than']) or 'none'}); a tie is within "
-                f"±{TIE:.2f}."]
-    return out
+        said = verdict(scores[AMPLIFY] - scores[BASELINE], words)
+        list(tally.values())[words.index(said)].append(label(organism))
+        out.append(f"| {label(organism)} | {fmt(scores[AMPLIFY], '+.2f')} | {fmt(scores[BASELINE], '+.2f')} | "
+                   f"amplification {said} sampling the organism |")
+    return out + ["", tally_sentence("Amplification", tally)]
 
 
 def causal_lines(model: str, organisms: list[str]) -> list[str]:
