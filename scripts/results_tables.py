@@ -155,6 +155,24 @@ def amplify_lines(rows: list[dict]) -> list[str]:
     return out + ["", tally_sentence("Amplification", tally)]
 
 
+def rerun_spread(model: str, method: str = BASELINE, metric: str = "grade/relative/precision_at_20") -> str:
+    """How far a sampling method's score moved between its two newest runs per organism in this store (the same
+    prompts and sample count, another fingerprint: another random stream or sampler), or "" with fewer than two."""
+    runs = backend.runs_frame("diff").query("model == @model and method == @method and organism != @CONTROL")
+    moves = {}
+    for organism, group in runs.sort_values("start_time").groupby("organism"):
+        values = [m.get(metric) for m in group["metrics"] if m.get(metric) is not None][-2:]
+        if len(values) == 2:
+            moves[organism] = values[1] - values[0]
+    if not moves:
+        return ""
+    worst = max(moves, key=lambda o: abs(moves[o]))
+    mean = sum(abs(v) for v in moves.values()) / len(moves)
+    return (f"Sampling noise: between its two newest runs per organism in this store, the baseline's words rel. moved "
+            f"by {fmt(mean, '.2f')} on average and by up to {fmt(moves[worst], '+.2f')} ({label(worst)}), over "
+            f"{len(moves)} organisms; verdicts closer than that are within one random stream.")
+
+
 def causal_lines(model: str, organisms: list[str]) -> list[str]:
     """ADL's causal effect per organism (its newest adl run), control last."""
     runs = backend.latest(backend.runs_frame("diff").query("model == @model and method == 'adl'"),
@@ -210,7 +228,7 @@ def render(model: str) -> str:
              "white-box here):", "", *baseline_lines(rows), "",
              "**Amplification against the baseline** (the same neutral prompts and number of samples; amplify's "
              "score is its best of four readouts, logit or weight amplification on chat or text prompts, the "
-             "baseline's the best of two):", "", *amplify_lines(rows), "",
+             "baseline's the best of two):", "", *amplify_lines(rows), "", rerun_spread(model), "",
              "**ADL causal effect** (change of the organism's next-token loss in nats/token when δ̂ is projected out "
              "of its residual stream, against random unit directions, and the base's change when δ is added):", "",
              *causal_lines(model, organisms), MARKERS[1]]
