@@ -105,6 +105,8 @@ class EvidenceToolbox:
             raise ConfigError(f"alpha must be in [0, {MAX_ALPHA:g}], got {alpha:g}")
         base, org = self._models()
         ids, _ = render_chat([{"role": "user", "content": prompt}], org.tokenizer, add_generation_prompt=True)
-        replies = {name: sample(base.model, org.model, org.tokenizer, [list(ids)], a, 1, self.max_new_tokens, 0.0)
+        # the base runs only where it amplifies (the plain reply needs no base scores)
+        replies = {name: sample(base.model if a else None, org.model, org.tokenizer, [list(ids)], a, 1,
+                                self.max_new_tokens, 0.0)
                    for name, a in (("organism", 0.0), ("amplified", float(alpha)))}
         return {name: r.texts[0][0] for name, r in replies.items()} | {"alpha": str(alpha)}

@@ -94,9 +94,10 @@ class AmplifyMethod(Method):
                     else:
                         with amplified_weights(base, org, strength) as model:
                             amplified = replies(model)
-                    ratio = amplified.perplexity() / ppl_plain
+                    ppl = amplified.perplexity()
+                    ratio = ppl / ppl_plain
                     sweep.rows.append({"source": source, "kind": kind, "strength": float(strength),
-                                       "perplexity": amplified.perplexity(), "ppl_ratio": ratio,
+                                       "perplexity": ppl, "ppl_ratio": ratio,
                                        "coherent": bool(ratio <= c.coherence_factor)})
                     sweep.replies.append(amplified)
                 best = sweep.chosen()

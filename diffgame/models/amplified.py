@@ -9,6 +9,7 @@ w = 1 the organism. A LoRA organism is merged at load, so its difference is the 
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -98,7 +99,7 @@ class Replies:
 
     def perplexity(self) -> float:
         """Mean over replies of the base's perplexity of each (empty replies left out; nan when all are)."""
-        values = [float(torch.tensor(n).exp()) for row in self.base_nll for n in row if n == n]
+        values = [math.exp(n) for row in self.base_nll for n in row if n == n]
         return sum(values) / len(values) if values else float("nan")
 
 
