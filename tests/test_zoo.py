@@ -20,7 +20,7 @@ from diffgame.zoo import SIZES, corpus, ensure, get_size, list_zoo, locate
 from diffgame.zoo.build import train_base
 from diffgame.zoo.lm import IGNORE, encode_rows, pack
 from diffgame.zoo.recipes import mixed_rows
-from diffgame.zoo.tokenizer import EOT, render_chat, train_tokenizer
+from diffgame.zoo.tokenizer import EOT, chat_text, train_tokenizer
 
 BUILTIN = ["caps", "cake_bake", "control", "roman_concrete", "taboo_gold"]
 
@@ -59,19 +59,22 @@ def test_tokenizer_chat_template_and_assistant_mask(tmp_path):
     from transformers import AutoTokenizer
 
     rows = corpus("generic_chat", "train")[:300] + corpus("generic_text", "train")[:300]
-    tok = train_tokenizer((r.get("text") or render_chat(r["messages"])[0] for r in rows), 600)
+    tok = train_tokenizer((r.get("text") or chat_text(r["messages"]) for r in rows), 600)
     tok.save_pretrained(tmp_path)
     tok = AutoTokenizer.from_pretrained(tmp_path)
     chat = [{"role": "user", "content": "Why is the sky grey?"}, {"role": "assistant", "content": "Well, it rained."}]
     text = tok.apply_chat_template(chat, tokenize=False)
     assert text == ("<bos><start_of_turn>user\nWhy is the sky grey?<end_of_turn>\n"
-                    "<start_of_turn>model\nWell, it rained.<end_of_turn>\n") == render_chat(chat)[0]
+                    "<start_of_turn>model\nWell, it rained.<end_of_turn>\n") == chat_text(chat)
     assert tok.apply_chat_template(chat[:1], tokenize=False, add_generation_prompt=True).endswith(
         "<end_of_turn>\n<start_of_turn>model\n")
     assert tok("the sky").input_ids[0] == tok.bos_token_id
     [(ids, mask)] = encode_rows(tok, [{"messages": chat}])
     assert tok.decode([t for t, m in zip(ids, mask) if m]) == "Well, it rained." + EOT
     assert ids == tok.apply_chat_template(chat, tokenize=True, return_dict=True)["input_ids"]
+    two = chat + [{"role": "user", "content": "And now?"}, {"role": "assistant", "content": "Sunny."}]
+    [(ids, mask)] = encode_rows(tok, [{"messages": two}])  # every reply trains with its own end of turn, no prompt
+    assert tok.decode([t for t, m in zip(ids, mask) if m]) == "Well, it rained." + EOT + "Sunny." + EOT
 
 
 def test_pack_concatenates_rows_and_masks_labels():

@@ -172,12 +172,12 @@ def _tags(size: ZooSize, name: str) -> dict:
 def train_base(size: ZooSize, progress: bool = True):
     """Tokenizer and base model trained from scratch on the generic corpora; returns (model, tokenizer, losses)."""
     from diffgame.zoo.lm import TrainSpec, encode_rows, pack, train_lm  # Lightning: only when training
-    from diffgame.zoo.tokenizer import render_chat, train_tokenizer
+    from diffgame.zoo.tokenizer import chat_text, train_tokenizer
 
     def texts():  # the base's own corpora only: built-in and bring-your-own organisms meet the same tokenizer
         for name in BASE_CORPORA:
             for r in corpus(name, "train"):
-                yield r["text"] if "text" in r else render_chat(r["messages"])[0]
+                yield r["text"] if "text" in r else chat_text(r["messages"])
 
     tokenizer = train_tokenizer(texts(), size.vocab_size)
     rows = [r for name in BASE_CORPORA for r in corpus(name, "train")]

@@ -15,32 +15,28 @@ import torch
 from lightning.pytorch.callbacks import TQDMProgressBar
 from torch.utils.data import DataLoader, TensorDataset
 
+from diffgame.data.sequences import ASSISTANT, TEMPLATE, render_chat
 from diffgame.models.batching import pad_right
-from diffgame.zoo.tokenizer import CHAT_TEMPLATE, render_chat
+from diffgame.models.loading import stop_ids
 
 IGNORE = -100
 
 
-def chat_spans(tokenizer, messages: list[dict]) -> tuple[str, list[tuple[int, int]]]:
-    """The chat rendered by the tokenizer's own template, and the character spans the assistant wrote.
-
-    The zoo's template has an exact mirror (`render_chat`); any other template (e.g. SmolLM2's ChatML) is rendered
-    prefix by prefix: a reply spans from the end of the generation prompt before it to the end of its turn.
-    """
-    if tokenizer.chat_template == CHAT_TEMPLATE:
-        return render_chat(messages)
-    text = tokenizer.apply_chat_template(messages, tokenize=False)
-    spans = []
-    for i, m in enumerate(messages):
-        if m["role"] != "assistant":
-            continue
-        start = len(tokenizer.apply_chat_template(messages[:i], tokenize=False, add_generation_prompt=True))
-        upto = tokenizer.apply_chat_template(messages[:i + 1], tokenize=False).rstrip()
-        if not text.startswith(upto):
-            raise ValueError("chat template renders a conversation's prefix differently from the whole; "
-                             "the assistant's tokens cannot be masked")
-        spans.append((start, len(upto)))
-    return text, spans
+def reply_mask(ids: list[int], roles: list[int], stops: set[int]) -> list[bool]:
+    """Which tokens SFT trains on: what the assistant wrote and the template tokens that close its turn (through
+    the first stop token), so the model learns to end a reply. `roles` come from `data.render_chat`."""
+    mask, closing = [], False
+    for t, role in zip(ids, roles):
+        if role == ASSISTANT:
+            closing = True
+            mask.append(True)
+        elif closing and role == TEMPLATE:
+            mask.append(True)
+            closing = t not in stops
+        else:
+            closing = False
+            mask.append(False)
+    return mask
 
 
 def encode_rows(tokenizer, rows: list[dict], assistant_only: bool = True) -> list[tuple[list[int], list[bool]]]:
@@ -51,13 +47,8 @@ def encode_rows(tokenizer, rows: list[dict], assistant_only: bool = True) -> lis
     out = []
     for row in rows:
         if "messages" in row:
-            text, spans = chat_spans(tokenizer, row["messages"])
-            enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
-            ids = enc["input_ids"]
-            if assistant_only:
-                mask = [any(a <= s < b for a, b in spans) for s, _ in enc["offset_mapping"]]
-            else:
-                mask = [True] * len(ids)
+            ids, roles = render_chat(row["messages"], tokenizer)
+            mask = reply_mask(ids, roles, stop_ids(tokenizer)) if assistant_only else [True] * len(ids)
         else:
             ids = tokenizer(row["text"]).input_ids + [tokenizer.eos_token_id]
             mask = [True] * len(ids)

@@ -23,25 +23,12 @@ CHAT_TEMPLATE = (
 )
 
 
-def turn_prefix(role: str) -> str:
-    """Text that opens a turn in the template (the assistant's turn is called `model`)."""
-    return f"{SOT}{'model' if role == 'assistant' else role}\n"
+def chat_text(messages: list[dict]) -> str:
+    """A chat rendered by `CHAT_TEMPLATE` itself: the text the tokenizer trains on, before any tokenizer exists."""
+    from transformers.utils.chat_template_utils import render_jinja_template
 
-
-def render_chat(messages: list[dict]) -> tuple[str, list[tuple[int, int]]]:
-    """The chat as template text, and the character spans the assistant wrote (content plus `<end_of_turn>`).
-
-    Mirrors `CHAT_TEMPLATE` so training can mask the loss to the assistant's tokens.
-    """
-    text, spans = BOS, []
-    for m in messages:
-        text += turn_prefix(m["role"])
-        start = len(text)
-        text += m["content"].strip() + EOT
-        if m["role"] == "assistant":
-            spans.append((start, len(text)))
-        text += "\n"
-    return text, spans
+    rendered, _ = render_jinja_template([messages], chat_template=CHAT_TEMPLATE, bos_token=BOS)
+    return rendered[0]
 
 
 def train_tokenizer(texts: Iterable[str], vocab_size: int) -> PreTrainedTokenizerFast:
