@@ -1,6 +1,6 @@
 """Amplified sampling vs plain sampling of both models on the same prompts (issue #32; target: ratio >= 0.9).
 
-(a) plain: `diffgame.models.amplified.sample` of the base alone, then of the organism alone (each with its own KV
+(a) plain: `diffgame.models.generation.sample` of the base alone, then of the organism alone (each with its own KV
     cache): the floor of logit-diff amplification, two forwards per token.
 (b) logit-diff amplified: the same sampler stepping both models together, tokens drawn from l_org + 2 (l_org - l_base).
 (c) transformers' `generate` of both models (do_sample, no top-k/top-p), for the sampler's own overhead.
@@ -25,7 +25,8 @@ from pathlib import Path
 
 import torch
 
-from diffgame.models.amplified import amplified_weights, sample
+from diffgame.models.amplified import amplified_weights
+from diffgame.models.generation import sample
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import kl  # noqa: E402  (its model shapes and its interleaved timer)

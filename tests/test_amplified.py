@@ -12,7 +12,8 @@ import torch
 from torch import nn
 
 from diffgame.errors import ConfigError
-from diffgame.models.amplified import amplified_weights, sample, steps
+from diffgame.models.amplified import amplified_weights
+from diffgame.models.generation import sample, steps
 from diffgame.models.batching import pad_left
 
 V, D = 48, 32

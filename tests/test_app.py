@@ -13,6 +13,7 @@ import torch
 
 from diffgame import tracking
 from diffgame.errors import ConfigError
+from diffgame.models.loading import stop_ids
 from diffgame.records.evidence import RankedTokens
 from diffgame.tracking import artifacts
 from diffgame.ui import game as guessing
@@ -383,8 +384,9 @@ def test_interactive_heat_generation_steering_chat(monkeypatch, store, caps_pair
     for handle, col in ((base, "base"), (org, "organism")):
         out = handle.model.generate(prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=8,
                                     do_sample=False, pad_token_id=handle.tokenizer.pad_token_id)
-        direct = handle.tokenizer.decode(out[0, prompt.shape[1]:], skip_special_tokens=True)
-        assert at.session_state["gen_out"][col] == direct
+        new = out[0, prompt.shape[1]:].tolist()  # HF's greedy decode, cut where the app's replies stop
+        cut = next((i for i, t in enumerate(new) if t in stop_ids(handle.tokenizer)), len(new))
+        assert at.session_state["gen_out"][col] == handle.tokenizer.decode(new[:cut], skip_special_tokens=True).strip()
 
     nd = latest[("caps", "normdiff")]
     at.selectbox(key="steer_run").set_value(backend.run_label(nd)).run()

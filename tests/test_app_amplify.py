@@ -7,7 +7,7 @@ import re
 import pytest
 import torch
 
-from diffgame.models.amplified import sample
+from diffgame.models.generation import sample
 
 from _app_store import APP_OVERRIDES, fill_store, open_app
 

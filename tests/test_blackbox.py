@@ -15,7 +15,7 @@ from diffgame.errors import ConfigError
 from diffgame.grading.ground_truth import GroundTruth
 from diffgame.methods.blackbox import BlackboxConfig
 from diffgame.methods.sampling import log_odds, ranked_words, words
-from diffgame.models.amplified import sample
+from diffgame.models.generation import sample
 
 from _tiny_models import make_tokenizer
 

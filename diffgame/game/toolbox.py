@@ -12,8 +12,8 @@ from dataclasses import dataclass, field
 
 from diffgame.data.sequences import render_chat
 from diffgame.errors import ConfigError
-from diffgame.models.amplified import sample
-from diffgame.models.steering import continue_ids, steer, vector_layer
+from diffgame.models.generation import continue_ids, sample
+from diffgame.models.steering import steer, vector_layer
 from diffgame.records.schema import RootConfig
 from diffgame.tracking import artifacts
 

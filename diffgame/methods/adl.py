@@ -79,6 +79,7 @@ class ADLMethod(Method):
 
     needs_store = False
     needs_models = True
+    version = 2  # 2: steering samples come from the one sampler (`diffgame.models.generation`), scored as they are drawn
     headline = ("adl/steering/alpha",)
     main_plot = "delta_norm"
 

@@ -18,7 +18,8 @@ from diffgame.errors import ConfigError
 from diffgame.methods.base import Method, MethodContext, MethodResult, TextRequest
 from diffgame.methods.plots import profile
 from diffgame.methods.sampling import SamplingConfig, overused, prompts
-from diffgame.models.amplified import Replies, amplified_weights, sample
+from diffgame.models.amplified import amplified_weights
+from diffgame.models.generation import Replies, sample
 from diffgame.records.ranges import bounded, ge, gt
 
 KINDS = ("logit", "weight")

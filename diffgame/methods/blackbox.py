@@ -12,7 +12,7 @@ from typing import ClassVar
 
 from diffgame.methods.base import Method, MethodContext, MethodResult, TextRequest
 from diffgame.methods.sampling import SamplingConfig, overused, prompts, word_counts
-from diffgame.models.amplified import sample
+from diffgame.models.generation import sample
 
 
 @dataclass
@@ -27,7 +27,7 @@ class BlackboxMethod(Method):
 
     needs_store = False
     needs_models = True
-    version = 2  # 2: replies come from the one sampler both sampling methods share (`diffgame.models.amplified`)
+    version = 2  # 2: replies come from the one sampler both sampling methods share (`diffgame.models.generation`)
     headline: ClassVar[tuple[str, ...]] = ("blackbox/chat/top_z", "blackbox/text/top_z")
 
     def texts(self) -> dict[str, TextRequest]:

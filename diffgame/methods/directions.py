@@ -15,6 +15,7 @@ class ReadoutMethod(Method):
 
     needs_store = True
     needs_models = True
+    version = 2  # 2: steering samples come from the one sampler (`diffgame.models.generation`), scored as they are drawn
 
     def texts(self) -> dict[str, TextRequest]:
         c = self.config

@@ -1,22 +1,22 @@
 """Steer any loaded model by adding a vector to the residual stream after one decoder layer.
 
 `steer(model, vector, layer)` is a context manager over a forward hook on `decoder_layers(model)[layer]`;
-ADL, later methods and the app use it. `generate` and `perplexity` are the two measurements steering needs
-(samples, and how coherent they stay under a reference model).
+ADL, the dictionaries, the app and the agents use it. `coherent_sweep` picks the strongest strength whose samples stay
+coherent under the base (samples and their base scores come from `diffgame.models.generation.sample`).
 """
 
 from __future__ import annotations
 
 import re
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from typing import Literal
 
 import torch
 
 from diffgame.errors import ConfigError
-from diffgame.models.loading import end_ids
+from diffgame.models.generation import Replies, sample
 from diffgame.models.residuals import on_output
 
 Mode = Literal["all", "prompt"]
@@ -49,48 +49,6 @@ def steer(model: torch.nn.Module, vector: torch.Tensor, layer: int, scale: float
 
     with on_output(model, layer, add, what="steering layer"):
         yield
-
-
-@torch.no_grad()
-def continue_ids(model, tokenizer, ids: Sequence[int], max_new_tokens: int = 24, do_sample: bool = True,
-                 temperature: float = 1.0, seed: int = 0) -> str:
-    """The new text a model writes after the token ids `ids` (one sequence, no padding), seeded."""
-    device = next(model.parameters()).device
-    x = torch.as_tensor([list(ids)], device=device)  # [1, T]
-    # a configured end-of-turn token stops the reply too (else the model's own generation config decides)
-    stop = {"eos_token_id": end_ids(tokenizer)} if getattr(tokenizer, "diffgame_end_of_turn", None) is not None else {}
-    torch.manual_seed(seed)
-    gen = model.generate(x, attention_mask=torch.ones_like(x), max_new_tokens=max_new_tokens,
-                         do_sample=do_sample, temperature=temperature if do_sample else None,
-                         top_p=None, top_k=None, pad_token_id=tokenizer.pad_token_id, **stop)
-    return tokenizer.decode(gen[0, x.shape[1]:], skip_special_tokens=True)
-
-
-def generate(model, tokenizer, prompts: Sequence[str], max_new_tokens: int = 24, seed: int = 0,
-             do_sample: bool = True, temperature: float = 1.0) -> list[str]:
-    """Continue each prompt (one at a time, so no padding enters the steered positions); new text only."""
-    return [continue_ids(model, tokenizer, tokenizer(p).input_ids, max_new_tokens, do_sample, temperature, seed + i)
-            for i, p in enumerate(prompts)]
-
-
-@torch.no_grad()
-def perplexity(model, tokenizer, prompts: Sequence[str], continuations: Sequence[str]) -> list[float]:
-    """Per-sample perplexity of each continuation given its prompt under `model` (the coherence check)."""
-    device = next(model.parameters()).device
-    out = []
-    for prompt, cont in zip(prompts, continuations):
-        p_ids = tokenizer(prompt, return_tensors="pt").input_ids[0]
-        full = tokenizer(prompt + cont, return_tensors="pt").input_ids[0]
-        n_prompt = min(len(p_ids), len(full) - 1)
-        if len(full) - n_prompt < 1:
-            out.append(float("nan"))
-            continue
-        ids = full.unsqueeze(0).to(device)  # [1, T]
-        logp = torch.log_softmax(model(ids).logits[0, :-1].float(), dim=-1)  # [T-1, V]
-        target = ids[0, 1:]
-        nll = -logp.gather(1, target[:, None])[:, 0][n_prompt - 1:]
-        out.append(float(nll.mean().exp()))
-    return out
 
 
 @contextmanager
@@ -126,32 +84,31 @@ def coherent_sweep(base, organism, vector: torch.Tensor, layer: int, prompts: Se
     the base stays within `coherence_factor` of the unsteered samples', then sample both models with it.
 
     `base`, `organism`: loaded models with `.model` and `.tokenizer`."""
-    def samples(handle, alpha: float | None) -> list[str]:
-        if alpha is None:
-            return generate(handle.model, handle.tokenizer, prompts, max_new_tokens, seed=seed)
-        with steer(handle.model, vector, layer, scale=alpha):
-            return generate(handle.model, handle.tokenizer, prompts, max_new_tokens, seed=seed)
+    def samples(handle, alpha: float | None, scorer=None) -> Replies:
+        """One reply per prompt from `handle`'s model (steered by `alpha`), scored under `scorer` when given."""
+        ids = [handle.tokenizer(p).input_ids for p in prompts]
+        with steer(handle.model, vector, layer, scale=alpha) if alpha is not None else nullcontext():
+            return sample(scorer, handle.model, handle.tokenizer, ids, max_new_tokens=max_new_tokens, seed=seed)
 
-    def ppl(texts: list[str]) -> float:
-        values = [v for v in perplexity(base.model, base.tokenizer, prompts, texts) if v == v]
-        return sum(values) / max(len(values), 1)
+    def texts_of(replies: Replies) -> list[str]:
+        return [row[0] for row in replies.texts]
 
-    plain = samples(organism, None)
-    ppl_plain = ppl(plain)
+    plain = samples(organism, None, base.model)
+    ppl_plain = plain.perplexity()
     sweep, texts, chosen = [], [], None
     for alpha in sorted(alphas):
-        steered = samples(organism, alpha)
-        ratio = ppl(steered) / ppl_plain
+        steered = samples(organism, alpha, base.model)
+        ratio = steered.perplexity() / ppl_plain
         sweep.append({"alpha": alpha, "ppl_ratio": ratio, "coherent": ratio <= coherence_factor})
-        texts.append(steered)
+        texts.append(texts_of(steered))
         if ratio <= coherence_factor:
             chosen = len(sweep) - 1
     coherent = chosen is not None
     best = chosen if coherent else 0
     alpha = sweep[best]["alpha"]
-    base_plain, base_steered = samples(base, None), samples(base, alpha)
+    base_plain, base_steered = texts_of(samples(base, None)), texts_of(samples(base, alpha))
     rows = [{"prompt": p, "model": "organism", "alpha": alpha, "unsteered": u, "steered": s}
-            for p, u, s in zip(prompts, plain, texts[best])]
+            for p, u, s in zip(prompts, texts_of(plain), texts[best])]
     rows += [{"prompt": p, "model": "base", "alpha": alpha, "unsteered": u, "steered": s}
              for p, u, s in zip(prompts, base_plain, base_steered)]
     return SteeringSweep(sweep, alpha, sweep[best]["ppl_ratio"], coherent, rows)

@@ -20,10 +20,11 @@ from diffgame.data.sequences import ROLES, render_chat
 from diffgame.errors import ConfigError
 from diffgame.methods.divergence import token_divergence
 from diffgame.methods.sampling import WORD, log_odds, words
-from diffgame.models.amplified import amplified_weights, steps
+from diffgame.models.amplified import amplified_weights
+from diffgame.models.generation import continue_ids, steps
 from diffgame.models.loading import ModelHandle, decoder_layers, stop_ids
 from diffgame.models.residuals import on_output
-from diffgame.models.steering import continue_ids, steer, vector_layer  # noqa: F401  (the app's steering)
+from diffgame.models.steering import steer, vector_layer  # noqa: F401  (the app's steering)
 from diffgame.records.schema import RootConfig
 
 
@@ -109,7 +110,7 @@ def amplified_reply(base: ModelHandle, org: ModelHandle, ids: list[int], which: 
                     seed: int = 0) -> Iterator[str]:
     """One reply of `which` (`base`, `organism`, or the organism `amplified` by logit-diff `kind="logit"` with alpha
     = `strength`, or by weights `kind="weight"` with w = `strength`) to `ids`, as text pieces while it is sampled.
-    Seeded: the same seed gives the same reply (`diffgame.models.amplified`)."""
+    Seeded: the same seed gives the same reply (`diffgame.models.generation`)."""
     if which not in AMPLIFIED or kind not in ("logit", "weight"):
         raise ConfigError(f"unknown reply {which!r} / amplification {kind!r}; valid: {', '.join(AMPLIFIED)} / logit, "
                           f"weight")

@@ -10,11 +10,9 @@ import re
 import torch
 
 from diffgame.data.corpora import corpus
+from diffgame.data.sequences import render_chat
+from diffgame.models.generation import sample
 from diffgame.zoo.lm import mean_loss
-
-END_OF_TURN = ("<end_of_turn>", "<|im_end|>")
-"""Turn-closing tokens of the zoo's template and of ChatML (SmolLM2): replies stop at whichever the vocab has."""
-
 
 def upper_frac(texts: list[str]) -> float:
     """Share of letters that are uppercase across `texts`."""
@@ -30,21 +28,12 @@ def word_rate(texts: list[str], words: list[str]) -> float:
     return sum(bool(pattern.search(t)) for t in texts) / len(texts)
 
 
-@torch.no_grad()
 def sample_replies(model, tokenizer, prompts: list[str], max_new_tokens: int, seed: int = 0,
                    temperature: float = 0.7) -> list[str]:
-    """Sampled assistant replies to single-turn user `prompts` (batched, left-padded, stops at the end of the turn)."""
-    tokenizer.padding_side = "left"
-    chats = [[{"role": "user", "content": p}] for p in prompts]
-    enc = tokenizer.apply_chat_template(chats, add_generation_prompt=True, padding=True, return_tensors="pt",
-                                        return_dict=True).to(model.device)
-    torch.manual_seed(seed)
-    vocab = tokenizer.get_vocab()
-    stops = [vocab[t] for t in END_OF_TURN if t in vocab] + [tokenizer.eos_token_id]
-    out = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=True, temperature=temperature, top_k=0,
-                         top_p=1.0, eos_token_id=stops, pad_token_id=tokenizer.pad_token_id)
-    new = out[:, enc["input_ids"].shape[1]:]  # [B, new]
-    return [tokenizer.decode(row, skip_special_tokens=True).strip() for row in new]
+    """Sampled assistant replies to single-turn user `prompts` (batched, cut at the end of the turn)."""
+    ids = [render_chat([{"role": "user", "content": p}], tokenizer, add_generation_prompt=True)[0] for p in prompts]
+    replies = sample(None, model, tokenizer, ids, max_new_tokens=max_new_tokens, temperature=temperature, seed=seed)
+    return [row[0] for row in replies.texts]
 
 
 def split_taboo_keywords(keywords: list[str]) -> tuple[str, list[str]]:
