@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Debian's chromium for the Playwright browser test (tests/test_browser.py); never `playwright install`.
+# Debian's chromium for the Playwright browser test (tests/ui/test_browser.py); never `playwright install`.
 set -euo pipefail
 if [ -x /usr/bin/chromium ]; then
   exit 0

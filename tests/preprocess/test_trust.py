@@ -17,7 +17,7 @@ from diffgame.errors import SpaceError
 
 from _paired_store import write_store
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 Usage = namedtuple("Usage", "total used free")
 
 

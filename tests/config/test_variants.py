@@ -15,7 +15,7 @@ from diffgame import tracking
 from diffgame.pipeline.chain import run_one
 from diffgame.ui import runs as backend
 
-HOME = str(Path(__file__).resolve().parent.parent / "app" / "Home.py")
+HOME = str(Path(__file__).resolve().parents[2] / "app" / "Home.py")
 
 
 @pytest.fixture(scope="module")

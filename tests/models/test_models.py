@@ -225,7 +225,7 @@ def test_fewer_output_rows_are_refused_and_more_are_compared_on_the_shared_rows(
         AutoModelForCausalLM.from_config(conf).save_pretrained(tmp_path / name)
         zoo_dirs["tokenizer"].save_pretrained(tmp_path / name)
         orgs[name] = load_organism(_cfg("llama", base_dir, f"{{default:{{kind:full,id:{tmp_path / name}}}}}"))
-    check_compatible(base, orgs["bigger"])  # extra rows: compared on the base's (tests/test_shared_vocab.py)
+    check_compatible(base, orgs["bigger"])  # extra rows: compared on the base's (tests/models/test_shared_vocab.py)
     with pytest.raises(ModelError) as info:
         check_compatible(base, orgs["smaller"])
     assert str(info.value) == ("the organism 'caps' has fewer output rows (56) than base 'tiny_llama' (64); "

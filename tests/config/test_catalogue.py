@@ -17,7 +17,7 @@ from omegaconf import OmegaConf
 from diffgame.config import compose as C
 from diffgame.config import configtree
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 HUB_ID = re.compile(r"^[\w.-]+/[\w.-]+$")  # owner/name
 
 

@@ -25,7 +25,7 @@ from _app_store import APP_OVERRIDES
 NAME = "toy_mean"
 OVERRIDES = ("organism=caps", f"method={NAME}", f"method.{NAME}.top_k=3",
              *(f"dataset.sources.{s}.max_samples=8" for s in ("generic_text", "generic_chat", "organism")))
-HOME = str(Path(__file__).resolve().parent.parent / "app" / "Home.py")
+HOME = str(Path(__file__).resolve().parents[2] / "app" / "Home.py")
 
 
 @dataclass
