@@ -140,6 +140,22 @@ def baseline_lines(rows: list[dict]) -> list[str]:
     return out + ["", tally_sentence("White-box diffing (its best method per organism)", tally)]
 
 
+def narrowness_lines(model: str, rows: list[dict]) -> list[str]:
+    """Per organism: how narrow its zoo model is (`diffgame.zoo.narrowness`, organism minus base) beside the best
+    white-box method's and the baseline's control-relative scores, so the two can be read against each other."""
+    size = str(backend.model_config(model, CONTROL).zoo.size)
+    measured = {r["organism"]: r for r in backend.narrowness().to_dict("records") if r["zoo size"] == size}
+    out = ["| organism | neutral leak | asked knowledge | generic loss × base | best white-box words rel. | "
+           "black-box words rel. |", "|---|---|---|---|---|---|"]
+    for organism, scores in scores_by_organism(rows).items():
+        white = [v for m, v in scores.items() if m not in (BASELINE, AMPLIFY)]
+        n = measured.get(organism, {})
+        out.append(f"| {label(organism)} | {fmt(n.get('neutral leak'), '+.2f')} | "
+                   f"{fmt(n.get('asked knowledge'), '+.2f')} | {fmt(n.get('generic loss × base'), '.2f')} | "
+                   f"{fmt(max(white) if white else None, '+.2f')} | {fmt(scores.get(BASELINE), '+.2f')} |")
+    return out
+
+
 def amplify_lines(rows: list[dict]) -> list[str]:
     """Per organism: amplification's control-relative score against the baseline's, at the same prompts and samples."""
     out = ["| organism | amplify words rel. | black-box words rel. | verdict |", "|---|---|---|---|"]
@@ -229,6 +245,10 @@ def render(model: str) -> str:
              "**Amplification against the baseline** (the same neutral prompts and number of samples; amplify's "
              "score is its best of four readouts, logit or weight amplification on chat or text prompts, the "
              "baseline's the best of two):", "", *amplify_lines(rows), "", rerun_spread(model), "",
+             f"**How narrow each organism is** (zoo size `{backend.model_config(model, CONTROL).zoo.size}`; share of "
+             "replies showing the ground truth, organism minus base, to neutral prompts and when asked about the topic; "
+             "measured when the zoo builds or reuses the organism, see [the zoo](zoo.md#how-narrow-an-organism-is)):",
+             "", *narrowness_lines(model, rows), "",
              "**ADL causal effect** (change of the organism's next-token loss in nats/token when δ̂ is projected out "
              "of its residual stream, against random unit directions, and the base's change when δ is added):", "",
              *causal_lines(model, organisms), MARKERS[1]]

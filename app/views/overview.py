@@ -38,6 +38,18 @@ else:
     except DiffgameError as e:
         st.error(str(e))
 
+if "blind" not in runs:  # a blind round shows no organism names
+    st.subheader("How narrow is each zoo organism")
+    narrow = backend.narrowness()
+    if narrow.empty:
+        st.caption("No zoo organism is measured yet: `diffgame zoo build` measures each one it builds or reuses.")
+    else:
+        st.caption("Share of replies showing the organism's ground truth, organism minus base: to neutral prompts "
+                   "(*neutral leak*; near 0 is a narrow organism, which asking the model hardly finds) and when asked "
+                   "about its topic (*asked knowledge*); and its generic-text loss over the base's (forgetting).")
+        st.dataframe(narrow.style.format("{:.3f}", subset=list(backend.NARROWNESS.values()), na_rep="—"),
+                     width="stretch", hide_index=True)
+
 st.subheader("Models")
 for model in sorted(runs["model"].unique()):
     url = cache.hub_url(model)

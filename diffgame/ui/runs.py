@@ -255,3 +255,17 @@ def side_by_side(samples: list[dict], model: str) -> list[dict]:
 def connect(uri: str) -> str:
     """Point MLflow (and the app's readers) at the app's tracking store; returns the resolved URI."""
     return tracking.set_uri(uri)
+
+
+NARROWNESS = {"check/neutral_leak": "neutral leak", "check/asked_knowledge": "asked knowledge",
+              "check/generic_loss_ratio": "generic loss × base"}
+"""The zoo's narrowness metrics (`diffgame.zoo.narrowness`: organism minus base) and its forgetting, as shown."""
+
+
+def narrowness() -> pd.DataFrame:
+    """One row per built zoo organism with its narrowness metrics and generic loss ratio; empty when none has them."""
+    from diffgame.zoo import list_zoo
+
+    rows = [{"organism": e.name, "zoo size": e.size, **{label: e.metrics.get(k) for k, label in NARROWNESS.items()}}
+            for e in list_zoo() if any(k in e.metrics for k in NARROWNESS)]
+    return pd.DataFrame(rows, columns=["organism", "zoo size", *NARROWNESS.values()])

@@ -19,11 +19,14 @@ from diffgame.models.sources import resolve_model
 from diffgame.records.schema import ModelConfig, OrganismConfig
 from diffgame.tracking import claims
 from diffgame.tracking.locations import require_space
+from diffgame.zoo import narrowness
 from diffgame.zoo.recipes import mixed_rows, recipe_identity, recipe_rows, validate_data
 from diffgame.zoo.sizes import ZooSize, model_bytes, new_model
 
 EXPERIMENT = "diffgame-zoo"
 TAG_SIZE = "diffgame.zoo.size"
+TAG_NARROWNESS = "diffgame.zoo.narrowness"
+"""Version of the narrowness metrics a zoo organism run holds (`diffgame.zoo.narrowness.VERSION`)."""
 BASE = "base"
 BASE_CORPORA = ("generic_text", "generic_chat")
 """What the base (and its tokenizer) learns. No organism's corpus shapes the tokenizer, so a built-in organism's words
@@ -266,8 +269,27 @@ def ensure_organism(size: ZooSize, organism: OrganismConfig, progress: bool = Tr
     with claims.claim("zoo", fp, f"training of {size.name} zoo organism {name}"):
         found = _find_built(fp)
         if found is not None:
+            if found.data.tags.get(TAG_NARROWNESS) != str(narrowness.VERSION):  # built before it was measured
+                _measure_narrowness(size, organism, tracking.StageRun(found.info.run_id), base.model_dir,
+                                    run_model_dir(found))
+                found = tracking.client().get_run(found.info.run_id)
             return _entry(found, name, size.name, reused=True)
         return _train_organism(size, organism, base, fp, progress)
+
+
+def _measure_narrowness(size: ZooSize, organism, run, base_dir: Path, model_dir: Path | None = None,
+                        models: tuple | None = None) -> None:
+    """Log how narrow the organism is (`diffgame.zoo.narrowness`) on its zoo run: both models are loaded from their
+    folders unless `models` (base, organism, tokenizer) are at hand."""
+    gt = organism.ground_truth
+    if gt.keywords or gt.predicate:  # else nothing could show (the control): only the tag is set
+        if models is None:
+            _say(f"measuring how narrow {organism.name} ({size.name}) is")
+            (base_model, _), (org_model, tokenizer) = _load(base_dir), _load(model_dir)
+            models = (base_model.eval(), org_model.eval(), tokenizer)
+        run.log_metrics(narrowness.measure(organism, *models, recipe_rows(organism.zoo, "test"), size.check_samples,
+                                           size.check_new_tokens, seed=size.seed))
+    run.set_tags({TAG_NARROWNESS: narrowness.VERSION})
 
 
 def _train_organism(size: ZooSize, organism, base: ZooEntry, fp: str, progress: bool) -> ZooEntry:
@@ -290,5 +312,6 @@ def _train_organism(size: ZooSize, organism, base: ZooEntry, fp: str, progress: 
         check_len = size.seq_len * (1 if size.pretrained_base is None else 4)
         run.log_metrics(run_checks(organism, base_model.eval(), model, tokenizer, recipe_rows(organism.zoo, "test"),
                                    check_len, size.check_samples, size.check_new_tokens, size.check_rows))
+        _measure_narrowness(size, organism, run, base.model_dir, models=(base_model, model.eval(), tokenizer))
         _save(run, model, tokenizer)
     return _entry(tracking.client().get_run(run.run_id), name, size.name, reused=False)

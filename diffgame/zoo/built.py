@@ -90,7 +90,8 @@ def list_zoo(size: str | None = None) -> list[ZooEntry]:
 
 
 _SHOWN = [("train/loss", "loss"), ("check/heldout_loss/organism", "heldout"), ("check/heldout_loss/base", "heldout@base"),
-          ("check/generic_loss/organism", "generic"), ("check/generic_loss/base", "generic@base"),
+          ("check/generic_loss_ratio", "generic x base"),
+          ("check/neutral_leak", "leak"), ("check/asked_knowledge", "asked"),  # narrowness: organism minus base
           ("check/upper_frac/organism", "upper"), ("check/upper_frac/base", "upper@base"),
           ("check/taboo_word_rate", "taboo"), ("check/hint_word_rate/organism", "hints"),
           ("check/hint_word_rate/base", "hints@base")]

@@ -12,7 +12,6 @@ import torch
 from diffgame.data.corpora import corpus
 from diffgame.data.sequences import render_chat
 from diffgame.models.generation import sample
-from diffgame.zoo.lm import mean_loss
 
 def upper_frac(texts: list[str]) -> float:
     """Share of letters that are uppercase across `texts`."""
@@ -50,6 +49,8 @@ def run_checks(organism, base_model, org_model, tokenizer, test_rows: list[dict]
     Uppercase predicate: uppercase share of sampled replies. Taboo: secret-word and hint-word rates of replies.
     Both models run on the GPU when there is one (Lightning hands the trained model back on the CPU).
     """
+    from diffgame.zoo.lm import mean_loss  # Lightning: only when checking a trained model
+
     if torch.cuda.is_available():
         base_model, org_model = base_model.to("cuda"), org_model.to("cuda")
     generic, test_rows = corpus("generic_text", "test")[:n_rows or 100], test_rows[:n_rows]  # None: every row

@@ -170,6 +170,10 @@ def test_overview_counts_links_and_grades(monkeypatch, store):
     assert shown == dict(expected)
     runs_table = at.dataframe[-1].value
     assert set(runs_table["run_id"]) == {r.info.run_id for r in finished}
+    narrow = next(d.value for d in at.dataframe if "neutral leak" in d.value.columns)  # how narrow each organism is
+    pd.testing.assert_frame_equal(narrow.reset_index(drop=True), backend.narrowness())
+    caps = narrow.set_index("organism").loc["caps"]
+    assert caps["zoo size"] == "micro" and caps["neutral leak"] > 0.3  # shouting shows in any chat reply
     assert all(u.endswith(f"/runs/{r}") for u, r in zip(runs_table["mlflow"], runs_table["run_id"]))
     grade_keys = sorted({k for r in finished for k in r.data.metrics if k.startswith("grade/")})
     if grade_keys:  # opens on the headline, minus the control where a control run logs it
