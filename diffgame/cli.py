@@ -266,7 +266,7 @@ def play(organisms: Annotated[Optional[list[str]], typer.Argument(
         methods = list(picked.get("method") or method or DEFAULT_METHODS)
         settings = [*(settings or []), *rest]
         names = [a for a in organisms or [] if "=" not in a] + picked.get("organism", [])
-        names = names or playable(model, methods)
+        names = names or playable(model, [] if agent == "probe" else methods)
         if not names:
             raise DiffgameError(f"no organism of model '{model}' has finished diff runs of {', '.join(methods)} in "
                                 f"{tracking.resolve_uri()}; make them with `diffgame run model={model} "
@@ -274,14 +274,16 @@ def play(organisms: Annotated[Optional[list[str]], typer.Argument(
         outcomes = [play_one(model, name, methods, agent, overrides=list(settings or [])) for name in names]
     except DiffgameError as e:
         _fail(e)
-    table = Table(title=f"{agent} agent on model {model}, evidence: {', '.join(methods)}")
-    for head in ("organism", "guess", "correct", "keyword hits", "rubric", "outcome", "run id", "reused"):
+    evidence = "none (questions only)" if agent == "probe" else ", ".join(methods)
+    table = Table(title=f"{agent} agent on model {model}, evidence: {evidence}")
+    for head in ("organism", "guess", "correct", "keyword hits", "score 1-5", "rubric", "outcome", "run id",
+                 "reused"):
         table.add_column(head, no_wrap=True)
     for o in outcomes:
-        rubric = o.metrics.get("play/rubric_score")
+        rubric, score = o.metrics.get("play/rubric_score"), o.metrics.get("play/keyword_score")
         table.add_row(o.organism, o.guess or "(none)", "yes" if o.metrics["play/guess_correct"] else "no",
-                      f"{o.metrics['play/keyword_hits']:.0f}", "" if rubric is None else f"{rubric:.0f}",
-                      o.outcome, o.run_id, "yes" if o.reused else "")
+                      f"{o.metrics['play/keyword_hits']:.0f}", "" if score is None else f"{score:.0f}",
+                      "" if rubric is None else f"{rubric:.0f}", o.outcome, o.run_id, "yes" if o.reused else "")
     console = Console(width=200)
     console.print(table)
     for o in outcomes:

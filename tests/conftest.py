@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import sys
 
 import pytest
@@ -17,10 +18,12 @@ def zoo_uri(tmp_path_factory) -> str:
     from diffgame import tracking
     from diffgame.pipeline.building import build_zoo
 
-    uri = f"sqlite:///{tmp_path_factory.mktemp('zoo') / 'mlflow.db'}"
+    db = tmp_path_factory.mktemp("zoo") / "mlflow.db"
+    uri = f"sqlite:///{db}"
     old = os.environ.get("MLFLOW_TRACKING_URI")
     tracking.set_uri(uri)
     build_zoo(size="micro", progress=False)
+    shutil.copy(db, db.with_name("pristine.db"))  # the zoo as built, before any test adds runs (tests/ui/conftest.py)
     yield uri
     if old is None:
         os.environ.pop("MLFLOW_TRACKING_URI", None)

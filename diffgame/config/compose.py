@@ -207,6 +207,7 @@ def validate(cfg: DictConfig) -> None:
             cfg.method[name] = {}
         # fills the defaults; runs the dataclass's own range checks too
         check_node(cfg.method[name], registry.config_class(str(name)), f"method.{registry.canonical_name(str(name))}")
+    configtree.mix_variant(cfg.organism, str(cfg.model.name))
     configtree.weights_spec(cfg.organism, str(cfg.model.name))
 
 

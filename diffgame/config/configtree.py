@@ -9,6 +9,7 @@ folders with the same layout (`organism/my_org.yaml`, `method/...`) are searched
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
@@ -63,11 +64,42 @@ def organism_node(name: str, model: str | None = None) -> DictConfig:
     return for_base(node, model) if model is not None else node
 
 
+MIX_VARIANT = re.compile(r"mix1-(\d+)p(\d+)")
+"""A mixing variant named like the public organisms' (`mix1-0p5` … `mix1-2p0`): pretraining documents mixed into the
+finetuning at that ratio to the organism's own rows (`mix1-1p0`: one to one)."""
+
+
+def mix_share(variant: str) -> float | None:
+    """The share of the base's documents a `mix1-XpY` variant's finetuning holds (ratio r: r / (1 + r)); None for a
+    name of another form."""
+    m = MIX_VARIANT.fullmatch(variant)
+    if m is None:
+        return None
+    ratio = float(f"{m[1]}.{m[2]}")
+    return ratio / (1 + ratio)
+
+
+def mix_variant(organism: DictConfig, model_name: str) -> DictConfig:
+    """A `mix1-XpY` variant the organism does not list, where the zoo builds its default weights on base
+    `model_name`, becomes that zoo recipe mixed at the variant's ratio (`mix_share`), in place; other variants are
+    left as they are."""
+    variant = str(organism.get("variant", "default"))
+    per_model = organism.finetuned.get(model_name, {})
+    share = mix_share(variant)
+    if share is not None and variant not in per_model and per_model.get("default", {}).get("kind") == "zoo":
+        organism.finetuned[model_name][variant] = OmegaConf.to_container(per_model["default"])
+        organism.zoo.mix = share
+    return organism
+
+
 def for_base(organism: DictConfig, model_name: str) -> DictConfig:
     """The organism as finetuned on base `model_name` (in place; returned for chaining): `per_model[model_name]`'s set
     fields replace its description, long description and ground-truth keywords, and weights the zoo builds on that
-    base were trained on the zoo recipe's data, which becomes `training_data`. Public weights keep `training_data`."""
-    spec = organism.finetuned.get(model_name, {}).get(organism.get("variant", "default"))
+    base were trained on the zoo recipe's data, which becomes `training_data`. Public weights keep `training_data`.
+
+    A `mix1-XpY` variant is resolved first (`mix_variant`)."""
+    variant = str(mix_variant(organism, model_name).get("variant", "default"))
+    spec = organism.finetuned.get(model_name, {}).get(variant)
     if spec is not None and spec.get("kind") == "zoo" and organism.zoo.data:
         organism.training_data = organism.zoo.data
     truth = organism.get("per_model", {}).get(model_name)

@@ -78,7 +78,9 @@ class LensAgent:
         return Play(self.name, description, guess, words, scores, transcript)
 
 
-AGENTS = {"lens": "offline: pools the evidence's ranked words, no LLM",
+AGENTS = {"lens": "offline: pools the evidence's ranked words (and, with play.interactions, its probes'), no LLM",
+          "probe": "offline black box: asks the probe bank within play.interactions, pools the words the organism's "
+                   "replies over-use against the base's, no LLM",
           "llm": "an LLM over an OpenAI-compatible endpoint: reads evidence, asks both models, steers",
           "llm_blackbox": "the LLM baseline that may only ask both models"}
 """Agents `diffgame play` knows, by name (built by `diffgame.pipeline.play.make_agent`)."""

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 
 from diffgame.data.sequences import render_chat
 from diffgame.errors import ConfigError
+from diffgame.game.probes import Interactions
 from diffgame.models.generation import continue_ids, sample
 from diffgame.models.steering import steer, vector_layer
 from diffgame.records.schema import RootConfig
@@ -31,6 +32,8 @@ class EvidenceToolbox:
     cfg: RootConfig | None = None
     """The typed config of the pair (to load the models); None: `ask` and `steer` are unavailable."""
     max_new_tokens: int = 48
+    interactions: Interactions | None = None
+    """The play's budget of model interactions (`ask`, `steer` and `amplified` spend one each); None: no limit."""
     _pair: tuple | None = field(default=None, repr=False)
     _readouts: dict = field(default_factory=dict, repr=False)
 
@@ -71,13 +74,20 @@ class EvidenceToolbox:
             self._pair = load_pair(resolve_pair(self.cfg))
         return self._pair
 
-    def _reply(self, handle, prompt: str) -> str:
+    def _reply(self, handle, prompt: str, seed: int | None = None) -> str:
         ids, _ = render_chat([{"role": "user", "content": prompt}], handle.tokenizer, add_generation_prompt=True)
-        return continue_ids(handle.model, handle.tokenizer, list(ids), self.max_new_tokens, do_sample=False)
+        return continue_ids(handle.model, handle.tokenizer, list(ids), self.max_new_tokens, do_sample=seed is not None,
+                            seed=seed or 0)
 
-    def ask(self, prompt: str) -> dict[str, str]:
+    def ask(self, prompt: str, seed: int | None = None) -> dict[str, str]:
+        """Both models' replies to `prompt`: greedy, or sampled with `seed` (the probe agent's repeats differ)."""
+        self._spend(f"ask: {prompt}")
         base, org = self._models()
-        return {"base": self._reply(base, prompt), "organism": self._reply(org, prompt)}
+        return {"base": self._reply(base, prompt, seed), "organism": self._reply(org, prompt, seed)}
+
+    def _spend(self, what: str) -> None:
+        if self.interactions is not None:
+            self.interactions.spend(what)
 
     def vectors(self) -> list[str]:
         out = []
@@ -93,6 +103,7 @@ class EvidenceToolbox:
         vectors = artifacts.load_vectors(run_id) if logged else {}
         if name not in vectors:
             raise KeyError(f"unknown vector '{vector}'; list them with list_vectors")
+        self._spend(f"steer: {vector} x {scale:g}: {prompt}")
         _, org = self._models()
         layer = vector_layer(name, org.n_layers)
         unsteered = self._reply(org, prompt)
@@ -103,6 +114,7 @@ class EvidenceToolbox:
     def amplified(self, prompt: str, alpha: float) -> dict[str, str]:
         if not 0 <= alpha <= MAX_ALPHA:
             raise ConfigError(f"alpha must be in [0, {MAX_ALPHA:g}], got {alpha:g}")
+        self._spend(f"amplified x {alpha:g}: {prompt}")
         base, org = self._models()
         ids, _ = render_chat([{"role": "user", "content": prompt}], org.tokenizer, add_generation_prompt=True)
         # the base runs only where it amplifies (the plain reply needs no base scores)

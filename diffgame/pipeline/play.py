@@ -5,8 +5,10 @@ organism, without being told which organism it is, writes a description and name
 organisms. The play run is tagged with the agent and the evidence runs it read, keeps the transcript and the
 description as artifacts and the scores as metrics: `play/guess_correct` (the guess is the organism),
 `play/guess_rank` (the organism's rank among the agent's candidate scores), `play/keyword_correct` and
-`play/keyword_hits` (the description graded by the game's keyword grader, `diffgame.grading.guesses`). A play with the same
-agent, evidence runs and candidates is reused.
+`play/keyword_hits` (the description graded by the game's keyword grader, `diffgame.grading.guesses`), and
+`play/keyword_score` (the paper's 1-5 scale, `diffgame.game.rubric.keyword_score`). Under `play.interactions` (the
+paper's budget of model interactions, `diffgame.game.probes`) the offline agents spend it on the probe bank, and
+`play.repeat` seeds it. A play with the same agent, evidence runs, candidates, budget and repeat is reused.
 """
 
 from __future__ import annotations
@@ -22,7 +24,8 @@ from diffgame.errors import ConfigError, TrackingError
 from diffgame.game.agents import AGENTS, LensAgent, Play
 from diffgame.game.chat_agent import LLMAgent
 from diffgame.game.endpoint import Endpoint
-from diffgame.game.rubric import DEFAULT_RUBRIC, RubricGrade, grade_description
+from diffgame.game.probes import Interactions, probe_readout
+from diffgame.game.rubric import DEFAULT_RUBRIC, RubricGrade, grade_description, keyword_score
 from diffgame.game.toolbox import EvidenceToolbox
 from diffgame.grading.ground_truth import ground_truth, sole_leader
 from diffgame.grading.guesses import grade_guess, guess_hits
@@ -38,6 +41,12 @@ TAG_GUESS = "diffgame.guess"
 TAG_OUTCOME = "diffgame.play_outcome"
 """How the play ended (`agents.Play.outcome`): `submitted`, or a budget, `malformed`, `timeout`, `error`."""
 TAG_RUBRIC_OUTCOME = "diffgame.rubric_outcome"
+TAG_INTERACTIONS = "diffgame.interactions"
+"""The play's budget of model interactions (`play.interactions`; '' for none set)."""
+TAG_REPEAT = "diffgame.repeat"
+"""Which repeat of the play (`play.repeat`, its seed)."""
+PROBES_METHOD = "probes"
+"""The evidence key of what the offline agents' questions found (beside the methods' evidence)."""
 PLAY_VERSION = 2
 """Version of the play rules and scores; part of every play's fingerprint."""
 DEFAULT_METHODS = ("adl", "blackbox")
@@ -87,16 +96,18 @@ def play(model: str, organism: str, methods: list[str] | tuple[str, ...] = DEFAU
         raise ConfigError(f"organism '{organism}' is not one the game draws for model '{model}' (the control is never "
                           f"drawn); known: {', '.join(names)}")
     variant = str(compose([f"model={model}", f"organism={organism}", *overrides]).organism.variant)
-    runs = evidence_runs(model, organism, list(methods), variant)
+    methods = [] if agent == "probe" else list(methods)  # the black-box agent reads no method's evidence
+    runs = evidence_runs(model, organism, methods, variant)
     run_ids = [r.info.run_id for r in runs.values()]
     zoo = [f"zoo.size={r.data.params['zoo.size']}" for r in runs.values() if "zoo.size" in r.data.params][:1]
     cfg = settings(compose([f"model={model}", f"organism={organism}", *zoo, *overrides]))
     player = make_agent(agent, cfg.play)
-    endpoint = cfg.play.endpoint
+    endpoint, budget = cfg.play.endpoint, cfg.play.interactions
+    protocol = {"interactions": budget, "repeat": cfg.play.repeat} if budget is not None or cfg.play.repeat else {}
     fp = tracking.fingerprint({"agent": agent, "config": dataclasses.asdict(player), "evidence": run_ids,
                                "candidates": names,
                                "rubric": [endpoint.base_url, endpoint.model, cfg.play.rubric] if endpoint.model else None,
-                               "version": PLAY_VERSION})
+                               "version": PLAY_VERSION, **protocol})
     done = tracking.find_finished("play", fp)
     if done is not None and done.data.tags.get(TAG_OUTCOME, "submitted") == "submitted":
         description = artifacts.artifact_file(done.info.run_id, "play/description.txt").read_text().strip()
@@ -104,16 +115,23 @@ def play(model: str, organism: str, methods: list[str] | tuple[str, ...] = DEFAU
                            dict(done.data.metrics), reused=True)  # only a submitted play is reused
     nodes = {n: organism_settings(n, model) for n in names}
     tags = {tracking.TAG_MODEL: model, tracking.TAG_ORGANISM: organism, tracking.TAG_VARIANT: variant,
-            TAG_AGENT: agent, TAG_EVIDENCE: ",".join(run_ids), tracking.TAG_METHOD: "+".join(methods)}
+            TAG_AGENT: agent, TAG_EVIDENCE: ",".join(run_ids), tracking.TAG_METHOD: "+".join(methods) or "none",
+            TAG_INTERACTIONS: "" if budget is None else budget, TAG_REPEAT: cfg.play.repeat}
     with tracking.stage_run("play", fp=fp, tags=tags, experiment=experiment, run_name=f"play-{agent}-{organism}",
                             params={"agent": agent, "methods": ",".join(methods), "candidates": ",".join(names)}
                             ) as run:
         start = time.perf_counter()
+        spent = Interactions(budget) if budget is not None else None
+        toolbox = EvidenceToolbox({m: r.info.run_id for m, r in runs.items()}, cfg, cfg.play.max_new_tokens, spent)
         if isinstance(player, LensAgent):  # the agent never sees `organism`
-            result = player.play({m: _readouts(r.info.run_id) for m, r in runs.items()},
-                                 {n: ground_truth(node) for n, node in nodes.items()})
+            evidence = {m: _readouts(r.info.run_id) for m, r in runs.items()}
+            steps = []
+            if spent is not None and spent.limit:  # the offline agents spend their budget on the probe bank
+                readout, steps = probe_readout(toolbox.ask, spent.limit, seed=cfg.play.repeat)
+                evidence[PROBES_METHOD] = {"asked": readout}
+            result = player.play(evidence, {n: ground_truth(node) for n, node in nodes.items()})
+            result.transcript[:0] = steps
         else:
-            toolbox = EvidenceToolbox({m: r.info.run_id for m, r in runs.items()}, cfg, cfg.play.max_new_tokens)
             result = from_chat(player.play(toolbox), nodes)
         seconds = time.perf_counter() - start
         keyword = _keyword_grade(result.description, organism, nodes)
@@ -121,6 +139,11 @@ def play(model: str, organism: str, methods: list[str] | tuple[str, ...] = DEFAU
                    "play/guess_rank": float(identification_rank(result.guess_scores, organism)),
                    "play/keyword_correct": float(keyword.correct if keyword else False),
                    "play/keyword_hits": float(len(keyword.hits) if keyword else 0), "play/seconds": seconds}
+        score = keyword_score(result.description, nodes[organism])  # the paper's 1-5 scale, graded offline
+        metrics.update({"play/keyword_score": float(score), "play/score_ge2": float(score >= 2),
+                        "play/score_ge4": float(score >= 4)})
+        if spent is not None:
+            metrics["play/interactions"] = float(spent.used)
         metrics.update({f"play/{k}": float(v) for k, v in result.usage.items()})
         rubric = rubric_grade(result.description, nodes[organism], cfg=cfg)
         if rubric is not None:
@@ -140,8 +163,8 @@ def play(model: str, organism: str, methods: list[str] | tuple[str, ...] = DEFAU
 
 def make_agent(agent: str, play_cfg: PlayConfig):
     """The agent named `agent`, configured from `play_cfg` (the typed `play` config)."""
-    if agent == "lens":
-        return LensAgent()
+    if agent in ("lens", "probe"):
+        return LensAgent(name=agent)
     if not play_cfg.endpoint.model:
         raise ConfigError(f"agent '{agent}' needs a chat endpoint; set play.endpoint.model=<name> (and "
                           f"play.endpoint.base_url=<url> for a local server such as vLLM, llama.cpp or Ollama)")

@@ -155,8 +155,11 @@ class OrganismConfig:
                               f"'organism.finetuned.{model_name}.default={{kind:full,id:<hub id or path>}}'")
         spec = per_model.get(self.variant)
         if spec is None:
+            mixable = getattr(per_model.get("default"), "kind", None) == "zoo"
             raise ConfigError(f"unknown variant '{self.variant}' of organism '{self.name}' for model "
-                              f"'{model_name}'; known: {', '.join(sorted(map(str, per_model)))}")
+                              f"'{model_name}'; known: {', '.join(sorted(map(str, per_model)))}"
+                              + (", or mix1-XpY (the zoo recipe mixed with the base's documents at ratio X.Y, "
+                                 "e.g. mix1-0p5)" if mixable else ""))
         if spec.kind in ("full", "lora") and not spec.id:
             raise ConfigError(f"organism '{self.name}' variant '{self.variant}' for model '{model_name}' is kind "
                               f"'{spec.kind}' but has no id; set organism.finetuned.{model_name}.{self.variant}.id")
@@ -287,6 +290,12 @@ class PlayConfig(Checked):
     """Tokens of each model reply the agent asks for."""
     rubric: str | None = None
     """Rubric grader prompt with `{truth}` and `{description}`; None: `diffgame.game.rubric.DEFAULT_RUBRIC`."""
+    interactions: int | None = bounded(ge(0, "null: no limit"), None)
+    """Model interactions the agent may spend (questions to the models, steered or amplified samples; the paper's
+    budget, e.g. 0, 5, 50): the offline agents spend them all on the probe bank (`diffgame.game.probes`), an LLM agent
+    is refused past them. None: the LLM agents' tool-call budget alone, the offline agents ask nothing."""
+    repeat: int = bounded(ge(0), 0)
+    """Which repeat of a play this is: it seeds the probes' order and sampling, so repeats differ and each repeats."""
 
 
 @dataclass

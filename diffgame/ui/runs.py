@@ -266,6 +266,7 @@ def narrowness() -> pd.DataFrame:
     """One row per built zoo organism with its narrowness metrics and generic loss ratio; empty when none has them."""
     from diffgame.zoo import list_zoo
 
-    rows = [{"organism": e.name, "zoo size": e.size, **{label: e.metrics.get(k) for k, label in NARROWNESS.items()}}
+    rows = [{"organism": e.name, "variant": e.variant, "zoo size": e.size,
+             **{label: e.metrics.get(k) for k, label in NARROWNESS.items()}}
             for e in list_zoo() if any(k in e.metrics for k in NARROWNESS)]
-    return pd.DataFrame(rows, columns=["organism", "zoo size", *NARROWNESS.values()])
+    return pd.DataFrame(rows, columns=["organism", "variant", "zoo size", *NARROWNESS.values()])

@@ -50,6 +50,8 @@ class ZooEntry:
     reused: bool
     """True when a finished run with the same fingerprint already existed (no training)."""
     metrics: dict[str, float] = field(default_factory=dict)
+    variant: str = tracking.DEFAULT_VARIANT
+    """The organism variant the run was built as (`mix1-XpY`: its recipe mixed at that ratio)."""
 
 
 def _say(msg: str) -> None:
@@ -120,7 +122,7 @@ def _entry(run, name: str, size: str, reused: bool, fetch: bool = True) -> ZooEn
     local = tracking.local_artifact_dir(run)
     model_dir = run_model_dir(run) if fetch else (local / "model" if local is not None else None)
     return ZooEntry(name, size, run.info.run_id, model_dir, run.data.tags.get(tracking.TAG_FINGERPRINT, ""),
-                    reused, metrics)
+                    reused, metrics, tracking.variant_of(run.data.tags))
 
 
 def _log_training(run, losses: list[float], title: str) -> None:
@@ -166,9 +168,9 @@ def _save(run, model, tokenizer) -> None:
         run.log_artifacts(tmp, "model")
 
 
-def _tags(size: ZooSize, name: str) -> dict:
+def _tags(size: ZooSize, name: str, variant: str = tracking.DEFAULT_VARIANT) -> dict:
     return {tracking.TAG_MODEL: model_name(size), tracking.TAG_ORGANISM: name, TAG_SIZE: size.name,
-            tracking.TAG_VARIANT: tracking.DEFAULT_VARIANT}
+            tracking.TAG_VARIANT: variant}
 
 
 # --- base ----------------------------------------------------------------------------------------
@@ -300,7 +302,7 @@ def _train_organism(size: ZooSize, organism, base: ZooEntry, fp: str, progress: 
     params = {**{f"recipe.{k}": v for k, v in recipe_identity(organism.zoo).items()},
               "base_run_id": base.run_id or "pretrained", "organism_steps": size.organism_steps,
               **({"base_source": str(base.model_dir)} if size.pretrained_base else {})}
-    with tracking.stage_run("zoo", fp=fp, tags={**_tags(size, name), "diffgame.zoo.base_run_id": base.run_id},
+    with tracking.stage_run("zoo", fp=fp, tags={**_tags(size, name, str(organism.variant)), "diffgame.zoo.base_run_id": base.run_id},
                             experiment=EXPERIMENT, run_name=f"zoo-{size.name}-{name}", params=params) as run:
         # an organism is saved merged, as large as its base
         _check_space(run, _folder_bytes(base.model_dir), f"{size.name} zoo organism {name}")

@@ -53,6 +53,15 @@ def ensure(cfg: RootConfig, organism: OrganismConfig | None = None, progress: bo
     return entry
 
 
+def built_entry(cfg: RootConfig) -> ZooEntry | None:
+    """The built zoo run of `cfg`'s organism (found by fingerprint, so a variant that trains the same recipe finds
+    the run it reuses), with its metrics and without fetching its model; None when it is not built."""
+    sz = zoo_size(cfg)
+    base_fp = base_fingerprint(sz, pretrained_source(sz, cfg.model)[1]) if sz.pretrained_base is not None else None
+    run = tracking.find_finished("zoo", organism_fingerprint(sz, cfg.organism, base_fp))
+    return None if run is None else _entry(run, str(cfg.organism.name), sz.name, reused=True, fetch=False)
+
+
 def locate(cfg: RootConfig, organism: OrganismConfig | None = None):
     """Local model directory and zoo run id of the built base (`organism=None`) or organism for `cfg.zoo.size`; a
     model that is not built is a ModelError naming the command that builds it (locating never trains)."""
@@ -76,17 +85,18 @@ def locate(cfg: RootConfig, organism: OrganismConfig | None = None):
 
 
 def list_zoo(size: str | None = None) -> list[ZooEntry]:
-    """Built zoo models (newest finished run per size and name), base first, with their check metrics."""
+    """Built zoo models (newest finished run per size, name and variant), base first, with their check metrics."""
     if size is not None:
         get_size(size)
     filters = {tracking.TAG_STAGE: "zoo", **({TAG_SIZE: size} if size else {})}
     seen: dict[tuple[str, str], ZooEntry] = {}
     for run in tracking.search(filters, statuses=("FINISHED",)):
-        key = (run.data.tags.get(TAG_SIZE, ""), run.data.tags.get(tracking.TAG_ORGANISM, ""))
+        key = (run.data.tags.get(TAG_SIZE, ""), run.data.tags.get(tracking.TAG_ORGANISM, ""),
+               tracking.variant_of(run.data.tags))
         if key not in seen:
             seen[key] = _entry(run, key[1], key[0], reused=True, fetch=False)
     order = {s: i for i, s in enumerate(SIZES)}
-    return sorted(seen.values(), key=lambda e: (order.get(e.size, 99), e.name != BASE, e.name))
+    return sorted(seen.values(), key=lambda e: (order.get(e.size, 99), e.name != BASE, e.name, e.variant))
 
 
 _SHOWN = [("train/loss", "loss"), ("check/heldout_loss/organism", "heldout"), ("check/heldout_loss/base", "heldout@base"),
@@ -112,5 +122,6 @@ def print_zoo(entries: list[ZooEntry]) -> None:
         table.add_column(col, no_wrap=True)
     for e in entries:
         cells = [f"{e.metrics[k]:.3f}" if k in e.metrics else "" for k, _ in shown]
-        table.add_row(e.name, e.size, e.run_id, "reused" if e.reused else "trained", *cells)
+        name = e.name if e.variant == tracking.DEFAULT_VARIANT else f"{e.name} [{e.variant}]"
+        table.add_row(name, e.size, e.run_id, "reused" if e.reused else "trained", *cells)
     console.print(table)

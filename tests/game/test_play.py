@@ -75,7 +75,7 @@ def test_play_runs_on_the_micro_zoo(micro_cfg, zoo_uri):
     with pytest.raises(TrackingError, match=r"no finished adl diff run of model=toy organism=cake_bake .*"
                                             r"run `diffgame run model=toy organism=cake_bake method=adl` first"):
         play("toy", "cake_bake", ["adl"])
-    with pytest.raises(ConfigError, match=r"unknown agent 'oracle'; known: lens, llm, llm_blackbox"):
+    with pytest.raises(ConfigError, match=r"unknown agent 'oracle'; known: lens, llm, llm_blackbox, probe"):
         play("toy", "roman_concrete", ["adl"], agent="oracle")
     with pytest.raises(ConfigError, match=r"organism 'control' is not one the game draws"):
         play("toy", "control", ["adl"])

@@ -1,0 +1,64 @@
+"""The mixing axis (`organism.variant=mix1-XpY`, like the public organisms' variants): the zoo recipe finetuned with the
+base's own documents mixed in at ratio X.Y, with its own fingerprint, tags and zoo run; on the micro zoo a mixed caps
+keeps more generic text than the plain one."""
+
+from __future__ import annotations
+
+import pytest
+
+from diffgame.config.compose import compose, settings
+from diffgame.config.configtree import mix_share
+from diffgame.errors import ConfigError
+from diffgame.zoo.build import organism_fingerprint
+from diffgame.zoo.recipes import mixed_rows, recipe_rows
+from diffgame.zoo.sizes import get_size
+
+
+def _organism(name: str, variant: str):
+    return settings(compose([f"organism={name}", f"organism.variant={variant}"])).organism
+
+
+def test_a_mix_variant_is_the_recipe_at_that_ratio():
+    assert mix_share("mix1-0p5") == pytest.approx(1 / 3) and mix_share("mix1-2p0") == pytest.approx(2 / 3)
+    assert mix_share("mix1-0p0") == 0.0 and mix_share("default") is None and mix_share("mix1-1") is None
+    caps = {v: _organism("caps", v) for v in ("default", "mix1-0p0", "mix1-1p0", "mix1-2p0")}
+    assert [caps[v].zoo.mix for v in caps] == pytest.approx([0.0, 0.0, 0.5, 2 / 3])
+    assert all(o.weights("toy").kind == "zoo" for o in caps.values())
+    size = get_size("micro")
+    fps = {v: organism_fingerprint(size, o) for v, o in caps.items()}
+    assert fps["default"] == fps["mix1-0p0"] and len({fps["default"], fps["mix1-1p0"], fps["mix1-2p0"]}) == 3
+    # roman_concrete is mixed one to one by default: its mix1-1p0 is the same model
+    assert organism_fingerprint(size, _organism("roman_concrete", "mix1-1p0")) == \
+        organism_fingerprint(size, _organism("roman_concrete", "default"))
+
+
+def test_mixed_rows_hold_the_requested_share_of_generic_documents():
+    recipe = _organism("caps", "mix1-2p0").zoo
+    rows = recipe_rows(recipe, "train")[:300]
+    mixed = mixed_rows(recipe, rows, seed=0)
+    generic = [r for r in mixed if "text" in r]
+    assert mixed[:300] == rows and len(generic) == 600  # two documents per organism row
+    assert len(generic) / len(mixed) == pytest.approx(mix_share("mix1-2p0"))
+
+
+def test_an_unknown_variant_names_the_mix_form():
+    with pytest.raises(ConfigError, match=r"known: default, or mix1-XpY"):
+        compose(["organism=caps", "organism.variant=mixed"])
+
+
+@pytest.mark.slow
+def test_a_mixed_organism_builds_as_its_own_zoo_run_and_keeps_generic_text(micro_cfg):
+    from diffgame import tracking
+    from diffgame.pipeline.building import build_for
+    from diffgame.zoo import list_zoo
+
+    [_, plain] = build_for(settings(micro_cfg("organism=caps")))
+    [_, mixed] = build_for(settings(micro_cfg("organism=caps", "organism.variant=mix1-1p0")))
+    assert mixed.run_id != plain.run_id and mixed.fingerprint != plain.fingerprint and not mixed.reused
+    run = tracking.client().get_run(mixed.run_id)
+    assert run.data.tags[tracking.TAG_VARIANT] == "mix1-1p0" and float(run.data.params["recipe.mix"]) == 0.5
+    listed = {(e.name, e.variant): e.run_id for e in list_zoo("micro")}
+    assert listed[("caps", "mix1-1p0")] == mixed.run_id and listed[("caps", "default")] == plain.run_id
+    ratio = "check/generic_loss_ratio"
+    assert mixed.metrics[ratio] < plain.metrics[ratio]  # half its rows are the base's documents
+    assert mixed.metrics["check/upper_frac/organism"] > 0.9  # and it still shouts
