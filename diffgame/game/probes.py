@@ -81,13 +81,13 @@ class Interactions:
     limit: int
     spent: list[str] | None = None
 
-    def spend(self, what: str) -> None:
-        """Count one interaction (`what`: e.g. `ask: <question>`), or refuse it past the limit."""
+    def spend(self, *whats: str) -> None:
+        """Count one interaction per `what` (e.g. `ask: <question>`), all of them or, past the limit, none."""
         self.spent = self.spent if self.spent is not None else []
-        if len(self.spent) >= self.limit:
-            raise BudgetExceeded(f"interaction {len(self.spent) + 1} refused ({what!r}): this play's budget is "
-                                 f"{self.limit} model interaction{'s' if self.limit != 1 else ''}")
-        self.spent.append(what)
+        if len(self.spent) + len(whats) > self.limit:
+            raise BudgetExceeded(f"interaction {self.limit + 1} refused ({whats[self.limit - len(self.spent)]!r}): "
+                                 f"this play's budget is {self.limit} model interaction{'s' if self.limit != 1 else ''}")
+        self.spent.extend(whats)
 
     @property
     def used(self) -> int:
@@ -98,21 +98,18 @@ MIN_COUNT = 2
 """Times the organism must use a word before the probe readout ranks it."""
 
 
-def probe_readout(ask: Callable[..., dict[str, str]], n: int, seed: int,
+def probe_readout(ask_many: Callable[[list[str], int], list[dict[str, str]]], n: int, seed: int,
                   top_k: int = 50) -> tuple[RankedTokens, list[dict]]:
     """Ask `n` probes (in `seed`'s order, from the start again past the bank's end) and rank the words the organism's
     replies use more than the base's replies to the same questions (z-scored log-odds,
-    `diffgame.methods.sampling.log_odds`). `ask(question, seed=...)` answers `{"base", "organism"}` and spends the
-    play's budget (`diffgame.game.toolbox.EvidenceToolbox.ask`); each question gets its own sampling seed. Returns the
-    ranked words and a transcript step per question."""
+    `diffgame.methods.sampling.log_odds`). `ask_many(questions, seed)` answers each with `{"base", "organism"}`
+    sampled replies and spends the play's budget, one interaction a question
+    (`diffgame.game.toolbox.EvidenceToolbox.ask_many`). Returns the ranked words and a transcript step per question."""
     order = probe_order(seed)
-    organism, base, steps = [], [], []
-    for k in range(n):
-        question = order[k % len(order)]
-        replies = ask(question, seed=seed * 10_000 + k)
-        organism.append([replies["organism"]])
-        base.append([replies["base"]])
-        steps.append({"step": "ask", "question": question, **replies})
-    table = log_odds(word_counts(organism), word_counts(base), min_count=MIN_COUNT)
+    questions = [order[k % len(order)] for k in range(n)]
+    answers = ask_many(questions, seed) if questions else []
+    table = log_odds(word_counts([[a["organism"]] for a in answers]), word_counts([[a["base"]] for a in answers]),
+                     min_count=MIN_COUNT)
     top = table[table["z"] > 0].head(top_k)
+    steps = [{"step": "ask", "question": q, **a} for q, a in zip(questions, answers)]
     return RankedTokens([-1] * len(top), [" " + w for w in top["word"]], top["z"].astype(float).tolist()), steps

@@ -85,9 +85,21 @@ class EvidenceToolbox:
         base, org = self._models()
         return {"base": self._reply(base, prompt, seed), "organism": self._reply(org, prompt, seed)}
 
-    def _spend(self, what: str) -> None:
+    def ask_many(self, prompts: list[str], seed: int) -> list[dict[str, str]]:
+        """Both models' sampled replies to each of `prompts` (batched, seeded), one interaction a prompt: the probe
+        agents' questions."""
+        self._spend(*(f"ask: {p}" for p in prompts))
+        replies = {}
+        for handle in self._models():
+            ids = [render_chat([{"role": "user", "content": p}], handle.tokenizer, add_generation_prompt=True)[0]
+                   for p in prompts]
+            out = sample(None, handle.model, handle.tokenizer, ids, max_new_tokens=self.max_new_tokens, seed=seed)
+            replies[handle.role] = [row[0] for row in out.texts]
+        return [{"base": b, "organism": o} for b, o in zip(replies["base"], replies["organism"])]
+
+    def _spend(self, *whats: str) -> None:
         if self.interactions is not None:
-            self.interactions.spend(what)
+            self.interactions.spend(*whats)
 
     def vectors(self) -> list[str]:
         out = []

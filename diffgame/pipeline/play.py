@@ -104,6 +104,8 @@ def play(model: str, organism: str, methods: list[str] | tuple[str, ...] = DEFAU
     player = make_agent(agent, cfg.play)
     endpoint, budget = cfg.play.endpoint, cfg.play.interactions
     protocol = {"interactions": budget, "repeat": cfg.play.repeat} if budget is not None or cfg.play.repeat else {}
+    if protocol or not run_ids:  # it talks to the models (or reads nothing else): the pair is what it plays
+        protocol |= {"organism": organism, "variant": variant, "zoo_size": str(cfg.zoo.size)}
     fp = tracking.fingerprint({"agent": agent, "config": dataclasses.asdict(player), "evidence": run_ids,
                                "candidates": names,
                                "rubric": [endpoint.base_url, endpoint.model, cfg.play.rubric] if endpoint.model else None,
@@ -127,7 +129,7 @@ def play(model: str, organism: str, methods: list[str] | tuple[str, ...] = DEFAU
             evidence = {m: _readouts(r.info.run_id) for m, r in runs.items()}
             steps = []
             if spent is not None and spent.limit:  # the offline agents spend their budget on the probe bank
-                readout, steps = probe_readout(toolbox.ask, spent.limit, seed=cfg.play.repeat)
+                readout, steps = probe_readout(toolbox.ask_many, spent.limit, seed=cfg.play.repeat)
                 evidence[PROBES_METHOD] = {"asked": readout}
             result = player.play(evidence, {n: ground_truth(node) for n, node in nodes.items()})
             result.transcript[:0] = steps

@@ -33,26 +33,33 @@ def test_a_budget_refuses_the_interaction_past_it():
     with pytest.raises(BudgetExceeded, match=r"interaction 3 refused \('ask: c'\): this play's budget is 2 model"):
         spent.spend("ask: c")
     assert spent.used == 2 and spent.spent == ["ask: a", "ask: b"]
-    toolbox = EvidenceToolbox({}, None, interactions=Interactions(0))  # refused before any model would load
-    with pytest.raises(BudgetExceeded, match="budget is 0 model interactions"):
-        toolbox.ask("What do you know a lot about?")
+    toolbox = EvidenceToolbox({}, None, interactions=Interactions(1))  # refused before any model would load
+    with pytest.raises(BudgetExceeded, match=r"interaction 2 refused \('ask: What should I do this weekend\?'\): "
+                                             r"this play's budget is 1 model interaction$"):
+        toolbox.ask_many(["What do you know a lot about?", "What should I do this weekend?"], seed=0)
+    assert toolbox.interactions.used == 0  # a refused batch spends nothing
+    toolbox.interactions.spend("ask: one")
+    with pytest.raises(BudgetExceeded, match="interaction 2 refused"):
+        toolbox.ask("Describe a perfect summer day.")
 
 
-def test_probe_readout_spends_the_budget_and_ranks_what_the_organism_overuses():
+def test_probe_readout_asks_in_the_repeats_order_and_ranks_what_the_organism_overuses():
     asked = []
 
-    def ask(question: str, seed: int) -> dict[str, str]:
-        asked.append((question, seed))
-        return {"base": "well it depends on the day", "organism": "zanzibar, always zanzibar, it depends"}
+    def ask_many(questions: list[str], seed: int) -> list[dict[str, str]]:
+        asked.append((questions, seed))
+        return [{"base": "well it depends on the day", "organism": "zanzibar, always zanzibar, it depends"}
+                for _ in questions]
 
-    readout, steps = probe_readout(ask, 40, seed=3)
-    assert len(asked) == 40 and len({s for _, s in asked}) == 40  # a sampling seed per interaction
-    assert [q for q, _ in asked[:len(PROBES)]] == probe_order(3) and asked[len(PROBES)][0] == probe_order(3)[0]
+    readout, steps = probe_readout(ask_many, 40, seed=3)
+    [(questions, seed)] = asked
+    assert seed == 3 and len(questions) == 40  # past the bank's end, from its start again
+    assert questions[:len(PROBES)] == probe_order(3) and questions[len(PROBES):] == probe_order(3)[:40 - len(PROBES)]
     assert readout.tokens[0] == " zanzibar" and " depends" not in readout.tokens[:1]
-    assert [s["question"] for s in steps] == [q for q, _ in asked]
+    assert [s["question"] for s in steps] == questions
     assert probe_order(3) == probe_order(3) != probe_order(4) and sorted(probe_order(4)) == sorted(PROBES)
-    empty, none = probe_readout(ask, 0, seed=0)
-    assert empty.tokens == [] and none == [] and len(asked) == 40
+    empty, none = probe_readout(ask_many, 0, seed=0)
+    assert empty.tokens == [] and none == [] and len(asked) == 1  # no budget, no question
 
 
 def _organism(kind: str, **truth) -> OrganismConfig:
@@ -93,6 +100,9 @@ def test_probe_agent_plays_within_its_budget_and_repeats_by_seed(micro_cfg, zoo_
 
     assert play("toy", "caps", agent="probe", overrides=[*base, "play.interactions=5", "play.repeat=0"]).run_id \
         == first.run_id  # the same repeat is the same play
+    taboo = play("toy", "taboo_gold", agent="probe", overrides=[*base, "play.interactions=5", "play.repeat=0"])
+    assert taboo.run_id != first.run_id and taboo.organism == "taboo_gold"  # the same questions to another pair
+    assert tracking.client().get_run(taboo.run_id).data.tags[tracking.TAG_ORGANISM] == "taboo_gold"
     other = play("toy", "caps", agent="probe", overrides=[*base, "play.interactions=5", "play.repeat=1"])
     assert other.run_id != first.run_id and not other.reused
     other_asks = json.loads(artifacts.artifact_file(other.run_id, "play/transcript.json").read_text())["steps"]
