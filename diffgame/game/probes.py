@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from diffgame.errors import DiffgameError
 from diffgame.methods.sampling import log_odds, word_counts
@@ -79,11 +79,10 @@ class Interactions:
     """The model interactions one play may spend, and what it spent them on."""
 
     limit: int
-    spent: list[str] | None = None
+    spent: list[str] = field(default_factory=list)
 
     def spend(self, *whats: str) -> None:
         """Count one interaction per `what` (e.g. `ask: <question>`), all of them or, past the limit, none."""
-        self.spent = self.spent if self.spent is not None else []
         if len(self.spent) + len(whats) > self.limit:
             raise BudgetExceeded(f"interaction {self.limit + 1} refused ({whats[self.limit - len(self.spent)]!r}): "
                                  f"this play's budget is {self.limit} model interaction{'s' if self.limit != 1 else ''}")
@@ -91,7 +90,7 @@ class Interactions:
 
     @property
     def used(self) -> int:
-        return len(self.spent or [])
+        return len(self.spent)
 
 
 MIN_COUNT = 2
