@@ -7,6 +7,8 @@ import copy
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from diffgame.methods import MethodContext
@@ -98,6 +100,33 @@ def test_streamed_counts_equal_the_full_matrix():
     torch.testing.assert_close(stats.max, d.max(0).values, rtol=1e-5, atol=1e-5)
     assert torch.equal(stats.argmax, d.argmax(0))
     assert len(stats.sample) == len(flat)  # the reservoir holds every position while it has room
+
+
+@settings(max_examples=150, deadline=None)
+@given(v=st.integers(8, 400), k=st.integers(1, 40), n=st.integers(1, 90), chunk=st.integers(1, 40),
+       levels=st.sampled_from([0, 2, 50]), seed=st.integers(0, 2 ** 16))
+def test_selection_counts_equal_topk_on_any_matrix(v, k, n, chunk, levels, seed):
+    """The CPU path selects each row's K-th largest d instead of sorting (`row_top_k`); its counts equal topk's over
+    the whole matrix exactly, ties included (integer levels force them), and every reservoir row is a top-K set."""
+    g = torch.Generator().manual_seed(seed)
+    d = torch.randint(-levels, levels + 1, (n, v), generator=g).float() if levels else torch.randn(n, v, generator=g)
+    k = min(k, v)
+    stats = DiffStats(v, k, reservoir=30, seed=seed)
+    for i in range(0, n, chunk):
+        stats.add(d[i:i + chunk], torch.arange(i, min(i + chunk, n)))
+    top = d.topk(k, -1).indices
+    assert torch.equal(stats.topk_count, torch.bincount(top.flatten(), minlength=v))
+    assert torch.equal(stats.pos_count, (d > 0).sum(0))
+    assert torch.equal(stats.max, d.max(0).values) and torch.equal(stats.argmax, d.argmax(0))
+    assert len(stats.sample) == min(n, 30)
+    kth = d.topk(k, -1).values[:, -1:]
+    sets = {tuple(sorted(r)) for r in top.tolist()}
+    for row in stats.sample.tolist():
+        assert len(set(row)) == k
+        if levels:  # ties: k columns all at or above some position's K-th value
+            assert bool((d[:, row] >= kth).all(1).any())
+        else:
+            assert tuple(sorted(row)) in sets
 
 
 def test_nmf_recovers_two_planted_topics():
