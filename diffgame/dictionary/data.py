@@ -64,17 +64,20 @@ def read_inputs(store, block: Block, layer: int, inputs: Inputs) -> torch.Tensor
 
 
 class ShuffledStream(IterableDataset):
-    """Batches `[batch_size, M, D]` (fp32) of one layer from batch `start_step` on, up to `steps` (None: endless).
+    """Batches `[batch_size, M, D]` (fp32) of one layer from batch `start_step` on, up to `steps` (None: endless);
+    with `raw`, the same batches before `to_inputs`: rows `[batch_size, 2, D]` (base, organism) in the store's dtype,
+    so the trainer converts them on its own device (half the bytes of fp32 cross to a GPU).
 
     No `__len__`: Lightning then counts steps, not epochs, so a resumed fit never restarts the stream. Buffers hold
     raw rows in the store's dtype and each batch is gathered and converted on its own; `prefetch` > 0 makes that many
-    batches ahead in a background thread (worth it beside a GPU step, not on a small CPU)."""
+    batches ahead in a background thread (worth it beside a GPU step, not on a small CPU); `pin` page-locks each batch
+    there, so the copy to a GPU can run asynchronously (ignored without CUDA)."""
 
     def __init__(self, store, layer: int, datasets: Sequence[str], inputs: Inputs, batch_size: int, steps: int | None,
                  seed: int = 0, block_tokens: int = 1024, buffer_blocks: int = 16, start_step: int = 0,
-                 prefetch: int = 0):
+                 prefetch: int = 0, raw: bool = False, pin: bool = False):
         super().__init__()
-        self.prefetch = prefetch
+        self.prefetch, self.raw, self.pin = prefetch, raw, pin
         self.store, self.layer, self.inputs = store, layer, inputs
         self.batch_size, self.steps, self.seed, self.start_step = batch_size, steps, seed, start_step
         self.buffer_blocks = buffer_blocks
@@ -95,6 +98,12 @@ class ShuffledStream(IterableDataset):
 
     def __iter__(self) -> Iterator[torch.Tensor]:
         batches = self._batches()
+        if not self.raw:
+            batches = (to_inputs(rows, self.inputs) for rows in batches)
+        # pin_memory() raises without CUDA, hence the guard; it runs in the prefetch thread when there is one. Not yet
+        # run on a GPU (the development machine has no CUDA), so kept to these two lines.
+        if self.pin and torch.cuda.is_available():
+            batches = (b.pin_memory() for b in batches)
         return batches if not self.prefetch else _prefetched(batches, self.prefetch)
 
     def _raw_buffer(self, group: list[Block]) -> torch.Tensor:
@@ -108,6 +117,7 @@ class ShuffledStream(IterableDataset):
         return out
 
     def _batches(self) -> Iterator[torch.Tensor]:
+        """Raw batch rows `[batch_size, 2, D]` in the store's dtype (fresh tensors, no views of a buffer)."""
         skip = self.start_step * self.batch_size  # tokens before the first batch we yield
         carry: torch.Tensor | None = None  # raw rows left over from the previous buffer
         made = self.start_step
@@ -128,12 +138,12 @@ class ShuffledStream(IterableDataset):
                     continue
                 if self.steps is not None and made >= self.steps:
                     return
-                yield to_inputs(torch.cat([carry, raw[order[:need]]]), self.inputs)
+                yield torch.cat([carry, raw[order[:need]]])
                 made, at, carry = made + 1, need, None
             while len(order) - at >= self.batch_size:
                 if self.steps is not None and made >= self.steps:
                     return
-                yield to_inputs(raw[order[at:at + self.batch_size]], self.inputs)
+                yield raw[order[at:at + self.batch_size]]
                 at += self.batch_size
                 made += 1
             carry = raw[order[at:]]
@@ -142,7 +152,7 @@ class ShuffledStream(IterableDataset):
 
 
 def to_inputs(raw: torch.Tensor, inputs: Inputs) -> torch.Tensor:
-    """Raw `[n, 2, D]` (base, organism) rows -> dictionary inputs `[n, M, D]` fp32."""
+    """Raw `[n, 2, D]` (base, organism) rows -> dictionary inputs `[n, M, D]` fp32, on the rows' device."""
     x = raw.float()
     return (x[:, 1] - x[:, 0])[:, None] if inputs == "delta" else x
 

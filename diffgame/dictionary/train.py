@@ -22,7 +22,7 @@ import lightning.pytorch as pl
 import torch
 from safetensors.torch import load_file, save_file
 
-from diffgame.dictionary.data import Inputs, ShuffledStream, input_scale
+from diffgame.dictionary.data import Inputs, ShuffledStream, input_scale, to_inputs
 from diffgame.dictionary.model import BatchTopK
 from diffgame.errors import ConfigError
 from diffgame.records.ranges import Checked, bounded, ge, gt
@@ -71,16 +71,20 @@ class TrainConfig(Checked):
             raise ConfigError(f"k ({self.k}) must be <= n_latents ({self.n_latents})")
 
 class DictionaryModule(pl.LightningModule):
-    """Lightning glue around `BatchTopK`: one step = scale the batch, forward, log the numbers."""
+    """Lightning glue around `BatchTopK`: one step = turn the raw batch into inputs, scale, forward, log the numbers.
 
-    def __init__(self, dictionary: BatchTopK, cfg: TrainConfig, prefix: str):
+    Batches are raw rows `[N, 2, D]` (base, organism) as `ShuffledStream(raw=True)` yields them, converted by
+    `to_inputs` on the batch's device: on a GPU the fp32 cast and the delta happen there, after a half-size copy."""
+
+    def __init__(self, dictionary: BatchTopK, cfg: TrainConfig, prefix: str, inputs: Inputs):
         super().__init__()
-        self.dictionary, self.cfg, self.prefix = dictionary, cfg, prefix
+        self.dictionary, self.cfg, self.prefix, self.inputs = dictionary, cfg, prefix, inputs
 
     def training_step(self, batch: torch.Tensor, batch_idx: int) -> torch.Tensor:
         # normalised before (not after) each step: a checkpoint written after step s then resumes exactly
         self.dictionary.normalize_decoder()
-        out = self.dictionary(self.dictionary.scale(batch), aux_coef=self.cfg.aux_coef, mode=self.cfg.topk)
+        x = to_inputs(batch, self.inputs)  # [N, 2, D] store dtype -> [N, M, D] fp32
+        out = self.dictionary(self.dictionary.scale(x), aux_coef=self.cfg.aux_coef, mode=self.cfg.topk)
         self.log_dict({f"{self.prefix}/loss": out.loss.detach(), f"{self.prefix}/fvu": out.fvu,
                        f"{self.prefix}/l0": out.l0, f"{self.prefix}/aux": out.aux,
                        f"{self.prefix}/dead": self.dictionary.dead_share()},
@@ -151,7 +155,7 @@ def train_dictionary(store, layer: int, datasets: Sequence[str], inputs: Inputs,
         return model.eval()
     model.input_scale.copy_(input_scale(store, layer, datasets, inputs))
     stream = ShuffledStream(store, layer, datasets, inputs, cfg.batch_size, None, seed=seed,
-                            block_tokens=cfg.block_tokens, buffer_blocks=cfg.buffer_blocks)
+                            block_tokens=cfg.block_tokens, buffer_blocks=cfg.buffer_blocks, raw=True)
     steps = cfg.steps or max(1, math.ceil(cfg.epochs * stream.n_tokens / cfg.batch_size))
     last = folder / "last.ckpt" if folder is not None and (folder / "last.ckpt").is_file() else None
     checkpoint = load_checkpoint(last) if last else None
@@ -159,7 +163,8 @@ def train_dictionary(store, layer: int, datasets: Sequence[str], inputs: Inputs,
         last = None
     start = int(checkpoint["global_step"]) if checkpoint else 0
     stream.start_step = start
-    stream.prefetch = 2 if _on_gpu(cfg) else 0
+    # beside a GPU: two batches made ahead in a thread, page-locked there for an asynchronous copy
+    stream.prefetch, stream.pin = (2, True) if _on_gpu(cfg) else (0, False)
     for name in ("lightning.pytorch.utilities.rank_zero", "lightning.pytorch.accelerators.cuda"):
         logging.getLogger(name).setLevel(logging.WARNING)  # no "GPU available" banners per layer
     callbacks: list[pl.Callback] = [StepProgress(steps, start, f"train {prefix}")]
@@ -168,7 +173,7 @@ def train_dictionary(store, layer: int, datasets: Sequence[str], inputs: Inputs,
 
         callbacks.append(ModelCheckpoint(dirpath=folder, every_n_train_steps=cfg.checkpoint_every, save_last=True,
                                          save_top_k=0, save_on_train_epoch_end=False))
-    module = DictionaryModule(model, cfg, prefix)
+    module = DictionaryModule(model, cfg, prefix, inputs)
     loader = torch.utils.data.DataLoader(stream, batch_size=None, num_workers=0)
     trainer = pl.Trainer(max_steps=steps, max_epochs=-1, precision=_precision(cfg), accelerator=cfg.accelerator,
                          devices=1, logger=logger if logger is not None else False, callbacks=callbacks,

@@ -10,7 +10,7 @@ import lightning.pytorch as pl
 import pytest
 import torch
 
-from diffgame.dictionary.data import ShuffledStream, blocks
+from diffgame.dictionary.data import ShuffledStream, blocks, to_inputs
 from diffgame.dictionary.model import BatchTopK
 from diffgame.dictionary.readout import scan
 from diffgame.dictionary.train import TrainConfig, train_dictionary
@@ -105,6 +105,26 @@ def test_stream_resumed_at_a_step_yields_the_same_batches_and_covers_every_token
     assert torch.equal(torch.sort(epoch.sum(-1)).values, torch.sort(every.sum(-1)).values)
     assert not torch.equal(epoch, every)  # shuffled
     assert sum(len(b) for b in blocks(store, ["text"], 700)) == N
+
+
+@pytest.mark.parametrize("inputs", ["delta", "pair"])
+def test_raw_stream_through_to_inputs_is_the_fp32_stream(tmp_path, inputs):
+    """What training feeds (raw bf16 rows, converted in the step) equals the fp32 stream batch for batch, across
+    buffer and epoch boundaries (30 batches of 256 over 3000 tokens in buffers of 900)."""
+    g = torch.Generator().manual_seed(0)
+    base = torch.randn(3000, D, generator=g)
+    seqs = [([1] * 50, [0] * 50)] * 60
+    store = write_store(tmp_path, {"text": {"sequences": seqs, "base": {1: base},
+                                            "organism": {1: base + 0.3 * torch.randn(3000, D, generator=g)}}},
+                        [1], dtype="bfloat16")
+    kw = dict(seed=2, block_tokens=300, buffer_blocks=3)
+    fp32 = list(ShuffledStream(store, 1, ["text"], inputs, 256, 30, **kw))
+    raw = list(ShuffledStream(store, 1, ["text"], inputs, 256, 30, raw=True, pin=True, **kw))
+    assert len(raw) == len(fp32) == 30
+    assert all(r.shape == (256, 2, D) and r.dtype == torch.bfloat16 for r in raw)
+    assert all(torch.equal(to_inputs(r, inputs), x) for r, x in zip(raw, fp32))
+    # pinned only with CUDA (pin_memory raises without it)
+    assert all(r.is_pinned() == torch.cuda.is_available() for r in raw)
 
 
 # --- planted directions ------------------------------------------------------------------------------
