@@ -81,11 +81,13 @@ class Promoted:
         top = div.topk(max(1, round(len(div) * share))).indices
         p_org = torch.softmax(logits_org[top].float() / temperature, -1)
         p_base = torch.softmax(logits_base[top].float() / temperature, -1)
-        self.shift += (p_org - p_base).sum(0).cpu()
+        if self.shift.device != p_org.device:  # summed where the logits are: no host round trip per chunk
+            self.shift = self.shift.to(p_org.device)
+        self.shift += (p_org - p_base).sum(0)
         self.positions += len(top)
 
     def mean(self) -> torch.Tensor:
-        return self.shift / max(self.positions, 1)
+        return self.shift.cpu() / max(self.positions, 1)
 
 
 @torch.inference_mode()
@@ -99,20 +101,22 @@ def per_token_divergence(base_model, org_model, input_ids: torch.Tensor, seq_off
     tokens `keep` [N] bool marks (all when None).
     """
     device = next(base_model.parameters()).device
-    out = torch.zeros(len(input_ids), dtype=torch.float32)
+    out = torch.zeros(len(input_ids), dtype=torch.float32, device=device)  # copied to the host once, at the end
     chunk = config.chunk_tokens(vocab_size(base_model), device)
     divergence = config.divergence_fn()
     for where, logits_org, logits_base in logit_chunks(base_model, org_model, input_ids, seq_offsets,
                                                        config.batch_tokens, chunk):
         div = divergence(logits_org, logits_base, config.divergence, config.temperature).float()
-        out[where] = div.cpu()
+        out[where.to(device, non_blocking=True)] = div
         if promoted is not None and config.promoted_share > 0:
-            k = keep[where].to(div.device) if keep is not None else None
+            k = keep[where] if keep is not None else None  # decided on the host: no wait on the device
             if k is None or bool(k.all()):
                 promoted.add(logits_org, logits_base, div, config.promoted_share, config.temperature)
-            elif k.any():
-                promoted.add(logits_org[k], logits_base[k], div[k], config.promoted_share, config.temperature)
-    return out
+            elif bool(k.any()):
+                rows = k.nonzero().squeeze(1).to(div.device, non_blocking=True)
+                promoted.add(logits_org[rows], logits_base[rows], div[rows], config.promoted_share,
+                             config.temperature)
+    return out.cpu()
 
 
 class KLMethod(Method):

@@ -40,10 +40,12 @@ def logit_chunks(base_model, org_model, input_ids: torch.Tensor, seq_offsets: to
     lengths = [b - a for a, b in zip(offsets[:-1], offsets[1:])]
     for batch in length_batches(lengths, batch_tokens):
         ids, mask = pad_right([input_ids[offsets[s]:offsets[s + 1]] for s in batch], 0)
+        # the valid tokens' rows, found on the host: a boolean index of a device tensor would wait for the forward
+        valid = mask.flatten().nonzero().squeeze(1).to(device, non_blocking=True)
         ids, mask = ids.to(device), mask.to(device)
         # final hidden states of the valid tokens, row-major: [n, D]
-        h_base = base_model.get_decoder()(input_ids=ids, attention_mask=mask).last_hidden_state[mask.bool()]
-        h_org = org_model.get_decoder()(input_ids=ids, attention_mask=mask).last_hidden_state[mask.bool()]
+        h_base = base_model.get_decoder()(input_ids=ids, attention_mask=mask).last_hidden_state.flatten(0, 1)[valid]
+        h_org = org_model.get_decoder()(input_ids=ids, attention_mask=mask).last_hidden_state.flatten(0, 1)[valid]
         where = torch.cat([torch.arange(offsets[s], offsets[s + 1]) for s in batch])
         for i in range(0, len(h_base), chunk):
             yield (where[i:i + chunk], lm_logits(org_model, h_org[i:i + chunk])[:, :shared],
