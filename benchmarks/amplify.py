@@ -16,10 +16,6 @@ amplified ÷ the organism alone.
 from __future__ import annotations
 
 import argparse
-import datetime
-import json
-import os
-import platform
 import sys
 from pathlib import Path
 
@@ -29,6 +25,7 @@ from diffgame.models.amplified import amplified_weights
 from diffgame.models.generation import sample
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import _common  # noqa: E402
 import kl  # noqa: E402  (its model shapes and its interleaved timer)
 
 
@@ -88,23 +85,14 @@ def bench(shape: str, layers: int | None, batch: int, prompt: int, new: int, dty
     t = kl.timed(fns, device, repeats)
     n = batch * new
     return {"shape": shape, "layers": base.config.num_hidden_layers, "vocab": base.config.vocab_size, "B": batch,
-            "prompt": prompt, "new": new, "dtype": dtype, "device": device,
+            "prompt": prompt, "new": new, "dtype": dtype, "device": device, "repeats": repeats,
+            "threads": torch.get_num_threads(),
             "tok_s": {k: n / v for k, v in t.items()},
             "amplified_vs_plain": t["plain"] / t["amplified"], "sampler_vs_generate": t["generate"] / t["plain"],
             "weight_vs_organism": t["organism"] / t["weight"]}
 
 
-def machine(device: str) -> str:
-    if device.startswith("cuda"):
-        return torch.cuda.get_device_name()
-    cpuinfo = Path("/proc/cpuinfo")
-    names = [line.split(":", 1)[1].strip() for line in cpuinfo.read_text().splitlines()
-             if line.startswith("model name")] if cpuinfo.is_file() else []
-    name = names[0] if names else platform.processor() or platform.machine()
-    return f"{name}, {os.cpu_count()} cores, {torch.get_num_threads()} torch thread(s)"
-
-
-def main() -> None:
+def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--shape", choices=["toy", "smol", "all"], default="all")
     p.add_argument("--layers", type=int, default=None, help="Decoder layers (default: toy 4, smol 8 on CPU, 30 on GPU).")
@@ -116,26 +104,29 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads.")
     p.add_argument("--json", type=Path, default=None, help="Write the rows here (scripts/bench_tables.py reads it).")
-    a = p.parse_args()
+    return p
+
+
+def measure(a: argparse.Namespace) -> list[dict]:
+    """One row per shape."""
+    cpu = a.device == "cpu"
+    return [bench(shape, a.layers or (8 if shape == "smol" and cpu else None), a.batch, a.prompt, a.new, a.dtype,
+                  a.device, a.repeats) for shape in (["toy", "smol"] if a.shape == "all" else [a.shape])]
+
+
+def main() -> None:
+    a = parser().parse_args()
     if a.threads:
         torch.set_num_threads(a.threads)
-    cpu = a.device == "cpu"
-    rows = []
     print("| shape | layers | B × new | device | plain pair tok/s | amplified tok/s | amplified ÷ plain | "
           "sampler ÷ generate | weight-amplified ÷ organism |")
     print("|---|---|---|---|---|---|---|---|---|", flush=True)
-    for shape in (["toy", "smol"] if a.shape == "all" else [a.shape]):
-        layers = a.layers or (8 if shape == "smol" and cpu else None)
-        r = bench(shape, layers, a.batch, a.prompt, a.new, a.dtype, a.device, a.repeats)
-        rows.append(r)
+    rows = measure(a)
+    for r in rows:
         print(f"| {r['shape']} | {r['layers']} | {r['B']} × {r['new']} | {r['device']} | {r['tok_s']['plain']:,.0f} | "
               f"{r['tok_s']['amplified']:,.0f} | {r['amplified_vs_plain']:.2f} | {r['sampler_vs_generate']:.2f} | "
-              f"{r['weight_vs_organism']:.2f} |", flush=True)
-    if a.json:
-        a.json.parent.mkdir(parents=True, exist_ok=True)
-        a.json.write_text(json.dumps({"benchmark": "amplify", "date": datetime.date.today().isoformat(),
-                                      "machine": machine(a.device), "torch": torch.__version__,
-                                      "command": " ".join(sys.argv), "rows": rows}, indent=1))
+              f"{r['weight_vs_organism']:.2f} |")
+    _common.write_json(a.json, "amplify", a.device, rows)
 
 
 if __name__ == "__main__":

@@ -24,6 +24,7 @@ fallback only where /proc is missing. Targets:
   python benchmarks/diffmining.py                  # toy (zoo `small` Llama): ~1-2 min on 2 idle CPU cores
   python benchmarks/diffmining.py --shape gemma3_1b --n-layers 2 --batch 2 --seq 64 --batches 2 --rss-scale 4
   python benchmarks/diffmining.py --shape gemma3_1b --batch 8 --seq 512 --batches 2 --dtype bfloat16   # GPU
+  ... --json benchmarks/measured/diffmining-cpu.json      # the row for scripts/bench_tables.py
 """
 
 from __future__ import annotations
@@ -33,10 +34,10 @@ import copy
 import gc
 import json
 import os
-import platform
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import torch
 
@@ -44,7 +45,8 @@ from diffgame.methods.diffmining import DiffStats
 from diffgame.models.paired import default_chunk_tokens, logit_chunks
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # the shapes and helpers of extraction.py
-from extraction import make_batches, model_config, status_mib, sync
+import _common  # noqa: E402
+from extraction import make_batches, model_config, status_mib, sync  # noqa: E402
 
 DEFAULTS = {  # (n_layers, batch, seq, batches) per shape and device kind
     ("toy", "cpu"): (None, 16, 128, 8), ("toy", "gpu"): (None, 64, 512, 4),
@@ -112,7 +114,8 @@ def reference_stats(base, org, batches, args) -> dict[str, torch.Tensor]:
             "total": diffs.sum(0, dtype=torch.float64), "max": best, "argmax": at, "n": n}
 
 
-def compare(stats: DiffStats, ref: dict) -> str:
+def compare(stats: DiffStats, ref: dict) -> dict:
+    """(b) against (c): counts exactly, sums and maxima to float tolerance."""
     topk_bad = int((stats.topk_count != ref["topk_count"]).sum())
     pos_bad = int((stats.pos_count != ref["pos_count"]).sum())
     d_sum = float((stats.total - ref["total"]).abs().max())
@@ -121,11 +124,13 @@ def compare(stats: DiffStats, ref: dict) -> str:
     tol_max = 1e-4 * max(1.0, float(ref["max"].abs().max()))
     peak_bad = int((stats.argmax != ref["argmax"]).sum())
     ok = topk_bad == 0 and pos_bad == 0 and d_sum <= tol_sum and d_max <= tol_max and stats.n == ref["n"]
-    return (f"(b) vs (c) over {ref['n']:,} positions x {len(ref['total']):,} tokens: "
+    text = (f"(b) vs (c) over {ref['n']:,} positions x {len(ref['total']):,} tokens: "
             f"{'MATCH' if ok else 'MISMATCH'} -- top-K counts differ on {topk_bad} tokens, positive counts on "
             f"{pos_bad}, max |sum diff| {d_sum:.2e} (tol {tol_sum:.1e}), max |max diff| {d_max:.2e} "
             f"(tol {tol_max:.1e}), peak positions differ on {peak_bad} tokens, positions counted {stats.n:,} vs "
             f"{ref['n']:,}, top-K total {int(stats.topk_count.sum()):,} vs {int(ref['topk_count'].sum()):,}")
+    return {"ok": ok, "topk_mismatches": topk_bad, "positive_mismatches": pos_bad, "peak_mismatches": peak_bad,
+            "max_sum_diff": d_sum, "max_max_diff": d_max, "text": text}
 
 
 def rss_child(args) -> None:
@@ -161,18 +166,6 @@ def child_rss(args, path: str, n_batches: int) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def machine(device: str) -> str:
-    if device.startswith("cuda"):
-        return torch.cuda.get_device_name(torch.device(device))
-    try:
-        for line in subprocess.run(["lscpu"], check=False, capture_output=True, text=True).stdout.splitlines():
-            if line.startswith("Model name:"):
-                return f"{line.split(':', 1)[1].strip()} ({os.cpu_count()} CPUs)"
-    except OSError:
-        pass
-    return f"{platform.processor() or platform.machine()} ({os.cpu_count()} CPUs)"
-
-
 def available_mib() -> float:
     try:
         with open("/proc/meminfo") as f:
@@ -184,7 +177,7 @@ def available_mib() -> float:
     return float("inf")
 
 
-def main() -> None:
+def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--shape", choices=["toy", "gemma3_1b"], default="toy")
     p.add_argument("--n-layers", type=int, default=None, help="Decoder layers (default: toy 4; gemma3_1b 2 on CPU).")
@@ -200,34 +193,35 @@ def main() -> None:
     p.add_argument("--noise", type=float, default=0.02, help="Organism = base + noise x std per weight tensor.")
     p.add_argument("--rounds", type=int, default=5, help="Interleaved rounds; the median rate per path is reported.")
     p.add_argument("--rss-scale", type=int, default=10, help="Position-count factor for the peak-RSS check (0: skip).")
+    p.add_argument("--json", type=Path, default=None, help="Write the row here (scripts/bench_tables.py reads it).")
     p.add_argument("--rss-child", choices=["b", "c"], default=None, help=argparse.SUPPRESS)
-    args = p.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    return p
+
+
+def _defaults(args) -> None:
     kind = "gpu" if args.device.startswith("cuda") else "cpu"
     n_layers, batch, seq, n_batches = DEFAULTS[(args.shape, kind)]
     args.n_layers = args.n_layers or n_layers
     args.batch, args.seq, args.batches = args.batch or batch, args.seq or seq, args.batches or n_batches
-    if args.rss_child:
-        return rss_child(args)
 
-    load_before = os.getloadavg()
+
+def measure(args: argparse.Namespace) -> list[dict]:
+    """Paths (a)-(c) over the same batches, interleaved; one row: rates, ratios, the exact-count check, peak RSS."""
+    _defaults(args)
+    load_before = _common.load()
     base, org = make_pair(args)
     vocab, base_layers = base.config.vocab_size, base.config.num_hidden_layers
     batches = make_batches(args, vocab, args.batches)
     n = sum(b.numel() for b in batches)
     ref_mib = n * vocab * 4 / 2 ** 20
     run_ref = ref_mib < 0.6 * available_mib()
-    paths = {"(a) two full forwards": lambda: two_forwards(base, org, batches, args),
-             "(b) diffgame logit_chunks + DiffStats": lambda: diffgame_stats(base, org, batches, args)}
+    paths = {"forwards": lambda: two_forwards(base, org, batches, args),
+             "diffgame": lambda: diffgame_stats(base, org, batches, args)}
     if run_ref:
-        paths["(c) reference: [N, V] fp32 diffs, then counts"] = lambda: reference_stats(base, org, batches, args)
-    warm = {"(a)": lambda: two_forwards(base, org, batches[:1], args),
-            "(b)": lambda: diffgame_stats(base, org, batches[:1], args),
-            "(c)": lambda: reference_stats(base, org, batches[:1], args)}
-    for name, fn in warm.items():  # one warm-up batch per path
-        if name != "(c)" or run_ref:
-            fn()
+        paths["reference"] = lambda: reference_stats(base, org, batches, args)
+    for name, fn in {"forwards": two_forwards, "diffgame": diffgame_stats, "reference": reference_stats}.items():
+        if name in paths:  # one warm-up batch per path
+            fn(base, org, batches[:1], args)
     runs: dict[str, list[float]] = {name: [] for name in paths}
     out: dict[str, object] = {}
     for _ in range(args.rounds):  # interleaved, so load drifts on a shared machine hit every path alike
@@ -238,57 +232,79 @@ def main() -> None:
             sync(args.device)
             runs[name].append(n / (time.perf_counter() - t0))
     rates = {k: sorted(v)[len(v) // 2] for k, v in runs.items()}
-    check = compare(out["(b) diffgame logit_chunks + DiffStats"],
-                    out["(c) reference: [N, V] fp32 diffs, then counts"]) if run_ref else \
-        f"(c) skipped: its [N, V] matrix would need {ref_mib:,.0f} MiB of {available_mib():,.0f} MiB available"
+    check = compare(out["diffgame"], out["reference"]) if run_ref else None
     out.clear()
 
-    rss: dict[str, tuple[float, float] | None] = {}
+    rss: dict[str, list[dict] | None] = {}
     if args.rss_scale:
-        big = args.batches * args.rss_scale
         for path in ("b", "c"):
             if path == "c" and n * args.rss_scale * vocab * 4 / 2 ** 20 >= 0.6 * available_mib():
                 rss[path] = None
                 continue
-            rss[path] = (child_rss(args, path, args.batches), child_rss(args, path, big))
-    load_after = os.getloadavg()
+            rss[path] = [child_rss(args, path, args.batches), child_rss(args, path, args.batches * args.rss_scale)]
+    ratio = {name: [b / a for a, b in zip(runs["forwards"], runs[name])] for name in runs}
+    return [{"shape": args.shape, "layers": base_layers, "vocab": vocab, "B": args.batch, "T": args.seq,
+             "batches": args.batches, "positions": n, "top_k": args.top_k, "reservoir": args.reservoir,
+             "chunk": default_chunk_tokens(vocab, torch.device(args.device), args.chunk_elements),
+             "dtype": args.dtype, "device": args.device, "threads": torch.get_num_threads(), "rounds": args.rounds,
+             "tok_s": rates, "per_round": ratio,
+             "diffgame_vs_forwards": rates["diffgame"] / rates["forwards"],
+             "reference_vs_forwards": rates["reference"] / rates["forwards"] if run_ref else None,
+             "check": check, "exact": bool(check and check["ok"]),
+             "reference_skipped_mib": None if run_ref else ref_mib,
+             "rss_positions": [n, n * args.rss_scale] if args.rss_scale else None,
+             "rss_mib": {k: [c["peak_rss_mib"] for c in v] if v else None for k, v in rss.items()} or None,
+             "rss_reset": all(c["reset"] for v in rss.values() if v for c in v),
+             "models_rss_mib": min((c["models_rss_mib"] for v in rss.values() if v for c in v), default=None),
+             "load": [load_before, _common.load()]}]
 
-    a = rates["(a) two full forwards"]
-    print(f"\nshape={args.shape} layers={base_layers} vocab={vocab} B={args.batch} "
-          f"T={args.seq} batches={args.batches} positions N={n:,} top_k={args.top_k} reservoir={args.reservoir} "
-          f"chunk={default_chunk_tokens(vocab, torch.device(args.device), args.chunk_elements)} tokens "
-          f"dtype={args.dtype} device={args.device} threads={torch.get_num_threads()} rounds={args.rounds} (median)")
-    print(f"machine: {machine(args.device)}; torch {torch.__version__}; python {platform.python_version()}; "
-          f"load average (1/5/15 min) before {'/'.join(f'{x:.2f}' for x in load_before)}, "
-          f"after {'/'.join(f'{x:.2f}' for x in load_after)}")
-    scale = args.rss_scale
+
+def report(r: dict) -> None:
+    print(f"\nshape={r['shape']} layers={r['layers']} vocab={r['vocab']} B={r['B']} T={r['T']} "
+          f"batches={r['batches']} positions N={r['positions']:,} top_k={r['top_k']} reservoir={r['reservoir']} "
+          f"chunk={r['chunk']} tokens dtype={r['dtype']} device={r['device']} threads={r['threads']} "
+          f"rounds={r['rounds']} (median)")
+    print(f"machine: {_common.machine(r['device'])}; torch {torch.__version__}; 1-minute load average before "
+          f"{r['load'][0]:.2f}, after {r['load'][1]:.2f}")
+    rss = r["rss_mib"] or {}
+    scale = r["rss_positions"][1] // r["rss_positions"][0] if r["rss_positions"] else 0
     rss_head = f" peak RSS 1x (MiB) | peak RSS {scale}x (MiB) | RSS {scale}x / 1x |" if scale else ""
-    print(f"| path | tokens/s | x (a) |{rss_head} target |")
-    print("|---|---:|---:|" + ("---:|---:|---:|" if scale else "") + "---|")
-    targets = {"(a)": "", "(b)": ">= 0.85x (a); RSS ratio <= 1.1", "(c)": "RSS grows with positions"}
-    for name, r in rates.items():
-        key = name[:3]
+    print(f"| path | tokens/s | x (a) | per round |{rss_head} target |")
+    print("|---|---:|---:|---|" + ("---:|---:|---:|" if scale else "") + "---|")
+    names = {"forwards": ("(a) two full forwards", None, ""),
+             "diffgame": ("(b) diffgame logit_chunks + DiffStats", "b", ">= 0.85x (a); RSS ratio <= 1.1"),
+             "reference": ("(c) reference: [N, V] fp32 diffs, then counts", "c", "RSS grows with positions")}
+    a = r["tok_s"]["forwards"]
+    for key, (name, child, target) in names.items():
+        if key not in r["tok_s"]:
+            mib = r["reference_skipped_mib"]
+            print(f"| {name} | skipped | | |{' | | |' if scale else ''} [N, V] = {mib:,.0f} MiB |")
+            continue
         cells = ["", "", ""]
-        if key[1] in rss and rss[key[1]]:
-            r1, r2 = (c["peak_rss_mib"] for c in rss[key[1]])
-            cells = [f"{r1:,.0f}", f"{r2:,.0f}", f"{r2 / r1:.2f}"]
-        elif key[1] in rss:
-            cells = ["", "skipped (memory)", ""]
+        if child in rss:
+            cells = [f"{rss[child][0]:,.0f}", f"{rss[child][1]:,.0f}", f"{rss[child][1] / rss[child][0]:.2f}"] \
+                if rss[child] else ["", "skipped (memory)", ""]
         rss_cells = f" {' | '.join(cells)} |" if scale else ""
-        print(f"| {name} | {r:,.0f} | {r / a:.2f} |{rss_cells} {targets[key]} |")
-    if not run_ref:
-        print(f"| (c) reference | skipped | |{' | | |' if scale else ''} [N, V] = {ref_mib:,.0f} MiB |")
-    measured = [c for pair in rss.values() if pair for c in pair]
-    if measured:
-        reset = all(c["reset"] for c in measured)
-        print(f"(peak RSS: a fresh subprocess per cell, {n:,} and {n * scale:,} positions; VmHWM "
-              + ("reset after building the models, so construction transients are excluded; " if reset else
+        rounds = " ".join(f"{x:.2f}" for x in r["per_round"][key])
+        print(f"| {name} | {r['tok_s'][key]:,.0f} | {r['tok_s'][key] / a:.2f} | {rounds} |{rss_cells} {target} |")
+    if rss:
+        print("(peak RSS: a fresh subprocess per cell; VmHWM "
+              + ("reset after building the models, so construction transients are excluded; " if r["rss_reset"] else
                  "NOT reset after building the models (no /proc/self/clear_refs), so construction counts; ")
-              + f"python + torch + the two models take {min(c['models_rss_mib'] for c in measured):,.0f} MiB; "
-              f"whole-process peaks incl. construction: "
-              + ", ".join(f"({k}) {p[0]['whole_process_peak_mib']:,.0f}/{p[1]['whole_process_peak_mib']:,.0f} MiB"
-                          for k, p in rss.items() if p) + ")")
-    print(check)
+              + f"python + torch + the two models take {r['models_rss_mib']:,.0f} MiB)")
+    print(r["check"]["text"] if r["check"] else "(c) skipped: its [N, V] matrix would not fit in memory")
+
+
+def main() -> None:
+    args = parser().parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.rss_child:
+        _defaults(args)
+        return rss_child(args)
+    rows = measure(args)
+    report(rows[0])
+    _common.write_json(args.json, "diffmining", args.device, rows)
 
 
 if __name__ == "__main__":

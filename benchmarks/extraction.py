@@ -7,11 +7,14 @@ Targets (issues 4, 18): d / (b/2) >= 0.9 and d / min(b/2, e / bytes per paired t
 (c)/2; peak RSS of (d) flat when the token count grows 10x (each measured in a fresh subprocess).
 `--synthetic-gbps X` instead feeds bf16 batches of the shape at X GB/s (0: as fast as it can) through the same
 ShardWriter, without models, and reports the input rate the writer sustains (issue 18: >= min(1.6 GB/s, e)).
+`--json PATH` also writes the model mode's row (rates, ratios, peak RSS, load) in `_common`'s envelope;
+`measure(parser().parse_args([...]))` returns that row in-process (as `benchmarks/suite.py` does).
 
   python benchmarks/extraction.py --shape toy
   python benchmarks/extraction.py --shape gemma3_1b --n-layers 6 --batch 2 --seq 64 --batches 4   # CPU
   python benchmarks/extraction.py --shape gemma3_1b --batch 16 --seq 1024 --dtype bfloat16        # GPU
   python benchmarks/extraction.py --shape gemma3_1b --batch 16 --seq 1024 --synthetic-gbps 1.6    # writer alone
+  python benchmarks/extraction.py --shape toy --json benchmarks/measured/extraction-cpu.json
 """
 
 from __future__ import annotations
@@ -30,6 +33,11 @@ from types import SimpleNamespace
 
 import torch
 from torch import nn
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import _common  # noqa: E402
+
+SCRIPT = os.path.abspath(__file__)  # what the RSS children run, whatever the caller's working directory
 
 
 def model_config(shape: str, n_layers: int | None):
@@ -124,7 +132,8 @@ def paired_store(base, organism, batches, layers, args, root: Path, shard_tokens
     StoreWriter(root).write_plan(plan)
     cfg = OmegaConf.create({"model": {"device_map": None}, "preprocessing": {
         "dtype": "bfloat16", "accelerator": "gpu" if args.device.startswith("cuda") else "cpu", "devices": 1,
-        "strategy": "auto", "num_nodes": 1}, "organism": {"name": "bench"}, "dataset": {"name": "bench"}})
+        "strategy": "auto", "num_nodes": 1}, "organism": {"name": "bench"}, "dataset": {"name": "bench"},
+        "overrides": []})  # Plan.command() lists the user's overrides: none here
     cfg.model.name, cfg.preprocessing.layers = "bench", layers
     resolved = Plan(cfg, pair=None, tokenizer=SimpleNamespace(pad_token_id=0), n_layers=max(layers) + 1,
                     d_model=d_model, layers=layers, store_fingerprint="bench", methods={}, diff_fingerprints={})
@@ -209,10 +218,6 @@ def synthetic(args, d_model: int, n_layers: int, gbps: float, total_bytes: int, 
     return sent / seconds, (cpu1.ru_utime - cpu0.ru_utime) / gb, (cpu1.ru_stime - cpu0.ru_stime) / gb
 
 
-def load_average() -> float:
-    return os.getloadavg()[0]
-
-
 def layers_of(model, fractions: list[float]) -> list[int]:
     from diffgame.models.loading import decoder_layers, resolve_layers
 
@@ -243,8 +248,7 @@ def status_mib(field: str) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-
-def main() -> None:
+def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--shape", choices=["toy", "gemma3_1b"], default="toy")
     p.add_argument("--n-layers", type=int, default=None, help="Decoder layers (fewer than the real model on CPU).")
@@ -261,68 +265,123 @@ def main() -> None:
     p.add_argument("--synthetic-gbps", type=float, default=None,
                    help="Writer alone: feed bf16 batches at this many GB/s (0: unthrottled) instead of the models.")
     p.add_argument("--synthetic-gb", type=float, default=2.0, help="GB of activations fed per synthetic round.")
+    p.add_argument("--json", type=Path, default=None, metavar="PATH",
+                   help="Also write the model mode's rows here (JSON).")
     p.add_argument("--shard-tokens", type=int, default=None, help=argparse.SUPPRESS)
     p.add_argument("--rss-child", action="store_true", help=argparse.SUPPRESS)
-    args = p.parse_args()
+    return p
+
+
+def median(xs: list[float]) -> float:
+    return sorted(xs)[len(xs) // 2]
+
+
+def peak_rss(args, n_batches: int, shard_tokens: int) -> float:
+    """Peak RSS in MiB of (d) over `n_batches` batches, in a fresh subprocess running this file."""
+    cmd = [sys.executable, SCRIPT, "--rss-child", "--shape", args.shape, "--batch", str(args.batch),
+           "--seq", str(args.seq), "--batches", str(n_batches), "--dtype", args.dtype, "--device", args.device,
+           "--layers", *map(str, args.layers), "--shard-tokens", str(shard_tokens)] \
+        + (["--n-layers", str(args.n_layers)] if args.n_layers else []) \
+        + (["--threads", str(args.threads)] if args.threads else [])
+    out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout.strip().splitlines()[-1]
+    return float(json.loads(out)["peak_rss_mib"])
+
+
+def measure(args: argparse.Namespace) -> list[dict]:
+    """The model mode, (a)-(e) and the peak-RSS check: one JSON-serialisable row (see `report` for its reading).
+    `--threads` applies for the call only; the temporary stores and files are deleted."""
+    threads_before = torch.get_num_threads()
     if args.threads:
         torch.set_num_threads(args.threads)
-    if args.rss_child:
-        return rss_child(args)
-    if args.synthetic_gbps is not None:
-        return main_synthetic(args)
+    try:
+        return [_measure(args)]
+    finally:
+        torch.set_num_threads(threads_before)
 
+
+def _measure(args) -> dict:
+    from diffgame.models.loading import decoder_layers
     from diffgame.preprocess.stage import SHARD_BYTES
 
     base, org = make_models(args)
     layers = layers_of(base, args.layers)
     batches = make_batches(args, base.config.vocab_size, args.batches)
-    runs: dict[str, list[float]] = {}
-    load_before, per_token = load_average(), []
+    runs: dict[str, list[float]] = {"full": [], "truncated": [], "naive": [], "paired": []}
+    load_before, per_token = _common.load(), []
     n_tokens = sum(b.numel() for b in batches)
     with tempfile.TemporaryDirectory() as tmp:
         paired_store(base, org, batches[:1], layers, args, Path(tmp) / "warmup")
         for r in range(args.rounds):  # interleaved, so load drifts on a shared machine hit every path alike
-            for name, fn in (("(a) full forward", full_forward(base)),
-                             ("(b) truncated forward", truncated_forward(base, max(layers))),
-                             ("(c) output_hidden_states + .cpu()", naive(base, layers))):
-                runs.setdefault(name, []).append(rate(fn, batches, args.device))
-            runs.setdefault("(d) diffgame paired -> store", []).append(
-                paired_store(base, org, batches, layers, args, Path(tmp) / f"store{r}"))
+            for name, fn in (("full", full_forward(base)),
+                             ("truncated", truncated_forward(base, max(layers))),
+                             ("naive", naive(base, layers))):
+                runs[name].append(rate(fn, batches, args.device))
+            runs["paired"].append(paired_store(base, org, batches, layers, args, Path(tmp) / f"store{r}"))
             per_token.append(store_bytes(Path(tmp) / f"store{r}") / n_tokens)
         # (e) last: the pages its deleted files free are slow to touch again on a VM, which would slow (d)'s writes
         disk = [disk_rate(Path(tmp) / "disk", SHARD_BYTES, args.disk_files) for _ in range(args.rounds)]
-    rates = {k: sorted(v)[len(v) // 2] for k, v in runs.items()}
-    a, b, d = rates["(a) full forward"], rates["(b) truncated forward"], rates["(d) diffgame paired -> store"]
-    e, bpt = sorted(disk)[len(disk) // 2], per_token[0]
-    print(f"\nshape={args.shape} layers={len(__import__('diffgame.models.loading', fromlist=['x']).decoder_layers(base))} "
-          f"d_model={base.config.hidden_size} vocab={base.config.vocab_size} B={args.batch} T={args.seq} "
-          f"batches={args.batches} captured={layers} dtype={args.dtype} device={args.device} "
-          f"threads={torch.get_num_threads()} rounds={args.rounds} (median)")
-    print(f"1-minute load average: {load_before:.2f} before, {load_average():.2f} after")
-    print("| path | tokens/s | x (a) | note |\n|---|---:|---:|---|")
-    for name, r in rates.items():
-        note = ""
-        if name.startswith("(d)"):
-            note = f"paired tokens/s; vs two truncated forwards (b/2): {r / (b / 2):.2f}x"
-        elif name.startswith("(c)"):
-            note = f"one model; (d) per model-forward is {2 * d / r:.2f}x (c)"
-        print(f"| {name} | {r:,.0f} | {r / a:.2f} | {note} |" if r >= 100 else f"| {name} | {r:.2f} | {r / a:.2f} | {note} |")
-    print(f"| (e) disk, {SHARD_BYTES >> 20} MiB files | {e / bpt:,.0f} | {e / bpt / a:.2f} | {e / 1e9:.2f} GB/s at "
-          f"{bpt:,.0f} bytes per paired token (all runs: {', '.join(f'{x / 1e9:.2f}' for x in disk)} GB/s) |")
-    print(f"(d) / (b/2) = {d / (b / 2):.2f}; (d) / min(b/2, e/bytes per token) = {d / min(b / 2, e / bpt):.2f}")
+    load_after = _common.load()
+    tok_s = {k: median(v) for k, v in runs.items()}
+    a, b, c, d = tok_s["full"], tok_s["truncated"], tok_s["naive"], tok_s["paired"]
+    e, bpt = median(disk), per_token[0]
+    tok_s["disk"] = e / bpt
+    row = {"shape": args.shape, "layers": len(decoder_layers(base)), "d_model": base.config.hidden_size,
+           "vocab": base.config.vocab_size, "B": args.batch, "T": args.seq, "batches": args.batches,
+           "captured": [int(x) for x in layers], "dtype": args.dtype, "device": str(args.device),
+           "threads": torch.get_num_threads(), "rounds": args.rounds, "tok_s": tok_s,
+           "disk_gbps": e / 1e9, "disk_gbps_runs": [x / 1e9 for x in disk], "disk_file_mib": SHARD_BYTES >> 20,
+           "bytes_per_token": bpt, "truncated_vs_full": b / a, "paired_vs_half_truncated": d / (b / 2),
+           "paired_vs_bound": d / min(b / 2, e / bpt), "paired_per_model_vs_naive": 2 * d / c,
+           "rss_mib": None, "rss_tokens": None, "load": [load_before, load_after]}
+    del base, org, batches
     if args.rss_scale:
-        rss = {}
         shard_tokens = args.batches * args.batch * args.seq // 2  # both runs span several shards
-        for n in (args.batches, args.batches * args.rss_scale):
-            cmd = [sys.executable, __file__, "--rss-child", "--shape", args.shape, "--batch", str(args.batch),
-                   "--seq", str(args.seq), "--batches", str(n), "--dtype", args.dtype, "--device", args.device,
-                   "--layers", *map(str, args.layers), "--shard-tokens", str(shard_tokens)] + (["--n-layers", str(args.n_layers)] if args.n_layers else []) \
-                + (["--threads", str(args.threads)] if args.threads else [])
-            out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout.strip().splitlines()[-1]
-            rss[n] = json.loads(out)["peak_rss_mib"]
-        (n1, r1), (n2, r2) = rss.items()
-        print(f"peak RSS of (d): {r1:,.0f} MiB at {n1 * args.batch * args.seq:,} tokens, "
-              f"{r2:,.0f} MiB at {n2 * args.batch * args.seq:,} tokens ({r2 / r1:.2f}x)")
+        sizes = (args.batches, args.batches * args.rss_scale)
+        row["rss_mib"] = [peak_rss(args, n, shard_tokens) for n in sizes]
+        row["rss_tokens"] = [n * args.batch * args.seq for n in sizes]
+    return row
+
+
+def report(row: dict) -> None:
+    """The model mode's tables, as printed on the command line."""
+    t = row["tok_s"]
+    a, bpt = t["full"], row["bytes_per_token"]
+    print(f"\nshape={row['shape']} layers={row['layers']} d_model={row['d_model']} vocab={row['vocab']} "
+          f"B={row['B']} T={row['T']} batches={row['batches']} captured={row['captured']} dtype={row['dtype']} "
+          f"device={row['device']} threads={row['threads']} rounds={row['rounds']} (median)")
+    print(f"1-minute load average: {row['load'][0]:.2f} before, {row['load'][1]:.2f} after")
+    print("| path | tokens/s | x (a) | note |\n|---|---:|---:|---|")
+    for key, name in (("full", "(a) full forward"), ("truncated", "(b) truncated forward"),
+                      ("naive", "(c) output_hidden_states + .cpu()"), ("paired", "(d) diffgame paired -> store")):
+        r, note = t[key], ""
+        if key == "paired":
+            note = f"paired tokens/s; vs two truncated forwards (b/2): {row['paired_vs_half_truncated']:.2f}x"
+        elif key == "naive":
+            note = f"one model; (d) per model-forward is {row['paired_per_model_vs_naive']:.2f}x (c)"
+        print(f"| {name} | {r:,.0f} | {r / a:.2f} | {note} |" if r >= 100
+              else f"| {name} | {r:.2f} | {r / a:.2f} | {note} |")
+    print(f"| (e) disk, {row['disk_file_mib']} MiB files | {t['disk']:,.0f} | {t['disk'] / a:.2f} | "
+          f"{row['disk_gbps']:.2f} GB/s at {bpt:,.0f} bytes per paired token "
+          f"(all runs: {', '.join(f'{x:.2f}' for x in row['disk_gbps_runs'])} GB/s) |")
+    print(f"(d) / (b/2) = {row['paired_vs_half_truncated']:.2f}; "
+          f"(d) / min(b/2, e/bytes per token) = {row['paired_vs_bound']:.2f}")
+    if row["rss_mib"]:
+        (r1, r2), (n1, n2) = row["rss_mib"], row["rss_tokens"]
+        print(f"peak RSS of (d): {r1:,.0f} MiB at {n1:,} tokens, {r2:,.0f} MiB at {n2:,} tokens ({r2 / r1:.2f}x)")
+
+
+def main() -> None:
+    args = parser().parse_args()
+    if args.threads:  # for the whole process, so that the JSON envelope's machine names them too
+        torch.set_num_threads(args.threads)
+    if args.rss_child:
+        return rss_child(args)
+    if args.synthetic_gbps is not None:
+        return main_synthetic(args)
+    rows = measure(args)
+    for row in rows:
+        report(row)
+    _common.write_json(args.json, "extraction", args.device, rows)
 
 
 def main_synthetic(args) -> None:
@@ -336,7 +395,7 @@ def main_synthetic(args) -> None:
     total = int(args.synthetic_gb * 1e9)
     runs: dict[str, list[float]] = {"unthrottled": [], "target": []}
     cpu: list[tuple[float, float]] = []
-    load_before = load_average()
+    load_before = _common.load()
     with tempfile.TemporaryDirectory() as tmp:
         synthetic(args, d_model, n_layers, 0.0, total // 2, Path(tmp) / "warmup")
         shutil.rmtree(Path(tmp) / "warmup")
@@ -354,11 +413,12 @@ def main_synthetic(args) -> None:
     print(f"\nsynthetic producer: shape={args.shape} d_model={d_model} layers captured={n_layers} "
           f"B={args.batch} T={args.seq} ({2 * n_layers * args.batch * args.seq * d_model * 2 / 1e6:.1f} MB a batch), "
           f"{total / 1e9:.1f} GB a round, rounds={args.rounds} (median), cpus={os.cpu_count()}")
-    print(f"1-minute load average: {load_before:.2f} before, {load_average():.2f} after")
+    print(f"1-minute load average: {load_before:.2f} before, {_common.load():.2f} after")
     user, system = (sorted(x)[len(x) // 2] for x in zip(*cpu))
     print(f"(e) disk: {e:.2f} GB/s ({', '.join(f'{x / 1e9:.2f}' for x in runs['disk'])}); the writer's process "
           f"spends {user:.2f} user + {system:.2f} system CPU s per input GB (medians)")
-    for key, limit, of in (("target", min(args.synthetic_gbps, e), "fed rate"), ("unthrottled", min(1.6, e), "1.6 GB/s")):
+    for key, limit, of in (("target", min(args.synthetic_gbps, e), "fed rate"),
+                           ("unthrottled", min(1.6, e), "1.6 GB/s")):
         if key in med:
             what = f"fed at {args.synthetic_gbps:.2f} GB/s" if key == "target" else "fed unthrottled"
             print(f"writer sustains {med[key] / 1e9:.2f} GB/s of input {what} "

@@ -9,17 +9,23 @@ Shapes: the zoo's `small` toy Llama, and a random-initialised Gemma-3-1B shape (
     python benchmarks/kl.py                      # both shapes, CPU defaults
     python benchmarks/kl.py --shape gemma3 --layers 26 --batch 16 --seq 1024 --device cuda --dtype bfloat16
     python benchmarks/kl.py --compile off        # eager divergence only (the compiled one needs a C++ compiler)
+    python benchmarks/kl.py --json benchmarks/measured/kl-cpu.json    # the rows for scripts/bench_tables.py
 """
 
 from __future__ import annotations
 
 import argparse
 import statistics
+import sys
 import time
+from pathlib import Path
 
 import torch
 
 from diffgame.methods.kl import KLConfig, per_token_divergence
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import _common  # noqa: E402
 
 
 def make_models(shape: str, layers: int | None, dtype: torch.dtype, device: str):
@@ -94,11 +100,13 @@ def bench(shape: str, layers: int | None, batch: int, seq: int, dtype: str, devi
         rows.append({"shape": shape, "layers": base.config.num_hidden_layers, "vocab": vocab, "B": batch, "T": seq,
                      "dtype": dtype, "device": device, "compile": mode, "fwd_tok_s": n / t_fwd, "kl_tok_s": n / t_kl,
                      "ratio": t_fwd / t_kl,
-                     "max_diff": float((scores[mode] - scores[modes[0]]).abs().max()), "chunk_tokens": cfg.chunk_tokens(vocab, torch.device(device))})
+                     "max_diff": float((scores[mode] - scores[modes[0]]).abs().max()),
+                     "chunk_tokens": cfg.chunk_tokens(vocab, torch.device(device)), "repeats": repeats,
+                     "threads": torch.get_num_threads()})
     return rows
 
 
-def main() -> None:
+def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--shape", choices=["toy", "gemma3", "all"], default="all")
     p.add_argument("--layers", type=int, default=None, help="Decoder layers (default: toy 4, gemma3 2 on CPU, 26 on GPU).")
@@ -110,24 +118,36 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads.")
     p.add_argument("--compile", choices=["off", "on", "both"], default="both",
                    help="Divergence eager (off), fused by torch.compile (on), or one row each (both).")
-    a = p.parse_args()
-    if a.threads:
-        torch.set_num_threads(a.threads)
+    p.add_argument("--json", type=Path, default=None, help="Write the rows here (scripts/bench_tables.py reads it).")
+    return p
+
+
+def measure(a: argparse.Namespace) -> list[dict]:
+    """One row per shape and divergence mode."""
     cpu = a.device == "cpu"
     defaults = {"toy": (None, 16, 128), "gemma3": (2 if cpu else None, 2 if cpu else 16, 128 if cpu else 1024)}
-    print("| shape | layers | vocab | B x T | dtype | device | divergence | 2 forwards tok/s | KL tok/s | ratio | "
-          "max abs diff vs the first row (nats) |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|", flush=True)
+    rows = []
     for shape in (["toy", "gemma3"] if a.shape == "all" else [a.shape]):
         layers, batch, seq = defaults[shape]
         modes = ["off", "on"] if a.compile == "both" else [a.compile]
         torch._dynamo.reset()  # each vocabulary gets kernels specialised on it, not a shape-generic recompile
-        for r in bench(shape, a.layers or layers, a.batch or batch, a.seq or seq, a.dtype, a.device, a.repeats,
-                       modes):
-            kind = "compiled" if r["compile"] == "on" else "eager"
-            print(f"| {r['shape']} | {r['layers']} | {r['vocab']} | {r['B']}x{r['T']} | {r['dtype']} | {r['device']} | "
-                  f"{kind} | {r['fwd_tok_s']:,.0f} | {r['kl_tok_s']:,.0f} | {r['ratio']:.2f} | {r['max_diff']:.1e} |",
-                  flush=True)
+        rows += bench(shape, a.layers or layers, a.batch or batch, a.seq or seq, a.dtype, a.device, a.repeats, modes)
+    return rows
+
+
+def main() -> None:
+    a = parser().parse_args()
+    if a.threads:
+        torch.set_num_threads(a.threads)
+    print("| shape | layers | vocab | B x T | dtype | device | divergence | 2 forwards tok/s | KL tok/s | ratio | "
+          "max abs diff vs the first row (nats) |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|", flush=True)
+    rows = measure(a)
+    for r in rows:
+        kind = "compiled" if r["compile"] == "on" else "eager"
+        print(f"| {r['shape']} | {r['layers']} | {r['vocab']} | {r['B']}x{r['T']} | {r['dtype']} | {r['device']} | "
+              f"{kind} | {r['fwd_tok_s']:,.0f} | {r['kl_tok_s']:,.0f} | {r['ratio']:.2f} | {r['max_diff']:.1e} |")
+    _common.write_json(a.json, "kl", a.device, rows)
 
 
 if __name__ == "__main__":

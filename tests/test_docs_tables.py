@@ -39,7 +39,7 @@ def test_cpu_rows_show_ratios_only(tmp_path):
     cpu, gpu = [line for line in bench.render("amplify", tmp_path).splitlines() if line.startswith("| toy")]
     assert "AMD EPYC" in cpu and "1,234" not in cpu and "| — | — | **1.22** |" in cpu
     assert "NVIDIA H100" in gpu and "| 1,234 | 1,500 | **1.22** |" in gpu
-    with pytest.raises(SystemExit, match="no nothing"):
+    with pytest.raises(SystemExit, match="no rows of nothing"):
         bench.render("nothing", tmp_path)
 
 
