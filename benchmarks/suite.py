@@ -22,12 +22,16 @@ import json
 import sys
 import time
 import traceback
+import warnings
+from collections import Counter
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
 
 GEMMA_EXTRACTION = ["--shape", "gemma3_1b", "--dtype", "bfloat16", "--layers", "0.25", "0.5", "0.75"]
 PROFILES: dict[str, list[tuple[str, list[str]]]] = {
@@ -85,8 +89,29 @@ def plan(profile: str, device: str | None = None, only: list[str] | None = None)
     return out
 
 
+def measure(name: str, argv: list[str], sync_debug: bool = False) -> tuple[list[dict], dict | None]:
+    """One entry's rows; with `sync_debug` on CUDA also where the host waited on the device: the source lines of
+    the operations `torch.cuda.set_sync_debug_mode` reports (the tiny shapes walk the same code, so a GPU's short
+    tiny run shows every step that would stall, without perturbing the timed profile)."""
+    module = importlib.import_module(name)
+    args = module.parser().parse_args(argv)
+    if not (sync_debug and torch.cuda.is_available()):
+        return module.measure(args), None
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        torch.cuda.set_sync_debug_mode("warn")
+        try:
+            rows = module.measure(args)
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+    syncs = [w for w in caught if "synchroniz" in str(w.message)]
+    where = Counter(f"{Path(w.filename).relative_to(ROOT) if Path(w.filename).is_relative_to(ROOT) else w.filename}"
+                    f":{w.lineno}" for w in syncs)
+    return rows, {"count": len(syncs), "where": where.most_common(20)}
+
+
 def run(profile: str, out: Path | None, device: str | None = None, only: list[str] | None = None,
-        budget_s: float | None = None) -> dict:
+        budget_s: float | None = None, sync_debug: bool = False) -> dict:
     """Run the profile's entries in this process; the result (also written to `out` after each entry)."""
     entries = plan(profile, device, only)
     dev = device or ("cuda" if torch.cuda.is_available() else "cpu")
@@ -103,8 +128,9 @@ def run(profile: str, out: Path | None, device: str | None = None, only: list[st
             print(f"[{i + 1}/{len(entries)}] {name} {' '.join(argv)}", flush=True)
             t0 = time.perf_counter()
             try:
-                module = importlib.import_module(name)
-                entry["rows"] = module.measure(module.parser().parse_args(argv))
+                entry["rows"], syncs = measure(name, argv, sync_debug)
+                if syncs is not None:
+                    entry["device_syncs"] = syncs
             except Exception:  # one failing row must not cost the others (a lend is 15 minutes)
                 entry["error"] = traceback.format_exc(limit=8)
                 print(entry["error"], file=sys.stderr, flush=True)
@@ -127,6 +153,8 @@ def main() -> None:
     p.add_argument("--only", nargs="+", default=None, help="Run only these benchmarks.")
     p.add_argument("--budget-s", type=float, default=None, help="Start no entry after this many seconds.")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads.")
+    p.add_argument("--sync-debug", action="store_true",
+                   help="On CUDA, record where the host waits on the device (perturbs timings: use with tiny).")
     p.add_argument("--dry-run", action="store_true", help="Print the plan and stop.")
     a = p.parse_args()
     if a.threads:
@@ -135,7 +163,7 @@ def main() -> None:
         for name, argv in plan(a.profile, a.device, a.only):
             print(f"python benchmarks/{name}.py {' '.join(argv)}")
         return
-    result = run(a.profile, a.json, a.device, a.only, a.budget_s)
+    result = run(a.profile, a.json, a.device, a.only, a.budget_s, a.sync_debug)
     failed = [e["benchmark"] for e in result["entries"] if "error" in e]
     skipped = [e["benchmark"] for e in result["entries"] if "skipped" in e]
     print(f"suite {a.profile}: {len(result['entries'])} entries in {result['wall_s']:.0f} s on {result['machine']}"

@@ -18,6 +18,8 @@ mkdir -p "$out"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
 python3 -c "import torch, transformers, omegaconf, diffgame; print('torch', torch.__version__, 'cuda', torch.cuda.is_available(), 'transformers', transformers.__version__)" \
   || exit 1
+# first the tiny shapes with CUDA's sync debug mode: every line where the host waits on the device (~20 s)
+python3 benchmarks/suite.py --profile tiny --sync-debug --json "$out/suite-syncs.json" > "$out/suite-syncs.log" 2>&1
 profile="${PROFILE:-gpu}"
 python3 benchmarks/suite.py --profile "$profile" --budget-s "${BUDGET_S:-420}" --json "$out/suite-$profile.json" 2>&1 \
   | tee "$out/suite-$profile.log"
