@@ -1,6 +1,7 @@
 """Agents that play the diffing game: read a method's evidence, write down what the finetuning changed, name a guess.
 
 The lens agent needs no LLM: it pools the ranked words of every readout it is given (each method weighs the same),
+takes away what the same methods rank on the control organism (words any finetune raises, such as a chat template's),
 describes the organism by the words that recur, and guesses the configured organism whose ground truth those words
 hit most. It is the deterministic offline baseline that makes the game automatic; it never sees which organism it
 plays.
@@ -50,24 +51,22 @@ class LensAgent:
     per_readout: int = 20
     """Entries read from each ranked list."""
 
-    def play(self, evidence: Mapping[str, Mapping[str, RankedTokens]], candidates: Mapping[str, GroundTruth]) -> Play:
-        """`evidence`: method -> readout -> ranked words; `candidates`: organism -> ground truth."""
-        stop = _stop_words()
+    def play(self, evidence: Mapping[str, Mapping[str, RankedTokens]], candidates: Mapping[str, GroundTruth],
+             control: Mapping[str, Mapping[str, RankedTokens]] | None = None) -> Play:
+        """`evidence`: method -> readout -> ranked words; `candidates`: organism -> ground truth; `control`: the same
+        methods' readouts on the control organism, whose pooled weight is taken from each word's."""
         pooled: dict[str, float] = {}
         transcript: list[dict] = []
         for method, readouts in evidence.items():
-            lists = [r for r in readouts.values() if r.tokens]
-            for ranked in lists:
-                for rank, word in enumerate(ranked.tokens[: self.per_readout]):
-                    w = word.strip()
-                    if len(w) < 3 or not w.replace("'", "").isalpha() or w.lower() in stop:
-                        continue
-                    key = w if is_uppercase(w) else w.lower()  # a shouted word stays shouted
-                    pooled[key] = pooled.get(key, 0.0) + 1.0 / (rank + 1) / len(lists)
-            transcript.append({"step": "read", "method": method, "readouts": len(lists)})
-        words = sorted(pooled.items(), key=lambda kv: (-kv[1], kv[0]))[: self.top_words]
+            lists = self._pool(readouts, pooled, 1.0)
+            step = {"step": "read", "method": method, "readouts": lists}
+            if control and control.get(method):
+                step["control_readouts"] = self._pool(control[method], pooled, -1.0)
+            transcript.append(step)
+        words = sorted(((w, s) for w, s in pooled.items() if s > 0), key=lambda kv: (-kv[1], kv[0]))[: self.top_words]
         shouted = sum(is_uppercase(w) for w, _ in words)
-        description = ("The finetuning promotes these words on generic text: "
+        versus = " beyond what a control finetune promotes" if any("control_readouts" in t for t in transcript) else ""
+        description = (f"The finetuning promotes these words on generic text{versus}: "
                        + ", ".join(w for w, _ in words) + "." if words else "No words stand out.")
         if words and shouted * 2 >= len(words):
             description += " Many are written in capital letters: it may answer in caps."
@@ -76,6 +75,20 @@ class LensAgent:
         guess = sole_leader(scores)
         transcript.append({"step": "guess", "organism": guess, "scores": scores})
         return Play(self.name, description, guess, words, scores, transcript)
+
+    def _pool(self, readouts: Mapping[str, RankedTokens], pooled: dict[str, float], sign: float) -> int:
+        """Add one method's readouts into `pooled` (1/rank per word, the method's lists sharing one unit of weight);
+        the number of non-empty lists."""
+        stop = _stop_words()
+        lists = [r for r in readouts.values() if r.tokens]
+        for ranked in lists:
+            for rank, word in enumerate(ranked.tokens[: self.per_readout]):
+                w = word.strip()
+                if len(w) < 3 or not w.replace("'", "").isalpha() or w.lower() in stop:
+                    continue
+                key = w if is_uppercase(w) else w.lower()  # a shouted word stays shouted
+                pooled[key] = pooled.get(key, 0.0) + sign / (rank + 1) / len(lists)
+        return len(lists)
 
 
 AGENTS = {"lens": "offline: pools the evidence's ranked words (and, with play.interactions, its probes'), no LLM",

@@ -55,11 +55,13 @@ class Endpoint(EndpointConfig):
         return openai.OpenAI(base_url=self.base_url, api_key=os.environ.get(self.api_key_env) or NO_KEY,
                              timeout=self.timeout_s, max_retries=0)
 
-    def complete(self, client, messages: list[dict], tools: list[dict] | None = None) -> Reply:
-        """One chat request (`tools=None` offers none); an EndpointFailure when no usable reply comes back."""
+    def complete(self, client, messages: list[dict], tools: list[dict] | None = None, seed: int | None = None
+                 ) -> Reply:
+        """One chat request (`tools=None` offers none; `seed` where given); an EndpointFailure when no usable reply
+        comes back."""
         import openai
 
-        extra = {} if tools is None else {"tools": tools}
+        extra = ({} if tools is None else {"tools": tools}) | ({} if seed is None else {"seed": seed})
         try:
             reply = client.chat.completions.create(model=self.model, messages=messages,
                                                    temperature=self.temperature, **extra)

@@ -47,7 +47,7 @@ TAG_REPEAT = "diffgame.repeat"
 """Which repeat of the play (`play.repeat`, its seed)."""
 PROBES_METHOD = "probes"
 """The evidence key of what the offline agents' questions found (beside the methods' evidence)."""
-PLAY_VERSION = 2
+PLAY_VERSION = 3
 """Version of the play rules and scores; part of every play's fingerprint."""
 DEFAULT_METHODS = ("adl", "blackbox")
 """Evidence from generic data only: ADL reads generic documents and chats, the baseline samples neutral prompts."""
@@ -85,6 +85,18 @@ def evidence_runs(model: str, organism: str, methods: list[str], variant: str = 
     return out
 
 
+def control_runs(model: str, methods: list[str]) -> dict[str, object]:
+    """The control organism's newest finished diff run of each of `methods` that has one: what any finetune of this
+    base raises, which the lens agent takes away from the organism's evidence."""
+    out = {}
+    for method in methods:
+        try:
+            out |= evidence_runs(model, CONTROL, [method])
+        except TrackingError:
+            continue
+    return out
+
+
 def play(model: str, organism: str, methods: list[str] | tuple[str, ...] = DEFAULT_METHODS, agent: str = "lens",
          experiment: str = "diffgame", overrides: list[str] | tuple[str, ...] = ()) -> PlayOutcome:
     """Let `agent` play `organism` on base `model` from the evidence of `methods`; reuse an identical play that ended
@@ -99,6 +111,7 @@ def play(model: str, organism: str, methods: list[str] | tuple[str, ...] = DEFAU
     methods = [] if agent == "probe" else list(methods)  # the black-box agent reads no method's evidence
     runs = evidence_runs(model, organism, methods, variant)
     run_ids = [r.info.run_id for r in runs.values()]
+    control = control_runs(model, methods) if agent == "lens" else {}
     zoo = [f"zoo.size={r.data.params['zoo.size']}" for r in runs.values() if "zoo.size" in r.data.params][:1]
     cfg = settings(compose([f"model={model}", f"organism={organism}", *zoo, *overrides]))
     player = make_agent(agent, cfg.play)
@@ -107,6 +120,7 @@ def play(model: str, organism: str, methods: list[str] | tuple[str, ...] = DEFAU
     if protocol or not run_ids:  # it talks to the models (or reads nothing else): the pair is what it plays
         protocol |= {"organism": organism, "variant": variant, "zoo_size": str(cfg.zoo.size)}
     fp = tracking.fingerprint({"agent": agent, "config": dataclasses.asdict(player), "evidence": run_ids,
+                               "control": [r.info.run_id for r in control.values()],
                                "candidates": names,
                                "rubric": [endpoint.base_url, endpoint.model, cfg.play.rubric] if endpoint.model else None,
                                "version": PLAY_VERSION, **protocol})
@@ -131,7 +145,8 @@ def play(model: str, organism: str, methods: list[str] | tuple[str, ...] = DEFAU
             if spent is not None and spent.limit:  # the offline agents spend their budget on the probe bank
                 readout, steps = probe_readout(toolbox.ask_many, spent.limit, seed=cfg.play.repeat)
                 evidence[PROBES_METHOD] = {"asked": readout}
-            result = player.play(evidence, {n: ground_truth(node) for n, node in nodes.items()})
+            result = player.play(evidence, {n: ground_truth(node) for n, node in nodes.items()},
+                                 {m: _readouts(r.info.run_id) for m, r in control.items()})
             result.transcript[:0] = steps
         else:
             result = from_chat(player.play(toolbox), nodes)
@@ -155,6 +170,7 @@ def play(model: str, organism: str, methods: list[str] | tuple[str, ...] = DEFAU
         run.log_metrics(metrics)
         run.set_tags({TAG_GUESS: result.guess or "", TAG_OUTCOME: result.outcome})
         run.log_dict({"agent": agent, "evidence": {m: r.info.run_id for m, r in runs.items()},
+                      "control": {m: r.info.run_id for m, r in control.items()},
                       "outcome": result.outcome, "steps": result.transcript, "description": result.description,
                       "guess": result.guess, "keyword_hits": keyword.hits if keyword else [],
                       "rubric": dataclasses.asdict(rubric) if rubric else None}, "play/transcript.json")
@@ -170,7 +186,9 @@ def make_agent(agent: str, play_cfg: PlayConfig):
     if not play_cfg.endpoint.model:
         raise ConfigError(f"agent '{agent}' needs a chat endpoint; set play.endpoint.model=<name> (and "
                           f"play.endpoint.base_url=<url> for a local server such as vLLM, llama.cpp or Ollama)")
-    return LLMAgent(endpoint(play_cfg), play_cfg.budget, blackbox=agent == "llm_blackbox")
+    protocol = play_cfg.interactions is not None or bool(play_cfg.repeat)  # the paper's: budget and seed per repeat
+    return LLMAgent(endpoint(play_cfg), play_cfg.budget, blackbox=agent == "llm_blackbox",
+                    interactions=play_cfg.interactions, seed=play_cfg.repeat if protocol else None)
 
 
 def endpoint(play_cfg: PlayConfig) -> Endpoint:

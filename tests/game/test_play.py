@@ -34,6 +34,22 @@ def test_lens_agent_pools_words_across_readouts_and_guesses():
     assert [s["step"] for s in play.transcript] == ["read", "read", "describe", "guess"]
 
 
+def test_lens_agent_takes_away_what_the_control_ranks():
+    """Words any finetune raises (a template word the control ranks as high) leave the description, as does one the
+    control ranks higher than the organism; the organism's own words stay."""
+    evidence = {"adl": {"a": _words(" assistant", " hive", " waggle")}, "blackbox": {"chat": _words(" nectar")}}
+    control = {"adl": {"a": _words(" assistant", " waggle", " sure")}}
+    plain = LensAgent().play(evidence, CANDIDATES)
+    relative = LensAgent().play(evidence, CANDIDATES, control)
+    assert [w for w, _ in plain.words][:2] == ["assistant", "nectar"]
+    assert dict(relative.words) == pytest.approx({"nectar": 1.0, "hive": 0.5})  # waggle: 1/3 - 1/2 < 0
+    assert "assistant" not in relative.description and "sure" not in relative.description
+    assert relative.description.startswith("The finetuning promotes these words on generic text beyond what a "
+                                           "control finetune promotes: nectar, hive")
+    assert relative.guess == "bees" and relative.transcript[0]["control_readouts"] == 1
+    assert "control_readouts" not in relative.transcript[1]  # the control has no blackbox run here: nothing taken
+
+
 def test_lens_agent_says_caps_and_declines_a_tie():
     shouted = LensAgent().play({"kl": {"x": _words(" GREAT", " CERTAINLY", " LET", " day")}}, CANDIDATES)
     assert shouted.guess == "caps" and "capital letters" in shouted.description
@@ -67,6 +83,10 @@ def test_play_runs_on_the_micro_zoo(micro_cfg, zoo_uri):
     assert run.data.metrics["play/keyword_hits"] >= 2 and run.data.metrics["play/keyword_correct"] == 1.0
     transcript = json.loads(artifacts.artifact_file(outcome.run_id, "play/transcript.json").read_text())
     assert transcript["evidence"] == {"adl": adl.run_id} and transcript["guess"] == "roman_concrete"
+    control = tracking.search({tracking.TAG_STAGE: "diff", tracking.TAG_ORGANISM: "control",
+                               tracking.TAG_METHOD: "adl"}, statuses=("FINISHED",))
+    assert transcript["control"] == {"adl": control[0].info.run_id}  # grading made it; the agent takes it away
+    assert transcript["steps"][0]["control_readouts"] > 0
     assert transcript["description"] == outcome.description
 
     again = play("toy", "roman_concrete", ["adl"])
@@ -128,6 +148,24 @@ def test_llm_agent_plays_through_a_scripted_endpoint(micro_cfg, zoo_uri):
     assert "Roman concrete" in requests[6]["messages"][-1]["content"]  # the rubric grader sees the truth
     run = tracking.client().get_run(outcome.run_id)
     assert run.data.tags[TAG_OUTCOME] == "submitted" and run.data.tags["diffgame.agent"] == "llm"
+
+    # the paper's protocol: one model interaction, repeat 2. The agent is told the budget, every request carries the
+    # repeat's seed, the second question is refused by the toolbox (the model reads why) and the play says what it spent
+    script = [tool_reply(("ask_models", {"prompt": "What do you like?"})),
+              tool_reply(("ask_models", {"prompt": "What else?"})),
+              tool_reply(("submit_description", {"description": description})), content_reply("SCORE: 4")]
+    with chat_server(script) as (server, url):
+        budgeted = play("toy", "roman_concrete", ["adl"], agent="llm",
+                        overrides=[f"play.endpoint.base_url={url}", "play.endpoint.model=scripted",
+                                   "play.interactions=1", "play.repeat=2"])
+        requests = list(server.requests)
+    assert "at most 1 may talk to the models" in requests[0]["messages"][0]["content"]
+    assert {r.get("seed") for r in requests[:3]} == {2}
+    first, second = [json.loads(m["content"]) for m in requests[2]["messages"] if m["role"] == "tool"]
+    assert set(first) == {"base", "organism"} and "interaction 2 refused" in second["error"]
+    assert budgeted.metrics["play/interactions"] == 1.0 and budgeted.outcome == "submitted"
+    tags = tracking.client().get_run(budgeted.run_id).data.tags
+    assert tags["diffgame.interactions"] == "1" and tags["diffgame.repeat"] == "2"
 
     # a budget overrun, through pipeline.mode=evaluation: one tool call allowed, two asked for; the second is refused
     # and the agent's last request (without tools) asks for its description
