@@ -18,6 +18,8 @@ import math
 import sys
 from pathlib import Path
 
+import pandas as pd
+
 from diffgame import tracking
 from diffgame.config import configtree
 from diffgame.config.configtree import mix_share
@@ -92,7 +94,6 @@ def grades_table(rows: list[dict]) -> list[str]:
 
 
 def identification_lines(rows: list[dict]) -> list[str]:
-    import pandas as pd
 
     frame = pd.DataFrame(rows)
     words = grading.identification_by_method(frame)
@@ -197,29 +198,49 @@ def mixing_lines(model: str) -> list[str]:
     return out
 
 
-def protocol_lines(model: str) -> list[str]:
-    """The agents under the paper's protocol: per agent, evidence and budget of model interactions, the share of
-    plays scoring >= 2 and >= 4 on the 1-5 scale (keyword-graded) over every organism and repeat, and the spread of
-    that share over repeats (the newest play per organism, agent, evidence, budget and repeat)."""
+def budget_plays(model: str) -> pd.DataFrame:
+    """Plays of `model` under a budget of model interactions, the newest per organism, agent, evidence, budget and
+    repeat, with each organism's type and the play's keyword-graded score (1-5)."""
     plays = backend.runs_frame("play")
     plays = plays[(plays["model"] == model) & (plays["variant"] == tracking.DEFAULT_VARIANT)]
     plays = plays[[TAG_INTERACTIONS in t and t[TAG_INTERACTIONS] != "" and "play/keyword_score" in m
                    for t, m in zip(plays["tags"], plays["metrics"])]]
     if plays.empty:
-        return [f"No play of `model={model}` under a budget of model interactions in this store; the loop above "
-                "makes them."]
+        return plays
     plays = plays.assign(agent=[t["diffgame.agent"] for t in plays["tags"]],
                          budget=[int(t[TAG_INTERACTIONS]) for t in plays["tags"]],
                          repeat=[int(t.get(TAG_REPEAT, 0)) for t in plays["tags"]],
                          score=[m["play/keyword_score"] for m in plays["metrics"]])
     plays = plays.drop_duplicates(["organism", "agent", "method", "budget", "repeat"])  # newest first
-    out = ["| agent | evidence | interactions | plays | organisms × repeats | share ≥ 2 | share ≥ 4 | "
-           "≥ 2 over repeats | ≥ 4 over repeats |", "|---|---|---|---|---|---|---|---|---|"]
-    for (agent, method, budget), g in plays.groupby(["agent", "method", "budget"], sort=True):
+    return plays.assign(type=[organism_type(model, o) for o in plays["organism"]])
+
+
+def organism_type(model: str, organism: str) -> str:
+    """The organism's type as its rubric reads it (documents, taboo, style, ...), `BYO` marked."""
+    try:
+        kind = str(configtree.organism_settings(organism, model).type or "other")
+    except ConfigError:
+        kind = "other"
+    return kind if kind_of(organism) == "built-in" else f"{kind} (BYO)"
+
+
+def protocol_lines(model: str, by: tuple[str, ...] = ()) -> list[str]:
+    """The agents under the paper's protocol: per agent, evidence and budget of model interactions (and `by`, e.g.
+    the organism type), the share of plays scoring >= 2 and >= 4 on the 1-5 scale (keyword-graded) over every
+    organism and repeat, and the spread of that share over repeats."""
+    plays = budget_plays(model)
+    if plays.empty:
+        return [f"No play of `model={model}` under a budget of model interactions in this store; the loop above "
+                "makes them."]
+    keys = [*by, "agent", "method", "budget"]
+    out = ["| " + " | ".join([*by, "agent", "evidence", "interactions", "plays", "organisms × repeats", "share ≥ 2",
+                              "share ≥ 4", "≥ 2 over repeats", "≥ 4 over repeats"]) + " |",
+           "|" + "---|" * (len(keys) + 6)]
+    for key, g in plays.groupby(keys, sort=True):
         per_repeat = g.groupby("repeat")["score"]
         ge2 = per_repeat.apply(lambda s: (s >= 2).mean())
         ge4 = per_repeat.apply(lambda s: (s >= 4).mean())
-        out.append(f"| {agent} | {method} | {budget} | {len(g)} | {g['organism'].nunique()} × {len(ge2)} | "
+        out.append("| " + " | ".join(str(k) for k in key) + f" | {len(g)} | {g['organism'].nunique()} × {len(ge2)} | "
                    f"{(g['score'] >= 2).mean():.2f} | {(g['score'] >= 4).mean():.2f} | "
                    f"{ge2.min():.2f}–{ge2.max():.2f} | {ge4.min():.2f}–{ge4.max():.2f} |")
     return out
@@ -326,6 +347,8 @@ def render(model: str) -> str:
              "the black-box agent, `lens` reads the methods' evidence and spends its interactions on the same probes; "
              "see [the game](game.md#the-papers-protocol-budgets-of-model-interactions)):", "",
              *protocol_lines(model), "",
+             "**The same plays by organism type** (the rubric's type; bring-your-own organisms marked):", "",
+             *protocol_lines(model, by=("type",)), "",
              "**ADL causal effect** (change of the organism's next-token loss in nats/token when δ̂ is projected out "
              "of its residual stream, against random unit directions, and the base's change when δ is added):", "",
              *causal_lines(model, organisms), MARKERS[1]]
