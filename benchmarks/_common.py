@@ -50,3 +50,13 @@ def write_json(path: Path | None, name: str, device: str, rows: list[dict]) -> N
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(envelope(name, device, rows), indent=1) + "\n")
     print(f"wrote {path}")
+
+
+def cli(name: str, parser, measure, report) -> None:
+    """A benchmark's command line: parse, set torch's threads, measure, print the rows, write `--json`."""
+    args = parser().parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    rows = measure(args)
+    report(rows)
+    write_json(args.json, name, args.device, rows)

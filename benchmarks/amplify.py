@@ -114,19 +114,18 @@ def measure(a: argparse.Namespace) -> list[dict]:
                   a.device, a.repeats) for shape in (["toy", "smol"] if a.shape == "all" else [a.shape])]
 
 
-def main() -> None:
-    a = parser().parse_args()
-    if a.threads:
-        torch.set_num_threads(a.threads)
+def report(rows: list[dict]) -> None:
     print("| shape | layers | B × new | device | plain pair tok/s | amplified tok/s | amplified ÷ plain | "
           "sampler ÷ generate | weight-amplified ÷ organism |")
-    print("|---|---|---|---|---|---|---|---|---|", flush=True)
-    rows = measure(a)
+    print("|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         print(f"| {r['shape']} | {r['layers']} | {r['B']} × {r['new']} | {r['device']} | {r['tok_s']['plain']:,.0f} | "
               f"{r['tok_s']['amplified']:,.0f} | {r['amplified_vs_plain']:.2f} | {r['sampler_vs_generate']:.2f} | "
               f"{r['weight_vs_organism']:.2f} |")
-    _common.write_json(a.json, "amplify", a.device, rows)
+
+
+def main() -> None:
+    _common.cli("amplify", parser, measure, report)
 
 
 if __name__ == "__main__":

@@ -135,19 +135,18 @@ def measure(a: argparse.Namespace) -> list[dict]:
     return rows
 
 
-def main() -> None:
-    a = parser().parse_args()
-    if a.threads:
-        torch.set_num_threads(a.threads)
+def report(rows: list[dict]) -> None:
     print("| shape | layers | vocab | B x T | dtype | device | divergence | 2 forwards tok/s | KL tok/s | ratio | "
           "max abs diff vs the first row (nats) |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|", flush=True)
-    rows = measure(a)
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         kind = "compiled" if r["compile"] == "on" else "eager"
         print(f"| {r['shape']} | {r['layers']} | {r['vocab']} | {r['B']}x{r['T']} | {r['dtype']} | {r['device']} | "
               f"{kind} | {r['fwd_tok_s']:,.0f} | {r['kl_tok_s']:,.0f} | {r['ratio']:.2f} | {r['max_diff']:.1e} |")
-    _common.write_json(a.json, "kl", a.device, rows)
+
+
+def main() -> None:
+    _common.cli("kl", parser, measure, report)
 
 
 if __name__ == "__main__":
