@@ -55,7 +55,7 @@ PROFILES: dict[str, list[tuple[str, list[str]]]] = {
         ("extraction", ["--shape", "toy", "--rss-scale", "10"]),
         ("extraction", ["--shape", "gemma3_1b", "--n-layers", "6", "--batch", "2", "--seq", "64", "--batches", "4",
                         "--layers", "0.25", "0.5", "0.75", "--rss-scale", "0", "--disk-files", "2"]),
-        ("diffmining", ["--shape", "toy", "--rss-scale", "10"]),
+        ("diffmining", ["--shape", "toy", "--rounds", "9", "--rss-scale", "10"]),
         ("diffmining", ["--shape", "gemma3_1b", "--rounds", "3", "--rss-scale", "0"]),
         ("kl", ["--shape", "all"]),
         ("dictionary", ["--shape", "toy", "--accelerators", "cpu", "--rss-scale", "10"]),
