@@ -58,7 +58,6 @@ class DiffMiningConfig(Checked):
     """Columns of the topic matrix: the tokens most often in a top-K."""
 
 
-
 @dataclass
 class RowTopK:
     """Each row's k-th largest value and, per row, a subset of its columns that holds the row's top k."""
