@@ -113,6 +113,11 @@ def play(model: str, organism: str, methods: list[str] | tuple[str, ...] = DEFAU
     run_ids = [r.info.run_id for r in runs.values()]
     control = control_runs(model, methods) if agent == "lens" else {}
     zoo = [f"zoo.size={r.data.params['zoo.size']}" for r in runs.values() if "zoo.size" in r.data.params][:1]
+    if not zoo:  # the black-box agent reads no evidence: the zoo size this pair's diff runs used, if any
+        found = tracking.search({tracking.TAG_STAGE: "diff", tracking.TAG_MODEL: model,
+                                 tracking.TAG_ORGANISM: organism}, statuses=("FINISHED",), max_results=1)
+        params = found[0].data.params if found else {}
+        zoo = [f"zoo.size={params['zoo.size']}"] if "zoo.size" in params else []
     cfg = settings(compose([f"model={model}", f"organism={organism}", *zoo, *overrides]))
     player = make_agent(agent, cfg.play)
     endpoint, budget = cfg.play.endpoint, cfg.play.interactions
@@ -232,9 +237,15 @@ def _readouts(run_id: str) -> dict:
 
 
 def playable(model: str, methods: list[str] | tuple[str, ...]) -> list[str]:
-    """The drawable organisms of `model` that have a finished diff run of every method in `methods`."""
+    """The drawable organisms of `model` that have a finished diff run of every method in `methods`; with none (the
+    black-box agent), those with any finished diff run: built, at a zoo size the play can read off it."""
     out = []
     for name in candidate_organisms(model):
+        if not methods:
+            if tracking.search({tracking.TAG_STAGE: "diff", tracking.TAG_MODEL: model, tracking.TAG_ORGANISM: name},
+                               statuses=("FINISHED",), max_results=1):
+                out.append(name)
+            continue
         try:
             evidence_runs(model, name, list(methods))
         except TrackingError:

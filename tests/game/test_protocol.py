@@ -109,3 +109,12 @@ def test_probe_agent_plays_within_its_budget_and_repeats_by_seed(micro_cfg, zoo_
     assert [s["question"] for s in other_asks if s["step"] == "ask"] == probe_order(1)[:5] != probe_order(0)[:5]
     blind = play("toy", "caps", agent="probe", overrides=[*base, "play.interactions=0"])
     assert blind.description == "No words stand out." and blind.metrics["play/keyword_score"] == 1
+
+    # without zoo.size the black-box agent plays the zoo this pair's diff runs used (micro, not the default small)
+    from diffgame.pipeline.chain import run_one
+
+    run_one(micro_cfg("organism=caps", "method=kl", "preprocessing.context_length=48",
+                      *(f"dataset.sources.{s}.max_samples=6" for s in ("generic_text", "generic_chat", "organism"))))
+    again = play("toy", "caps", agent="probe", overrides=["play.max_new_tokens=24", "play.interactions=5",
+                                                            "play.repeat=0"])
+    assert again.reused and again.run_id == first.run_id
