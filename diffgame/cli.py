@@ -33,6 +33,12 @@ Multirun = Annotated[bool, typer.Option(
 Rebuild = Annotated[bool, typer.Option(
     "--rebuild", help="Rebuild the activation store even when a finished one matches (the old run is marked "
                       "FAILED); same as preprocessing.rebuild=true.")]
+Launcher = Annotated[Optional[str], typer.Option(
+    "--launcher", help="Run the sweep's combinations as jobs: `local` (processes on this machine) or `slurm` (an "
+                       "array), through submitit; implies --multirun. Same as launcher=<name> (docs/cluster.md).",
+    show_default=False)]
+Jobs = Annotated[Optional[int], typer.Option(
+    "--jobs", "-j", min=1, help="Children running at once with --launcher (launcher.jobs).", show_default=False)]
 ZooSize = Annotated[str, typer.Option("--size", help="Zoo size: micro (tests), small (default), smol / smol_gpu (LoRA organisms on SmolLM2-135M; use with model=smollm2_135m).")]
 
 
@@ -76,12 +82,19 @@ def _summary(rows) -> None:
     console.print(f"inspect in the app:        diffgame app --tracking-uri {uri}")
 
 
-def _pipeline(overrides, mode, multirun, tracking_uri, rebuild: bool = False) -> None:
+def _pipeline(overrides, mode, multirun, tracking_uri, rebuild: bool = False, launcher: str | None = None,
+              jobs: int | None = None) -> None:
+    from diffgame.errors import SweepError
     from diffgame.pipeline.chain import execute
 
+    extra = (["preprocessing.rebuild=true"] if rebuild else []) + ([f"launcher={launcher}"] if launcher else []) + (
+        [f"launcher.jobs={jobs}"] if jobs else [])
     try:
-        rows = execute(list(overrides or []) + (["preprocessing.rebuild=true"] if rebuild else []), mode=mode,
-                       multirun=multirun, tracking_uri=tracking_uri)
+        rows = execute(list(overrides or []) + extra, mode=mode, multirun=multirun or bool(launcher),
+                       tracking_uri=tracking_uri)
+    except SweepError as e:  # what finished is still worth its table
+        _summary(e.summaries)
+        _fail(e)
     except DiffgameError as e:
         _fail(e)
     _summary(rows)
@@ -89,33 +102,36 @@ def _pipeline(overrides, mode, multirun, tracking_uri, rebuild: bool = False) ->
 
 @app.command()
 def run(overrides: Overrides = None, multirun: Multirun = False, tracking_uri: TrackingUri = None,
-        rebuild: Rebuild = False) -> None:
+        rebuild: Rebuild = False, launcher: Launcher = None, jobs: Jobs = None) -> None:
     """Run the pipeline: preprocess (or reuse the store), then one diff run per method.
 
     `pipeline.mode=preprocessing` stops after the store; `pipeline.mode=diffing` requires an existing one.
 
     Example: diffgame run organism=caps method=\\[kl,normdiff]
+
+    Fanned out: diffgame run organism=caps,tea_lover method=kl,adl --launcher local --jobs 2
     """
-    _pipeline(overrides, None, multirun, tracking_uri, rebuild)
+    _pipeline(overrides, None, multirun, tracking_uri, rebuild, launcher, jobs)
 
 
 @app.command()
 def preprocess(overrides: Overrides = None, multirun: Multirun = False, tracking_uri: TrackingUri = None,
-               rebuild: Rebuild = False) -> None:
+               rebuild: Rebuild = False, launcher: Launcher = None, jobs: Jobs = None) -> None:
     """Cache base and organism activations on the same tokens into an activation store (a `preprocess` run).
 
     Example: diffgame preprocess organism=caps preprocessing.layers=\\[0.5]
     """
-    _pipeline(overrides, "preprocessing", multirun, tracking_uri, rebuild)
+    _pipeline(overrides, "preprocessing", multirun, tracking_uri, rebuild, launcher, jobs)
 
 
 @app.command()
-def diff(overrides: Overrides = None, multirun: Multirun = False, tracking_uri: TrackingUri = None) -> None:
+def diff(overrides: Overrides = None, multirun: Multirun = False, tracking_uri: TrackingUri = None,
+         launcher: Launcher = None, jobs: Jobs = None) -> None:
     """Run diffing methods on an existing store (one `diff` run per method); fails if none matches.
 
     Example: diffgame diff organism=caps method=kl
     """
-    _pipeline(overrides, "diffing", multirun, tracking_uri)
+    _pipeline(overrides, "diffing", multirun, tracking_uri, launcher=launcher, jobs=jobs)
 
 
 @app.command()

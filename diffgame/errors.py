@@ -31,3 +31,11 @@ class DataError(DiffgameError):
 
 class SpaceError(DiffgameError):
     """Too little free disk space for what a stage is about to write."""
+
+
+class SweepError(DiffgameError):
+    """Children of a fanned-out sweep that failed; `summaries` holds the rows of those that finished."""
+
+    def __init__(self, message: str, summaries: list | None = None):
+        super().__init__(message)
+        self.summaries = summaries or []

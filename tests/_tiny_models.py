@@ -105,3 +105,37 @@ def tiny_cfg(base: Path, organism: Path, data: dict[str, Path], tracking_db: Pat
     validate(cfg)  # fills schema defaults of the nodes set above
     tracking.set_uri(f"sqlite:///{tracking_db}")
     return cfg
+
+
+def write_config_dir(root: Path, n_organisms: int = 4, n_text: int = 40, n_chat: int = 24) -> tuple[Path, list[str]]:
+    """A user config folder (`--config-dir`) as a researcher would write one: `model=tiny` (a tiny random base saved
+    hub-style), `dataset=tiny` (local files) and `n_organisms` organisms `tiny_<i>` (the base plus noise of their
+    own); returns the folder and the organism names."""
+    import yaml
+
+    data = write_data(root / "data", n_text=n_text, n_chat=n_chat)
+    conf = root / "configs"
+    for group in ("model", "dataset", "organism"):
+        (conf / group).mkdir(parents=True, exist_ok=True)
+    names = []
+    for i in range(n_organisms):
+        base, org = make_pair(root / f"pair{i}", noise=0.05 * (i + 1))
+        name = f"tiny_{i}"
+        names.append(name)
+        (conf / "organism" / f"{name}.yaml").write_text(yaml.safe_dump({
+            "name": name, "description": f"tiny random organism {i}", "type": "custom",
+            "finetuned": {"tiny": {"default": {"kind": "full", "id": str(org)}}},
+            "training_data": str(data["organism"]), "zoo": {"data": None, "format": "chat"}}))
+    (conf / "model" / "tiny.yaml").write_text(yaml.safe_dump(
+        {"name": "tiny", "id": str(root / "pair0" / "base"), "dtype": "float32", "device": "cpu"}))
+    source = {"split": "train", "text_column": "text", "messages_column": "messages", "max_tokens": None}
+    (conf / "dataset" / "tiny.yaml").write_text(yaml.safe_dump({"name": "tiny", "sources": {
+        "text": {"source": str(data["text"]), "kind": "text", "max_samples": 200, **source},
+        "chat": {"source": str(data["chat"]), "kind": "chat", "max_samples": 200, **source},
+        "organism": {"source": "organism", "kind": "text", "max_samples": 100, **source}}}))
+    return conf, names
+
+
+TINY_OVERRIDES = ["model=tiny", "dataset=tiny", "preprocessing.layers=[1,3]", "preprocessing.context_length=64",
+                  "preprocessing.batch_size=4", "preprocessing.accelerator=cpu"]
+"""What a run on `write_config_dir`'s folder sets beside its organism and methods."""

@@ -22,7 +22,7 @@ from diffgame.records.schema import CONTROL, FinetunedSpec, ModelConfig, Organis
 __all__ = ["BUILTIN_ENV", "CONFIG_PATH_ENV", "CONTROL", "GROUPS", "builtin_dir", "find_data_file", "search_path",
            "user_dirs"]  # the folders live in `diffgame.data.files`: data files resolve against them below this tier
 
-GROUPS = ("model", "organism", "dataset", "method")
+GROUPS = ("model", "organism", "dataset", "method", "launcher")
 """Config groups selected by name (`organism=caps`), one folder each in the tree."""
 
 

@@ -4,7 +4,8 @@ zoo models it loads, plan it once, then execute.
 `full` preprocesses (or reuses the store) then diffs; `preprocessing` only builds the store; `diffing` requires an
 existing store; `evaluation` lets an agent play the game on the finished diff runs (`diffgame.pipeline.play`). The
 control organism's plan rides in each organism's (made on first use), so grading compares like with like.
-`--multirun` sweeps open one parent run with a child per combination.
+`--multirun` sweeps open one parent run with a child per combination, run here one after another or fanned out as
+jobs (`launcher=local|slurm`, `diffgame.pipeline.fanout`).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from omegaconf import DictConfig
 
 from diffgame import tracking
 from diffgame.config.compose import compose, expand_sweep, settings
-from diffgame.errors import ConfigError
+from diffgame.errors import ConfigError, SweepError
 from diffgame.pipeline import planner
 from diffgame.pipeline.building import build_for
 from diffgame.pipeline.runner import StageSummary, run_methods
@@ -36,15 +37,31 @@ def execute(overrides: list[str], mode: str | None = None, multirun: bool = Fals
     tracking.set_uri(tracking_uri or cfgs[0].tracking.uri)
     # before any work: the zoo's experiment too, as a missing zoo model is trained on first use
     tracking.check_writable(*dict.fromkeys([*(c.tracking.experiment for c in cfgs), ZOO_EXPERIMENT]))
-    if not multirun:
+    launcher = cfgs[0].launcher
+    if not multirun and launcher.name == "serial":
         return run_one(cfgs[0])
     summaries: list[StageSummary] = []
     fp = tracking.fingerprint([list(c) for c in combos])
-    with tracking.stage_run("sweep", fp=fp, tags={"diffgame.sweep": " ".join(overrides)},
+    failed = ""
+    with tracking.stage_run("sweep", fp=fp, tags={"diffgame.sweep": " ".join(overrides),
+                                                  "diffgame.launcher": launcher.name},
                             experiment=cfgs[0].tracking.experiment, run_name="sweep") as parent:
-        for cfg in cfgs:
-            summaries.extend(run_one(cfg, parent_run_id=parent.run_id))
+        if launcher.name == "serial":
+            for cfg in cfgs:
+                summaries.extend(run_one(cfg, parent_run_id=parent.run_id))
+        else:  # each combination its own job; children that need the same store wait for one build
+            from diffgame.pipeline.fanout import failures, fan_out
+
+            summaries, children = fan_out(combos, launcher, parent)
+            parent.set_tags({"diffgame.jobs": ",".join(c.job_id for c in children)[:5000]})
+            parent.log_metrics({"sweep/children": len(children),
+                                "sweep/failed": sum(c.state == "FAILED" for c in children),
+                                "sweep/reused": sum(c.state == "REUSED" for c in children)})
+            failed = failures(children)
         summaries.insert(0, StageSummary("sweep", parent.run_id, "*", "*", "*"))
+        if failed:  # the parent fails with the list; the rows of the children that finished are kept
+            raise SweepError(f"{failed.count(chr(10)) + 1} of {len(combos)} children failed (run the same sweep "
+                             f"again to resume only what is missing):\n{failed}", summaries)
     return summaries
 
 

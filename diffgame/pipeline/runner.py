@@ -85,6 +85,19 @@ def run_methods(plan: Plan, parent_run_id: str | None = None) -> list[StageSumma
     return summaries
 
 
+def already_done(plan: Plan) -> list[StageSummary] | None:
+    """The summary rows of `plan` when every method's diff run is FINISHED and graded under the current rules (nothing
+    left to do: a fanned-out sweep submits no job for it), else None."""
+    rows = []
+    for name in plan.methods:
+        done = tracking.find_finished("diff", plan.diff_fingerprints[name])
+        if done is None or done.data.tags.get(tracking.TAG_GRADING) != str(GRADING_VERSION):
+            return None
+        rows.append(_summary(plan, name, registry.get_method(name)[0], done.info.run_id, dict(done.data.metrics),
+                             reused=True))
+    return rows
+
+
 def _run_method(plan: Plan, name: str, cls, config, fp: str, store, pre_run_id, base, organism, completer,
                 parent_run_id: str | None) -> StageSummary:
     """One new (or resumed) diff run of method `name`: run it, log its result, grade it."""
@@ -160,8 +173,7 @@ def find_store(plan: Plan) -> tuple[str, ActivationStore]:
     run = tracking.find_finished("preprocess", fp)
     if run is not None:
         try:
-            return run.info.run_id, ActivationStore.open(artifacts.store_dir(run.info.run_id),
-                                                         skip_first=int(plan.cfg.model.skip_first))
+            return run.info.run_id, open_run_store(run.info.run_id, int(plan.cfg.model.skip_first))
         except StoreError as e:
             tracking.abandon(run.info.run_id, f"store unusable: {e}")
             raise StoreError(f"the store of preprocess run {run.info.run_id} is unusable ({str(e)[:300]}); the run "
@@ -187,7 +199,16 @@ def _open_store(plan: Plan, parent_run_id: str | None) -> tuple[ActivationStore,
     from diffgame.preprocess import preprocess  # Lightning: imported only when a store may have to be made
 
     result = preprocess(plan, parent_run_id=parent_run_id)
-    return ActivationStore.open(result.store_path, skip_first=int(plan.cfg.model.skip_first)), result.run_id
+    skip = int(plan.cfg.model.skip_first)
+    if result.reused:  # a remote one is read through the shard cache
+        return open_run_store(result.run_id, skip), result.run_id
+    return ActivationStore.open(result.store_path, skip_first=skip), result.run_id
+
+
+def open_run_store(run_id: str, skip_first: int = 0) -> ActivationStore:
+    """The store of FINISHED preprocess run `run_id`: in place, or fetched file by file as it is read."""
+    folder, fetch = artifacts.store_source(run_id)
+    return ActivationStore.open(folder, skip_first=skip_first, fetch=fetch)
 
 
 # --- grading -----------------------------------------------------------------------------------------

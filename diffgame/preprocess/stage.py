@@ -29,7 +29,7 @@ from diffgame.records.plan import Plan
 from diffgame.records.schema import PreprocessingConfig
 from diffgame.store import PARTS, ActivationStore, StoreWriter
 from diffgame.tracking import claims
-from diffgame.tracking.artifacts import STORE, store_dir
+from diffgame.tracking.artifacts import STORE, store_source
 from diffgame.tracking.locations import require_space
 
 STAGE = "preprocess"
@@ -83,11 +83,70 @@ def preprocess(plan: Plan, parent_run_id: str | None = None, *, shard_tokens: in
     """
     if os.environ.get(_ENV_RUN) and world_rank_from_env() > 0:  # a re-launched DDP rank: extract only
         return _extract_only(plan)
+    if launched_world(plan.cfg.preprocessing) > 1:  # torchrun (or srun) started every rank: rank 0 leads
+        return _preprocess_launched(plan, parent_run_id, shard_tokens, upload)
+    return _claim_and_build(plan, parent_run_id, shard_tokens, upload)
+
+
+def _claim_and_build(plan: Plan, parent_run_id: str | None, shard_tokens: int | None, upload: bool | None,
+                     announce=None) -> PreprocessResult:
+    """Reuse the plan's finished store, else build it (or resume it) under the claim; `announce(message)` tells the
+    other ranks of a launched world what rank 0 decided, before any extraction."""
     with claims.claim(STAGE, plan.store_fingerprint, f"preprocess of {plan.model_name}/{plan.organism_name}"):
         reused = reuse_store(plan)
         if reused is not None:
+            if announce:
+                announce({"result": reused})
             return reused
-        return _build(plan, parent_run_id, shard_tokens, upload)
+        return _build(plan, parent_run_id, shard_tokens, upload, announce)
+
+
+def launched_world(pp: PreprocessingConfig) -> int:
+    """The world size when a launcher outside Lightning (torchrun, or srun with torchrun's variables) started
+    every rank of a DDP extraction, else 1."""
+    if not pp.strategy.startswith("ddp") or pp.strategy.startswith("ddp_spawn") or os.environ.get(_ENV_RUN):
+        return 1
+    return int(os.environ.get("WORLD_SIZE", "1")) if os.environ.get("MASTER_ADDR") else 1
+
+
+def _preprocess_launched(plan: Plan, parent_run_id: str | None, shard_tokens: int | None,
+                         upload: bool | None) -> PreprocessResult:
+    """One rank of a DDP world started from outside: rank 0 claims, reuses or plans the store and opens the run, then
+    tells the others (a broadcast) where to write; every rank extracts its shards (shard k to rank k % world), and
+    rank 0 writes the manifest last, once every rank's shards are on disk."""
+    import torch.distributed as dist
+
+    if not dist.is_initialized():  # Lightning's DDP strategy then uses this process group as it is
+        dist.init_process_group("nccl" if plan.cfg.preprocessing.accelerator == "gpu" else "gloo")
+    said: list[dict] = []
+
+    def announce(message: dict) -> None:
+        dist.broadcast_object_list([message], src=0)
+        said.append(message)
+
+    if dist.get_rank() == 0:
+        try:
+            result = _claim_and_build(plan, parent_run_id, shard_tokens, upload, announce)
+        except BaseException as e:
+            if not said:  # the others wait for a word from rank 0: the error, so they stop too
+                announce({"error": f"{type(e).__name__}: {e}"})
+            raise
+        if "result" not in said[0]:  # built: the others wait for the finished store's result
+            dist.broadcast_object_list([result], src=0)
+        return result
+    message: list = [None]
+    dist.broadcast_object_list(message, src=0)
+    if "error" in message[0]:
+        raise StoreError(f"rank 0 could not preprocess: {message[0]['error']}")
+    if "result" in message[0]:
+        return message[0]["result"]
+    root = Path(message[0]["root"])
+    run = tracking.StageRun(message[0]["run_id"])
+    _run_passes(plan, StoreWriter(root).read_plan(), load_sequences(plan.cfg, plan.tokenizer), root,
+                _uploader(run, root) if message[0]["upload"] else None, run.run_id)
+    final: list = [None]
+    dist.broadcast_object_list(final, src=0)  # rank 0's result, once its manifest is written
+    return final[0]
 
 
 def reuse_store(plan: Plan) -> PreprocessResult | None:
@@ -100,7 +159,8 @@ def reuse_store(plan: Plan) -> PreprocessResult | None:
             _say(f"preprocess run {done.info.run_id} marked FAILED: rebuilding its store on request")
             continue
         try:
-            store = ActivationStore.open(store_dir(done.info.run_id))
+            folder, fetch = store_source(done.info.run_id)
+            store = ActivationStore.open(folder, fetch=fetch)
         except StoreError as e:
             tracking.abandon(done.info.run_id, f"store unusable: {e}")
             _say(f"preprocess run {done.info.run_id} marked FAILED (its store is unusable: {str(e)[:200]}); "
@@ -115,7 +175,8 @@ def _say(msg: str) -> None:
     print(f"[diffgame] {msg}", file=sys.stderr, flush=True)
 
 
-def _build(plan: Plan, parent_run_id: str | None, shard_tokens: int | None, upload: bool | None) -> PreprocessResult:
+def _build(plan: Plan, parent_run_id: str | None, shard_tokens: int | None, upload: bool | None,
+           announce=None) -> PreprocessResult:
     """A new (or resumed) preprocess run that writes the store."""
     cfg, fp, layers, tokenizer = plan.cfg, plan.store_fingerprint, plan.layers, plan.tokenizer
     _check_organism_tokenizer(plan)
@@ -147,6 +208,8 @@ def _build(plan: Plan, parent_run_id: str | None, shard_tokens: int | None, uplo
                       "preprocessing.layers)")
         uploader = _uploader(run, root) if upload else None
         todo = sum(n for n, parts in pending if parts)  # a resumed run's rate counts only what this attempt extracts
+        if announce:
+            announce({"run_id": run.run_id, "root": str(root), "upload": uploader is not None})
         t0 = time.perf_counter()
         _run_passes(plan, shards, sequences, root, uploader, run.run_id)
         seconds = time.perf_counter() - t0

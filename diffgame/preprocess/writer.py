@@ -69,6 +69,7 @@ class ShardWriter(BasePredictionWriter):
 
     def on_predict_end(self, trainer, pl_module) -> None:
         self.close()
+        trainer.strategy.barrier("diffgame-shards-written")  # rank 0 writes the manifest once every rank's are on disk
 
     def on_exception(self, trainer, pl_module, exception) -> None:
         if getattr(self, "thread", None) is not None and self.thread.is_alive():

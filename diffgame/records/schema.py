@@ -299,6 +299,33 @@ class PlayConfig(Checked):
 
 
 @dataclass
+class LauncherConfig(Checked):
+    """How `--multirun` runs its combinations: one after another in this process (`serial`), or each as its own job
+    through submitit: processes on this machine (`local`) or a Slurm array (`slurm`). Never part of a fingerprint."""
+
+    name: Literal["serial", "local", "slurm"] = "serial"
+    jobs: int = bounded(ge(1), 1)
+    """Children running at once: local processes, or the Slurm array's parallelism."""
+    folder: str = "diffgame-jobs"
+    """submitit's folder (relative to the working directory): each child's call, its stdout/stderr log, its result;
+    on Slurm it must be on a filesystem the nodes share."""
+    gpus_per_node: int = bounded(ge(0), 0)
+    """GPUs per child; `local` gives each running child its own of the visible GPUs."""
+    cpus_per_task: int | None = bounded(ge(1, "null: the cluster's default"), None)
+    mem_gb: float | None = bounded(gt(0, "null: the cluster's default"), None)
+    timeout_min: int = bounded(ge(1), 240)
+    """Wall-clock limit of each child; a child past it is stopped and its runs resume on the next sweep."""
+    partition: str | None = None
+    """Slurm partition (sbatch --partition)."""
+    setup: list[str] = field(default_factory=list)
+    """Shell lines run before each Slurm job (`module load cuda`, `source ~/venv/bin/activate`)."""
+    additional: dict[str, Any] = field(default_factory=dict)
+    """More sbatch options by name (`{account: interp, qos: high}`)."""
+
+    SECTION = "launcher"
+
+
+@dataclass
 class RootConfig:
     """The whole composed config (methods are validated by their registry entries)."""
 
@@ -311,6 +338,7 @@ class RootConfig:
     zoo: ZooConfig = field(default_factory=ZooConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     play: PlayConfig = field(default_factory=PlayConfig)
+    launcher: LauncherConfig = field(default_factory=LauncherConfig)
     seed: int = 0
     """Seed for every sampled choice (data order is deterministic regardless)."""
     overrides: list[str] = field(default_factory=list)

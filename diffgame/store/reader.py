@@ -9,7 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import struct
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,6 +19,9 @@ import torch
 from diffgame.errors import StoreError
 from diffgame.store.layout import CHECKSUMS, FORMAT, MODEL_ROLES, ST_DTYPES, act_file, rebuild_hint, tokens_file
 from diffgame.store.writer import StoreWriter
+
+Fetch = Callable[[str], Path]
+"""Brings a store file (its path relative to the store) into a local cache and returns where it is."""
 
 
 def _header(path: Path) -> tuple[int, dict]:
@@ -94,17 +97,30 @@ class SequenceView:
 class ActivationStore:
     """Read access to a complete store; open with `ActivationStore.open(path)`."""
 
-    def __init__(self, root: Path, manifest: dict, skip_first: int = 0):
+    def __init__(self, root: Path, manifest: dict, skip_first: int = 0, fetch: Fetch | None = None,
+                 verify: bool = True):
         self.root, self.manifest = root, manifest
         self.skip_first = skip_first
         """Tokens at positions < this are left out of what methods compute (`keep`); `model.skip_first`."""
         self._tokens: dict[str, TokenStream] = {}
+        self._fetch, self._verify = fetch, verify
+        self._arrived: set[str] = set()
 
     @classmethod
-    def open(cls, path: str | Path, verify: bool = True, skip_first: int = 0) -> "ActivationStore":
+    def open(cls, path: str | Path, verify: bool = True, skip_first: int = 0,
+             fetch: Fetch | None = None) -> "ActivationStore":
         """Open a store, refusing a partial one; `verify` checks every file's checksum against the manifest;
-        `skip_first` sets which tokens `keep` leaves out."""
+        `skip_first` sets which tokens `keep` leaves out. With `fetch` (a remote store read through a cache), a file
+        is brought by `fetch(relative path)` when first read and checked then, so only what is read is fetched."""
         root = Path(path)
+        if fetch is not None:
+            try:
+                fetch("manifest.json")
+            except StoreError:
+                raise
+            except Exception as e:  # noqa: BLE001 - whatever the artifact store's client raises
+                raise StoreError(f"no finished activation store at {root} ({type(e).__name__}: {str(e)[:200]}); "
+                                 f"build one with `diffgame preprocess ...`") from None
         mpath = root / "manifest.json"
         if not mpath.is_file():
             plan = StoreWriter(root).read_plan()
@@ -120,30 +136,45 @@ class ActivationStore:
         if int(manifest.get("format", 1)) > FORMAT:
             raise StoreError(f"store {root} has format {manifest['format']}, newer than this diffgame reads "
                              f"(up to {FORMAT}); upgrade diffgame, or rebuild the store with this version")
-        store = cls(root, manifest, skip_first)
-        store.check_files(checksums=verify)
+        store = cls(root, manifest, skip_first, fetch, verify)
+        if fetch is None:  # fetched files are checked as they arrive
+            store.check_files(checksums=verify)
         return store
+
+    def _files(self) -> dict[str, dict]:
+        return {rel: info for ds in self.manifest["datasets"].values() for sh in ds["shards"]
+                for rel, info in sh["files"].items()}
 
     def check_files(self, checksums: bool = True) -> None:
         """Every listed file exists with its recorded size (and checksum, by whichever algorithm it records)."""
-        for ds in self.manifest["datasets"].values():
-            for sh in ds["shards"]:
-                for rel, info in sh["files"].items():
-                    f = self.root / rel
-                    why = None
-                    if not f.is_file():
-                        why = "is missing"
-                    elif f.stat().st_size != info["bytes"]:
-                        why = f"has {f.stat().st_size} bytes, manifest says {info['bytes']}"
-                    elif checksums:
-                        algorithm = next((a for a in CHECKSUMS if a in info), None)
-                        if algorithm is None:
-                            why = f"records no checksum this version knows ({', '.join(CHECKSUMS)})"
-                        elif file_digest(f, algorithm) != info[algorithm]:
-                            why = f"fails its {algorithm} checksum"
-                    if why:
-                        raise StoreError(f"corrupt store: shard file {f} {why}; rebuild it with "
-                                         f"`{rebuild_hint(self.manifest)}` (after deleting the run or its store)")
+        for rel, info in self._files().items():
+            self._check_file(self.root / rel, info, checksums)
+
+    def _check_file(self, f: Path, info: dict, checksums: bool) -> None:
+        why = None
+        if not f.is_file():
+            why = "is missing"
+        elif f.stat().st_size != info["bytes"]:
+            why = f"has {f.stat().st_size} bytes, manifest says {info['bytes']}"
+        elif checksums:
+            algorithm = next((a for a in CHECKSUMS if a in info), None)
+            if algorithm is None:
+                why = f"records no checksum this version knows ({', '.join(CHECKSUMS)})"
+            elif file_digest(f, algorithm) != info[algorithm]:
+                why = f"fails its {algorithm} checksum"
+        if why:
+            raise StoreError(f"corrupt store: shard file {f} {why}; rebuild it with "
+                             f"`{rebuild_hint(self.manifest)}` (after deleting the run or its store)")
+
+    def _file(self, rel: str) -> Path:
+        """The local path of store file `rel`: in place, or fetched into the cache and checked on arrival."""
+        if self._fetch is None:
+            return self.root / rel
+        path = self._fetch(rel)
+        if rel not in self._arrived:
+            self._check_file(path, self._files()[rel], self._verify)
+            self._arrived.add(rel)
+        return path
 
     # metadata
     @property
@@ -179,7 +210,7 @@ class ActivationStore:
     # tokens
     def tokens(self, dataset: str) -> TokenStream:
         if dataset not in self._tokens:
-            parts = [mmap_tensors(self.root / tokens_file(dataset, sh["name"])) for sh in self._ds(dataset)["shards"]]
+            parts = [mmap_tensors(self._file(tokens_file(dataset, sh["name"]))) for sh in self._ds(dataset)["shards"]]
             offsets, base = [torch.zeros(1, dtype=torch.int64)], 0
             for p in parts:
                 offsets.append(p["seq_offsets"][1:].long() + base)
@@ -202,7 +233,7 @@ class ActivationStore:
     def shard_activations(self, dataset: str, role: str, layer: int) -> list[torch.Tensor]:
         """Per shard, the memory-mapped `[n, D]` activations, in stream order."""
         self._check(role, layer)
-        return [mmap_tensors(self.root / act_file(dataset, role, layer, sh["name"]))["act"]
+        return [mmap_tensors(self._file(act_file(dataset, role, layer, sh["name"])))["act"]
                 for sh in self._ds(dataset)["shards"]]
 
     def activations(self, dataset: str, role: str, layer: int) -> torch.Tensor:
@@ -235,7 +266,7 @@ class ActivationStore:
         """Rows `start:stop` of shard `shard` (index) of one role and layer, read into fresh memory `[n, D]`."""
         self._check(role, layer)
         name = self._ds(dataset)["shards"][shard]["name"]
-        return read_rows(self.root / act_file(dataset, role, layer, name), "act", start, stop)
+        return read_rows(self._file(act_file(dataset, role, layer, name)), "act", start, stop)
 
     def shuffled_batches(self, dataset: str, layer: int, batch_size: int, seed: int = 0
                          ) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:

@@ -4,7 +4,8 @@ and the activation store inside a preprocess run. Nothing else spells an artifac
 Diff run layout: `tables/<name>.parquet`, `examples/<name>.json`, `vectors.safetensors`, `plots/<name>.png`,
 `evidence/ranked_tokens.json`, `evidence/ranked_words.json`, `samples/<name>.json`, `weights/<name>.safetensors` (trained dictionaries) and, for
 methods that train, `checkpoints/` while they run; a preprocess run keeps its store under `store/`.
-Local artifact stores are read in place; remote ones are downloaded once per file through MLflow.
+Local artifact stores are read in place; remote ones are downloaded once per file through MLflow (a store's shards
+into a bounded cache as they are read, `diffgame.tracking.shardcache`).
 """
 
 from __future__ import annotations
@@ -257,16 +258,15 @@ def checkpoint_dir(run: tracking.StageRun, key: str) -> Path:
     return Path(os.environ.get("DIFFGAME_CACHE", Path.home() / ".cache" / "diffgame")) / CHECKPOINTS / key
 
 
-def store_dir(run_id: str) -> Path:
-    """The store of a FINISHED preprocess run: in place when local, else downloaded once to a cache."""
+def store_source(run_id: str):
+    """Where the store of FINISHED preprocess run `run_id` is read: `(folder, None)` in place when the artifact store is
+    local, else `(cache folder, fetch)` with `fetch` a `diffgame.tracking.shardcache.ShardCache` that downloads each
+    file when first read (open it with `ActivationStore.open(folder, fetch=fetch)`)."""
+    from diffgame.tracking.shardcache import ShardCache
+
     run = tracking.client().get_run(run_id)
     local = tracking.local_artifact_dir(run)
     if local is not None:
-        return local / STORE
-    import mlflow
-
-    cache = Path(os.environ.get("DIFFGAME_CACHE", Path.home() / ".cache" / "diffgame")) / "stores" / run_id
-    if not (cache / STORE / "manifest.json").is_file():
-        mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=STORE, dst_path=str(cache),
-                                            tracking_uri=tracking.resolve_uri())
-    return cache / STORE
+        return local / STORE, None
+    cache = ShardCache(run_id, STORE)
+    return cache.folder, cache

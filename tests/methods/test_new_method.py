@@ -15,8 +15,8 @@ from diffgame import tracking
 from diffgame.config import registry
 from diffgame.methods.base import Method, MethodContext, MethodResult
 from diffgame.pipeline.chain import run_one
+from diffgame.pipeline.runner import open_run_store
 from diffgame.records.evidence import RankedTokens
-from diffgame.store import ActivationStore
 from diffgame.tracking import artifacts
 from diffgame.ui import heat
 
@@ -76,7 +76,7 @@ def toy_method(monkeypatch, tmp_path):
 
 def _expected(pre_run_id: str, top_k: int):
     """Metrics, table and ranked tokens recomputed directly from the preprocess run's store (pandas groupby)."""
-    store = ActivationStore.open(artifacts.store_dir(pre_run_id))
+    store = open_run_store(pre_run_id)
     layer = store.layers[len(store.layers) // 2]
     metrics, rows, frames = {}, [], []
     for d in store.datasets:

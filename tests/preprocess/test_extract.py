@@ -253,3 +253,51 @@ def test_micro_zoo_store(micro_cfg):
                 stored = store.activations(dataset, role, layer)[view.start:view.end].float()
                 torch.testing.assert_close(stored, direct, atol=3e-2, rtol=3e-2)
     assert 2 in store.tokens("organism").roles.tolist()  # caps is chat data: assistant tokens are marked
+
+
+@pytest.mark.slow
+def test_torchrun_two_ranks_write_the_one_process_store_byte_for_byte(pair, tmp_path):
+    """`strategy=ddp` with both ranks started by `torchrun` (as Slurm or a cluster launcher would): rank 0 opens the
+    run and tells rank 1 where to write, each rank writes its own shards, rank 0 writes the manifest last, and the
+    store equals a one-process run's byte for byte (at the same thread count: torchrun runs one per rank)."""
+    import os
+    import re
+    import subprocess
+    import sys
+
+    from helpers_mlflow import free_port
+
+    base, _, data = pair
+    root = Path(base).parent  # the pair's folder: base/, organism/; the data files beside them
+    (root / "data").mkdir(exist_ok=True)
+    for name, path in data.items():
+        (root / "data" / f"{name}.jsonl").write_bytes(Path(path).read_bytes())
+    script = str(Path(__file__).resolve().parent.parent / "_torchrun_extract.py")
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    one = subprocess.run([sys.executable, script, str(root), str(tmp_path / "one.db"), "1"], env=env,
+                         capture_output=True, text=True, timeout=600)
+    assert one.returncode == 0, one.stderr[-3000:]
+    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-addr",
+                          "127.0.0.1", "--master-port", str(free_port()), script, str(root),
+                          str(tmp_path / "two.db"), "2"], env=env, capture_output=True, text=True, timeout=600)
+    assert two.returncode == 0, two.stderr[-3000:]
+    ref = re.findall(r"RESULT (\S+) (\S+) (\S+) (\d+)", one.stdout)[0]
+    ranks = sorted(re.findall(r"RESULT (\S+) (\S+) (\S+) (\d+)", two.stdout))
+    assert [r[0] for r in ranks] == ["0", "1"]
+    assert ranks[0][1:] == ranks[1][1:]  # one run, one store: rank 1 hands back rank 0's result
+    assert ranks[0][3] == ref[3]
+    store = Path(ranks[0][2])
+    manifest = ActivationStore.open(store).manifest  # verifies every checksum
+    assert {s["rank"] for d in manifest["datasets"].values() for s in d["shards"]} == {0, 1}
+    files = {str(p.relative_to(store)): p for p in store.rglob("*.safetensors")}
+    assert max(p.stat().st_mtime_ns for p in files.values()) <= (store / "manifest.json").stat().st_mtime_ns
+    reference = {str(p.relative_to(Path(ref[2]))): p.read_bytes() for p in Path(ref[2]).rglob("*.safetensors")}
+    assert reference == {k: p.read_bytes() for k, p in files.items()}
+    assert len(tracking_runs(tmp_path / "two.db")) == 1
+
+
+def tracking_runs(db: Path) -> list:
+    """The preprocess runs of the SQLite store `db`."""
+    tracking.set_uri(f"sqlite:///{db}")
+    return tracking.search({tracking.TAG_STAGE: "preprocess"})
