@@ -138,7 +138,19 @@ def amplify(runs) -> str:
     return _table(head, runs, cells)
 
 
-RENDER = {"extraction": extraction, "diffmining": diffmining, "kl": kl, "dictionary": dictionary, "amplify": amplify}
+def sweep(runs) -> str:
+    head = ["machine", "workers", "children (stores)", "**speedup** (ideal: workers)", "stores in S3",
+            "downloaded by the workers' cache", "load"]
+
+    def cells(meta, r):  # wall seconds stay in the JSON: a CPU's are not a figure to quote
+        return [meta["machine"], str(r["workers"]), f"{r['children']} ({r['stores']})",
+                f"**{r['speedup']:.2f}×**", f"{r['store_bytes'] / 1e6:.2f} MB",
+                f"{r['stores_downloaded']} stores, {r['downloaded_bytes'] / 1e6:.2f} MB", _load(r)]
+    return _table(head, runs, cells)
+
+
+RENDER = {"extraction": extraction, "diffmining": diffmining, "kl": kl, "dictionary": dictionary, "amplify": amplify,
+          "sweep": sweep}
 
 
 def suite_runs(results: Path) -> str:

@@ -60,21 +60,24 @@ def executor(launcher: LauncherConfig):
                       f"tracking server (--tracking-uri http://host:5000, docs/cluster.md), as SQLite on a shared "
                       f"filesystem locks badly", stacklevel=3)
     folder = Path(launcher.folder).absolute()
+    if launcher.name != "slurm":  # the local executor itself: it alone takes each child's `visible_gpus`
+        ex = submitit.LocalExecutor(folder=folder)
+        ex.update_parameters(timeout_min=launcher.timeout_min, gpus_per_node=launcher.gpus_per_node)
+        return ex
     try:
-        ex = submitit.AutoExecutor(folder=folder, cluster="slurm" if launcher.name == "slurm" else "local")
+        ex = submitit.AutoExecutor(folder=folder, cluster="slurm")
     except RuntimeError as e:  # no `srun` here
         raise ConfigError(f"launcher=slurm needs a Slurm cluster ({e}); run the sweep from a Slurm login node, or "
                           f"use --launcher local on this machine") from None
-    params = {"name": "diffgame", "timeout_min": launcher.timeout_min, "gpus_per_node": launcher.gpus_per_node}
+    params = {"name": "diffgame", "timeout_min": launcher.timeout_min, "gpus_per_node": launcher.gpus_per_node,
+              "slurm_array_parallelism": launcher.jobs, "slurm_setup": list(launcher.setup),
+              "slurm_additional_parameters": dict(launcher.additional)}
     if launcher.cpus_per_task:
         params["cpus_per_task"] = launcher.cpus_per_task
     if launcher.mem_gb:
         params["mem_gb"] = launcher.mem_gb
-    if launcher.name == "slurm":
-        params.update(slurm_array_parallelism=launcher.jobs, slurm_setup=list(launcher.setup),
-                      slurm_additional_parameters=dict(launcher.additional))
-        if launcher.partition:
-            params["slurm_partition"] = launcher.partition
+    if launcher.partition:
+        params["slurm_partition"] = launcher.partition
     ex.update_parameters(**params)
     return ex
 

@@ -164,7 +164,7 @@ ERRORS = [
     (["dataset=big"], "unknown dataset 'big'; known: standard, toy"),
     (["method=kll"], "unknown method 'kll'; known: "),
     (["method=[kl,kll]"], "unknown method 'kll'; known: "),
-    (["foo=3"], "unknown key 'foo'; known: dataset, method, model, organism, overrides, pipeline, play, "
+    (["foo=3"], "unknown key 'foo'; known: dataset, launcher, method, model, organism, overrides, pipeline, play, "
                 "preprocessing, seed, tracking, zoo"),
     (["preprocessing.batchsize=3"], "unknown key 'preprocessing.batchsize'; known: accelerator, batch_size, "
                                     "context_length, devices, dtype, layers, num_nodes, rebuild, sequential, strategy"),

@@ -46,3 +46,14 @@ def test_unknown_launcher_lists_the_known_ones_before_any_work(tmp_path):
     assert result.exit_code == 1
     assert "unknown launcher 'pbs'; known: local, serial, slurm" in result.output
     assert not (tmp_path / "mlflow.db").exists()
+
+
+def test_local_children_each_see_the_gpus_of_their_slot(tmp_path):
+    """`launcher=local` with `gpus_per_node`: a child's CUDA_VISIBLE_DEVICES is the slice of its slot."""
+    import functools
+    import os
+
+    ex = executor(settings(compose(["launcher=local", "launcher.gpus_per_node=2",
+                                    f"launcher.folder={tmp_path}"])).launcher)
+    ex.update_parameters(visible_gpus=[2, 3])  # what fan_out sets for the second slot
+    assert ex.submit(functools.partial(os.getenv, "CUDA_VISIBLE_DEVICES")).result() == "2,3"
