@@ -1,5 +1,6 @@
 """One rank of an extraction of the tiny pair in `argv[1]` (tracking store `argv[2]`, `argv[3]` devices, strategy
-ddp), as `torchrun` starts it; prints `RESULT <rank> <run id> <store path> <tokens>`."""
+ddp), as `torchrun` starts it; writes `<run id> <store path> <tokens>` to `argv[4]/rank-<rank>.txt` (a file per rank,
+not the shared stdout, so one rank's line cannot be lost or interleaved with the other's)."""
 
 import os
 import sys
@@ -17,4 +18,6 @@ data = {k: root / "data" / f"{k}.jsonl" for k in ("text", "chat", "organism")}
 cfg = tiny_cfg(root / "base", root / "organism", data, Path(sys.argv[2]), devices=int(sys.argv[3]), strategy="ddp",
                dtype="float32")
 result = preprocess(make_plan(cfg), shard_tokens=300)
-print("RESULT", os.environ.get("RANK", "-"), result.run_id, result.store_path, result.n_tokens, flush=True)
+line = f"{result.run_id} {result.store_path} {result.n_tokens}"
+(Path(sys.argv[4]) / f"rank-{os.environ.get('RANK', '0')}.txt").write_text(line)
+print("RESULT", os.environ.get("RANK", "-"), line, flush=True)

@@ -261,7 +261,6 @@ def test_torchrun_two_ranks_write_the_one_process_store_byte_for_byte(pair, tmp_
     run and tells rank 1 where to write, each rank writes its own shards, rank 0 writes the manifest last, and the
     store equals a one-process run's byte for byte (at the same thread count: torchrun runs one per rank)."""
     import os
-    import re
     import subprocess
     import sys
 
@@ -275,24 +274,29 @@ def test_torchrun_two_ranks_write_the_one_process_store_byte_for_byte(pair, tmp_
     script = str(Path(__file__).resolve().parent.parent / "_torchrun_extract.py")
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     env.pop("MLFLOW_TRACKING_URI", None)
-    one = subprocess.run([sys.executable, script, str(root), str(tmp_path / "one.db"), "1"], env=env,
-                         capture_output=True, text=True, timeout=600)
+    outputs = {n: tmp_path / n for n in ("one", "two")}
+    for folder in outputs.values():
+        folder.mkdir()
+    one = subprocess.run([sys.executable, script, str(root), str(tmp_path / "one.db"), "1", str(outputs["one"])],
+                         env=env, capture_output=True, text=True, timeout=600)
     assert one.returncode == 0, one.stderr[-3000:]
     two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-addr",
                           "127.0.0.1", "--master-port", str(free_port()), script, str(root),
-                          str(tmp_path / "two.db"), "2"], env=env, capture_output=True, text=True, timeout=600)
+                          str(tmp_path / "two.db"), "2", str(outputs["two"])],
+                         env=env, capture_output=True, text=True, timeout=600)
     assert two.returncode == 0, two.stderr[-3000:]
-    ref = re.findall(r"RESULT (\S+) (\S+) (\S+) (\d+)", one.stdout)[0]
-    ranks = sorted(re.findall(r"RESULT (\S+) (\S+) (\S+) (\d+)", two.stdout))
-    assert [r[0] for r in ranks] == ["0", "1"]
-    assert ranks[0][1:] == ranks[1][1:]  # one run, one store: rank 1 hands back rank 0's result
-    assert ranks[0][3] == ref[3]
-    store = Path(ranks[0][2])
+    said = f"stdout:\n{two.stdout[-2000:]}\nstderr:\n{two.stderr[-3000:]}"
+    assert sorted(p.name for p in outputs["two"].iterdir()) == ["rank-0.txt", "rank-1.txt"], said
+    ref = (outputs["one"] / "rank-0.txt").read_text().split()
+    ranks = [(outputs["two"] / f"rank-{r}.txt").read_text().split() for r in (0, 1)]
+    assert ranks[0] == ranks[1]  # one run, one store: rank 1 hands back rank 0's result
+    assert ranks[0][2] == ref[2]
+    store = Path(ranks[0][1])
     manifest = ActivationStore.open(store).manifest  # verifies every checksum
     assert {s["rank"] for d in manifest["datasets"].values() for s in d["shards"]} == {0, 1}
     files = {str(p.relative_to(store)): p for p in store.rglob("*.safetensors")}
     assert max(p.stat().st_mtime_ns for p in files.values()) <= (store / "manifest.json").stat().st_mtime_ns
-    reference = {str(p.relative_to(Path(ref[2]))): p.read_bytes() for p in Path(ref[2]).rglob("*.safetensors")}
+    reference = {str(p.relative_to(Path(ref[1]))): p.read_bytes() for p in Path(ref[1]).rglob("*.safetensors")}
     assert reference == {k: p.read_bytes() for k, p in files.items()}
     assert len(tracking_runs(tmp_path / "two.db")) == 1
 
