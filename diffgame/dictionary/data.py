@@ -4,6 +4,10 @@ The store's tokens are cut into blocks of consecutive rows; each epoch visits th
 `buffer_blocks` of them at a time with plain file reads (no memory map stays resident, so a store larger than RAM
 trains in bounded memory), and shuffles the rows inside that buffer. Batch i of the stream is a pure function of
 (seed, i), so a run resumed at step s continues with exactly the batches an uninterrupted run would have seen.
+
+With `lanes` L > 1 each epoch's blocks are dealt to L lanes, each an independent shuffled stream of batch/L rows, and
+batch i is lane batches i joined in lane order; the DDP ranks of one training each read their own lanes (disjoint
+blocks), so the global batch does not depend on how many processes share it.
 """
 
 from __future__ import annotations
@@ -71,11 +75,14 @@ class ShuffledStream(IterableDataset):
     No `__len__`: Lightning then counts steps, not epochs, so a resumed fit never restarts the stream. Buffers hold
     raw rows in the store's dtype and each batch is gathered and converted on its own; `prefetch` > 0 makes that many
     batches ahead in a background thread (worth it beside a GPU step, not on a small CPU); `pin` page-locks each batch
-    there, so the copy to a GPU can run asynchronously (ignored without CUDA)."""
+    there, so the copy to a GPU can run asynchronously (ignored without CUDA). `lanes` splits the stream into that
+    many disjoint block streams (module docstring); `only_lanes` yields just those lanes' rows of each batch (one
+    DDP rank's share), `batch_size` stays the global batch."""
 
     def __init__(self, store, layer: int, datasets: Sequence[str], inputs: Inputs, batch_size: int, steps: int | None,
                  seed: int = 0, block_tokens: int = 1024, buffer_blocks: int = 16, start_step: int = 0,
-                 prefetch: int = 0, raw: bool = False, pin: bool = False):
+                 prefetch: int = 0, raw: bool = False, pin: bool = False, lanes: int = 1,
+                 only_lanes: Sequence[int] | None = None):
         super().__init__()
         self.prefetch, self.raw, self.pin = prefetch, raw, pin
         self.store, self.layer, self.inputs = store, layer, inputs
@@ -85,19 +92,29 @@ class ShuffledStream(IterableDataset):
         self.n_tokens = sum(len(b) for b in self.blocks)
         if self.n_tokens == 0:
             raise ConfigError(f"the store has no tokens in datasets {list(datasets)} to train a dictionary on")
+        if batch_size % lanes:
+            raise ConfigError(f"batch_size ({batch_size}) must be a multiple of stream_lanes ({lanes})")
+        if len(self.blocks) < lanes:  # a lane without blocks would never yield a batch
+            raise ConfigError(f"{lanes} stream lanes need at least {lanes} blocks; the store's {self.n_tokens} "
+                              f"tokens make {len(self.blocks)} of block_tokens={block_tokens}: lower block_tokens")
+        self.lanes = lanes
+        self.only_lanes = list(range(lanes)) if only_lanes is None else list(only_lanes)
 
-    def _buffers(self) -> Iterator[list[Block]]:
-        """The blocks of each shuffle buffer, epoch after epoch (block order seeded per epoch)."""
+    def _buffers(self, lane: int) -> Iterator[list[Block]]:
+        """The blocks of each shuffle buffer of `lane`, epoch after epoch (block order seeded per epoch, the blocks
+        dealt to lanes in turn; each lane's buffer holds its share of `buffer_blocks`)."""
+        per = -(-self.buffer_blocks // self.lanes)
         epoch = 0
         while True:
             gen = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
-            order = torch.randperm(len(self.blocks), generator=gen).tolist()
-            for i in range(0, len(order), self.buffer_blocks):
-                yield [self.blocks[j] for j in order[i:i + self.buffer_blocks]]
+            order = torch.randperm(len(self.blocks), generator=gen).tolist()[lane::self.lanes]
+            for i in range(0, len(order), per):
+                yield [self.blocks[j] for j in order[i:i + per]]
             epoch += 1
 
     def __iter__(self) -> Iterator[torch.Tensor]:
-        batches = self._batches()
+        lanes = [self._batches(lane) for lane in self.only_lanes]
+        batches = lanes[0] if len(lanes) == 1 else (torch.cat(parts) for parts in zip(*lanes))
         if not self.raw:
             batches = (to_inputs(rows, self.inputs) for rows in batches)
         # pin_memory() raises without CUDA, hence the guard; it runs in the prefetch thread when there is one. Not yet
@@ -116,23 +133,25 @@ class ShuffledStream(IterableDataset):
             at += len(b)
         return out
 
-    def _batches(self) -> Iterator[torch.Tensor]:
-        """Raw batch rows `[batch_size, 2, D]` in the store's dtype (fresh tensors, no views of a buffer)."""
-        skip = self.start_step * self.batch_size  # tokens before the first batch we yield
+    def _batches(self, lane: int) -> Iterator[torch.Tensor]:
+        """Raw rows `[batch_size / lanes, 2, D]` of `lane`'s share of each batch, in the store's dtype (fresh
+        tensors, no views of a buffer)."""
+        size_of_batch = self.batch_size // self.lanes
+        skip = self.start_step * size_of_batch  # tokens before the first batch we yield
         carry: torch.Tensor | None = None  # raw rows left over from the previous buffer
         made = self.start_step
-        for n_buf, group in enumerate(self._buffers()):
+        for n_buf, group in enumerate(self._buffers(lane)):
             size = sum(len(b) for b in group)
             if skip >= size:  # fast-forward without reading
                 skip -= size
                 continue
             raw = self._raw_buffer(group)
-            gen = torch.Generator().manual_seed(self.seed * 7_919 + n_buf)
+            gen = torch.Generator().manual_seed(self.seed * 7_919 + n_buf + 104_729 * lane)
             order = torch.randperm(size, generator=gen)[skip:]
             skip = 0
             at = 0
             if carry is not None:  # complete the batch the previous buffer started
-                need = self.batch_size - len(carry)
+                need = size_of_batch - len(carry)
                 if len(order) < need:
                     carry = torch.cat([carry, raw[order]])
                     continue
@@ -140,11 +159,11 @@ class ShuffledStream(IterableDataset):
                     return
                 yield torch.cat([carry, raw[order[:need]]])
                 made, at, carry = made + 1, need, None
-            while len(order) - at >= self.batch_size:
+            while len(order) - at >= size_of_batch:
                 if self.steps is not None and made >= self.steps:
                     return
-                yield raw[order[at:at + self.batch_size]]
-                at += self.batch_size
+                yield raw[order[at:at + size_of_batch]]
+                at += size_of_batch
                 made += 1
             carry = raw[order[at:]]
             if self.steps is not None and made >= self.steps:

@@ -6,6 +6,10 @@ the number of active latents varies per token while averaging k; at inference a 
 training replaces the batch. Scores are pre-activations times the latent's summed decoder norm, so a latent cannot win
 by shrinking its decoder (the crosscoder form of Minder et al. 2025, arXiv 2504.02922). An auxiliary top-k loss on
 dead latents (Gao et al. 2024, arXiv 2406.04093, §A.2) keeps latents alive.
+
+Trained by several DDP ranks (`synced`), each on its share of the batch, everything that reads the whole batch is
+computed over the whole batch: the k·N-th score, which latents fired, the threshold's minimum and the auxiliary loss's
+normaliser; DDP's gradient mean does the rest, so the step equals a one-process step on the joined batch.
 """
 
 from __future__ import annotations
@@ -53,6 +57,8 @@ class BatchTopK(nn.Module):
         self.register_buffer("input_scale", torch.ones(n_inputs))
         self.register_buffer("threshold", torch.tensor(-1.0))  # < 0: not estimated yet
         self.register_buffer("since_fired", torch.zeros(n_latents, dtype=torch.long))
+        self.synced = False
+        """Set while DDP ranks train it together (`torch.distributed` initialised), each with a share of the batch."""
 
     @classmethod
     def from_state(cls, state: dict[str, torch.Tensor], k: int | None = None) -> "BatchTopK":
@@ -80,13 +86,35 @@ class BatchTopK(nn.Module):
         if mode == "threshold" and self.threshold < 0:
             mode = "batch"
         if mode == "batch":
-            keep = min(self.k * x.shape[0], score.numel())
-            kth = score.flatten().topk(keep, sorted=False).values.min()
+            kth = self._batch_kth(score.detach())
         elif mode == "token":
             kth = score.topk(self.k, dim=-1).values[:, -1:]
         else:
             kth = self.threshold
         return pre * ((score >= kth) & (score > 0))
+
+    def _batch_kth(self, score: torch.Tensor) -> torch.Tensor:
+        """The (k·N)-th largest score of the batch; over every rank's rows when synced (ranks hold equal shares, and
+        each rank's own top k·N of the whole batch are enough to find it, so only those are gathered)."""
+        if not self.synced:
+            keep = min(self.k * score.shape[0], score.numel())
+            return score.flatten().topk(keep, sorted=False).values.min()
+        import torch.distributed as dist
+
+        world = dist.get_world_size()
+        keep = min(self.k * score.shape[0], score.numel()) * world
+        local = score.flatten().topk(min(keep, score.numel()), sorted=False).values
+        gathered = [torch.empty_like(local) for _ in range(world)]
+        dist.all_gather(gathered, local)
+        return torch.cat(gathered).topk(keep, sorted=False).values.min()
+
+    def _reduce(self, t: torch.Tensor, op: str) -> torch.Tensor:
+        """`t` reduced over the ranks (`sum`, `max`, `min`) when synced, in place; else `t`."""
+        if self.synced:
+            import torch.distributed as dist
+
+            dist.all_reduce(t, op={"sum": dist.ReduceOp.SUM, "max": dist.ReduceOp.MAX, "min": dist.ReduceOp.MIN}[op])
+        return t
 
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
         """x̂ = latents · W_dec + b_dec -> [N, M, D] (scaled units)."""
@@ -109,10 +137,11 @@ class BatchTopK(nn.Module):
         aux = self._aux_loss(x, err) if self.training else x.new_zeros(())
         if self.training:
             with torch.no_grad():
-                fired = (latents > 0).any(0)
+                fired = self._reduce((latents > 0).any(0).int(), "max").bool()
                 self.since_fired.add_(1).masked_fill_(fired, 0)
-                if bool((latents > 0).any()):
-                    kept = (latents * self.decoder_norms().sum(-1))[latents > 0].min()
+                score = latents * self.decoder_norms().sum(-1)
+                kept = self._reduce(torch.where(latents > 0, score, torch.inf).amin(), "min")
+                if bool(torch.isfinite(kept)):  # some latent fired somewhere in the batch
                     t = self.threshold
                     self.threshold.copy_(kept if t < 0 else 0.99 * t + 0.01 * kept)
         return ForwardOutput(recon, latents, mse + aux_coef * aux, mse.detach(), (mse / total_var).detach(),
@@ -129,7 +158,12 @@ class BatchTopK(nn.Module):
         aux_latents = torch.zeros_like(pre).scatter_(-1, idx, vals)
         aux_recon = torch.einsum("nf,fmd->nmd", aux_latents, self.W_dec)
         target = err.detach()
-        return (target - aux_recon).pow(2).sum((-1, -2)).mean() / target.pow(2).sum((-1, -2)).mean().clamp_min(1e-12)
+        scale = target.pow(2).sum((-1, -2)).mean()  # no gradient: the mean over the whole batch when synced
+        if self.synced:
+            import torch.distributed as dist
+
+            scale = self._reduce(scale.clone(), "sum") / dist.get_world_size()
+        return (target - aux_recon).pow(2).sum((-1, -2)).mean() / scale.clamp_min(1e-12)
 
     @torch.no_grad()
     def normalize_decoder(self) -> None:

@@ -3,11 +3,13 @@
 `train_dictionary` is the one entry point: it streams shuffled store batches (`diffgame.dictionary.data`), trains in
 the configured precision on whatever accelerator Lightning finds, logs loss / FVU / L0 / dead share per step to the
 given Lightning logger, checkpoints into `workdir`, and resumes from the last checkpoint there; a layer whose training
-finished is loaded from `workdir` instead of trained again.
+finished is loaded from `workdir` instead of trained again. With `devices` > 1 Lightning spawns that many DDP ranks,
+each reading its own lanes of the store stream (`StoreBatches`), and hands rank 0's weights back.
 """
 
 from __future__ import annotations
 
+import copy
 import logging
 import math
 import pickle
@@ -64,11 +66,30 @@ class TrainConfig(Checked):
     """Blocks shuffled together: memory holds about block_tokens × buffer_blocks tokens of inputs."""
     log_every: int = bounded(gt(0), 10)
     """Steps between logged training metrics."""
+    devices: int = bounded(gt(0), 1)
+    """Processes training one dictionary together (Lightning's ddp_spawn: GPUs with a GPU accelerator, else CPU
+    processes on gloo), each with an equal share of every batch; the dictionary does not depend on it."""
+    stream_lanes: int | None = bounded(gt(0, "or null for one per device"), None)
+    """Disjoint block streams every batch is drawn from, a multiple of `devices` (each rank reads its own); null: one
+    per device. The batches, so the dictionary, depend on it: `devices: 1, stream_lanes: 2` trains what `devices: 2`
+    does."""
+
+    RUNTIME = ("devices",)
+    ADDED = {"stream_lanes": 1}
 
     def __post_init__(self):
         super().__post_init__()  # each field in its range first: k > 0 before k <= n_latents
         if self.k > self.n_latents:
             raise ConfigError(f"k ({self.k}) must be <= n_latents ({self.n_latents})")
+        lanes = f"stream_lanes ({self.stream_lanes})"
+        if self.stream_lanes is None:
+            self.stream_lanes = self.devices
+            lanes = f"devices ({self.devices}, one stream lane each)"
+        if self.stream_lanes % self.devices:
+            raise ConfigError(f"stream_lanes ({self.stream_lanes}) must be a multiple of devices ({self.devices})")
+        if self.batch_size % self.stream_lanes:
+            raise ConfigError(f"batch_size ({self.batch_size}) must be a multiple of {lanes}")
+
 
 class DictionaryModule(pl.LightningModule):
     """Lightning glue around `BatchTopK`: one step = turn the raw batch into inputs, scale, forward, log the numbers.
@@ -80,19 +101,53 @@ class DictionaryModule(pl.LightningModule):
         super().__init__()
         self.dictionary, self.cfg, self.prefix, self.inputs = dictionary, cfg, prefix, inputs
 
+    def on_fit_start(self) -> None:
+        self.dictionary.synced = self.trainer.world_size > 1
+
+    def on_fit_end(self) -> None:
+        self.dictionary.synced = False
+
     def training_step(self, batch: torch.Tensor, batch_idx: int) -> torch.Tensor:
         # normalised before (not after) each step: a checkpoint written after step s then resumes exactly
         self.dictionary.normalize_decoder()
         x = to_inputs(batch, self.inputs)  # [N, 2, D] store dtype -> [N, M, D] fp32
         out = self.dictionary(self.dictionary.scale(x), aux_coef=self.cfg.aux_coef, mode=self.cfg.topk)
+        # under DDP: the ranks' means (equal shares), so the loss and L0 are the whole batch's and FVU nearly so
         self.log_dict({f"{self.prefix}/loss": out.loss.detach(), f"{self.prefix}/fvu": out.fvu,
                        f"{self.prefix}/l0": out.l0, f"{self.prefix}/aux": out.aux,
                        f"{self.prefix}/dead": self.dictionary.dead_share()},
-                      on_step=True, on_epoch=False, batch_size=batch.shape[0])
+                      on_step=True, on_epoch=False, batch_size=batch.shape[0], sync_dist=self.dictionary.synced)
         return out.loss
 
     def configure_optimizers(self):
         return torch.optim.Adam(self.dictionary.parameters(), lr=self.cfg.lr)
+
+
+class StoreBatches(pl.LightningDataModule):
+    """The store stream as each rank's loader: rank r of W reads lanes r·L/W … (r+1)·L/W - 1 of every batch, so the
+    ranks' shares join into the one global batch (a one-process run reads all lanes)."""
+
+    def __init__(self, stream: ShuffledStream):
+        super().__init__()
+        self.stream = stream
+
+    def train_dataloader(self) -> torch.utils.data.DataLoader:
+        world, rank = self.trainer.world_size, self.trainer.global_rank
+        per = self.stream.lanes // world
+        stream = copy.copy(self.stream)
+        stream.only_lanes = list(range(rank * per, (rank + 1) * per))
+        return torch.utils.data.DataLoader(stream, batch_size=None, num_workers=0)
+
+
+def _strategy(cfg: TrainConfig):
+    """One process, or `devices` spawned DDP ranks on this machine (never a cluster environment's world: the ranks
+    are this process's children)."""
+    if cfg.devices == 1:
+        return "auto", []
+    from lightning.pytorch.plugins.environments import LightningEnvironment
+    from lightning.pytorch.strategies import DDPStrategy
+
+    return DDPStrategy(start_method="spawn"), [LightningEnvironment()]
 
 
 def _on_gpu(cfg: TrainConfig) -> bool:
@@ -114,7 +169,8 @@ class StepProgress(pl.Callback):
     def on_train_start(self, trainer, module) -> None:
         from tqdm.auto import tqdm
 
-        self.bar = tqdm(total=self.total, initial=self.start, desc=self.desc, unit="step", leave=False)
+        self.bar = tqdm(total=self.total, initial=self.start, desc=self.desc, unit="step", leave=False,
+                        disable=not trainer.is_global_zero)
 
     def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx) -> None:
         self.bar.update(trainer.global_step - self.bar.n)
@@ -155,7 +211,8 @@ def train_dictionary(store, layer: int, datasets: Sequence[str], inputs: Inputs,
         return model.eval()
     model.input_scale.copy_(input_scale(store, layer, datasets, inputs))
     stream = ShuffledStream(store, layer, datasets, inputs, cfg.batch_size, None, seed=seed,
-                            block_tokens=cfg.block_tokens, buffer_blocks=cfg.buffer_blocks, raw=True)
+                            block_tokens=cfg.block_tokens, buffer_blocks=cfg.buffer_blocks, raw=True,
+                            lanes=cfg.stream_lanes)
     steps = cfg.steps or max(1, math.ceil(cfg.epochs * stream.n_tokens / cfg.batch_size))
     last = folder / "last.ckpt" if folder is not None and (folder / "last.ckpt").is_file() else None
     checkpoint = load_checkpoint(last) if last else None
@@ -174,9 +231,10 @@ def train_dictionary(store, layer: int, datasets: Sequence[str], inputs: Inputs,
         callbacks.append(ModelCheckpoint(dirpath=folder, every_n_train_steps=cfg.checkpoint_every, save_last=True,
                                          save_top_k=0, save_on_train_epoch_end=False))
     module = DictionaryModule(model, cfg, prefix, inputs)
-    loader = torch.utils.data.DataLoader(stream, batch_size=None, num_workers=0)
+    strategy, plugins = _strategy(cfg)
     trainer = pl.Trainer(max_steps=steps, max_epochs=-1, precision=_precision(cfg), accelerator=cfg.accelerator,
-                         devices=1, logger=logger if logger is not None else False, callbacks=callbacks,
+                         devices=cfg.devices, strategy=strategy, plugins=plugins, use_distributed_sampler=False,
+                         logger=logger if logger is not None else False, callbacks=callbacks,
                          enable_checkpointing=folder is not None, enable_model_summary=False, enable_progress_bar=False,
                          log_every_n_steps=cfg.log_every, num_sanity_val_steps=0, deterministic=False,
                          default_root_dir=str(folder) if folder is not None else None)
@@ -184,7 +242,8 @@ def train_dictionary(store, layer: int, datasets: Sequence[str], inputs: Inputs,
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*(does not have many workers|resuming from a checkpoint "
                                                       "that ended|infer the batch|LeafSpec|litlogger).*")
-            trainer.fit(module, train_dataloaders=loader, ckpt_path=str(last) if last else None, weights_only=True)
+            trainer.fit(module, datamodule=StoreBatches(stream), ckpt_path=str(last) if last else None,
+                        weights_only=True)
     elif checkpoint:
         module.load_state_dict(checkpoint["state_dict"])
     model = model.cpu().eval()

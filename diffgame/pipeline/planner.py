@@ -19,6 +19,7 @@ from diffgame.errors import ModelError
 from diffgame.grading.words import WORDS_VERSION
 from diffgame.models.loading import load_tokenizer, resolve_layers
 from diffgame.records.plan import ModelSource, PairSources, Plan
+from diffgame.records.ranges import identity as config_identity
 from diffgame.records.schema import CONTROL, RootConfig
 from diffgame.zoo.pairs import resolve_pair
 
@@ -37,7 +38,7 @@ def make_plan(cfg: RootConfig | DictConfig) -> Plan:
     diff_fps = {}
     for name, config in methods.items():
         method_cls, _ = registry.get_method(name)
-        parts = {"method": name, "config": dataclasses.asdict(config), **identity, "words": WORDS_VERSION}
+        parts = {"method": name, "config": config_identity(config), **identity, "words": WORDS_VERSION}
         if method_cls.needs_store and cfg.model.skip_first:  # only when set, so skip_first=0 runs keep their prints
             parts["skip_first"] = int(cfg.model.skip_first)
         if method_cls.version > 1:  # likewise: a method's first version keeps the prints its runs were logged under

@@ -70,9 +70,25 @@ class Checked:
     prefixes its messages (`method.kl.temperature must be > 0, got 0`); without one the validator names the path."""
 
     SECTION: ClassVar[str] = ""
+    RUNTIME: ClassVar[tuple[str, ...]] = ()
+    """Fields that say how a run executes, not what it computes (e.g. how many devices share it)."""
+    ADDED: ClassVar[dict[str, Any]] = {}
+    """Fields added after runs were logged, each with the value that reproduces those runs."""
 
     def __post_init__(self):
         check_fields(self, self.SECTION)
+
+
+def identity(config) -> dict:
+    """What of config dataclass `config` goes into a run's fingerprint: every field but its `RUNTIME` ones, and its
+    `ADDED` fields only where they differ from the value earlier runs had, so those runs keep their fingerprints."""
+    out = dataclasses.asdict(config)
+    for name in getattr(config, "RUNTIME", ()):
+        out.pop(name, None)
+    for name, value in getattr(config, "ADDED", {}).items():
+        if out.get(name) == value:
+            out.pop(name)
+    return out
 
 
 def check_fields(obj, section: str = "") -> None:

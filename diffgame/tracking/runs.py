@@ -371,13 +371,8 @@ def stage_run(stage: str, *, fp: str, tags: dict[str, Any], experiment: str = "d
 
 
 def lightning_logger(run_id: str):
-    """Lightning's MLflow logger writing into the open run `run_id`, whose status stays ours: Lightning's own
-    `finalize` would mark the run FINISHED when one `fit` ends, while the stage is still running."""
-    from lightning.pytorch.loggers import MLFlowLogger
-
-    class StageLogger(MLFlowLogger):
-        def finalize(self, status: str = "success") -> None:
-            pass
+    """Lightning's MLflow logger writing into the open run `run_id`, whose status stays ours (`StageLogger`)."""
+    from diffgame.tracking.stagelogger import StageLogger
 
     return StageLogger(tracking_uri=resolve_uri(), run_id=run_id)
 
