@@ -26,6 +26,8 @@ import _common  # noqa: E402
 from _tiny_models import TINY_OVERRIDES, write_config_dir  # noqa: E402
 from helpers_mlflow import s3_objects, shared_deployment  # noqa: E402
 
+from diffgame.tracking.shardcache import BUILT_HERE  # noqa: E402
+
 METHODS = "kl,normdiff,diffmining"
 
 
@@ -47,10 +49,12 @@ def sweep(workers: int, root: Path, conf: Path, names: list[str]) -> dict:
         objects = s3_objects(endpoint, bucket)
     store_bytes = sum(n for k, n in objects.items() if "/artifacts/store/" in k)
     cache = root / "cache" / "stores"
-    downloaded = sum(f.stat().st_size for f in cache.rglob("*") if f.is_file()) if cache.is_dir() else 0
+    runs = [d for d in cache.iterdir() if d.is_dir() and not d.name.startswith(".")] if cache.is_dir() else []
+    fetched = [d for d in runs if not (d / BUILT_HERE).exists()]  # the others were built on this machine
+    downloaded = sum(f.stat().st_size for d in fetched for f in d.rglob("*") if f.is_file())
     return {"workers": workers, "children": len(names) * len(METHODS.split(",")), "stores": len(names),
             "wall_s": wall, "store_bytes": store_bytes, "downloaded_bytes": downloaded,
-            "stores_downloaded": len([d for d in cache.iterdir() if d.is_dir()]) if cache.is_dir() else 0,
+            "stores_downloaded": len(fetched), "stores_built_here": len(runs) - len(fetched),
             "load": load, "device": "cpu"}
 
 

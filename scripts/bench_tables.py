@@ -140,12 +140,13 @@ def amplify(runs) -> str:
 
 def sweep(runs) -> str:
     head = ["machine", "workers", "children (stores)", "**speedup** (ideal: workers)", "stores in S3",
-            "downloaded by the workers' cache", "load"]
+            "the workers' cache: built there / downloaded", "load"]
 
     def cells(meta, r):  # wall seconds stay in the JSON: a CPU's are not a figure to quote
         return [meta["machine"], str(r["workers"]), f"{r['children']} ({r['stores']})",
                 f"**{r['speedup']:.2f}×**", f"{r['store_bytes'] / 1e6:.2f} MB",
-                f"{r['stores_downloaded']} stores, {r['downloaded_bytes'] / 1e6:.2f} MB", _load(r)]
+                f"{r.get('stores_built_here', 0)} / {r['stores_downloaded']} stores "
+                f"({r['downloaded_bytes'] / 1e6:.2f} MB downloaded)", _load(r)]
     return _table(head, runs, cells)
 
 

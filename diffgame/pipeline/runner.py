@@ -199,10 +199,8 @@ def _open_store(plan: Plan, parent_run_id: str | None) -> tuple[ActivationStore,
     from diffgame.preprocess import preprocess  # Lightning: imported only when a store may have to be made
 
     result = preprocess(plan, parent_run_id=parent_run_id)
-    skip = int(plan.cfg.model.skip_first)
-    if result.reused:  # a remote one is read through the shard cache
-        return open_run_store(result.run_id, skip), result.run_id
-    return ActivationStore.open(result.store_path, skip_first=skip), result.run_id
+    # a remote store is read through the shard cache, also one built here (in the cache then, but evictable)
+    return open_run_store(result.run_id, int(plan.cfg.model.skip_first)), result.run_id
 
 
 def open_run_store(run_id: str, skip_first: int = 0) -> ActivationStore:

@@ -8,6 +8,7 @@ same bytes as an uninterrupted run because the shard plan (batches, shard bounda
 from __future__ import annotations
 
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -225,8 +226,23 @@ def _build(plan: Plan, parent_run_id: str | None, shard_tokens: int | None, uplo
             metrics[f"preprocess/{name}/sequences"] = d["n_sequences"]
         run.log_metrics(metrics)
         run.log_params({"store": str(root) if not upload else "artifacts:store"})
-        store_path = str(root) if not upload or local is None else str(local / STORE)
+        store_path = str(root) if not upload else _settle_staging(run.run_id, root, local)
     return PreprocessResult(run.run_id, store_path, n_tokens, False, fp, n_bytes)
+
+
+def _settle_staging(run_id: str, root: Path, local: Path | None) -> str:
+    """The uploaded store's local path once its staging folder is dealt with: gone when the artifacts are local (they
+    hold it), else moved into this machine's store cache as the run's cached copy (left in place if one is there)."""
+    from diffgame.tracking.shardcache import ShardCache
+
+    if local is not None:
+        shutil.rmtree(root.parent, ignore_errors=True)
+        return str(local / STORE)
+    cached = ShardCache(run_id, STORE).adopt(root)
+    if cached is None:
+        return str(root)
+    shutil.rmtree(root.parent, ignore_errors=True)
+    return str(cached)
 
 
 TOKEN_BYTES = 4 + 4 + 1 + 8

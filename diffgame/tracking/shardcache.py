@@ -18,6 +18,8 @@ CACHE_ENV = "DIFFGAME_STORE_CACHE_GB"
 DEFAULT_GB = 50.0
 KEEP = ("manifest.json", "plan.json")
 """Small files never evicted: a store is opened from them."""
+BUILT_HERE = "built-here"
+"""Beside a run's cached store that this machine built (adopted, not downloaded)."""
 
 
 def cache_root() -> Path:
@@ -52,6 +54,20 @@ class ShardCache:
                 self._evict(keep=path)
             os.utime(path)  # most recently used
         return path
+
+    def adopt(self, written: Path) -> Path | None:
+        """Move the complete store `written` on this machine (a finished run's upload staging) in as this run's
+        cached copy, so a reader here never downloads it; None (nothing moved) when the cache already has a copy."""
+        from filelock import FileLock
+
+        self.root.mkdir(parents=True, exist_ok=True)
+        with FileLock(str(self.root / ".lock")):
+            if self.folder.exists():
+                return None
+            self.folder.parent.mkdir(parents=True, exist_ok=True)
+            shutil.move(str(written), str(self.folder))
+            (self.folder.parent / BUILT_HERE).touch()
+        return self.folder
 
     def _download(self, rel: str, path: Path) -> None:
         """Into a folder of its own, moved into place whole: a reader never sees half a file."""

@@ -175,15 +175,20 @@ def test_a_permission_error_says_so_not_free_space(cfg, monkeypatch):
         preprocess(cfg, shard_tokens=300)
 
 
-def test_sequential_and_uploaded_stores_equal_paired(cfg, pair, tmp_path):
+def test_sequential_and_uploaded_stores_equal_paired(cfg, pair, tmp_path, monkeypatch):
+    import tempfile
+
     paired = preprocess(cfg, shard_tokens=300)
     seq_cfg = tiny_cfg(*pair, tmp_path / "seq.db", sequential=True)
     seq = preprocess(seq_cfg, shard_tokens=300)
     assert _shard_bytes(Path(seq.store_path)) == _shard_bytes(Path(paired.store_path))
     tracking.set_uri(f"sqlite:///{tmp_path / 'up.db'}")
+    (tmp_path / "staging").mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "staging"))
     up = preprocess(cfg, shard_tokens=300, upload=True)  # shard by shard through the artifact API
     run_id, store = find_store(cfg)
     assert run_id == up.run_id and _shard_bytes(store.root) == _shard_bytes(Path(paired.store_path))
+    assert not list((tmp_path / "staging").iterdir())  # the staging copy is gone: the local artifacts hold the store
 
 
 def test_bad_layers_and_tokenizer_mismatch(cfg, pair, tmp_path):

@@ -4,6 +4,8 @@ a method reads are downloaded, into a cache bounded by bytes, checked against th
 
 from __future__ import annotations
 
+import tempfile
+
 import pytest
 import torch
 
@@ -28,17 +30,33 @@ def remote_store(pair, tmp_path_factory):
     import mlflow
 
     root = tmp_path_factory.mktemp("shardcache")
-    with mlflow_server(root / "server") as url:
+    with mlflow_server(root / "server") as url, pytest.MonkeyPatch.context() as env:
+        env.setenv("DIFFGAME_CACHE", str(root / "builder"))
+        (root / "tmp").mkdir()
+        env.setattr(tempfile, "tempdir", str(root / "tmp"))  # where the upload stages the store
         cfg = tiny_cfg(*pair, root / "unused.db", dtype="float32")
         tracking.set_uri(url)
         result = preprocess(make_plan(cfg), shard_tokens=200)
         full = mlflow.artifacts.download_artifacts(run_id=result.run_id, artifact_path="store",
                                                    dst_path=str(root / "full"), tracking_uri=url)
-        yield url, result.run_id, ActivationStore.open(full)
+        assert not list((root / "tmp").glob("diffgame-store-*"))
+        yield url, result.run_id, ActivationStore.open(full), root / "builder"
+
+
+def test_the_machine_that_built_a_store_keeps_it_as_its_cached_copy(remote_store, monkeypatch):
+    """The upload's staging folder becomes the builder's cached copy: nothing is left in the temp dir and a reader
+    on that machine downloads nothing."""
+    url, run_id, full, builder = remote_store
+    tracking.set_uri(url)
+    monkeypatch.setenv("DIFFGAME_CACHE", str(builder))
+    store = open_run_store(run_id)
+    ds, layer = full.datasets[0], full.layers[0]
+    assert torch.equal(store.activations(ds, "organism", layer), full.activations(ds, "organism", layer))
+    assert store.root == builder / "stores" / run_id / "store" and store._fetch.downloaded == []
 
 
 def test_only_what_is_read_is_downloaded_and_equals_the_store(remote_store, tmp_path, monkeypatch):
-    url, run_id, full = remote_store
+    url, run_id, full, _ = remote_store
     tracking.set_uri(url)
     monkeypatch.setenv("DIFFGAME_CACHE", str(tmp_path / "machine_a"))
     store = open_run_store(run_id)
@@ -57,7 +75,7 @@ def test_only_what_is_read_is_downloaded_and_equals_the_store(remote_store, tmp_
 
 
 def test_the_cache_stays_within_its_budget_and_refetches_what_it_evicted(remote_store, tmp_path):
-    url, run_id, full = remote_store
+    url, run_id, full, _ = remote_store
     tracking.set_uri(url)
     ds, layer = full.datasets[0], full.layers[-1]
     files = [act_file(ds, role, layer, sh["name"]) for role in ("base", "organism")
@@ -78,7 +96,7 @@ def test_the_cache_stays_within_its_budget_and_refetches_what_it_evicted(remote_
 
 
 def test_a_file_that_arrives_corrupt_is_refused(remote_store, tmp_path):
-    url, run_id, full = remote_store
+    url, run_id, full, _ = remote_store
     tracking.set_uri(url)
     ds, layer = full.datasets[0], full.layers[0]
     cache = ShardCache(run_id, "store", root=tmp_path / "cache")
