@@ -1,4 +1,4 @@
-"""MLflow conventions: tracking URI and client, fingerprints, run reuse, leases and FAILED marking.
+"""MLflow conventions: tracking URI and client, fingerprints, run reuse and FAILED marking (leases: `leases`).
 
 Every stage is one MLflow run opened with `stage_run`. It sets the `diffgame.*` tags, reuses nothing by
 itself (callers ask `find_finished` first), and marks the run FAILED with the error text when the body raises.
@@ -9,10 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import socket
 import sys
-import threading
-import time
 import traceback
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -24,10 +21,10 @@ from urllib.parse import unquote, urlparse
 from diffgame import __version__
 from diffgame.errors import TrackingError
 from diffgame.tracking import locations
-from diffgame.tracking.tags import (STAGES, TAG_ABANDONED, TAG_ERROR, TAG_FINGERPRINT, TAG_LEASE, TAG_MACHINE, TAG_PARENT,
+from diffgame.tracking.leases import held, live
+from diffgame.tracking.tags import (STAGES, TAG_ABANDONED, TAG_ERROR, TAG_FINGERPRINT, TAG_MACHINE, TAG_PARENT,
                                     TAG_STAGE)
 
-LEASE_S = 120.0
 ERROR_FILE = "error.txt"
 """A failed or killed run's traceback (removed when the run is resumed)."""
 _usable: set[str] = set()
@@ -159,59 +156,12 @@ def find_live(stage: str, fp: str):
     return next((r for r in runs if live(r)), None)
 
 
-def live(run) -> bool:
-    """A RUNNING run whose lease is unexpired and, when held on this host, whose process is still alive."""
-    value = run.data.tags.get(TAG_LEASE, "")
-    if run.info.status != "RUNNING" or value.count(":") < 2:
-        return False
-    host, pid, until = value.rsplit(":", 2)
-    if host == socket.gethostname() and pid.isdigit():
-        if int(pid) == os.getpid():
-            return False  # our own run (an earlier attempt in this process that did not close)
-        try:
-            os.kill(int(pid), 0)
-        except ProcessLookupError:
-            return False
-        except PermissionError:
-            pass  # alive, another user's
-    try:
-        return float(until) > time.time()
-    except ValueError:
-        return False
-
-
 def abandon(run_id: str, reason: str) -> None:
     """Mark a run FAILED with `reason` so that it is neither reused nor resumed: the next call rebuilds."""
     c = client()
     c.set_tag(run_id, TAG_ERROR, reason[:4900])
     c.set_tag(run_id, TAG_ABANDONED, "true")
     c.set_terminated(run_id, status="FAILED")
-
-
-@contextmanager
-def _lease(run_id: str) -> Iterator[None]:
-    """Hold `run_id`'s lease for the life of the block: a daemon thread refreshes it every third of `LEASE_S`."""
-    stop = threading.Event()
-
-    def beat() -> None:
-        client().set_tag(run_id, TAG_LEASE, f"{socket.gethostname()}:{os.getpid()}:{time.time() + LEASE_S:.0f}")
-
-    def refresh() -> None:
-        while not stop.wait(LEASE_S / 3):
-            try:
-                beat()
-            except Exception:  # a transient tracking error: the next beat tries again
-                pass
-
-    beat()  # held before the body starts, so no other process sees this run unclaimed
-
-    refresh_thread = threading.Thread(target=refresh, name=f"diffgame-lease-{run_id[:8]}", daemon=True)
-    refresh_thread.start()
-    try:
-        yield
-    finally:
-        stop.set()
-        refresh_thread.join(timeout=5)
 
 
 def local_artifact_dir(run) -> Path | None:
@@ -356,7 +306,7 @@ def stage_run(stage: str, *, fp: str, tags: dict[str, Any], experiment: str = "d
     if params:
         run.log_params(params)
     try:
-        with _lease(run.run_id):
+        with held(run.run_id):
             yield run
     except BaseException as e:
         killed = interrupted(e)

@@ -1,62 +1,14 @@
-"""The `diffgame` command line: one command per stage (zoo, preprocess, diff, run, runs, grades, play, app, config).
-
-Each command imports what it needs when it runs, so `diffgame --help` and `diffgame config` never load torch,
-Lightning or MLflow.
-"""
+"""The pipeline's commands (run, preprocess, diff), the config printout, and the runs, grades and play commands."""
 
 from __future__ import annotations
 
-import os
 import sys
-from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 
+from diffgame.cli import Jobs, Launcher, Multirun, Overrides, Rebuild, TrackingUri, _fail, app
 from diffgame.errors import ConfigError, DiffgameError
-
-app = typer.Typer(
-    help="diffgame: find out what finetuning changed by diffing a base model and a model organism.",
-    no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
-zoo_app = typer.Typer(help="Build and list the embedded toy organism zoo (trained offline).", no_args_is_help=True)
-app.add_typer(zoo_app, name="zoo")
-
-Overrides = Annotated[Optional[list[str]], typer.Argument(
-    help="Config overrides, Hydra style: `organism=caps method=\\[kl,normdiff] preprocessing.layers=\\[0.5]`.",
-    show_default=False)]
-TrackingUri = Annotated[Optional[str], typer.Option(
-    "--tracking-uri", help="MLflow tracking URI (a remote `http://host:5000` server or `sqlite:///path.db`); "
-                           "default: MLFLOW_TRACKING_URI, else sqlite:///mlflow.db in this folder.")]
-Multirun = Annotated[bool, typer.Option(
-    "--multirun", "-m", help="Expand comma-separated values (`organism=caps,control`) into a sweep: "
-                             "one parent run, one child per combination.")]
-Rebuild = Annotated[bool, typer.Option(
-    "--rebuild", help="Rebuild the activation store even when a finished one matches (the old run is marked "
-                      "FAILED); same as preprocessing.rebuild=true.")]
-Launcher = Annotated[Optional[str], typer.Option(
-    "--launcher", help="Run the sweep's combinations as jobs: `local` (processes on this machine) or `slurm` (an "
-                       "array), through submitit; implies --multirun. Same as launcher=<name> (docs/cluster.md).",
-    show_default=False)]
-Jobs = Annotated[Optional[int], typer.Option(
-    "--jobs", "-j", min=1, help="Children running at once with --launcher (launcher.jobs).", show_default=False)]
-ZooSize = Annotated[str, typer.Option("--size", help="Zoo size: micro (tests), small (default), smol / smol_gpu (LoRA organisms on SmolLM2-135M; use with model=smollm2_135m).")]
-
-
-@app.callback()
-def main_options(config_dir: Annotated[Optional[list[Path]], typer.Option(
-        "--config-dir", help="A folder of your own configs (`organism/my_org.yaml`, `model/...`) searched beside "
-                             "the built-in tree, so `organism=my_org` finds it; repeatable. Same as "
-                             "DIFFGAME_CONFIG_PATH.", show_default=False)] = None) -> None:
-    """diffgame: find out what finetuning changed by diffing a base model and a model organism."""
-    from diffgame.config.configtree import add_user_dir
-
-    for folder in reversed(config_dir or []):
-        add_user_dir(folder)
-
-
-def _fail(err: DiffgameError) -> None:
-    typer.secho(f"error: {err}", fg=typer.colors.RED, err=True)
-    raise typer.Exit(code=1)
 
 
 def _summary(rows) -> None:
@@ -308,103 +260,3 @@ def play(organisms: Annotated[Optional[list[str]], typer.Argument(
     keyword = sum(o.metrics["play/keyword_correct"] for o in outcomes) / len(outcomes)
     console.print(f"accuracy {accuracy:.2f} ({len(outcomes)} organisms), keyword grader {keyword:.2f}; "
                   f"runs in {tracking.resolve_uri()}")
-
-
-@zoo_app.command("build")
-def zoo_build(names: Annotated[Optional[list[str]], typer.Argument(
-                  help="Organisms to build (default: all zoo organisms); the base is built first.")] = None,
-              size: ZooSize = "small", tracking_uri: TrackingUri = None) -> None:
-    """Train the toy base and organisms offline; each is a `zoo` run, reused when its fingerprint matches.
-
-    Example: diffgame zoo build --size micro caps control
-    """
-    from diffgame import tracking
-    from diffgame.pipeline.building import build_zoo
-    from diffgame.zoo import EXPERIMENT, print_zoo
-
-    tracking.set_uri(tracking_uri)
-    try:
-        tracking.check_writable(EXPERIMENT)  # before any training
-        entries = build_zoo(size=size, names=list(names or []))
-    except DiffgameError as e:
-        _fail(e)
-    print_zoo(entries)
-
-
-@zoo_app.command("list")
-def zoo_list(size: Annotated[Optional[str], typer.Option("--size", help="Only this size.")] = None,
-             tracking_uri: TrackingUri = None) -> None:
-    """List built zoo models with their behaviour checks (caps rate, held-out losses, taboo rates)."""
-    from diffgame import tracking
-    from diffgame.zoo import list_zoo, print_zoo
-
-    tracking.set_uri(tracking_uri)
-    try:
-        print_zoo(list_zoo(size=size))
-    except DiffgameError as e:
-        _fail(e)
-
-
-@app.command("app")
-def app_cmd(overrides: Overrides = None,
-            port: Annotated[int, typer.Option(help="Port to serve on.")] = 8501,
-            host: Annotated[str, typer.Option(help="Address to bind; loopback unless you mean to share it.")] = "127.0.0.1",
-            tracking_uri: TrackingUri = None) -> None:
-    """Serve the Streamlit app: browse runs, compare methods, inspect evidence, chat with and steer both models.
-
-    Overrides apply to the models the app loads (e.g. `model.dtype=float32`).
-
-    Example: diffgame app --port 8501 model.device=cpu
-    """
-    from diffgame import tracking
-
-    uri = tracking.set_uri(tracking_uri)
-    entry = _app_entry()
-    if not _loopback(host):
-        reach = "every network interface of this machine" if host in ("0.0.0.0", "::", "") else host
-        print(f"[diffgame] warning: the app has no authentication: anyone who can reach {reach} on port {port} can "
-              f"browse the runs of {uri} and load, prompt and steer their models", file=sys.stderr, flush=True)
-    args = [sys.executable, "-m", "streamlit", "run", str(entry), "--server.port", str(port),
-            "--server.address", host, "--server.headless", "true", "--browser.gatherUsageStats", "false",
-            "--client.toolbarMode", "viewer",  # no "Deploy" button or developer menu for the app's users
-            "--", "--tracking-uri", uri, *(overrides or [])]
-    os.execv(sys.executable, args)
-
-
-def _loopback(host: str) -> bool:
-    """Whether `host` is reachable from this machine only (127.0.0.0/8, ::1, localhost)."""
-    import ipaddress
-
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:  # a host name: whoever resolves it may reach it
-        return False
-
-
-def _app_entry() -> Path:
-    """The app's `Home.py` beside this code: `diffgame/app` in a wheel, the repository's `app/` in a checkout."""
-    import importlib.util
-
-    here = Path(__file__).resolve().parent
-    spec = importlib.util.find_spec("diffgame.app")
-    mapped = [Path(p) for p in (spec.submodule_search_locations or [])] if spec is not None else []
-    for folder in (here / "app", here.parent / "app", *mapped):
-        if (folder / "Home.py").is_file():
-            return folder / "Home.py"
-    _fail(DiffgameError("the app is not installed with this diffgame (no app/Home.py beside it); reinstall it"))
-
-
-LOG_REPAINT_S = "30"
-"""Seconds between progress-bar repaints when stderr is a log file, not a terminal (tqdm's TQDM_MININTERVAL)."""
-
-
-def main() -> None:
-    if not sys.stderr.isatty():  # a log file gets a bar line every half minute, not one per update
-        os.environ.setdefault("TQDM_MININTERVAL", LOG_REPAINT_S)
-    app()
-
-
-if __name__ == "__main__":
-    main()
