@@ -31,6 +31,25 @@ def zoo_uri(tmp_path_factory) -> str:
         os.environ["MLFLOW_TRACKING_URI"] = old
 
 
+def _keep_tracking_uri():
+    """Whatever points tracking elsewhere inside (`tracking.set_uri` writes MLFLOW_TRACKING_URI) is undone after."""
+    old = os.environ.get("MLFLOW_TRACKING_URI")
+    yield
+    if os.environ.get("MLFLOW_TRACKING_URI") != old:
+        import mlflow
+
+        if old is None:
+            os.environ.pop("MLFLOW_TRACKING_URI", None)
+        else:
+            os.environ["MLFLOW_TRACKING_URI"] = old
+        mlflow.set_tracking_uri(old)
+
+
+# a test, or a module's fixtures, leave tracking where they found it: the next starts on the URI its own fixtures chose
+_tracking_uri_per_test = pytest.fixture(autouse=True)(_keep_tracking_uri)
+_tracking_uri_per_module = pytest.fixture(autouse=True, scope="module")(_keep_tracking_uri)
+
+
 @pytest.fixture(autouse=True)
 def _hub_reachable_again(monkeypatch):
     """Each test starts as a fresh process would: no hub failure of an earlier test short-circuits its hub reads."""

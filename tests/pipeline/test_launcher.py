@@ -19,7 +19,6 @@ def test_slurm_launcher_writes_the_sbatch_options_of_its_config(tmp_path, monkey
     (tmp_path / "bin" / "srun").write_text("#!/bin/sh\nexit 0\n")
     (tmp_path / "bin" / "srun").chmod(0o755)
     monkeypatch.setenv("PATH", f"{tmp_path / 'bin'}:{__import__('os').environ['PATH']}")
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")  # whatever an earlier test set
     cfg = settings(compose(["launcher=slurm", "launcher.partition=h100", "launcher.jobs=3", "launcher.mem_gb=64",
                             f"launcher.folder={tmp_path / 'jobs'}", "launcher.setup=[module load cuda]",
                             "+launcher.additional.account=interp"]))
