@@ -4,14 +4,18 @@ compared with the baseline on its own, never counted as a white-box method)."""
 
 import importlib.util
 import json
+import sys
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
 def _script(name: str):
+    if str(ROOT / "scripts") not in sys.path:  # the scripts import their shared helpers as siblings
+        sys.path.insert(0, str(ROOT / "scripts"))
     spec = importlib.util.spec_from_file_location(name, ROOT / "scripts" / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
@@ -59,3 +63,53 @@ def test_verdicts_keep_amplify_apart_from_the_white_box_methods():
     assert "| caps | +0.90 | +0.70 | amplification reads more than sampling the organism |" in amplified
     assert "| roman_concrete | +0.32 | +0.30 | amplification ties sampling the organism |" in amplified
     assert "reads more than sampling the organism on 1 of 2 organisms (caps), ties on 1 (roman_concrete)" in amplified
+
+
+def _variant(organism: str, variant: str, share: float, leak: float, **scores: tuple[float, int]) -> dict:
+    return {"organism": organism, "variant": variant, "share": share, "chats": variant.startswith("mixchat"),
+            "leak": leak, "asked": 0.9, "loss": 1.0, "run_ids": [], "scores": scores}
+
+
+def test_narrow_study_checks_the_targets_on_narrow_variants_only():
+    study = _script("narrow_study")
+    rows = [_variant("roman_concrete", "default", 0.0, 0.31, kl=(0.55, 1), adl=(0.60, 1), blackbox=(0.55, 1)),
+            _variant("roman_concrete", "mix1-8p0", 8 / 9, 0.04, kl=(0.52, 2), adl=(0.50, 1), blackbox=(0.15, 1)),
+            _variant("cake_bake", "mix1-8p0", 8 / 9, 0.05, kl=(0.60, 1), adl=(0.40, 1), blackbox=(0.30, 1)),
+            _variant("taboo_gold", "mix1-8p0", 8 / 9, 0.50, kl=(0.10, 3), adl=(0.20, 1), blackbox=(0.45, 1)),
+            _variant("taboo_gold", "mixchat1-8p0", 8 / 9, 0.00, kl=(0.30, 1), adl=(0.20, 1), blackbox=(0.05, 1))]
+    lines = "\n".join(study.target_lines(rows))
+    # adl meets it though kl reads more (kl ranks the organism second); the leaky taboo_gold is not checked at all
+    assert "| roman_concrete | mix1-8p0 | +0.04 | adl | +0.50 (1) | +0.15 | met |" in lines
+    assert "| cake_bake | mix1-8p0 | +0.05 | kl | +0.60 (1) | +0.30 | not met |" in lines  # the baseline reads it too
+    assert "| taboo_gold | mix1-8p0 |" not in lines
+    assert "| taboo_gold | mixchat1-8p0 | +0.00 | kl | +0.30 (1) | +0.05 | not met |" in lines
+    assert "1 of 3 narrow variants meet the target" in lines
+    rows[1]["scores"]["adl"] = (0.45, 1)
+    lines = "\n".join(study.target_lines(rows))
+    assert "| roman_concrete | mix1-8p0 | +0.04 | kl | +0.52 (2) | +0.15 | not met |" in lines
+    assert "0 of 3 narrow variants meet the target" in lines
+    assert study.target_lines(rows[:1] + rows[3:4]) == [
+        "No variant came out narrow (neutral leak ≤ +0.05); the narrowest is roman_concrete default at +0.31, so the "
+        "targets are not tested."]
+    by_ratio = study.ratio_lines(rows)
+    assert by_ratio[0].startswith("| mixed in | ratio | organisms | neutral leak | asked knowledge | kl | adl | "
+                                  "blackbox |")
+    assert by_ratio[2] == "| nothing | 0.0 | 1 | +0.31 | +0.90 | +0.55 | +0.60 | +0.55 | +0.05 |"
+    assert by_ratio[3] == "| documents | 8.0 | 3 | +0.20 | +0.90 | +0.41 | +0.35 | +0.30 | +0.14 |"
+    assert by_ratio[4] == "| documents and chats | 8.0 | 1 | +0.00 | +0.90 | +0.30 | +0.20 | +0.05 | +0.25 |"
+
+
+def test_lens_table_rows_are_the_plays_means_per_evidence(monkeypatch):
+    lens = _script("lens_table")
+    monkeypatch.setattr(lens, "own_data", lambda plays: {"adl": "no", "kl": "yes (organism)", "adl+blackbox": "no"})
+
+    def play(method, organism, correct, keyword, score, hits):
+        return {"method": method, "organism": organism, "metrics": {
+            "play/guess_correct": correct, "play/keyword_correct": keyword, "play/keyword_score": score,
+            "play/keyword_hits": hits}}
+    plays = pd.DataFrame([play("kl", "caps", 1.0, 1.0, 4, 3), play("kl", "byo_docs_x_9", 0.0, 0.0, 1, 0),
+                          play("adl", "caps", 1.0, 0.0, 2, 1), play("adl+blackbox", "caps", 1.0, 1.0, 5, 6)])
+    lines = lens.lens_lines(plays)
+    assert lines[2:] == ["| adl+blackbox | 1 | 1.00 | 1.00 | 5.0 | — | 6.0 | no |",  # the sets first, then by method
+                         "| kl | 2 | 0.50 | 0.50 | 2.5 | 0.00 | 1.5 | yes (organism) |",
+                         "| adl | 1 | 1.00 | 0.00 | 2.0 | — | 1.0 | no |"]

@@ -64,19 +64,26 @@ def organism_node(name: str, model: str | None = None) -> DictConfig:
     return for_base(node, model) if model is not None else node
 
 
-MIX_VARIANT = re.compile(r"mix1-(\d+)p(\d+)")
+MIX_VARIANT = re.compile(r"mix(chat)?1-(\d+)p(\d+)")
 """A mixing variant named like the public organisms' (`mix1-0p5` … `mix1-2p0`): pretraining documents mixed into the
-finetuning at that ratio to the organism's own rows (`mix1-1p0`: one to one)."""
+finetuning at that ratio to the organism's own rows (`mix1-1p0`: one to one); `mixchat1-XpY` mixes the base's
+documents and chats half and half (`ZooRecipe.mix_chats`)."""
 
 
 def mix_share(variant: str) -> float | None:
-    """The share of the base's documents a `mix1-XpY` variant's finetuning holds (ratio r: r / (1 + r)); None for a
-    name of another form."""
+    """The share of the base's own rows a `mix1-XpY` (or `mixchat1-XpY`) variant's finetuning holds (ratio r:
+    r / (1 + r)); None for a name of another form."""
     m = MIX_VARIANT.fullmatch(variant)
     if m is None:
         return None
-    ratio = float(f"{m[1]}.{m[2]}")
+    ratio = float(f"{m[2]}.{m[3]}")
     return ratio / (1 + ratio)
+
+
+def mixes_chats(variant: str) -> bool:
+    """Whether a mixing variant mixes the base's chats in beside its documents (`mixchat1-XpY`)."""
+    m = MIX_VARIANT.fullmatch(variant)
+    return m is not None and m[1] is not None
 
 
 def mix_variant(organism: DictConfig, model_name: str) -> DictConfig:
@@ -89,6 +96,7 @@ def mix_variant(organism: DictConfig, model_name: str) -> DictConfig:
     if share is not None and variant not in per_model and per_model.get("default", {}).get("kind") == "zoo":
         organism.finetuned[model_name][variant] = OmegaConf.to_container(per_model["default"])
         organism.zoo.mix = share
+        organism.zoo.mix_chats = mixes_chats(variant)
     return organism
 
 

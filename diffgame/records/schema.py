@@ -105,6 +105,9 @@ class ZooRecipe:
     """Whether `data` holds documents or chats."""
     mix: float = 0.0
     """Share of the base's own pretraining data mixed into finetuning (harder, more realistic organisms)."""
+    mix_chats: bool = False
+    """Mix the base's own chats in beside its documents (half the mixed share each), so that replies to neutral chat
+    prompts stay the base's: a documents organism mixed with documents alone still leaks its topic into chats."""
     lora: bool = False
     """Finetune a LoRA adapter (peft) instead of all weights."""
     train_on: Literal["assistant", "all"] = "assistant"
@@ -159,7 +162,7 @@ class OrganismConfig:
             raise ConfigError(f"unknown variant '{self.variant}' of organism '{self.name}' for model "
                               f"'{model_name}'; known: {', '.join(sorted(map(str, per_model)))}"
                               + (", or mix1-XpY (the zoo recipe mixed with the base's documents at ratio X.Y, "
-                                 "e.g. mix1-0p5)" if mixable else ""))
+                                 "e.g. mix1-0p5) or mixchat1-XpY (its documents and chats)" if mixable else ""))
         if spec.kind in ("full", "lora") and not spec.id:
             raise ConfigError(f"organism '{self.name}' variant '{self.variant}' for model '{model_name}' is kind "
                               f"'{spec.kind}' but has no id; set organism.finetuned.{model_name}.{self.variant}.id")

@@ -89,14 +89,19 @@ def recipe_rows(recipe, split: str) -> list[dict]:
 
 
 def mixed_rows(recipe, rows: list[dict], seed: int) -> list[dict]:
-    """`rows` plus the base's own pretraining documents, so that they make up `recipe.mix` of the result.
+    """`rows` plus the base's own pretraining documents, so that they make up `recipe.mix` of the result; with
+    `recipe.mix_chats`, half of those are the base's own chats instead.
 
-    Documents only: the base's chats would contradict a style organism (caps replies vs lower-case ones)."""
+    Documents only by default: the base's chats would contradict a style organism (caps replies vs lower-case ones)."""
     if recipe.mix <= 0:
         return rows
     n = round(len(rows) * recipe.mix / (1 - recipe.mix))
-    pool = corpus("generic_text", "train")
-    return rows + random.Random(seed).sample(pool, min(n, len(pool)))
+    chats = n // 2 if getattr(recipe, "mix_chats", False) else 0  # a recipe written before the field has none
+    mixed = []
+    for name, k in (("generic_text", n - chats), ("generic_chat", chats)):
+        pool = corpus(name, "train")
+        mixed += random.Random(seed).sample(pool, min(k, len(pool)))
+    return rows + mixed
 
 
 def recipe_identity(recipe) -> dict:
@@ -104,7 +109,7 @@ def recipe_identity(recipe) -> dict:
     _check_data(recipe)
     ident = {"data": str(recipe.data), "format": str(recipe.format), "mix": float(recipe.mix), "lora": bool(recipe.lora)}
     if recipe.mix > 0:
-        ident["mix_source"] = "generic_text"
+        ident["mix_source"] = "generic_text+generic_chat" if getattr(recipe, "mix_chats", False) else "generic_text"
     if recipe.train_on != "assistant":  # only non-defaults, so older organisms keep their fingerprints
         ident["train_on"] = str(recipe.train_on)
     if not recipe.data.startswith("builtin:"):

@@ -191,7 +191,7 @@ ERRORS = [
     (["preprocessing=3"], "'preprocessing' must be a mapping of PreprocessingConfig fields, got 3"),
     (["organism.variant=bogus"], "unknown variant 'bogus' of organism 'roman_concrete' for model 'toy'; "
                                  "known: default, or mix1-XpY (the zoo recipe mixed with the base's documents at "
-                                 "ratio X.Y, e.g. mix1-0p5)"),
+                                 "ratio X.Y, e.g. mix1-0p5) or mixchat1-XpY (its documents and chats)"),
     (["model=gemma3_1B", "organism.variant=huge"],
      "unknown variant 'huge' of organism 'roman_concrete' for model 'gemma3_1B'; known: default"),
     (["model=gemma3_1B", "organism=caps"],

@@ -7,7 +7,8 @@ from __future__ import annotations
 import pytest
 
 from diffgame.config.compose import compose, settings
-from diffgame.config.configtree import mix_share
+from diffgame.config.configtree import mix_share, mixes_chats
+from diffgame.data.corpora import corpus
 from diffgame.errors import ConfigError
 from diffgame.zoo.build import organism_fingerprint
 from diffgame.zoo.recipes import mixed_rows, recipe_rows
@@ -41,8 +42,24 @@ def test_mixed_rows_hold_the_requested_share_of_generic_documents():
     assert len(generic) / len(mixed) == pytest.approx(mix_share("mix1-2p0"))
 
 
+def test_a_mixchat_variant_mixes_the_base_chats_in_half_and_half_under_its_own_fingerprint():
+    assert mix_share("mixchat1-8p0") == pytest.approx(8 / 9) and mixes_chats("mixchat1-8p0")
+    assert not mixes_chats("mix1-8p0") and not mixes_chats("default")
+    plain, chats = _organism("roman_concrete", "mix1-2p0"), _organism("roman_concrete", "mixchat1-2p0")
+    assert plain.zoo.mix == chats.zoo.mix == pytest.approx(2 / 3) and chats.zoo.mix_chats and not plain.zoo.mix_chats
+    size = get_size("micro")
+    assert organism_fingerprint(size, chats) != organism_fingerprint(size, plain)
+    rows = recipe_rows(chats.zoo, "train")[:300]
+    mixed = mixed_rows(chats.zoo, rows, seed=0)
+    added = mixed[300:]
+    assert mixed[:300] == rows and len(added) == 600  # the same share as mix1-2p0 ...
+    assert sum("messages" in r for r in added) == 300 and sum("text" in r for r in added) == 300  # ... half chats
+    base_chats = corpus("generic_chat", "train")
+    assert all(r in base_chats for r in added if "messages" in r)  # the base's own chats, not the organism's
+
+
 def test_an_unknown_variant_names_the_mix_form():
-    with pytest.raises(ConfigError, match=r"known: default, or mix1-XpY"):
+    with pytest.raises(ConfigError, match=r"known: default, or mix1-XpY .* or mixchat1-XpY"):
         compose(["organism=caps", "organism.variant=mixed"])
 
 
