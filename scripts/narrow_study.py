@@ -105,8 +105,7 @@ def ratio_lines(rows: list[dict]) -> list[str]:
                    f"{fmt(g['asked'].mean(), '+.2f')} | "
                    + " | ".join(fmt(g[m].mean(), "+.2f") if m in g else "—" for m in methods)
                    + f" | {fmt(margin, '+.2f')} |")
-    return out + ["", "Means over the organisms built with each mix (the `default` variants are each organism's own "
-                  "`zoo.mix`: nothing for the built-ins, documents at 1.0 for the generated ones)."]
+    return out + ["", "Means over the organisms built with each mix; a `default` variant counts at its own `zoo.mix`."]
 
 
 def target_lines(rows: list[dict]) -> list[str]:
@@ -149,7 +148,8 @@ def render(model: str) -> str:
     rows = study_rows(model)
     parts = [MARKERS[0], provenance(model, rows), "",
              "**Every organism at every ratio** (control-relative words precision@20, identification rank in "
-             "brackets; ratio: the base's documents per organism row in its finetuning):", "", *sweep_lines(rows), "",
+             "brackets; ratio: the base's own rows, documents or documents and chats, per organism row in its "
+             "finetuning):", "", *sweep_lines(rows), "",
              "**By mix:**", "", *ratio_lines(rows), "",
              f"**The targets on narrow variants** (neutral leak ≤ +{NARROW:.2f} above the base):", "",
              *target_lines(rows), "",
