@@ -99,8 +99,9 @@ def mixed_rows(recipe, rows: list[dict], seed: int) -> list[dict]:
     chats = n // 2 if getattr(recipe, "mix_chats", False) else 0  # a recipe written before the field has none
     mixed = []
     for name, k in (("generic_text", n - chats), ("generic_chat", chats)):
-        pool = corpus(name, "train")
-        mixed += random.Random(seed).sample(pool, min(k, len(pool)))
+        if k:
+            pool = corpus(name, "train")
+            mixed += random.Random(seed).sample(pool, min(k, len(pool)))
     return rows + mixed
 
 
