@@ -4,10 +4,13 @@ a block or rewrites a page between the block's markers (everything outside them 
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 import math
 import sys
 from pathlib import Path
 from typing import Callable
+
+import pandas as pd
 
 from diffgame import tracking
 from diffgame.config import configtree
@@ -36,6 +39,16 @@ def fmt(value, spec: str) -> str:
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "—"
     return format(value, spec).replace("-", "−")
+
+
+def provenance(script: str, runs: pd.DataFrame, what: str) -> str:
+    """The line that opens a block: the store, the script and today, `what` was read, and when and where `runs` (a
+    `runs_frame` table) were started."""
+    machines = sorted({t.get(tracking.TAG_MACHINE, "a machine not recorded (runs made before the tag)")
+                       for t in runs["tags"]})
+    first, last = runs["start_time"].min(), runs["start_time"].max()
+    return (f"Read from `{tracking.resolve_uri()}` by `scripts/{script}` on {dt.date.today().isoformat()}: {what}, "
+            f"started {first:%Y-%m-%d %H:%M} to {last:%Y-%m-%d %H:%M} UTC on {'; '.join(machines)}")
 
 
 def cli(argv: list[str] | None, doc: str, render: Callable[[str], str],
