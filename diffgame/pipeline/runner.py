@@ -19,7 +19,7 @@ from diffgame.data.sequences import read_rows, request_source
 from diffgame.errors import DataError, ModelError, StoreError
 from diffgame.grading.ground_truth import GroundTruth, ground_truth
 from diffgame.grading.score import GRADING_VERSION, grade
-from diffgame.grading.words import WordCompleter, ranked_words
+from diffgame.grading.words import WORDS_VERSION, WordCompleter, ranked_words
 from diffgame.methods.base import MethodContext
 from diffgame.models.loading import load_pair
 from diffgame.models.paired import shared_vocab, vocab_size
@@ -106,6 +106,7 @@ def _run_method(plan: Plan, name: str, cls, config, fp: str, store, pre_run_id, 
     tags = {tracking.TAG_MODEL: plan.model_name, tracking.TAG_ORGANISM: plan.organism_name,
             tracking.TAG_VARIANT: cfg.organism.variant,
             tracking.TAG_METHOD: name, tracking.TAG_PREPROCESS: pre_run_id, tracking.TAG_GRADING: GRADING_VERSION,
+            tracking.TAG_WORDS: WORDS_VERSION,
             tracking.TAG_ORGANISM_DATA: ",".join(organism_data(cfg, method, store)) or "none"}
     if cls.needs_models and vocab_size(organism.model) != vocab_size(base.model):
         tags[tracking.TAG_SHARED_VOCAB] = f"{shared_vocab(base.model, organism.model)} of {vocab_size(organism.model)}"

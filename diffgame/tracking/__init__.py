@@ -11,11 +11,11 @@ from diffgame.tracking.runs import (ERROR_FILE, StageRun, abandon, check_writabl
                                     stage_run, ui_url)
 from diffgame.tracking.tags import (DEFAULT_VARIANT, STAGES, TAG_ABANDONED, TAG_ERROR, TAG_FINGERPRINT, TAG_GRADING,
                                     TAG_LEASE, TAG_MACHINE, TAG_METHOD, TAG_MODEL, TAG_ORGANISM, TAG_ORGANISM_DATA, TAG_PARENT,
-                                    TAG_PREPROCESS, TAG_SHARED_VOCAB, TAG_STAGE, TAG_VARIANT, variant_of)
+                                    TAG_PREPROCESS, TAG_SHARED_VOCAB, TAG_STAGE, TAG_VARIANT, TAG_WORDS, variant_of)
 
 __all__ = ["ERROR_FILE", "LEASE_S", "StageRun", "abandon", "check_writable", "client", "experiment_id",
            "find_finished", "find_live", "find_resumable", "fingerprint", "interrupted", "lightning_logger", "live",
            "local_artifact_dir", "resolve_uri", "run_url", "search", "set_uri", "stage_run", "ui_url",
            "DEFAULT_VARIANT", "STAGES", "TAG_ABANDONED", "TAG_ERROR", "TAG_FINGERPRINT", "TAG_GRADING", "TAG_LEASE",
            "TAG_MACHINE", "TAG_METHOD", "TAG_MODEL", "TAG_ORGANISM", "TAG_ORGANISM_DATA", "TAG_PARENT", "TAG_PREPROCESS",
-           "TAG_SHARED_VOCAB", "TAG_STAGE", "TAG_VARIANT", "variant_of"]
+           "TAG_SHARED_VOCAB", "TAG_STAGE", "TAG_VARIANT", "TAG_WORDS", "variant_of"]
