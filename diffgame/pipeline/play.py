@@ -32,6 +32,7 @@ from diffgame.grading.guesses import grade_guess, guess_hits
 from diffgame.grading.score import identification_rank
 from diffgame.records.schema import CONTROL, OrganismConfig, PlayConfig, RootConfig
 from diffgame.tracking import artifacts
+from diffgame.zoo.pairs import resolve_pair
 
 TAG_AGENT = "diffgame.agent"
 TAG_EVIDENCE = "diffgame.evidence_runs"
@@ -122,8 +123,9 @@ def play(model: str, organism: str, methods: list[str] | tuple[str, ...] = DEFAU
     player = make_agent(agent, cfg.play)
     endpoint, budget = cfg.play.endpoint, cfg.play.interactions
     protocol = {"interactions": budget, "repeat": cfg.play.repeat} if budget is not None or cfg.play.repeat else {}
-    if protocol or not run_ids:  # it talks to the models (or reads nothing else): the pair is what it plays
-        protocol |= {"organism": organism, "variant": variant, "zoo_size": str(cfg.zoo.size)}
+    if protocol or not run_ids:  # it talks to the models (or reads nothing else): the pair, as built, is what it plays
+        protocol |= {"organism": organism, "variant": variant, "zoo_size": str(cfg.zoo.size),
+                     "weights": resolve_pair(cfg).organism.identity}  # a rebuilt organism (new recipe) is played anew
     fp = tracking.fingerprint({"agent": agent, "config": dataclasses.asdict(player), "evidence": run_ids,
                                "control": [r.info.run_id for r in control.values()],
                                "candidates": names,

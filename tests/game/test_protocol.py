@@ -4,6 +4,7 @@ keywords per organism type, and on the micro zoo the black-box `probe` agent's p
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
@@ -82,7 +83,7 @@ def test_keyword_score_maps_a_description_to_the_papers_scale_per_type():
 
 
 @pytest.mark.slow
-def test_probe_agent_plays_within_its_budget_and_repeats_by_seed(micro_cfg, zoo_uri):
+def test_probe_agent_plays_within_its_budget_and_repeats_by_seed(micro_cfg, zoo_uri, monkeypatch):
     from diffgame import tracking
     from diffgame.pipeline.play import TAG_INTERACTIONS, TAG_REPEAT, play
     from diffgame.tracking import artifacts
@@ -100,6 +101,17 @@ def test_probe_agent_plays_within_its_budget_and_repeats_by_seed(micro_cfg, zoo_
 
     assert play("toy", "caps", agent="probe", overrides=[*base, "play.interactions=5", "play.repeat=0"]).run_id \
         == first.run_id  # the same repeat is the same play
+    from diffgame.pipeline import play as play_module
+
+    def rebuilt(cfg):  # the same pair name, other weights: as after a recipe change rebuilt the organism
+        pair = real_pair(cfg)
+        return dataclasses.replace(pair, organism=dataclasses.replace(
+            pair.organism, identity={**pair.organism.identity, "zoo_run": "rebuilt"}))
+    real_pair = play_module.resolve_pair
+    with monkeypatch.context() as patched:
+        patched.setattr(play_module, "resolve_pair", rebuilt)
+        anew = play("toy", "caps", agent="probe", overrides=[*base, "play.interactions=5", "play.repeat=0"])
+    assert anew.run_id != first.run_id and not anew.reused
     taboo = play("toy", "taboo_gold", agent="probe", overrides=[*base, "play.interactions=5", "play.repeat=0"])
     assert taboo.run_id != first.run_id and taboo.organism == "taboo_gold"  # the same questions to another pair
     assert tracking.client().get_run(taboo.run_id).data.tags[tracking.TAG_ORGANISM] == "taboo_gold"
