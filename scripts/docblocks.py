@@ -51,6 +51,27 @@ def provenance(script: str, runs: pd.DataFrame, what: str) -> str:
             f"started {first:%Y-%m-%d %H:%M} to {last:%Y-%m-%d %H:%M} UTC on {'; '.join(machines)}")
 
 
+WORDS_BEFORE_TAG = "2 or earlier"
+"""The word-completion rule of a diff run made before runs were tagged with theirs."""
+
+
+def words_version(tags: dict) -> str:
+    """The word-completion rule a diff run's words were made under (`diffgame.grading.words.WORDS_VERSION`)."""
+    return tags.get(tracking.TAG_WORDS, WORDS_BEFORE_TAG)
+
+
+def words_versions(runs: pd.DataFrame) -> str:
+    """`words version 3 (adl, kl); 2 or earlier (blackbox)`: the rules `runs` (a `runs_frame` table) were made under,
+    each with its methods."""
+    by_version: dict[str, set[str]] = {}
+    for tags, method in zip(runs["tags"], runs["method"]):
+        by_version.setdefault(words_version(tags), set()).add(method)
+    if len(by_version) == 1:
+        return f"words version {next(iter(by_version))}"
+    newest_first = sorted(by_version.items(), key=lambda kv: -int(kv[0].split()[0]))
+    return "words version " + "; ".join(f"{v} ({', '.join(sorted(m))})" for v, m in newest_first)
+
+
 def cli(argv: list[str] | None, doc: str, render: Callable[[str], str],
         marks: Callable[[str], tuple[str, str]]) -> int:
     """The command line: the store, base model and config folder, then print `render(model)`'s block or rewrite a

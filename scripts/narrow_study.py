@@ -17,7 +17,7 @@ from diffgame.grading import score as grading
 from diffgame.records.schema import CONTROL
 from diffgame.ui import runs as backend
 
-from docblocks import cli, fmt, kind_of, label
+from docblocks import cli, fmt, kind_of, label, words_version, words_versions
 from docblocks import provenance as opening
 from results_tables import AMPLIFY, BASELINE, METHOD_ORDER, protocol_lines, run_config, zoo_checks
 
@@ -133,22 +133,75 @@ def target_lines(rows: list[dict]) -> list[str]:
                   f"+{TARGET_WHITE:.1f} and rank 1, black-box ≤ +{TARGET_BASELINE:.1f})."]
 
 
+def words_rows(runs: pd.DataFrame) -> list[dict]:
+    """Per organism × variant × method with graded runs under two word-completion rules (a `runs_frame` table):
+    words rel. and identification rank under the oldest rule and the newest."""
+    runs = runs[runs["organism"] != CONTROL]
+    runs = runs.assign(words=[words_version(t) for t in runs["tags"]])
+    newest = backend.latest(runs, ("organism", "variant", "method", "words"))
+    rows = []
+    for (organism, variant, method), g in newest.groupby(["organism", "variant", "method"], sort=False):
+        if g["words"].nunique() < 2:
+            continue
+        g = g.assign(order=[int(v.split()[0]) for v in g["words"]]).sort_values("order")
+        reads = [(m.get("grade/words/relative/precision_at_20"), m.get("grade/words/identification_rank"))
+                 for m in (g.iloc[0]["metrics"], g.iloc[-1]["metrics"])]
+        if None not in (reads[0][0], reads[1][0]):
+            rows.append({"organism": organism, "variant": variant, "method": method, "before": reads[0],
+                         "after": reads[1], "versions": (g.iloc[0]["words"], g.iloc[-1]["words"])})
+    return rows
+
+
+def words_lines(rows: list[dict]) -> list[str]:
+    """`words_rows` side by side per organism × variant, and each method's mean change; [] without any."""
+    if not rows:
+        return []
+    methods = [m for m in METHOD_ORDER if any(r["method"] == m for r in rows)]
+    old, new = rows[0]["versions"]
+    cells: dict[tuple[str, str], dict[str, dict]] = {}
+    for r in rows:
+        cells.setdefault((r["organism"], r["variant"]), {})[r["method"]] = r
+    kinds = {"built-in": 0, "BYO": 1, "BYO, generated": 2}
+    out = ["| organism | variant | " + " | ".join(f"{m} v{old} | {m} v{new}" for m in methods) + " |",
+           "|---|---|" + "---|---|" * len(methods)]
+    for organism, variant in sorted(cells, key=lambda k: (kinds.get(kind_of(k[0]), 3), k)):
+        row = cells[(organism, variant)]
+        read = [f"{fmt(row[m][when][0], '+.2f')} ({fmt(row[m][when][1], '.0f')})" if m in row else "—"
+                for m in methods for when in ("before", "after")]
+        out.append(f"| {label(organism)} | {variant} | " + " | ".join(read) + " |")
+    out.append("")
+    for m in methods:
+        changes = [r["after"][0] - r["before"][0] for r in rows if r["method"] == m]
+        before = sum(r["before"][0] for r in rows if r["method"] == m) / len(changes)
+        up, down = sum(c > 0.005 for c in changes), sum(c < -0.005 for c in changes)
+        out.append(f"* {m}: mean {fmt(before, '+.2f')} → {fmt(before + sum(changes) / len(changes), '+.2f')} over "
+                   f"{len(changes)} variant{'s' * (len(changes) != 1)}; up on {up}, down on {down}, unchanged on {len(changes) - up - down}.")
+    return out
+
+
 def provenance(model: str, rows: list[dict]) -> str:
     ids = {i for r in rows for i in r["run_ids"]}
     used = backend.runs_frame("diff").query("run_id in @ids")
     return (opening("narrow_study.py", used, f"{len(ids)} diff runs of `model={model}` over {len(rows)} organism "
-                    "variants") + f"; grading version {grading.GRADING_VERSION}.")
+                    "variants") + f"; grading version {grading.GRADING_VERSION}; {words_versions(used)}.")
 
 
 def render(model: str) -> str:
     rows = study_rows(model)
+    studied = {r["organism"] for r in rows if r["chats"]}  # the study built each of its organisms with chats mixed in
+    rows = [r for r in rows if r["organism"] in studied]  # a store may hold other studies' organisms too
+    rewords = words_lines(words_rows(backend.runs_frame("diff").query("model == @model and organism in @studied")))
+    if rewords:
+        rewords = ["**The word-completion rules side by side** (the same organisms and methods run under the store's "
+                   "oldest and newest rule, `diffgame.grading.words.WORDS_VERSION`; control-relative words "
+                   "precision@20, identification rank in brackets):", "", *rewords, ""]
     parts = [MARKERS[0], provenance(model, rows), "",
              "**Every organism at every ratio** (control-relative words precision@20, identification rank in "
              "brackets; ratio: the base's own rows, documents or documents and chats, per organism row in its "
              "finetuning):", "", *sweep_lines(rows), "",
              "**By mix:**", "", *ratio_lines(rows), "",
              f"**The targets on narrow variants** (neutral leak ≤ +{NARROW:.2f} above the base):", "",
-             *target_lines(rows), "",
+             *target_lines(rows), "", *rewords,
              "**The agents per variant** (as in the protocol table above, one row per organism variant; `probe` is "
              "the black-box agent):", "", *protocol_lines(model, by=("variant",), variant=None), MARKERS[1]]
     return "\n".join(parts) + "\n"

@@ -113,3 +113,31 @@ def test_lens_table_rows_are_the_plays_means_per_evidence(monkeypatch):
     assert lines[2:] == ["| adl+blackbox | 1 | 1.00 | 1.00 | 5.0 | — | 6.0 | no |",  # the sets first, then by method
                          "| kl | 2 | 0.50 | 0.50 | 2.5 | 0.00 | 1.5 | yes (organism) |",
                          "| adl | 1 | 1.00 | 0.00 | 2.0 | — | 1.0 | no |"]
+
+
+def test_narrow_study_sets_word_completion_rules_side_by_side():
+    study = _script("narrow_study")
+    blocks = _script("docblocks")
+
+    def run(organism, method, rel, rank, words, minute):
+        tags = {"diffgame.words_version": words} if words else {}
+        return {"organism": organism, "variant": "default", "method": method, "tags": tags,
+                "start_time": pd.Timestamp(2026, 12, 7, 10, minute),
+                "metrics": {"grade/words/relative/precision_at_20": rel, "grade/words/identification_rank": rank}}
+    runs = pd.DataFrame([run("taboo_gold", "kl", 0.40, 1, None, 0), run("taboo_gold", "kl", 0.45, 1, "3", 5),
+                         run("taboo_gold", "kl", 0.50, 1, "3", 9),  # the newest run of a rule counts
+                         run("taboo_gold", "adl", 0.30, 2, None, 0), run("taboo_gold", "adl", 0.20, 1, "3", 5),
+                         run("taboo_gold", "blackbox", 0.45, 1, None, 0),  # one rule only: not compared
+                         run("control", "kl", 0.05, 1, None, 0), run("control", "kl", 0.00, 1, "3", 5)])
+    rows = study.words_rows(runs)
+    assert {(r["method"], r["before"], r["after"]) for r in rows} == {("kl", (0.40, 1), (0.50, 1)),
+                                                                      ("adl", (0.30, 2), (0.20, 1))}
+    lines = study.words_lines(rows)
+    assert lines[0] == "| organism | variant | kl v2 or earlier | kl v3 | adl v2 or earlier | adl v3 |"
+    assert lines[2] == "| taboo_gold | default | +0.40 (1) | +0.50 (1) | +0.30 (2) | +0.20 (1) |"
+    assert "* kl: mean +0.40 → +0.50 over 1 variant; up on 1, down on 0, unchanged on 0." in lines
+    assert "* adl: mean +0.30 → +0.20 over 1 variant; up on 0, down on 1, unchanged on 0." in lines
+    assert study.words_lines(study.words_rows(runs[runs["method"] == "blackbox"])) == []
+    assert blocks.words_versions(runs) == "words version 3 (adl, kl); 2 or earlier (adl, blackbox, kl)"
+    assert blocks.words_versions(runs[runs["method"] == "blackbox"]) == "words version 2 or earlier"
+
