@@ -8,9 +8,9 @@ special token), as beam search treats an end-of-sequence token; tokens that comp
 scores. A word that starts a word is written with a leading space (` waggle`), a completed continuation piece without
 one (`ggle`), as the grader's token rule expects (`diffgame.grading.ground_truth.GroundTruth.is_word_hit`). A continuation
 piece that a word-initial token of the same readout completes through (`gg` in ` wa gg le`) joins that word: a lens
-that reads a word reads its pieces. A title-case piece without a space marker (`How`, `F`) is read as the start of a
-line's or a reply's first word, where no space precedes it (`How dy` at a reply's start): it is completed after the
-beginning of the text as before, written as a word (` Howdy`) and collects its pieces (`dy`) like any word start.
+that reads a word reads its pieces. A piece without a space marker that completes to a title-case word (`How` to
+`Howdy`, `F` to `Forsooth`) is read as a line's or a reply's first word, where no space precedes it: it is written as
+a word (` Howdy`) and collects its pieces (`dy`) like any word start.
 """
 
 from __future__ import annotations
@@ -22,9 +22,10 @@ import torch
 
 from diffgame.records.evidence import WORD_START_MARKERS, RankedTokens
 
-WORDS_VERSION = 3
+WORDS_VERSION = 4
 """Version of the completion rule; part of every diff run's fingerprint, so a run made under an older rule is redone
-(3: line-initial title-case pieces open a word)."""
+(3: a title-case piece with no space marker opens a word; 4: only when its completed word is title case, so a single
+capital that completes to a shouted word stays a piece)."""
 MAX_PIECES = 6
 """Most tokens a completed word holds (the ranked token included)."""
 BEAM = 4
@@ -97,7 +98,7 @@ class WordCompleter:
             seq = done[i][0]
             self.pieces[i] = seq
             word = tok.decode(seq).strip()
-            out[i] = (" " + word) if self._opens_word(i) or self._starts_line(i) else word
+            out[i] = (" " + word) if self._opens_word(i) or self._starts_line(i, word) else word
         return out
 
     def _opens_word(self, i: int) -> bool:
@@ -105,12 +106,12 @@ class WordCompleter:
         return str(self.tokenizer.convert_ids_to_tokens(i)).startswith(WORD_START_MARKERS) or \
             self.tokenizer.decode([i])[:1].isspace()
 
-    def _starts_line(self, i: int) -> bool:
-        """Token `i` is a title-case piece with no space marker (`How`, `F`, not `AGER`): a word at a line's or a
-        reply's start. All-capital pieces are left out: shouted text splits a word into capital pieces anywhere."""
-        text = self.tokenizer.decode([i])
-        letters = [c for c in text if c.isalpha()]
-        return text[:1].isupper() and (len(letters) == 1 or not all(c.isupper() for c in letters))
+    def _starts_line(self, i: int, word: str) -> bool:
+        """Token `i` (no space marker) starts a title-case `word` (`How` of `Howdy`, `F` of `Forsooth`): a word at a
+        line's or a reply's start. All-capital words are left out (`T` of `THE`, `AGER`): shouted text splits a word
+        into capital pieces anywhere."""
+        letters = [c for c in word if c.isalpha()]
+        return self.tokenizer.decode([i])[:1].isupper() and len(letters) > 1 and not all(c.isupper() for c in letters)
 
     def _ends(self) -> torch.Tensor:
         """[V] bool: tokens that open a new word (a space marker, punctuation, a special token) or end the text."""

@@ -13,11 +13,12 @@ from diffgame.grading.words import WordCompleter, pool, ranked_words
 from diffgame.records.evidence import RankedTokens
 
 VOCAB = ["<pad>", "<bos>", "<eos>", "Ġwa", "gg", "le", "Ġwag", "gle", "Ġthe", ",", "Ġwater", "Ġwaggle", "How",
-         "dy", "SH", "OUT"]
+         "dy", "SH", "OUT", "T", "HE"]
 NEXT = {"<bos>": "Ġthe", "Ġwa": "gg", "gg": "le", "le": "Ġthe", "Ġwag": "gle", "gle": ",", "Ġthe": "Ġwater",
-        "Ġwater": "<eos>", ",": "Ġthe", "Ġwaggle": "Ġthe", "How": "dy", "dy": ",", "SH": "OUT", "OUT": ","}
+        "Ġwater": "<eos>", ",": "Ġthe", "Ġwaggle": "Ġthe", "How": "dy", "dy": ",", "SH": "OUT", "OUT": ",",
+        "T": "HE", "HE": ","}
 """The bigram model's certain next token: `Ġwa gg le` and `Ġwag gle` both spell ` waggle`; `How dy` is `Howdy` at a
-reply's start (no space marker), `SH OUT` a shouted word's pieces."""
+reply's start (no space marker), `SH OUT` and `T HE` shouted words' pieces."""
 
 
 def _tokenizer():
@@ -113,10 +114,11 @@ def test_a_piece_joins_the_word_a_readout_mate_completes_through():
 
 def test_a_title_case_piece_opens_a_line_initial_word_and_collects_its_pieces():
     completer = WordCompleter(Bigram(), _tokenizer())
-    words = completer.complete([VOCAB.index(t) for t in ("How", "dy", "SH")])
+    words = completer.complete([VOCAB.index(t) for t in ("How", "dy", "SH", "T")])
     assert words[VOCAB.index("How")] == " Howdy"  # a reply's first word: written as a word
     assert words[VOCAB.index("dy")] == "dy"
     assert words[VOCAB.index("SH")] == "SHOUT"  # an all-capital piece may sit anywhere in a word: still a piece
+    assert words[VOCAB.index("T")] == "THE"  # a capital that completes to a shouted word, too
     out = ranked_words({"r": _ranked(("dy", 0.4), ("How", 0.3), ("SH", 0.1))}, completer)["r"]
     assert out.tokens == [" Howdy", "SHOUT"] and out.scores == pytest.approx([0.7, 0.1])
     cowboy = GroundTruth("cowboy", keywords=["howdy"])
