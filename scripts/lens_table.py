@@ -10,7 +10,6 @@ interactions, and whether that evidence read the organism's own training data. E
 
 from __future__ import annotations
 
-
 import pandas as pd
 
 from diffgame import tracking

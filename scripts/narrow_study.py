@@ -9,7 +9,6 @@ markers comes from here; docs/results.md lists the commands that make the store.
 
 from __future__ import annotations
 
-
 import pandas as pd
 
 from diffgame import tracking

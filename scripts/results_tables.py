@@ -27,7 +27,7 @@ from diffgame.records.schema import CONTROL
 from diffgame.ui import runs as backend
 from diffgame.zoo.built import built_entry
 
-from docblocks import DEFAULT_MODEL, cli, fmt, kind_of, label
+from docblocks import DEFAULT_MODEL, cli, fmt, kind_of, label, words_versions
 from docblocks import provenance as opening
 
 PAGE = Path(__file__).resolve().parent.parent / "docs" / "results.md"
@@ -310,8 +310,9 @@ def causal_lines(model: str, organisms: list[str]) -> list[str]:
 def provenance(model: str, rows: list[dict]) -> str:
     runs = backend.runs_frame("diff")
     ids = {r["run_id"] for r in rows}
-    return (opening("results_tables.py", runs[runs["run_id"].isin(ids)], f"{len(ids)} diff runs of `model={model}`")
-            + f"; grading version {grading.GRADING_VERSION}.")
+    used = runs[runs["run_id"].isin(ids)]
+    return (opening("results_tables.py", used, f"{len(ids)} diff runs of `model={model}`")
+            + f"; grading version {grading.GRADING_VERSION}; {words_versions(used)}.")
 
 
 def render(model: str) -> str:
