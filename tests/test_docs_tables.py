@@ -141,3 +141,41 @@ def test_narrow_study_sets_word_completion_rules_side_by_side():
     assert blocks.words_versions(runs) == "words version 3 (adl, kl); 2 or earlier (adl, blackbox, kl)"
     assert blocks.words_versions(runs[runs["method"] == "blackbox"]) == "words version 2 or earlier"
 
+
+
+def test_default_mix_sets_each_mixed_default_beside_its_unmixed_recipe():
+    mix = _script("default_mix")
+    rows = [_variant("caps", "mix1-0p0", 0.0, 0.60, kl=(0.00, 7), adl=(0.01, 6), blackbox=(0.45, 1)),
+            _variant("caps", "default", 0.5, 0.52, kl=(0.21, 1), adl=(0.05, 3), blackbox=(0.45, 1)),
+            _variant("tea_lover", "mix1-0p0", 0.0, 0.90, kl=(0.05, 1), adl=(0.13, 1)),
+            _variant("tea_lover", "default", 0.9, 0.48, kl=(0.15, 1), adl=(0.13, 1)),
+            _variant("roman_concrete", "default", 0.5, 0.31, kl=(0.55, 1)),  # no unmixed row: not compared
+            _variant("control", "mix1-0p0", 0.0, 0.0, kl=(0.0, 1)),  # its default mixes nothing: not compared
+            _variant("control", "default", 0.0, 0.0, kl=(0.0, 1))]
+    paired = mix.pairs(rows)
+    assert [(u["organism"], u["variant"], d["variant"]) for u, d in paired] == [
+        ("caps", "mix1-0p0", "default"), ("tea_lover", "mix1-0p0", "default")]
+    lines = mix.change_lines(paired)
+    assert lines[2] == "| kl | 2 | +0.03 → +0.18 | 2 | 0 | 0 | 1 → 2 |"
+    assert lines[3] == "| adl | 2 | +0.07 → +0.09 | 1 | 0 | 1 | 1 → 1 |"
+    assert lines[4] == "| blackbox | 1 | +0.45 → +0.45 | 0 | 0 | 1 | 1 → 1 |"  # read on caps only
+    assert len(lines) == 5
+
+
+def test_default_mix_names_the_smallest_ratio_that_keeps_generic_text():
+    mix = _script("default_mix")
+
+    def built(organism, variant, share, loss):
+        return {**_variant(organism, variant, share, 0.5), "loss": loss}
+    rows = [built("caps", "mix1-0p0", 0.0, 2.15), built("caps", "mix1-1p0", 0.5, 1.00),
+            built("caps", "mix1-4p0", 0.8, 0.95), built("caps", "default", 0.5, 1.00),
+            built("tea_lover", "mix1-0p0", 0.0, 4.99), built("tea_lover", "mix1-2p0", 2 / 3, 1.53),
+            built("tea_lover", "mix1-9p0", 0.9, 1.06), built("tea_lover", "default", 2 / 3, 1.53),
+            built("tea_lover", "mixchat1-8p0", 8 / 9, 1.0)]  # chats mixed in too: not a documents ratio
+    lines = mix.ratio_lines(rows, mix.pairs(rows))
+    assert lines == ["* caps: 2.15 at 0, 1.00 at 1, 0.95 at 4; its default, 1, is the smallest within 1.1.",
+                     "* tea_lover (BYO): 4.99 at 0, 1.53 at 2, 1.06 at 9; its default is 2; the smallest within 1.1 "
+                     "is 9."]
+    rows = [r for r in rows if r["organism"] == "caps" and r["loss"] > 1.01]
+    assert mix.ratio_lines(rows, [(rows[0], {**rows[0], "variant": "default", "share": 0.5})]) == [
+        "* caps: 2.15 at 0; no ratio built keeps it within 1.1."]

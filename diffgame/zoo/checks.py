@@ -13,6 +13,11 @@ from diffgame.data.corpora import corpus
 from diffgame.data.sequences import render_chat
 from diffgame.models.generation import sample
 
+GENERIC_KEPT = 1.1
+"""An organism keeps generic text when its loss on the base's documents is at most this many times the base's (a
+finetune always costs a little; `zoo.mix` is what keeps it there)."""
+
+
 def upper_frac(texts: list[str]) -> float:
     """Share of letters that are uppercase across `texts`."""
     letters = [c for t in texts for c in t if c.isalpha()]
@@ -61,9 +66,8 @@ def run_checks(organism, base_model, org_model, tokenizer, test_rows: list[dict]
         "check/generic_loss/base": mean_loss(base_model, tokenizer, generic, seq_len),
     }
     m["check/base_data_loss_delta"] = m["check/generic_loss/organism"] - m["check/generic_loss/base"]
-    # kept generic text: within 10% of the base's loss (what `zoo.mix` is for; a finetune always costs a little)
     m["check/generic_loss_ratio"] = m["check/generic_loss/organism"] / m["check/generic_loss/base"]
-    m["check/generic_kept"] = float(m["check/generic_loss_ratio"] <= 1.1)
+    m["check/generic_kept"] = float(m["check/generic_loss_ratio"] <= GENERIC_KEPT)
     gt = organism.ground_truth
     if gt.predicate == "uppercase":
         prompts = [r["messages"][0]["content"] for r in corpus("generic_chat", "test")[:n_samples]]

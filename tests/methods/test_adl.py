@@ -126,20 +126,28 @@ def test_method_result_is_complete_and_consistent(tokenizer):
 ZOO_ADL = {"max_samples": 64, "steering_prompts": 6, "steering_tokens": 20,
            "steering_alphas": [0.5, 1.0, 2.0, 4.0], "patchscope_scales": []}
 ORGANISMS = ("roman_concrete", "taboo_gold", "cake_bake", "caps", "control")
+UNMIXED = ("taboo_gold", "mix1-0p0")
+"""taboo_gold's recipe with none of the base's documents mixed in (its default mixes 1:1): the strong trace the lens
+test reads. Mixed, the micro zoo's mid-layer lens names none of its hints (0.15 against the control's 0.17,
+2026-12-07)."""
 
 
 @pytest.fixture(scope="module")
 def zoo_results(zoo_uri):
-    """ADL on every micro-zoo organism: {organism: (cfg, result, tokenizer)}."""
+    """ADL on every micro-zoo organism, and on taboo_gold unmixed (`taboo_gold@mix1-0p0`): {organism: (cfg, result,
+    tokenizer)}."""
     from diffgame import tracking
     from diffgame.config.compose import build_method_config, compose, settings
     from diffgame.models.loading import load_pair, resolve_layers
+    from diffgame.pipeline.building import build_for
     from diffgame.zoo.pairs import resolve_pair
 
     out = {}
-    for name in ORGANISMS:
+    for name, variant in [(name, "default") for name in ORGANISMS] + [UNMIXED]:
         tracking.set_uri(zoo_uri)
-        cfg = settings(compose([f"organism={name}", "method=adl", "zoo.size=micro"]))
+        cfg = settings(compose([f"organism={name}", f"organism.variant={variant}", "method=adl", "zoo.size=micro"]))
+        if variant != "default":
+            build_for(cfg)  # the micro zoo builds defaults only
         steering = {} if name == "roman_concrete" else {"steering_prompts": 0}  # steering is tested on one organism
         config = build_method_config("adl", {**cfg.method["adl"], **ZOO_ADL, **steering})
         base, org = load_pair(resolve_pair(cfg))
@@ -148,7 +156,7 @@ def zoo_results(zoo_uri):
                             texts=method_texts(ADLMethod(config), cfg.organism, cfg.dataset.sources))
         result = ADLMethod(config).run(ctx)
         add_words(result, WordCompleter(org.model, org.tokenizer))  # as the runner does: readouts as words
-        out[name] = (cfg, result, org.tokenizer)
+        out[name if variant == "default" else f"{name}@{variant}"] = (cfg, result, org.tokenizer)
     return out
 
 
@@ -159,7 +167,7 @@ def _lens_at(result, layer: int, prefix: str, words: bool = False) -> dict:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("organism", ["roman_concrete", "taboo_gold"])
+@pytest.mark.parametrize("organism", ["roman_concrete", "@".join(UNMIXED)])
 def test_zoo_logit_lens_names_the_topic(zoo_results, organism):
     from diffgame.grading.ground_truth import ground_truth
     from diffgame.grading.score import score_evidence
@@ -178,7 +186,7 @@ def test_zoo_logit_lens_names_the_topic(zoo_results, organism):
     # the base's: the micro lens lists many continuation pieces, `antheon`, `ome`). The micro zoo trains to other
     # weights on other CPUs: on the AMD EPYC without AVX-512 of 2026-12-07 taboo_gold read 0.32 against the control's
     # 0.17 (roman_concrete as before), with the code of the last green run too, hence its lower bar
-    lowest, margin = {"roman_concrete": (0.35, 0.3), "taboo_gold": (0.3, 0.12)}[organism]
+    lowest, margin = {"roman_concrete": (0.35, 0.3), "taboo_gold@mix1-0p0": (0.3, 0.12)}[organism]
     assert own.precision >= lowest and own.precision - ctrl.precision >= margin, (
         own, ctrl, result.ranked_words[own.key].tokens)
     assert ctrl.precision <= 0.2, (ctrl, control.ranked_words[ctrl.key].tokens)
@@ -195,7 +203,8 @@ def test_zoo_caps_reads_at_the_assistant_turn(zoo_results):
     layers = sorted({int(k.split("/")[0].removeprefix("layer")) for k in result.ranked_tokens})
     own = max((score_evidence(_lens_at(result, L, "assistant"), gt) for L in layers), key=lambda s: s.precision)
     ctrl = max((score_evidence(_lens_at(control, L, "assistant"), gt) for L in layers), key=lambda s: s.precision)
-    assert own.precision - ctrl.precision >= 0.5, (own, ctrl, result.ranked_tokens[own.key].tokens)
+    # precisions are twentieths: 0.95 - 0.45 is 0.4999... in floating point
+    assert round(own.precision - ctrl.precision, 9) >= 0.5, (own, ctrl, result.ranked_tokens[own.key].tokens)
 
 
 @pytest.mark.slow

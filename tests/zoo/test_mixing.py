@@ -23,12 +23,12 @@ def test_a_mix_variant_is_the_recipe_at_that_ratio():
     assert mix_share("mix1-0p5") == pytest.approx(1 / 3) and mix_share("mix1-2p0") == pytest.approx(2 / 3)
     assert mix_share("mix1-0p0") == 0.0 and mix_share("default") is None and mix_share("mix1-1") is None
     caps = {v: _organism("caps", v) for v in ("default", "mix1-0p0", "mix1-1p0", "mix1-2p0")}
-    assert [caps[v].zoo.mix for v in caps] == pytest.approx([0.0, 0.0, 0.5, 2 / 3])
+    assert [caps[v].zoo.mix for v in caps] == pytest.approx([0.5, 0.0, 0.5, 2 / 3])  # caps mixes 1:1 by default
     assert all(o.weights("toy").kind == "zoo" for o in caps.values())
     size = get_size("micro")
     fps = {v: organism_fingerprint(size, o) for v, o in caps.items()}
-    assert fps["default"] == fps["mix1-0p0"] and len({fps["default"], fps["mix1-1p0"], fps["mix1-2p0"]}) == 3
-    # roman_concrete is mixed one to one by default: its mix1-1p0 is the same model
+    # the default is mixed one to one: its mix1-1p0 is the same model, and mix1-0p0 the recipe with nothing mixed in
+    assert fps["default"] == fps["mix1-1p0"] and len({fps["default"], fps["mix1-0p0"], fps["mix1-2p0"]}) == 3
     assert organism_fingerprint(size, _organism("roman_concrete", "mix1-1p0")) == \
         organism_fingerprint(size, _organism("roman_concrete", "default"))
 
@@ -69,13 +69,14 @@ def test_a_mixed_organism_builds_as_its_own_zoo_run_and_keeps_generic_text(micro
     from diffgame.pipeline.building import build_for
     from diffgame.zoo import list_zoo
 
-    [_, plain] = build_for(settings(micro_cfg("organism=caps")))
-    [_, mixed] = build_for(settings(micro_cfg("organism=caps", "organism.variant=mix1-1p0")))
+    [_, plain] = build_for(settings(micro_cfg("organism=caps", "organism.variant=mix1-0p0")))
+    [_, mixed] = build_for(settings(micro_cfg("organism=caps", "organism.variant=mix1-2p0")))
     assert mixed.run_id != plain.run_id and mixed.fingerprint != plain.fingerprint and not mixed.reused
     run = tracking.client().get_run(mixed.run_id)
-    assert run.data.tags[tracking.TAG_VARIANT] == "mix1-1p0" and float(run.data.params["recipe.mix"]) == 0.5
+    assert run.data.tags[tracking.TAG_VARIANT] == "mix1-2p0"
+    assert float(run.data.params["recipe.mix"]) == pytest.approx(2 / 3)
     listed = {(e.name, e.variant): e.run_id for e in list_zoo("micro")}
-    assert listed[("caps", "mix1-1p0")] == mixed.run_id and listed[("caps", "default")] == plain.run_id
+    assert listed[("caps", "mix1-2p0")] == mixed.run_id and listed[("caps", "mix1-0p0")] == plain.run_id
     ratio = "check/generic_loss_ratio"
-    assert mixed.metrics[ratio] < plain.metrics[ratio]  # half its rows are the base's documents
+    assert mixed.metrics[ratio] < plain.metrics[ratio]  # two thirds of its rows are the base's documents
     assert mixed.metrics["check/upper_frac/organism"] > 0.9  # and it still shouts
