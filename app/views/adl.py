@@ -52,8 +52,8 @@ with steer_tab:
         for s in backend.side_by_side(samples, model):
             st.markdown(f"**{s['prompt']}** · α = {s['alpha']}")
             left, right = st.columns(2)
-            left.text(f"unsteered: {s['unsteered'].strip()}")  # a text element drops trailing newlines anyway
-            right.text(f"steered: {s['steered'].strip()}")
+            left.text(f"unsteered: {s['unsteered']}")
+            right.text(f"steered: {s['steered']}")
     widgets.show_samples(uri, run_id, paths, "adl")
     widgets.show_tables(uri, run_id, paths, "adl")
 

@@ -246,9 +246,15 @@ def select_rows(table: pd.DataFrame, **equal) -> pd.DataFrame:
     return table[mask].reset_index(drop=True)
 
 
+EMPTY_REPLY = "(empty: the turn ended at once)"
+"""How a reply with no text is shown, so that it is not mistaken for a missing sample."""
+
+
 def side_by_side(samples: list[dict], model: str) -> list[dict]:
-    """Steering samples of one model (`organism` or `base`) as {prompt, alpha, unsteered, steered} rows."""
-    return [{k: s.get(k) for k in ("prompt", "alpha", "unsteered", "steered")}
+    """Steering samples of one model (`organism` or `base`) as {prompt, alpha, unsteered, steered} rows, the replies
+    as shown: stripped (a text element drops trailing newlines anyway), EMPTY_REPLY where there is no text."""
+    return [{"prompt": s.get("prompt"), "alpha": s.get("alpha"),
+             **{k: (s.get(k) or "").strip() or EMPTY_REPLY for k in ("unsteered", "steered")}}
             for s in samples if s.get("model", model) == model]
 
 

@@ -73,8 +73,10 @@ ANY = Bound(-1e6, 1e6)
 LAYERS = "layers"
 """Layers: fractions of depth (floats in [0, 1]) or integer indices; a list of them is non-empty."""
 
-CROSS_FIELD = {"n_latents": Bound(16), "k": Bound(1, 512), "devices": Bound(1, 2, also=(4, 8)),
-               "stream_lanes": Bound(1, 2, also=(4, 8, 1024))}
+DIVIDE_1024 = tuple(2 ** i for i in range(2, 11))
+"""The divisors of the default batch_size (1024) above 2: the devices and stream lanes that pass beside it."""
+CROSS_FIELD = {"n_latents": Bound(16), "k": Bound(1, 512), "devices": Bound(1, 2, also=DIVIDE_1024),
+               "stream_lanes": Bound(1, 2, also=DIVIDE_1024)}
 """Ranges narrowed for keys a cross-field check ties together (k <= n_latents, whose defaults are 16 and 512; devices
 divide stream_lanes, which divide batch_size, default 1024): a value from a field's own declared range must also pass
 beside the other fields' defaults."""

@@ -311,7 +311,9 @@ def test_adl_page_token_tables_and_samples(monkeypatch, store):
     assert list(table["rank"]) == list(expected["rank"])
     steering = [s for s in artifacts.load_samples(row["run_id"], "steering") if s["model"] == "organism"]
     shown = [t.value for t in at.text]
-    assert [f"steered: {s['steered'].strip()}" for s in steering] == [t for t in shown if t.startswith("steered: ")]
+    # every organism sample, in order; a reply with no text says so (caps' steering can end its turn at once)
+    assert [f"steered: {s['steered'].strip() or backend.EMPTY_REPLY}" for s in steering] == [
+        t for t in shown if t.startswith("steered: ")]
     names = artifacts.names(artifacts.list_artifacts(row["run_id"]), "samples")
     assert at.selectbox(key="adl_samples").options == names
     assert any(len(d.value) == len(artifacts.load_samples(row["run_id"], names[0])) for d in at.dataframe)
@@ -580,3 +582,10 @@ def test_a_damaged_artifact_is_an_error_panel_and_other_pages_still_work(monkeyp
         assert relpath in panel and "mlflow runs delete --run-id " + row["run_id"] in panel
     at.switch_page("views/overview.py").run()  # the other pages keep working
     assert not at.exception and not at.error
+
+
+def test_steering_rows_show_replies_stripped_and_an_empty_one_as_such():
+    samples = [{"model": "organism", "prompt": "Hi", "alpha": 2.0, "unsteered": " HELLO\n", "steered": "\n"},
+               {"model": "base", "prompt": "Hi", "alpha": 2.0, "unsteered": "hello", "steered": "hey"}]
+    assert backend.side_by_side(samples, "organism") == [
+        {"prompt": "Hi", "alpha": 2.0, "unsteered": "HELLO", "steered": backend.EMPTY_REPLY}]
