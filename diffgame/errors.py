@@ -1,4 +1,4 @@
-"""The exception family for bad input: the CLI prints these as one line and exits 1."""
+"""The project's exceptions: bad input (`DiffgameError`, printed as one line, exit 1) and `Terminated`."""
 
 
 class DiffgameError(Exception):
@@ -39,3 +39,9 @@ class SweepError(DiffgameError):
     def __init__(self, message: str, summaries: list | None = None):
         super().__init__(message)
         self.summaries = summaries or []
+
+
+class Terminated(BaseException):
+    """SIGTERM (a preempted job, `kill`) while a stage run is open: raised in the main thread so the run closes KILLED
+    and stays resumable instead of dying RUNNING; a BaseException, like KeyboardInterrupt, so no `except Exception`
+    swallows it."""

@@ -14,7 +14,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from diffgame.errors import DiffgameError
+from diffgame.errors import DiffgameError, Terminated
 
 app = typer.Typer(
     help="diffgame: find out what finetuning changed by diffing a base model and a model organism.",
@@ -67,7 +67,12 @@ LOG_REPAINT_S = "30"
 def main() -> None:
     if not sys.stderr.isatty():  # a log file gets a bar line every half minute, not one per update
         os.environ.setdefault("TQDM_MININTERVAL", LOG_REPAINT_S)
-    app()
+    try:
+        app()
+    except Terminated:
+        typer.secho("terminated (SIGTERM): the open run is marked KILLED; run the same command again to resume",
+                    fg=typer.colors.RED, err=True)
+        sys.exit(128 + 15)  # what a shell reports for a process ended by SIGTERM
 
 
 # each registers its commands on `app`, in the order `diffgame --help` lists them

@@ -9,7 +9,9 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import signal
 import sys
+import threading
 import traceback
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -19,7 +21,7 @@ from typing import Any
 from urllib.parse import unquote, urlparse
 
 from diffgame import __version__
-from diffgame.errors import TrackingError
+from diffgame.errors import Terminated, TrackingError
 from diffgame.tracking import locations
 from diffgame.tracking.leases import held, live
 from diffgame.tracking.tags import (STAGES, TAG_ABANDONED, TAG_ERROR, TAG_FINGERPRINT, TAG_MACHINE, TAG_PARENT,
@@ -306,13 +308,12 @@ def stage_run(stage: str, *, fp: str, tags: dict[str, Any], experiment: str = "d
     if params:
         run.log_params(params)
     try:
-        with held(run.run_id):
+        with held(run.run_id), _sigterm_raises():
             yield run
     except BaseException as e:
         killed = interrupted(e)
         status = "KILLED" if killed else "FAILED"
-        signal = "SIGTERM" if "SIGTERM" in type(e).__name__ else "KeyboardInterrupt"
-        text = (f"{signal}: interrupted; run the same command again to resume" if killed
+        text = (f"{_signal_name(e)}: interrupted; run the same command again to resume" if killed
                 else f"{type(e).__name__}: {e}")
         _record_failure(c, run.run_id, status, text, e)
         raise
@@ -327,10 +328,34 @@ def lightning_logger(run_id: str):
     return StageLogger(tracking_uri=resolve_uri(), run_id=run_id)
 
 
+@contextmanager
+def _sigterm_raises() -> Iterator[None]:
+    """While a stage run is open, SIGTERM raises `Terminated` in the main thread (Python's default would end the
+    process with the run left RUNNING). Inside a Lightning loop, Lightning calls this handler after its own, so a
+    predict loop (which never checks for SIGTERM) stops too. A handler someone else installed is left alone."""
+    in_main = threading.current_thread() is threading.main_thread()
+    if not in_main or signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL:
+        yield
+        return
+
+    def terminate(signum, frame):
+        raise Terminated()
+
+    signal.signal(signal.SIGTERM, terminate)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
+def _signal_name(e: BaseException) -> str:
+    return "SIGTERM" if isinstance(e, Terminated) or "SIGTERM" in type(e).__name__ else "KeyboardInterrupt"
+
+
 def interrupted(e: BaseException) -> bool:
     """Ctrl-C, also after Lightning turned it into `sys.exit(1)` at the end of its graceful shutdown, or a SIGTERM
-    (a preempted cluster job) that Lightning's loop turned into its `SIGTERMException`."""
-    if isinstance(e, KeyboardInterrupt) or type(e).__name__ == "SIGTERMException":
+    (a preempted cluster job): ours (`Terminated`) or Lightning's `SIGTERMException` at the next step."""
+    if isinstance(e, (KeyboardInterrupt, Terminated)) or type(e).__name__ == "SIGTERMException":
         return True
     return isinstance(e, SystemExit) and interrupted(e.__context__) if e.__context__ is not None else False
 

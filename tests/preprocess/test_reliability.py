@@ -254,6 +254,23 @@ print(r.run_id, r.store_path)
 """
 
 
+def _extracting(uri: str, env: dict) -> subprocess.Popen:
+    """`KILL_SCRIPT` in a new process, returned once its first two shards are on disk."""
+    proc = subprocess.Popen([sys.executable, "-c", KILL_SCRIPT, uri], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, env=env)
+    tracking.set_uri(uri)
+    deadline, parts = time.time() + 300, None
+    while time.time() < deadline and proc.poll() is None:
+        if parts is None:
+            running = tracking.search({tracking.TAG_STAGE: "preprocess"}, statuses=("RUNNING",))
+            parts = tracking.local_artifact_dir(running[0]) / "store" / "_parts" if running else None
+        elif len(list(parts.glob("*.organism.json"))) >= 2:
+            break
+        time.sleep(0.02)
+    assert proc.poll() is None, "the extraction finished before it could be stopped"
+    return proc
+
+
 @pytest.mark.slow
 def test_kill_9_mid_extraction_resumes_into_the_uninterrupted_store(zoo_uri, tmp_path):
     """A real process killed with SIGKILL once its first shards are on disk: the next call resumes its run (its
@@ -266,18 +283,7 @@ def test_kill_9_mid_extraction_resumes_into_the_uninterrupted_store(zoo_uri, tmp
     ref_store = ref.stdout.split()[-1]
 
     uri = _copy_zoo_store(zoo_uri, tmp_path / "killed")
-    proc = subprocess.Popen([sys.executable, "-c", KILL_SCRIPT, uri], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, env=env)
-    tracking.set_uri(uri)
-    deadline, parts = time.time() + 300, None
-    while time.time() < deadline and proc.poll() is None:
-        if parts is None:
-            running = tracking.search({tracking.TAG_STAGE: "preprocess"}, statuses=("RUNNING",))
-            parts = tracking.local_artifact_dir(running[0]) / "store" / "_parts" if running else None
-        elif len(list(parts.glob("*.organism.json"))) >= 2:
-            break
-        time.sleep(0.02)
-    assert proc.poll() is None, "the extraction finished before it could be killed"
+    proc = _extracting(uri, env)
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     run = tracking.search({tracking.TAG_STAGE: "preprocess"}, statuses=("RUNNING",))[0]
@@ -337,6 +343,89 @@ def test_a_sigterm_inside_lightning_marks_the_run_killed(tmp_path):
     assert killed.info.status == "KILLED"
     assert killed.data.tags[tracking.TAG_ERROR] == "SIGTERM: interrupted; run the same command again to resume"
     assert tracking.find_resumable("zoo", fp).info.run_id == run.run_id
+
+
+@pytest.mark.slow
+def test_a_sigterm_mid_extraction_marks_the_run_killed_and_the_next_call_resumes_it(zoo_uri, tmp_path):
+    """A preempted job during preprocessing: Lightning's predict loop never checks for SIGTERM (its handler only
+    sets a flag), so our handler, which Lightning calls after its own, stops it; the run closes KILLED, not RUNNING."""
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    uri = _copy_zoo_store(zoo_uri, tmp_path / "terminated")
+    proc = _extracting(uri, env)
+    os.kill(proc.pid, signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode != 0 and "Terminated" in err.decode(), err.decode()[-2000:]
+    run = tracking.search({tracking.TAG_STAGE: "preprocess"}, statuses=("KILLED",))[0]
+    assert run.data.tags[tracking.TAG_ERROR] == "SIGTERM: interrupted; run the same command again to resume"
+    assert tracking.find_resumable("preprocess", run.data.tags[tracking.TAG_FINGERPRINT]).info.run_id == \
+        run.info.run_id
+
+    again = subprocess.run([sys.executable, "-c", KILL_SCRIPT, uri], capture_output=True, text=True, env=env,
+                           timeout=600)
+    assert again.returncode == 0, again.stderr[-2000:]
+    run_id, store = again.stdout.split()[-2:]
+    assert run_id == run.info.run_id
+    finished = tracking.client().get_run(run_id)
+    assert finished.info.status == "FINISHED" and finished.data.metrics["preprocess/resumed_tokens"] > 0
+    ActivationStore.open(store)
+
+
+SLEEPING_COMMAND = """
+import sys, time
+from diffgame import tracking
+from diffgame.cli import app, main
+tracking.set_uri(sys.argv[1])
+
+@app.command()
+def sleepy() -> None:
+    with tracking.stage_run("diff", fp=tracking.fingerprint({"sleepy": 1}), tags={}, experiment="t") as run:
+        print(run.run_id, flush=True)
+        while True:  # a stage outside any Lightning loop, e.g. amplify sampling
+            time.sleep(0.05)
+
+sys.argv = ["diffgame", "sleepy"]
+main()
+"""
+
+
+def test_a_sigterm_outside_lightning_ends_the_command_with_143_and_marks_the_run_killed(tmp_path):
+    """Python's default for SIGTERM ends the process at once, leaving the run RUNNING in the UI; a stage run turns it
+    into `Terminated`, the run closes KILLED (resumable) and the command says so in one line and exits 143."""
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    proc = subprocess.Popen([sys.executable, "-c", SLEEPING_COMMAND, uri], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    run_id = proc.stdout.readline().strip()
+    assert run_id, proc.communicate(timeout=60)[1][-2000:]
+    os.kill(proc.pid, signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 143, err[-2000:]
+    assert "Traceback" not in err and "marked KILLED; run the same command again to resume" in err
+    tracking.set_uri(uri)
+    run = tracking.client().get_run(run_id)
+    assert run.info.status == "KILLED"
+    assert run.data.tags[tracking.TAG_ERROR] == "SIGTERM: interrupted; run the same command again to resume"
+    assert tracking.find_resumable("diff", tracking.fingerprint({"sleepy": 1})).info.run_id == run_id
+
+
+def test_a_stage_run_gives_back_the_sigterm_handler_it_found(tmp_path):
+    """Only the open run's main thread raises on SIGTERM: after it, and around a handler someone else installed (an
+    outer stage run, Lightning, the user), the process keeps what it had."""
+    tracking.set_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    before = signal.getsignal(signal.SIGTERM)
+    fp = tracking.fingerprint({"handler": 1})
+    with tracking.stage_run("diff", fp=fp, tags={}, experiment="t"):
+        assert (signal.getsignal(signal.SIGTERM) is not before) == (before is signal.SIG_DFL)
+    assert signal.getsignal(signal.SIGTERM) is before
+
+    def mine(signum, frame):
+        pass
+
+    signal.signal(signal.SIGTERM, mine)
+    try:
+        with tracking.stage_run("diff", fp=fp, tags={}, experiment="t"):
+            assert signal.getsignal(signal.SIGTERM) is mine
+    finally:
+        signal.signal(signal.SIGTERM, before)
 
 
 # --- 7. an uncached hub id offline: one line at once -------------------------------------------------------------
