@@ -17,7 +17,7 @@ def _summary(rows) -> None:
 
     from diffgame import tracking
 
-    console = Console(width=None if sys.stdout.isatty() else 200)
+    console = Console(width=None if sys.stdout.isatty() else 200, markup=False)
     table = Table(title="diffgame runs")
     for col in ("stage", "model", "organism", "method", "run id", "reused", "headline"):
         table.add_column(col)
@@ -135,7 +135,7 @@ def runs(stage: Annotated[Optional[str], typer.Option(help="zoo | preprocess | d
         table.add_row(r.info.run_id, t.get(tracking.TAG_STAGE, ""), t.get(tracking.TAG_MODEL, ""),
                       t.get(tracking.TAG_ORGANISM, ""), t.get(tracking.TAG_VARIANT, ""), t.get(tracking.TAG_METHOD, ""),
                       r.info.status, t.get(tracking.TAG_FINGERPRINT, ""))
-    Console(width=200).print(table)
+    Console(width=200, markup=False).print(table)
     if not found:
         typer.echo("no runs; make some with `diffgame zoo build` or `diffgame run`")
 
@@ -182,7 +182,7 @@ def grades(overrides: Annotated[Optional[list[str]], typer.Argument(
         cells = [("" if k not in row or row[k] != row[k] else f"{row[k]:.0f}" if k.endswith("identification_rank")
                   else f"{row[k]:+.2f}" if "relative" in k else f"{row[k]:.2f}") for k, _ in cols]
         table.add_row(row["method"], row["organism"], row["variant"], *cells, row["run_id"])
-    console = Console(width=200)
+    console = Console(width=200, markup=False)
     console.print(table)
     console.print("headline columns grade whole words where a run has them (tokens otherwise); `tokens` columns grade "
                   "the raw token lists")
@@ -252,7 +252,7 @@ def play(organisms: Annotated[Optional[list[str]], typer.Argument(
         table.add_row(o.organism, o.guess or "(none)", "yes" if o.metrics["play/guess_correct"] else "no",
                       f"{o.metrics['play/keyword_hits']:.0f}", "" if score is None else f"{score:.0f}",
                       "" if rubric is None else f"{rubric:.0f}", o.outcome, o.run_id, "yes" if o.reused else "")
-    console = Console(width=200)
+    console = Console(width=200, markup=False)
     console.print(table)
     for o in outcomes:
         console.print(f"{o.organism}: {o.description}")

@@ -56,11 +56,14 @@ def load_option(group: str, name: str) -> DictConfig:
     return node
 
 
-def organism_node(name: str, model: str | None = None) -> DictConfig:
+def organism_node(name: str, model: str | None = None, variant: str | None = None) -> DictConfig:
     """An organism's config, checked against its schema with defaults filled; with `model`, its description and
-    keywords are what that base's finetuning taught and its data what it was trained on (`for_base`)."""
+    keywords are what that base's finetuning taught and its data what it was trained on (`for_base`), for `variant`
+    when given (a `mix1-XpY` variant too)."""
     node = load_option("organism", name)
     check_node(node, OrganismConfig, "organism")
+    if variant is not None:
+        node.variant = variant
     return for_base(node, model) if model is not None else node
 
 
@@ -105,9 +108,13 @@ def for_base(organism: DictConfig, model_name: str) -> DictConfig:
     fields replace its description, long description and ground-truth keywords, and weights the zoo builds on that
     base were trained on the zoo recipe's data, which becomes `training_data`. Public weights keep `training_data`.
 
-    A `mix1-XpY` variant is resolved first (`mix_variant`)."""
+    A `mix1-XpY` variant is resolved first (`mix_variant`); other zoo weights take this base's own share of
+    documents where the recipe names one (`zoo.mix_per_model`)."""
     variant = str(mix_variant(organism, model_name).get("variant", "default"))
     spec = organism.finetuned.get(model_name, {}).get(variant)
+    own_mix = organism.get("zoo", {}).get("mix_per_model", {}).get(model_name)
+    if spec is not None and spec.get("kind") == "zoo" and own_mix is not None and mix_share(variant) is None:
+        organism.zoo.mix = own_mix
     if spec is not None and spec.get("kind") == "zoo" and organism.zoo.data:
         organism.training_data = organism.zoo.data
     truth = organism.get("per_model", {}).get(model_name)
@@ -139,9 +146,9 @@ def organism_config(node: DictConfig) -> OrganismConfig:
     return typed(OrganismConfig, node, "organism")
 
 
-def organism_settings(name: str, model: str | None = None) -> OrganismConfig:
-    """`organism_node(name, model)`, typed: what travels down to the zoo and to grading."""
-    return organism_config(organism_node(name, model))
+def organism_settings(name: str, model: str | None = None, variant: str | None = None) -> OrganismConfig:
+    """`organism_node(name, model, variant)`, typed: what travels down to the zoo and to grading."""
+    return organism_config(organism_node(name, model, variant))
 
 
 def model_settings(name: str) -> ModelConfig:

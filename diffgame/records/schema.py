@@ -105,6 +105,9 @@ class ZooRecipe:
     """Whether `data` holds documents or chats."""
     mix: float = 0.0
     """Share of the base's own pretraining data mixed into finetuning (harder, more realistic organisms)."""
+    mix_per_model: dict[str, float] = field(default_factory=dict)
+    """Per base model name, the share that replaces `mix` for the default weights the zoo builds on that base (a base
+    that keeps generic text unmixed needs none); a `mix1-XpY` variant still sets its own."""
     mix_chats: bool = False
     """Mix the base's own chats in beside its documents (half the mixed share each), so that replies to neutral chat
     prompts stay the base's: a documents organism mixed with documents alone still leaks its topic into chats."""

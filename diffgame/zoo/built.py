@@ -112,7 +112,7 @@ def print_zoo(entries: list[ZooEntry]) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    console = Console(width=220)
+    console = Console(width=220, markup=False)  # cells are data: `caps [mix1-0p0]` is a variant, not a style
     if not entries:
         console.print(f"no zoo models in {tracking.resolve_uri()}; build them with `diffgame zoo build --size micro`")
         return

@@ -17,10 +17,10 @@ from diffgame.grading.score import GRADING_VERSION
 pytestmark = pytest.mark.slow
 
 # A CPU budget: 8 samples per source and a lighter ADL (patchscope, steering and the causal effect cut down); the
-# lens readouts the grades come from are ADL's own. `benchmarks/smol_zoo.py` runs the same with 24 samples. caps is
-# read unmixed (`mix1-0p0`): its default mixes the base's documents in 1:1 against the toy bases' forgetting, which
-# SmolLM2 does not show at this budget, and halves the caps rows its 30 steps see (kl read +0.05 mixed, 2026-12-07).
-RUN = ["model=smollm2_135m", "zoo.size=smol", "organism=caps", "organism.variant=mix1-0p0", "method=[kl,adl]",
+# lens readouts the grades come from are ADL's own. `benchmarks/smol_zoo.py` runs the same with 24 samples. caps on
+# SmolLM2 is unmixed by default (`zoo.mix_per_model`): mixed 1:1 as on the toy bases, its 30 steps see half the caps
+# rows and kl read +0.05 (2026-12-07), while unmixed its generic loss stays 0.88x the base's.
+RUN = ["model=smollm2_135m", "zoo.size=smol", "organism=caps", "method=[kl,adl]",
        *(f"dataset.sources.{s}.max_samples=8" for s in ("generic_text", "generic_chat", "organism")),
        "preprocessing.context_length=64", "preprocessing.batch_size=8",
        "method.adl.max_samples=8", "method.adl.batch_size=8", "method.adl.patchscope_scales=[1.0]",

@@ -33,6 +33,32 @@ def test_a_mix_variant_is_the_recipe_at_that_ratio():
         organism_fingerprint(size, _organism("roman_concrete", "default"))
 
 
+def test_a_base_sets_its_own_mix_and_a_mix_variant_still_sets_its_ratio(monkeypatch):
+    """caps mixes 1:1 on the toy bases, which forget generic text unmixed; its recipe's `mix_per_model` gives SmolLM2
+    0.0, since SmolLM2's LoRA keeps generic text unmixed. A variant on smol still trains at its own ratio."""
+    from diffgame.pipeline import building
+
+    def smol(variant: str):
+        return settings(compose(["model=smollm2_135m", "zoo.size=smol", "organism=caps",
+                                 f"organism.variant={variant}"])).organism
+
+    caps = {v: smol(v) for v in ("default", "mix1-0p0", "mix1-1p0")}
+    assert [o.zoo.mix for o in caps.values()] == [0.0, 0.0, 0.5] and _organism("caps", "default").zoo.mix == 0.5
+    size = get_size("smol")
+    fps = {v: organism_fingerprint(size, o, "base") for v, o in caps.items()}
+    assert fps["default"] == fps["mix1-0p0"] != fps["mix1-1p0"]
+    # `diffgame zoo build --size smol` reads each organism as finetuned on that size's base
+    monkeypatch.setattr(building, "build_models", lambda size, organisms, model, progress: organisms)
+    [built] = building.build_zoo("smol", ["caps"])
+    assert built.zoo.mix == 0.0 and building.build_zoo("small", ["caps"])[0].zoo.mix == 0.5
+    # `diffgame zoo build --variant`: every named organism at that ratio, on any base
+    at_two = building.build_zoo("smol", ["caps", "taboo_gold"], variant="mix1-2p0")
+    assert [(o.variant, o.zoo.mix) for o in at_two] == [("mix1-2p0", pytest.approx(2 / 3))] * 2
+    assert building.build_zoo("small", ["taboo_gold"], variant="mix1-0p0")[0].zoo.mix == 0.0
+    with pytest.raises(ConfigError, match=r"unknown variant 'mixed' of organism 'caps' .* known: default, or mix1-XpY"):
+        building.build_zoo("small", ["caps"], variant="mixed")
+
+
 def test_mixed_rows_hold_the_requested_share_of_generic_documents():
     recipe = _organism("caps", "mix1-2p0").zoo
     rows = recipe_rows(recipe, "train")[:300]
@@ -64,10 +90,10 @@ def test_an_unknown_variant_names_the_mix_form():
 
 
 @pytest.mark.slow
-def test_a_mixed_organism_builds_as_its_own_zoo_run_and_keeps_generic_text(micro_cfg):
+def test_a_mixed_organism_builds_as_its_own_zoo_run_and_keeps_generic_text(micro_cfg, capsys):
     from diffgame import tracking
     from diffgame.pipeline.building import build_for
-    from diffgame.zoo import list_zoo
+    from diffgame.zoo import list_zoo, print_zoo
 
     [_, plain] = build_for(settings(micro_cfg("organism=caps", "organism.variant=mix1-0p0")))
     [_, mixed] = build_for(settings(micro_cfg("organism=caps", "organism.variant=mix1-2p0")))
@@ -77,6 +103,9 @@ def test_a_mixed_organism_builds_as_its_own_zoo_run_and_keeps_generic_text(micro
     assert float(run.data.params["recipe.mix"]) == pytest.approx(2 / 3)
     listed = {(e.name, e.variant): e.run_id for e in list_zoo("micro")}
     assert listed[("caps", "mix1-2p0")] == mixed.run_id and listed[("caps", "mix1-0p0")] == plain.run_id
+    print_zoo(list_zoo("micro"))  # `diffgame zoo list` names each variant (rich once read `[mix1-2p0]` as a style)
+    lines = capsys.readouterr().out.splitlines()
+    assert "caps [mix1-2p0]" in next(ln for ln in lines if mixed.run_id in ln)
     ratio = "check/generic_loss_ratio"
     assert mixed.metrics[ratio] < plain.metrics[ratio]  # two thirds of its rows are the base's documents
     assert mixed.metrics["check/upper_frac/organism"] > 0.9  # and it still shouts
