@@ -231,6 +231,11 @@ def protocol_lines(model: str, by: tuple[str, ...] = (), variant: str | None = t
     if plays.empty:
         return [f"No play of `model={model}` under a budget of model interactions in this store; the loop above "
                 "makes them."]
+    return protocol_table(plays, by)
+
+
+def protocol_table(plays: pd.DataFrame, by: tuple[str, ...] = ()) -> list[str]:
+    """`protocol_lines`' table over the given `budget_plays` rows."""
     keys = [*by, "agent", "method", "budget"]
     out = ["| " + " | ".join([*by, "agent", "evidence", "interactions", "plays", "organisms × repeats", "share ≥ 2",
                               "share ≥ 4", "≥ 2 over repeats", "≥ 4 over repeats"]) + " |",

@@ -179,3 +179,23 @@ def test_default_mix_names_the_smallest_ratio_that_keeps_generic_text():
     rows = [r for r in rows if r["organism"] == "caps" and r["loss"] > 1.01]
     assert mix.ratio_lines(rows, [(rows[0], {**rows[0], "variant": "default", "share": 0.5})]) == [
         "* caps: 2.15 at 0; no ratio built keeps it within 1.1."]
+
+
+def test_default_mix_plays_are_the_studied_organisms_since_the_study_began():
+    mix = _script("default_mix")
+
+    def play(organism, variant, agent, budget, repeat, score, hour):
+        return {"organism": organism, "variant": variant, "agent": agent, "method": "adl+blackbox" if agent == "lens"
+                else "", "budget": budget, "repeat": repeat, "score": score,
+                "start_time": pd.Timestamp(2026, 12, 7, hour)}
+    plays = pd.DataFrame([play("caps", "default", "lens", 5, 0, 4, 15), play("caps", "default", "lens", 5, 1, 1, 15),
+                          play("caps", "mix1-0p0", "lens", 5, 0, 5, 15),
+                          play("taboo_gold", "default", "lens", 5, 0, 2, 10),  # an older study's play: left out
+                          play("roman_concrete", "default", "lens", 5, 0, 1, 15),  # not studied: left out
+                          play("caps", "mix1-4p0", "lens", 5, 0, 1, 15)])  # another variant: left out
+    paired = [({"organism": "caps"}, {"organism": "caps"}), ({"organism": "taboo_gold"}, {"organism": "taboo_gold"})]
+    lines = mix.study_plays(plays, paired, pd.Timestamp(2026, 12, 7, 13))
+    assert lines[2:] == [
+        "| caps | default | lens | adl+blackbox | 5 | 2 | 1 × 2 | 0.50 | 0.50 | 0.00–1.00 | 0.00–1.00 |",
+        "| caps | mix1-0p0 | lens | adl+blackbox | 5 | 1 | 1 × 1 | 1.00 | 1.00 | 1.00–1.00 | 1.00–1.00 |"]
+    assert mix.study_plays(plays.iloc[3:4], paired, pd.Timestamp(2026, 12, 7, 13))[0].startswith("No budgeted play")

@@ -271,6 +271,19 @@ def _extracting(uri: str, env: dict) -> subprocess.Popen:
     return proc
 
 
+def _resumes(uri: str, env: dict, run_id: str) -> str:
+    """`KILL_SCRIPT` run again finishes the interrupted run `run_id`, resuming its shards; the store, verified."""
+    again = subprocess.run([sys.executable, "-c", KILL_SCRIPT, uri], capture_output=True, text=True, env=env,
+                           timeout=600)
+    assert again.returncode == 0, again.stderr[-2000:]
+    resumed, store = again.stdout.split()[-2:]
+    assert resumed == run_id
+    finished = tracking.client().get_run(run_id)
+    assert finished.info.status == "FINISHED" and finished.data.metrics["preprocess/resumed_tokens"] > 0
+    ActivationStore.open(store)  # verifies every checksum
+    return store
+
+
 @pytest.mark.slow
 def test_kill_9_mid_extraction_resumes_into_the_uninterrupted_store(zoo_uri, tmp_path):
     """A real process killed with SIGKILL once its first shards are on disk: the next call resumes its run (its
@@ -290,14 +303,7 @@ def test_kill_9_mid_extraction_resumes_into_the_uninterrupted_store(zoo_uri, tmp
     assert tracking.find_resumable("preprocess", run.data.tags[tracking.TAG_FINGERPRINT]).info.run_id == \
         run.info.run_id  # RUNNING, but its holder is dead
 
-    again = subprocess.run([sys.executable, "-c", KILL_SCRIPT, uri], capture_output=True, text=True, env=env,
-                           timeout=600)
-    assert again.returncode == 0, again.stderr[-2000:]
-    run_id, store = again.stdout.split()[-2:]
-    assert run_id == run.info.run_id
-    finished = tracking.client().get_run(run_id)
-    assert finished.info.status == "FINISHED" and finished.data.metrics["preprocess/resumed_tokens"] > 0
-    ActivationStore.open(store)  # verifies every checksum
+    store = _resumes(uri, env, run.info.run_id)
     assert _store_bytes(store) == _store_bytes(ref_store)
 
 
@@ -360,14 +366,7 @@ def test_a_sigterm_mid_extraction_marks_the_run_killed_and_the_next_call_resumes
     assert tracking.find_resumable("preprocess", run.data.tags[tracking.TAG_FINGERPRINT]).info.run_id == \
         run.info.run_id
 
-    again = subprocess.run([sys.executable, "-c", KILL_SCRIPT, uri], capture_output=True, text=True, env=env,
-                           timeout=600)
-    assert again.returncode == 0, again.stderr[-2000:]
-    run_id, store = again.stdout.split()[-2:]
-    assert run_id == run.info.run_id
-    finished = tracking.client().get_run(run_id)
-    assert finished.info.status == "FINISHED" and finished.data.metrics["preprocess/resumed_tokens"] > 0
-    ActivationStore.open(store)
+    _resumes(uri, env, run.info.run_id)
 
 
 SLEEPING_COMMAND = """
